@@ -1,0 +1,42 @@
+//! # ringpool
+//!
+//! Inter-process communication through a lock-protected ring buffer in shared memory, and a process
+//! pool on top of it that writes tasks into shared slots and reads results in place, without
+//! serialization: Rust's answer to Python's `multiprocessing`.
+//!
+//! The crate is five layers, each one module, each using only the ones below it:
+//!
+//! | layer | module | what it gives |
+//! | --- | --- | --- |
+//! | 1 | [`segment`] | a mapped region with a validated header: named, anonymous (`memfd`) or file-backed |
+//! | 2 | [`sync`] | a process-shared lock that survives its owner's death, and wait/wake with monotonic deadlines |
+//! | 3 | [`ring`], [`queue`] | the lock-protected ring: byte messages ([`Ring`]) and typed slots ([`Queue`]) |
+//! | 4 | [`process`] | [`Process`]: a closure in a forked child, or the current binary re-executed |
+//! | 5 | [`pool`] | [`Pool`]: worker processes over shared task slots |
+//!
+//! Linux is the supported platform; elsewhere the crate does not compile.
+//!
+//! See `SAFETY.md` for the argument behind every `unsafe` and the list of hazards.
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("ringpool supports Linux only: it relies on futex, memfd and /proc");
+
+mod sys;
+
+pub mod segment;
+pub mod sync;
+
+pub mod ring;
+pub mod queue;
+
+pub mod process;
+pub mod pool;
+
+pub use crate::segment::{OpenMode, Segment, SegmentError};
+pub use crate::ring::{Ring, RingBuilder};
+pub use crate::queue::Queue;
+pub use crate::process::{Process, current_process};
+pub use crate::pool::Pool;
+pub use bytemuck::{Pod, Zeroable};

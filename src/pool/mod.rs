@@ -1,0 +1,2 @@
+//! Layer 5 (in progress)
+pub struct Pool;

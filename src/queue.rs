@@ -1,0 +1,2 @@
+//! Typed queue (in progress)
+pub struct Queue<T>(std::marker::PhantomData<T>);

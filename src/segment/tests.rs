@@ -1,0 +1,132 @@
+use super::*;
+
+fn unique(tag: &str) -> String {
+    use std::sync::atomic::AtomicUsize;
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("rp-unit-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn builder() -> SegmentBuilder {
+    SegmentBuilder::new(SegmentKind::User(1), Fingerprint::of::<u64>()).payload_len(10_000)
+}
+
+#[test]
+fn names_are_checked() {
+    for bad in ["", "a/b", "x\0y", ".", ".."] {
+        assert!(matches!(validate_name(bad), Err(SegmentError::InvalidName { .. })), "{bad:?}");
+    }
+    assert!(validate_name(&"x".repeat(256)).is_err());
+    assert!(validate_name(&"x".repeat(255)).is_ok());
+    let e = builder().named("a/b", |_| Ok(())).unwrap_err();
+    assert!(e.to_string().contains("'/'"), "{e}");
+}
+
+#[test]
+fn create_open_and_unlink_by_creator_only() {
+    let name = unique("basic");
+    let seg = builder()
+        .named(&name, |u| {
+            // SAFETY: the payload is at least 8 bytes and page-aligned.
+            unsafe { u.as_ptr().cast::<u64>().as_ptr().write(42) };
+            Ok(())
+        })
+        .unwrap();
+    assert!(seg.is_creator());
+    assert_eq!(seg.payload_len(), 12_288);
+    let other = builder().mode(OpenMode::OpenExisting).named(&name, |_| unreachable!()).unwrap();
+    assert!(!other.is_creator());
+    // SAFETY: as above; the creator wrote the value before publishing.
+    assert_eq!(unsafe { other.payload().cast::<u64>().as_ptr().read() }, 42);
+    assert!(matches!(builder().named(&name, |_| Ok(())), Err(SegmentError::AlreadyExists(_))));
+    drop(other);
+    assert!(Segment::exists(&name), "an opener's drop leaves the name");
+    drop(seg);
+    assert!(!Segment::exists(&name), "the creator's drop removes it");
+    assert!(matches!(
+        builder().mode(OpenMode::OpenExisting).named(&name, |_| Ok(())),
+        Err(SegmentError::NotFound(_))
+    ));
+}
+
+#[test]
+fn kind_and_type_mismatch() {
+    let name = unique("mismatch");
+    let _seg = builder().named(&name, |_| Ok(())).unwrap();
+    let e = SegmentBuilder::new(SegmentKind::User(1), Fingerprint::of::<[u8; 8]>())
+        .mode(OpenMode::OpenExisting)
+        .named(&name, |_| Ok(()))
+        .unwrap_err();
+    assert!(matches!(e, SegmentError::TypeMismatch { .. }), "{e}");
+    let e = SegmentBuilder::new(SegmentKind::Ring, Fingerprint::of::<u64>())
+        .mode(OpenMode::OpenExisting)
+        .named(&name, |_| Ok(()))
+        .unwrap_err();
+    assert!(matches!(e, SegmentError::KindMismatch { .. }), "{e}");
+}
+
+#[test]
+fn failed_init_leaves_no_name() {
+    let name = unique("initfail");
+    let e = builder().named(&name, |_| Err(SegmentError::InvalidSize("test"))).unwrap_err();
+    assert!(matches!(e, SegmentError::InvalidSize("test")));
+    assert!(!Segment::exists(&name));
+}
+
+#[test]
+fn purge_and_open_or_create() {
+    let name = unique("purge");
+    let first = builder().named(&name, |_| Ok(())).unwrap();
+    let second = builder().mode(OpenMode::PurgeAndCreate).named(&name, |_| Ok(())).unwrap();
+    assert!(second.is_creator());
+    drop(first); // the name now belongs to `second`: `first` must not remove it
+    assert!(Segment::exists(&name));
+    let third = builder().mode(OpenMode::OpenOrCreate).named(&name, |_| unreachable!()).unwrap();
+    assert!(!third.is_creator());
+    drop(second);
+    drop(third);
+    assert!(!Segment::exists(&name));
+    let fourth = builder().mode(OpenMode::OpenOrCreate).named(&name, |_| Ok(())).unwrap();
+    assert!(fourth.is_creator());
+}
+
+#[test]
+fn mirror_maps_the_tail_twice() {
+    let seg = SegmentBuilder::new(SegmentKind::User(2), Fingerprint::bytes())
+        .payload_len(4 * 4096)
+        .mirror_tail(2 * 4096)
+        .anonymous(|_| Ok(()))
+        .unwrap();
+    let base = seg.payload().as_ptr();
+    // SAFETY: payload is 16 KiB followed by an 8 KiB mirror of its last 8 KiB.
+    unsafe {
+        base.add(3 * 4096 + 5).write(7);
+        assert_eq!(base.add(4 * 4096 + 4096 + 5).read(), 7);
+        base.add(4 * 4096 + 9).write(9);
+        assert_eq!(base.add(2 * 4096 + 9).read(), 9);
+    }
+}
+
+#[test]
+fn file_backed_segment() {
+    let dir = std::env::temp_dir().join(unique("file"));
+    let seg = builder().file(&dir, |_| Ok(())).unwrap();
+    let opened = builder().mode(OpenMode::OpenExisting).file(&dir, |_| Ok(())).unwrap();
+    assert_eq!(opened.payload_len(), seg.payload_len());
+    drop(opened);
+    drop(seg);
+    assert!(!dir.exists());
+}
+
+#[test]
+fn garbage_file_is_refused() {
+    let path = std::env::temp_dir().join(unique("garbage"));
+    std::fs::write(&path, vec![0xA5u8; 3 * 4096]).unwrap();
+    let e = builder().mode(OpenMode::OpenExisting).open_timeout(Duration::from_millis(50)).file(&path, |_| Ok(()));
+    assert!(matches!(e, Err(SegmentError::Corrupted { .. })), "{e:?}");
+    std::fs::write(&path, vec![0u8; 3 * 4096]).unwrap();
+    let t = std::time::Instant::now();
+    let e = builder().mode(OpenMode::OpenExisting).open_timeout(Duration::from_millis(50)).file(&path, |_| Ok(()));
+    assert!(matches!(e, Err(SegmentError::NotReady(_))), "{e:?}");
+    assert!(t.elapsed() >= Duration::from_millis(50));
+    std::fs::remove_file(&path).unwrap();
+}

@@ -1,0 +1,70 @@
+//! The current process id, cached, and correct in a forked child.
+//!
+//! `getpid` is a system call (glibc stopped caching it), far too slow for a lock that is taken
+//! twenty million times a second. The pid is cached in a static; a `pthread_atfork` child handler,
+//! registered the first time the pid is asked for, clears the cache in every forked child, so the
+//! child's next call reads its own pid. The handler only stores to an atomic, which is
+//! async-signal-safe, as a handler that runs in a child of a threaded parent must be.
+
+use std::sync::Once;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static PID: AtomicU32 = AtomicU32::new(0);
+static FORKS: AtomicU32 = AtomicU32::new(0);
+static REGISTER: Once = Once::new();
+
+extern "C" fn after_fork_in_child() {
+    PID.store(0, Ordering::Relaxed);
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// This process's id. Cheap after the first call (one relaxed load), and right after a fork.
+#[inline]
+pub fn current_pid() -> u32 {
+    let pid = PID.load(Ordering::Relaxed);
+    if pid != 0 { pid } else { current_pid_slow() }
+}
+
+#[cold]
+fn current_pid_slow() -> u32 {
+    REGISTER.call_once(|| {
+        // SAFETY: registering a handler has no preconditions; the handler is an `extern "C" fn`
+        // with static lifetime that only touches atomics (async-signal-safe). pthread_atfork can
+        // only fail with ENOMEM, in which case the cache would go stale in children: we then stop
+        // caching (FORKS stays usable), see below.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        if rc != 0 {
+            NO_CACHE.store(true, Ordering::Relaxed);
+        }
+    });
+    let pid = nix::unistd::getpid().as_raw() as u32;
+    if !NO_CACHE.load(Ordering::Relaxed) {
+        PID.store(pid, Ordering::Relaxed);
+    }
+    pid
+}
+
+static NO_CACHE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Refreshes the cache in a child created by a raw `fork` that might have bypassed the handler
+/// (a `clone` or `vfork` issued by hand). [`crate::process`] calls it first thing in every child.
+pub(crate) fn refresh_after_fork() {
+    after_fork_in_child();
+}
+
+/// How many times this process image has been forked into a child, seen from the child.
+/// Zero in a process that is not a forked child of a ringpool user.
+pub fn fork_generation() -> u32 {
+    FORKS.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_getpid() {
+        assert_eq!(current_pid(), std::process::id());
+        assert_eq!(current_pid(), std::process::id());
+    }
+}
