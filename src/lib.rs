@@ -36,7 +36,7 @@ pub mod pool;
 
 pub use crate::segment::{OpenMode, Segment, SegmentError};
 pub use crate::ring::{Ring, RingBuilder};
-pub use crate::queue::Queue;
+pub use crate::queue::{Queue, QueueBuilder};
 pub use crate::process::{Process, current_process};
 pub use crate::pool::Pool;
 pub use bytemuck::{Pod, Zeroable};

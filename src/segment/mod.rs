@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 pub use header::{Fingerprint, LAYOUT_VERSION, MAGIC, SegmentKind};
-pub(crate) use header::HeaderFields;
+pub(crate) use header::{HeaderFields, fnv1a};
 use header::{READY, READY_OFFSET};
 use map::Mapping;
 
