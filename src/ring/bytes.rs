@@ -255,6 +255,14 @@ impl Ring {
         Stats::of(&self.core)
     }
 
+    /// Pids holding the send and the receive lock right now (a snapshot, for tests and
+    /// diagnostics).
+    #[doc(hidden)]
+    pub fn debug_lock_holders(&self) -> (Option<u32>, Option<u32>) {
+        let c = self.core.ctrl();
+        (c.send.lock.holder(), c.recv.lock.holder())
+    }
+
     /// The underlying segment's descriptor (for passing to a re-executed child).
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.core.segment_fd()
@@ -435,18 +443,23 @@ impl Sender {
         let (guard, tail) = self.lock_with_room(room_needed(first.len()), wait)?;
         let c = core.ctrl();
         let cap = core.cfg.capacity;
-        let head = c.send.cached.load(Ordering::Relaxed);
+        let mut head = c.send.cached.load(Ordering::Relaxed);
         // SAFETY: as in send_one: room for the first record was checked under the send lock.
         unsafe { core.write_bytes(tail + 8, first) };
         let mut at = tail + record_size(first.len());
         let (mut n, mut bytes) = (1usize, first.len() as u64);
         for m in &msgs[1..] {
             let m = m.as_ref();
-            if m.len() as u64 > core.cfg.item_size
-                || at + room_needed(m.len()) - head > cap
-                || bytes + m.len() as u64 > BATCH_BYTES
-            {
+            if m.len() as u64 > core.cfg.item_size || bytes + m.len() as u64 > BATCH_BYTES {
                 break;
+            }
+            if at + room_needed(m.len()) - head > cap {
+                // The cached head may be stale: look at the real one before giving up.
+                head = c.head.load(Ordering::Acquire);
+                c.send.cached.store(head, Ordering::Relaxed);
+                if at + room_needed(m.len()) - head > cap {
+                    break;
+                }
             }
             // SAFETY: room for this record (and its marker) was just checked against the head we
             // read under the lock; the head only moves forward, so the room is still ours.
