@@ -416,12 +416,10 @@ fn default_names_count_up() {
     let wr2 = wr.try_clone().unwrap();
     let mut a = fork(move || send_line(&wr, current_process().name()));
     let mut b = fork(move || send_line(&wr2, current_process().name()));
-    let n: u32 = a
-        .name()
-        .strip_prefix("Process-")
-        .expect(a.name())
-        .parse()
-        .unwrap();
+    let n: u32 = match a.name().strip_prefix("Process-").map(str::parse) {
+        Some(Ok(n)) => n,
+        _ => panic!("unexpected default name {:?}", a.name()),
+    };
     assert_eq!(b.name(), format!("Process-{}", n + 1));
     let mut got = [
         recv_line(rd.as_fd(), LONG).unwrap(),

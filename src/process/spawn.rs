@@ -7,19 +7,23 @@
 //!
 //! - the executable's identity (device, inode, size, modification time of `/proc/self/exe`): the
 //!   child refuses to run unless its own matches;
-//! - two function addresses as offsets from [`anchor`], a function of this module: the trampoline
-//!   (which knows the argument's type) and the caller's `entry`. Within one executable the distance
-//!   between two of its functions is fixed, wherever ASLR loads it; [`same_object`] checks that
-//!   `entry` really lies in the executable's own mapping, not in a shared library;
+//! - three function addresses as offsets from the executable image's load address (read from
+//!   `/proc/self/maps`): the trampoline (which knows the argument's type), the caller's `entry`,
+//!   and [`anchor`], a function of this module. Within one image the distance between two of its
+//!   functions is fixed, wherever ASLR loads it. The parent checks that ringpool and `entry` both
+//!   lie in the executable's own image, not in a shared library ([`offsets`]); the anchor's offset
+//!   tells this copy of ringpool from another one linked into the same binary;
 //! - the argument's bytes, the child's name and place in the process tree, the report channel's
 //!   descriptor number, and the parent's `comm` (else every spawned child would be called `exe`).
 //!
 //! # The child
 //!
 //! A constructor in `.init_array` ([`SPAWN_CONSTRUCTOR`]) runs in every process of the binary before
-//! `main`. Without [`ENV`] it returns at once. With it, it removes the variable (so that programs the
-//! child runs do not take it for themselves), checks the request, runs the function and `_exit`s: it
-//! never returns to the C runtime, so the program's `main` (libtest's, in a test binary) never runs.
+//! `main`. Without [`ENV`] it returns at once; with a request for another copy of ringpool (another
+//! format or another anchor offset) too. With its own, it removes the variable (so that programs
+//! the child runs do not take it for themselves), checks the request, runs the function and
+//! `_exit`s: it never returns to the C runtime, so the program's `main` (libtest's, in a test
+//! binary) never runs.
 //! A request that cannot be honoured is refused: the reason goes to the parent and to stderr, and
 //! the child exits with code 127.
 
@@ -77,18 +81,118 @@ pub(super) fn raw_trampoline(entry: usize, arg: &[u8]) {
     f(arg)
 }
 
-/// The function offsets are measured from: the constructor itself, which every binary that can
-/// spawn contains.
+/// A function of this copy of ringpool. Where the executable image that holds it is loaded tells
+/// where every function of that image is, and its offset in the image tells this copy of ringpool
+/// from another one linked into the same binary (two semver-incompatible versions, say).
 fn anchor() -> usize {
     spawned_child_main as extern "C" fn() as usize
 }
 
-fn offset_of(addr: usize) -> i64 {
-    addr.wrapping_sub(anchor()) as isize as i64
+/// The offsets a spawned child needs, each from the load address of the executable's image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Offsets {
+    anchor: i64,
+    trampoline: i64,
+    entry: i64,
 }
 
-fn rebase(offset: i64) -> usize {
-    anchor().wrapping_add_signed(offset as isize)
+fn offset(addr: usize, base: usize) -> i64 {
+    addr.wrapping_sub(base) as isize as i64
+}
+
+fn rebase(offset: i64, base: usize) -> usize {
+    base.wrapping_add_signed(offset as isize)
+}
+
+/// In the parent: the offsets of [`anchor`], `trampoline` and `entry`, after checking that ringpool
+/// is part of the executable itself and that `entry` lies in the same image.
+fn offsets(trampoline: usize, entry: usize) -> Result<Offsets, StartError> {
+    let os = |op| move |source| StartError::Os { op, source };
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .map_err(io_errno)
+        .map_err(os("read /proc/self/maps"))?;
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map_err(io_errno)
+        .map_err(os("readlink /proc/self/exe"))?;
+    let here = image_at(&maps, anchor()).ok_or(StartError::NotInExecutable)?;
+    if std::path::Path::new(here.path) != exe {
+        return Err(StartError::NotInExecutable);
+    }
+    if image_at(&maps, entry) != Some(here) {
+        return Err(StartError::ForeignFunction);
+    }
+    Ok(Offsets {
+        anchor: offset(anchor(), here.base),
+        trampoline: offset(trampoline, here.base),
+        entry: offset(entry, here.base),
+    })
+}
+
+/// In the child: the load address of the image that holds [`anchor`], if the request's anchor
+/// offset is this copy of ringpool's (else the request is for another copy).
+fn base_for(anchor_offset: i64) -> Result<Option<usize>, &'static str> {
+    let maps =
+        std::fs::read_to_string("/proc/self/maps").map_err(|_| "cannot read /proc/self/maps")?;
+    let here = image_at(&maps, anchor()).ok_or("ringpool is not in a file mapping")?;
+    Ok((offset(anchor(), here.base) == anchor_offset).then_some(here.base))
+}
+
+/// One line of `/proc/self/maps`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Mapping<'a> {
+    start: usize,
+    end: usize,
+    offset: u64,
+    dev: &'a str,
+    inode: u64,
+    path: &'a str,
+}
+
+fn parse_mapping(line: &str) -> Option<Mapping<'_>> {
+    // "start-end perms offset dev inode      path": single spaces, then padding before the path,
+    // which may itself hold spaces.
+    let mut f = line.splitn(6, ' ');
+    let (start, end) = f.next()?.split_once('-')?;
+    let _perms = f.next()?;
+    Some(Mapping {
+        start: usize::from_str_radix(start, 16).ok()?,
+        end: usize::from_str_radix(end, 16).ok()?,
+        offset: u64::from_str_radix(f.next()?, 16).ok()?,
+        dev: f.next()?,
+        inode: f.next()?.parse().ok()?,
+        path: f.next().unwrap_or("").trim_start(),
+    })
+}
+
+/// The file image mapped at some address: its file, and its load address (where the file's offset
+/// 0 is mapped, just below).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Image<'a> {
+    base: usize,
+    dev: &'a str,
+    inode: u64,
+    path: &'a str,
+}
+
+/// The image mapped at `addr`, from the text of `/proc/self/maps`; `None` for an unmapped address
+/// or anonymous memory. Within one image, the distance between two addresses is fixed wherever
+/// ASLR loads it; between two images (the executable and a shared library) it is not.
+fn image_at(maps: &str, addr: usize) -> Option<Image<'_>> {
+    let all = || maps.lines().filter_map(parse_mapping);
+    let m = all().find(|m| (m.start..m.end).contains(&addr))?;
+    if m.inode == 0 {
+        return None;
+    }
+    // The same file's mapping at offset 0 closest below: the start of this image (the file may be
+    // mapped again elsewhere, as data).
+    let first = all()
+        .rfind(|x| x.dev == m.dev && x.inode == m.inode && x.offset == 0 && x.start <= m.start)?;
+    Some(Image {
+        base: first.start,
+        dev: m.dev,
+        inode: m.inode,
+        path: m.path,
+    })
 }
 
 /// What identifies the executable file: the child refuses to run unless it is the same.
@@ -122,40 +226,11 @@ fn io_errno(e: std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-/// Whether `addr` lies in the same file mapping as [`anchor`] (the executable), by
-/// `/proc/self/maps`. Addresses in the same file keep their distance under ASLR; an address in a
-/// shared library or in anonymous memory does not.
-fn same_object(addr: usize) -> Result<bool, Errno> {
-    let maps = std::fs::read_to_string("/proc/self/maps").map_err(io_errno)?;
-    let here = mapping_file(&maps, anchor());
-    Ok(here.is_some() && here == mapping_file(&maps, addr))
-}
-
-/// The (device, inode) of the file mapped at `addr`, from the text of `/proc/self/maps`; `None` for
-/// an unmapped address or anonymous memory.
-fn mapping_file(maps: &str, addr: usize) -> Option<(&str, u64)> {
-    maps.lines().find_map(|line| {
-        let mut f = line.split_ascii_whitespace();
-        let (start, end) = f.next()?.split_once('-')?;
-        let (start, end) = (
-            usize::from_str_radix(start, 16).ok()?,
-            usize::from_str_radix(end, 16).ok()?,
-        );
-        if !(start..end).contains(&addr) {
-            return None;
-        }
-        let (_perms, _offset, dev) = (f.next()?, f.next()?, f.next()?);
-        let inode: u64 = f.next()?.parse().ok()?;
-        (inode != 0).then_some((dev, inode))
-    })
-}
-
 /// Everything a spawned child needs, as carried in [`ENV`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Request {
     exe: ExeId,
-    trampoline: i64,
-    entry: i64,
+    at: Offsets,
     report_fd: RawFd,
     path: String,
     name: String,
@@ -167,14 +242,15 @@ impl Request {
     fn encode(&self) -> String {
         let e = &self.exe;
         let mut s = format!(
-            "{VERSION};exe={},{},{},{},{};tramp={};entry={};fd={};path={};name=",
+            "{VERSION};exe={},{},{},{},{};anchor={};tramp={};entry={};fd={};path={};name=",
             e.dev,
             e.ino,
             e.size,
             e.mtime,
             e.mtime_nsec,
-            self.trampoline,
-            self.entry,
+            self.at.anchor,
+            self.at.trampoline,
+            self.at.entry,
             self.report_fd,
             self.path
         );
@@ -212,10 +288,12 @@ impl Request {
             mtime: num()? as i64,
             mtime_nsec: num()? as i64,
         };
-        let trampoline = field("tramp")?
-            .parse()
-            .map_err(|_| "bad trampoline offset")?;
-        let entry = field("entry")?.parse().map_err(|_| "bad entry offset")?;
+        let mut offset = |key| field(key)?.parse().map_err(|_| "bad offset");
+        let at = Offsets {
+            anchor: offset("anchor")?,
+            trampoline: offset("tramp")?,
+            entry: offset("entry")?,
+        };
         let report_fd = field("fd")?.parse().map_err(|_| "bad descriptor number")?;
         let path = field("path")?;
         if !path.bytes().all(|b| b.is_ascii_digit() || b == b':') {
@@ -230,8 +308,7 @@ impl Request {
         }
         Ok(Request {
             exe,
-            trampoline,
-            entry,
+            at,
             report_fd,
             path,
             name,
@@ -291,16 +368,7 @@ fn spawn_as(
             max: MAX_SPAWN_ARG,
         });
     }
-    match same_object(entry) {
-        Ok(true) => {}
-        Ok(false) => return Err(StartError::ForeignFunction),
-        Err(source) => {
-            return Err(StartError::Os {
-                op: "read /proc/self/maps",
-                source,
-            });
-        }
-    }
+    let at = offsets(trampoline as usize, entry)?;
     // The constructor must be linked into every binary that spawns: this use of it makes sure.
     std::hint::black_box(&SPAWN_CONSTRUCTOR);
     wait::sweep();
@@ -313,8 +381,7 @@ fn spawn_as(
     })?;
     let request = Request {
         exe,
-        trampoline: offset_of(trampoline as usize),
-        entry: offset_of(entry),
+        at,
         report_fd: write_end.as_raw_fd(),
         path: id.path,
         name: id.name.clone(),
@@ -369,22 +436,34 @@ extern "C" fn spawned_child_main() {
     let Some(request) = std::env::var_os(ENV) else {
         return;
     };
-    // SAFETY: this runs before `main`, while the C runtime runs constructors on its only thread;
-    // no thread of this program exists yet that could read the environment concurrently (a
-    // constructor of another library that starts threads which read the environment would be the
-    // one exception: see SAFETY.md).
-    unsafe { std::env::remove_var(ENV) };
-    // A panic of ringpool's own setup must not unwind into the C runtime.
-    let _ = std::panic::catch_unwind(move || run_request(request));
-    current::exit_now(127)
+    // A panic of ringpool's own code must not unwind into the C runtime.
+    match std::panic::catch_unwind(move || run_request(request)) {
+        // The request is for another copy of ringpool in this binary: its constructor takes it.
+        Ok(NotOurs) => {}
+        Err(_) => current::exit_now(127),
+    }
 }
 
-/// Checks and runs a spawn request, then `_exit`s; returns only if ringpool's own code panicked.
-fn run_request(request: OsString) {
-    let req = match Request::decode(request.as_bytes()) {
+/// What [`run_request`] answers when it returns at all.
+struct NotOurs;
+
+/// Checks and runs a spawn request, then `_exit`s. Returns only if the request is meant for another
+/// copy of ringpool linked into this binary (another request format, or another anchor).
+fn run_request(request: OsString) -> NotOurs {
+    let text = request.as_bytes();
+    if !text.starts_with(VERSION.as_bytes()) || text.get(VERSION.len()) != Some(&b';') {
+        return NotOurs;
+    }
+    let req = match Request::decode(text) {
         Ok(r) => r,
-        Err(reason) => refuse(reason),
+        Err(reason) => take_and_refuse(reason),
     };
+    let base = match base_for(req.at.anchor) {
+        Ok(Some(base)) => base,
+        Ok(None) => return NotOurs,
+        Err(reason) => take_and_refuse(reason),
+    };
+    take_request();
     // The channel first, so that a refusal reaches the parent.
     if report::adopt_channel(req.report_fd).is_err() {
         refuse("the report channel's descriptor is not open");
@@ -407,20 +486,33 @@ fn run_request(request: OsString) {
         let _ = nix::sys::prctl::set_name(&comm);
     }
     child::install_hook();
-    child::enter(
-        Kind::Spawned,
-        Box::new(Identity {
-            name: req.name,
-            path: req.path,
-        }),
-        None,
-        None,
-    );
-    // SAFETY: see `typed_trampoline`: the parent sent the offset of a `Trampoline` of this same
-    // executable (checked above), which `rebase` turns into its address here.
-    let trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(rebase(req.trampoline)) };
-    let entry = rebase(req.entry);
+    let id = Identity {
+        name: req.name,
+        path: req.path,
+    };
+    child::enter(Kind::Spawned, Box::new(id), None, None);
+    let trampoline = rebase(req.at.trampoline, base);
+    // SAFETY: see `typed_trampoline`: the parent sent the offset of a `Trampoline` of this
+    // executable from the image's load address; this is the same executable file (checked above)
+    // and the same copy of ringpool (same anchor offset), so the rebased address is that function.
+    let trampoline = unsafe { std::mem::transmute::<usize, Trampoline>(trampoline) };
+    let entry = rebase(req.at.entry, base);
     child::run_and_exit(move || trampoline(entry, &req.arg))
+}
+
+/// Removes [`ENV`], so that programs this child runs do not take the request for themselves.
+fn take_request() {
+    // SAFETY: this runs before `main`, while the C runtime runs constructors on its only thread;
+    // no thread of this program exists yet that could read the environment concurrently (a
+    // constructor of another library that starts threads which read the environment would be the
+    // one exception: see SAFETY.md).
+    unsafe { std::env::remove_var(ENV) };
+}
+
+/// [`take_request`], then [`refuse`].
+fn take_and_refuse(reason: &str) -> ! {
+    take_request();
+    refuse(reason)
 }
 
 /// Reports why a spawned child will not run (to the parent, whose start answers
@@ -456,8 +548,11 @@ mod tests {
                 mtime: -5,
                 mtime_nsec: 999_999_999,
             },
-            trampoline: -123_456,
-            entry: 77,
+            at: Offsets {
+                anchor: 5,
+                trampoline: -123_456,
+                entry: 77,
+            },
             report_fd: 9,
             path: "1:2".into(),
             name: "weird; name=\u{e9}".into(),
@@ -485,17 +580,51 @@ mod tests {
     #[test]
     fn offsets_rebase_to_the_same_address() {
         let f = raw_trampoline as Trampoline as usize;
-        assert_eq!(rebase(offset_of(f)), f);
-        assert!(same_object(f).unwrap());
-        assert!(same_object(typed_trampoline::<u64> as Trampoline as usize).unwrap());
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let here = image_at(&maps, anchor()).unwrap();
+        let at = offsets(f, typed_trampoline::<u64> as Trampoline as usize).unwrap();
+        assert_eq!(rebase(at.trampoline, here.base), f);
+        assert_eq!(base_for(at.anchor), Ok(Some(here.base)));
+        assert_eq!(base_for(at.anchor + 16), Ok(None), "another copy's anchor");
     }
 
     #[test]
     fn a_function_of_a_shared_library_is_foreign() {
+        let f = raw_trampoline as Trampoline as usize;
         let getpid = libc::getpid as unsafe extern "C" fn() -> libc::pid_t as usize;
-        assert!(!same_object(getpid).unwrap());
+        assert!(matches!(
+            offsets(f, getpid),
+            Err(StartError::ForeignFunction)
+        ));
         let heap = Box::new(0u64);
-        assert!(!same_object(&*heap as *const u64 as usize).unwrap());
+        let on_heap = &*heap as *const u64 as usize;
+        assert!(matches!(
+            offsets(f, on_heap),
+            Err(StartError::ForeignFunction)
+        ));
+    }
+
+    #[test]
+    fn maps_lines_parse() {
+        let maps = "\
+5600-5700 r--p 00000000 fd:01 42                         /bin/my prog (deleted)
+5700-5900 r-xp 00001000 fd:01 42                         /bin/my prog (deleted)
+7000-7100 r--p 00000000 fd:01 42                         /bin/my prog (deleted)
+7f00-7f10 rw-p 00000000 00:00 0 
+garbage
+";
+        let img = image_at(maps, 0x5800).unwrap();
+        assert_eq!(
+            (img.base, img.inode, img.path),
+            (0x5600, 42, "/bin/my prog (deleted)")
+        );
+        assert_eq!(
+            image_at(maps, 0x7050).unwrap().base,
+            0x7000,
+            "a second mapping of the file"
+        );
+        assert_eq!(image_at(maps, 0x7f05), None, "anonymous memory");
+        assert_eq!(image_at(maps, 0x100), None, "unmapped");
     }
 
     fn exit_with(code: u32) {

@@ -107,6 +107,12 @@ pub enum StartError {
         "the entry function is not part of the executable (a shared library?): it cannot be spawned"
     )]
     ForeignFunction,
+    /// ringpool runs from a shared library rather than from the executable, so a re-executed
+    /// process would not reach ringpool before `main`: spawn is not possible; fork is.
+    #[error(
+        "ringpool is not part of the executable (it runs from a shared library): spawn cannot re-execute it"
+    )]
+    NotInExecutable,
     /// The argument of a spawned function is larger than the environment can carry.
     #[error("spawn argument of {len} bytes is larger than the {max}-byte limit")]
     ArgTooLarge {
