@@ -77,15 +77,12 @@ pub(crate) fn reap_until(
         if deadline.passed() {
             return Ok(None);
         }
-        match pidfd {
-            Some(fd) => {
-                // Readable once the child has ended; errors (EINTR) just mean "look again".
-                let _ = poll_readable(&[fd], Some(deadline));
-            }
-            None => {
-                std::thread::sleep(nap.min(deadline.remaining()));
-                nap = (nap * 2).min(LONGEST_NAP);
-            }
+        // The pidfd is readable once the child has ended. EINTR means "look again"; any other
+        // failure of poll, nap as if there were no pidfd.
+        let polled = pidfd.map(|fd| poll_readable(&[fd], Some(deadline)));
+        if !matches!(polled, Some(Ok(_) | Err(Errno::EINTR))) {
+            std::thread::sleep(nap.min(deadline.remaining()));
+            nap = (nap * 2).min(LONGEST_NAP);
         }
     }
 }
@@ -177,6 +174,7 @@ pub(crate) fn sweep() {
 
 #[cfg(test)]
 mod tests {
+    use super::super::ExitStatus;
     use super::*;
     use std::time::Instant;
 
@@ -191,6 +189,67 @@ mod tests {
             }
             assert!(t.elapsed() >= Duration::from_micros(ms * 1000 + 300));
         }
+    }
+
+    /// Waits on a real child, with and without a pidfd: never early, and on time once it ends.
+    #[test]
+    fn reap_until_with_and_without_a_pidfd() {
+        for with_pidfd in [true, false] {
+            let child = std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap();
+            let pid = child.id();
+            // The handle is not waited for: reap_until reaps the child.
+            drop(child);
+            let pidfd = if with_pidfd { pidfd_open(pid) } else { None };
+            assert_eq!(
+                pidfd.is_some(),
+                with_pidfd,
+                "pidfd_open refused on this kernel"
+            );
+            let fd = pidfd.as_ref().map(|fd| fd.as_fd());
+            let start = Instant::now();
+            let timeout = Duration::from_millis(30);
+            assert_eq!(reap_until(pid, fd, Deadline::after(timeout)), Ok(None));
+            assert!(start.elapsed() >= timeout);
+            send_signal(pid, fd, libc::SIGKILL).unwrap();
+            let status = reap_until(pid, fd, Deadline::after(Duration::from_secs(10))).unwrap();
+            assert_eq!(
+                status.map(ExitStatus::from_wait_status),
+                Some(Some(ExitStatus::Signaled {
+                    signal: 9,
+                    core_dumped: false
+                }))
+            );
+            assert_eq!(try_reap(pid), Err(Errno::ECHILD), "reaped once");
+        }
+    }
+
+    #[test]
+    fn a_remembered_child_is_reaped_by_a_later_sweep() {
+        let child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        drop(child);
+        assert!(reap_later(pid));
+        sweep();
+        let remembered = || {
+            UNREAPED
+                .iter()
+                .any(|s| s.load(Ordering::Relaxed) == pid as i32)
+        };
+        assert!(remembered(), "a running child stays in the table");
+        send_signal(pid, None, libc::SIGKILL).unwrap();
+        let deadline = Deadline::after(Duration::from_secs(10));
+        while remembered() && !deadline.passed() {
+            std::thread::sleep(Duration::from_millis(5));
+            sweep();
+        }
+        assert!(!remembered(), "the killed child was not swept");
+        assert_eq!(try_reap(pid), Err(Errno::ECHILD), "and it was reaped");
     }
 
     #[test]
