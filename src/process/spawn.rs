@@ -428,6 +428,9 @@ fn before_exec(keep: &[RawFd], expected_parent: Option<u32>) -> std::io::Result<
 }
 
 /// Runs before `main` in every process of a binary that links this module; see the module docs.
+// SAFETY: `.init_array` holds pointers to functions that the C runtime calls, once, before `main`,
+// with (argc, argv, envp); a C-ABI function that takes no parameters may be called with arguments
+// it ignores. The static is a plain function pointer of that type, nothing else in the section.
 #[used]
 #[unsafe(link_section = ".init_array")]
 static SPAWN_CONSTRUCTOR: extern "C" fn() = spawned_child_main;
