@@ -400,6 +400,10 @@ fn fork_is_refused_while_other_threads_run_and_auto_spawns() {
         Err(e) => panic!("expected Threaded, got {e}"),
         Ok(_) => panic!("fork was not refused with two threads running"),
     }
+    let e = Process::builder()
+        .start_method(StartMethod::Fork)
+        .spawn(exit_with, 4);
+    assert!(matches!(e, Err(StartError::Threaded { .. })), "{e:?}");
     // Auto (the default for spawn) re-executes instead.
     let mut p = Process::builder().spawn(exit_with, 4).unwrap();
     assert_eq!(p.start_method(), StartMethod::Spawn);

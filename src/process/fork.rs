@@ -24,19 +24,23 @@ use nix::unistd::ForkResult;
 use super::child::{self, Kind};
 use super::current;
 use super::report;
+use super::status::io_errno;
 use super::{Process, ProcessBuilder, StartError, StartMethod, wait};
 use crate::ring::ForkGuard;
 use crate::sync::current_pid;
-use crate::sys::Errno;
 
-/// The number of threads of this process (entries of `/proc/self/task`).
-///
-/// One means the caller is alone, and nobody else can start a thread before the caller forks, so
-/// the answer cannot go stale.
-pub(super) fn thread_count() -> Result<usize, Errno> {
-    let dir = std::fs::read_dir("/proc/self/task")
-        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-    Ok(dir.count())
+/// Succeeds when the calling thread is the only thread of this process (one entry in
+/// `/proc/self/task`): then nobody else can start a thread before the caller forks, so the answer
+/// cannot go stale. Fails with [`StartError::Threaded`] otherwise, and when /proc cannot be read.
+pub(super) fn check_alone() -> Result<(), StartError> {
+    let dir = std::fs::read_dir("/proc/self/task").map_err(|e| StartError::Os {
+        op: "count threads in /proc/self/task",
+        source: io_errno(e),
+    })?;
+    match dir.count() {
+        1 => Ok(()),
+        threads => Err(StartError::Threaded { threads }),
+    }
 }
 
 /// Forks a child that runs `f`. `kind` says whether the caller checked that it is the only thread

@@ -185,14 +185,8 @@ impl ProcessBuilder {
     /// Refuses with [`StartError::Threaded`] when the process runs other threads: see the
     /// [module docs](self#two-ways-to-start-a-process-fork-and-spawn).
     pub fn fork<F: FnOnce()>(self, f: F) -> Result<Process, StartError> {
-        match fork::thread_count() {
-            Ok(1) => fork::fork(self, Box::new(f), child::Kind::Forked),
-            Ok(threads) => Err(StartError::Threaded { threads }),
-            Err(source) => Err(StartError::Os {
-                op: "count threads in /proc/self/task",
-                source,
-            }),
-        }
+        fork::check_alone()?;
+        fork::fork(self, Box::new(f), child::Kind::Forked)
     }
 
     /// [`fork`](Self::fork) without the check that the caller is the only thread.
@@ -215,12 +209,13 @@ impl ProcessBuilder {
     ///
     /// `entry` must be a function of the executable itself, not of a shared library
     /// ([`StartError::ForeignFunction`]); a closure that captures nothing coerces to one. When
-    /// spawned, the function's address crosses as an offset from a function of ringpool's, which is
-    /// valid in the re-executed binary whatever address it is loaded at, and the child checks that
-    /// the executable is the very file the parent runs.
+    /// spawned, the function's address crosses as an offset from the executable's load address,
+    /// valid in the re-executed binary wherever it is loaded, and the child checks that the
+    /// executable is the very file the parent runs. [`StartMethod::Fork`] is refused, as
+    /// [`fork`](Self::fork) is, while other threads run.
     pub fn spawn<A: bytemuck::Pod>(self, entry: fn(A), arg: A) -> Result<Process, StartError> {
         let bytes = bytemuck::bytes_of(&arg);
-        if self.resolve_method() == StartMethod::Fork {
+        if self.resolve_method()? == StartMethod::Fork {
             return fork::fork(self, Box::new(move || entry(arg)), child::Kind::Forked);
         }
         spawn::spawn(
@@ -244,7 +239,7 @@ impl ProcessBuilder {
         arg: &[u8],
         inherit_fds: &[BorrowedFd<'_>],
     ) -> Result<Process, StartError> {
-        if self.resolve_method() == StartMethod::Fork {
+        if self.resolve_method()? == StartMethod::Fork {
             let arg = arg.to_vec();
             return fork::fork(self, Box::new(move || entry(&arg)), child::Kind::Forked);
         }
@@ -257,13 +252,13 @@ impl ProcessBuilder {
         )
     }
 
-    /// [`StartMethod::Auto`] made concrete: `Fork` when the caller is the only thread, `Spawn`
-    /// otherwise (also when the threads cannot be counted).
-    fn resolve_method(&self) -> StartMethod {
+    /// The method to use: [`StartMethod::Auto`] made concrete (`Fork` when the caller is the only
+    /// thread, `Spawn` otherwise, also when the threads cannot be counted), and `Fork` checked.
+    fn resolve_method(&self) -> Result<StartMethod, StartError> {
         match self.start_method {
-            StartMethod::Auto if fork::thread_count() == Ok(1) => StartMethod::Fork,
-            StartMethod::Auto => StartMethod::Spawn,
-            m => m,
+            StartMethod::Auto if fork::check_alone().is_ok() => Ok(StartMethod::Fork),
+            StartMethod::Auto | StartMethod::Spawn => Ok(StartMethod::Spawn),
+            StartMethod::Fork => fork::check_alone().map(|()| StartMethod::Fork),
         }
     }
 }

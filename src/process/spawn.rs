@@ -38,6 +38,7 @@ use std::sync::OnceLock;
 use super::child::{self, Kind};
 use super::current::{self, Identity};
 use super::report;
+use super::status::io_errno;
 use super::{Process, ProcessBuilder, StartError, StartMethod, wait};
 use crate::sync::current_pid;
 use crate::sys::{Errno, cvt};
@@ -220,10 +221,6 @@ fn exe_id_now() -> Result<ExeId, Errno> {
 fn exe_id() -> Result<ExeId, Errno> {
     static ID: OnceLock<Result<ExeId, Errno>> = OnceLock::new();
     *ID.get_or_init(exe_id_now)
-}
-
-fn io_errno(e: std::io::Error) -> Errno {
-    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Everything a spawned child needs, as carried in [`ENV`].

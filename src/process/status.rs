@@ -85,6 +85,11 @@ impl fmt::Display for ExitStatus {
     }
 }
 
+/// The error number of an I/O error (EIO for one that has none).
+pub(crate) fn io_errno(e: std::io::Error) -> Errno {
+    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
 /// Why a process could not be started.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
