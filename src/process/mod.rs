@@ -324,16 +324,9 @@ impl Process {
             if reports.started || reports.refused.is_some() || reports.closed {
                 break;
             }
-            match wait::try_reap(self.pid) {
-                Ok(Some(status)) => {
-                    self.ended(status);
-                    break;
-                }
-                Ok(None) => {}
-                Err(_) => {
-                    self.state = State::Lost;
-                    break;
-                }
+            if self.reap_with(|pid, _| wait::try_reap(pid)).is_err() || self.state != State::Running
+            {
+                break;
             }
             if deadline.passed() {
                 let _ = self.kill();
@@ -390,41 +383,19 @@ impl Process {
     /// Whether the child still runs. Reaps it if it has ended. A child that has been sent SIGKILL
     /// may still count as alive for a moment, until the kernel has ended it.
     pub fn is_alive(&mut self) -> bool {
-        if self.state != State::Running {
-            return false;
-        }
-        if !self.is_ours() {
+        if self.state == State::Running && !self.is_ours() {
             return crate::sync::liveness::is_alive(self.pid, 0);
         }
-        match wait::try_reap(self.pid) {
-            Ok(None) => true,
-            Ok(Some(status)) => {
-                self.ended(status);
-                false
-            }
-            Err(_) => {
-                self.state = State::Lost;
-                false
-            }
+        if self.reap_with(|pid, _| wait::try_reap(pid)).is_err() {
+            self.state = State::Lost;
         }
+        self.state == State::Running
     }
 
     /// Waits for the child to end, however long it takes, and reaps it. Answers the exit status, or
     /// [`JoinError::Panicked`] if the child panicked. Can be called again: it answers the same.
     pub fn join(&mut self) -> Result<ExitStatus, JoinError> {
-        if self.state == State::Running {
-            self.check_ours()?;
-            match wait::reap_blocking(self.pid) {
-                Ok(status) => self.ended(status),
-                Err(Errno::ECHILD) => self.state = State::Lost,
-                Err(source) => {
-                    return Err(JoinError::Os {
-                        op: "waitpid",
-                        source,
-                    });
-                }
-            }
-        }
+        self.reap_with(|pid, _| wait::reap_blocking(pid).map(Some))?;
         self.outcome()
     }
 
@@ -433,43 +404,39 @@ impl Process {
     /// child is left running.
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<ExitStatus, JoinError> {
         let deadline = Deadline::after(timeout);
-        match self.wait_until(deadline)? {
-            true => self.outcome(),
-            false => Err(JoinError::Timeout {
+        self.reap_with(|pid, pidfd| wait::reap_until(pid, pidfd, deadline))?;
+        if self.state == State::Running {
+            return Err(JoinError::Timeout {
                 pid: self.pid,
                 timeout,
-            }),
+            });
         }
+        self.outcome()
     }
 
     /// [`join`](Self::join) without waiting: `Ok(None)` while the child runs.
     pub fn try_join(&mut self) -> Result<Option<ExitStatus>, JoinError> {
+        self.reap_with(|pid, _| wait::try_reap(pid))?;
         if self.state == State::Running {
-            self.check_ours()?;
-            match wait::try_reap(self.pid) {
-                Ok(None) => return Ok(None),
-                Ok(Some(status)) => self.ended(status),
-                Err(Errno::ECHILD) => self.state = State::Lost,
-                Err(source) => {
-                    return Err(JoinError::Os {
-                        op: "waitpid",
-                        source,
-                    });
-                }
-            }
+            return Ok(None);
         }
         self.outcome().map(Some)
     }
 
-    /// Waits until the child ended (true) or `deadline` passed (false), reaping it.
-    fn wait_until(&mut self, deadline: Deadline) -> Result<bool, JoinError> {
+    /// If the child still runs: checks that this process is its parent, calls `reap` (a flavour of
+    /// `waitpid`; `Ok(None)` means still running) with its pid and pidfd, and records the status it
+    /// finds, or [`State::Lost`] when someone else reaped the child (ECHILD).
+    fn reap_with(
+        &mut self,
+        reap: impl FnOnce(u32, Option<BorrowedFd<'_>>) -> Result<Option<i32>, Errno>,
+    ) -> Result<(), JoinError> {
         if self.state != State::Running {
-            return Ok(true);
+            return Ok(());
         }
         self.check_ours()?;
-        match wait::reap_until(self.pid, self.pidfd.as_ref().map(|fd| fd.as_fd()), deadline) {
+        match reap(self.pid, self.pidfd.as_ref().map(|fd| fd.as_fd())) {
             Ok(Some(status)) => self.ended(status),
-            Ok(None) => return Ok(false),
+            Ok(None) => {}
             Err(Errno::ECHILD) => self.state = State::Lost,
             Err(source) => {
                 return Err(JoinError::Os {
@@ -478,7 +445,7 @@ impl Process {
                 });
             }
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Asks the child to end: SIGTERM. Does not wait. Does nothing once the child has been reaped.
@@ -556,13 +523,15 @@ impl Process {
     /// sweep after that.
     fn reap_for_drop(&mut self) {
         let deadline = Deadline::after(DROP_REAP_WAIT);
-        match wait::reap_until(self.pid, self.pidfd.as_ref().map(|fd| fd.as_fd()), deadline) {
-            Ok(Some(status)) => self.ended(status),
-            Ok(None) => {
-                wait::reap_later(self.pid);
-                self.state = State::Lost;
-            }
-            Err(_) => self.state = State::Lost,
+        if self
+            .reap_with(|pid, pidfd| wait::reap_until(pid, pidfd, deadline))
+            .is_err()
+        {
+            self.state = State::Lost;
+        }
+        if self.state == State::Running {
+            wait::reap_later(self.pid);
+            self.state = State::Lost;
         }
     }
 }
@@ -571,15 +540,12 @@ impl Drop for Process {
     /// Kills a child that still runs and reaps it, waiting at most [`DROP_REAP_WAIT`]. Never blocks
     /// longer, never panics. In a process that did not start the child, does nothing.
     fn drop(&mut self) {
-        if self.state == State::Running && self.is_ours() {
-            match wait::try_reap(self.pid) {
-                Ok(Some(status)) => self.ended(status),
-                Ok(None) => {
-                    let _ = self.kill();
-                    self.reap_for_drop();
-                }
-                Err(_) => {}
-            }
+        if self.is_ours()
+            && self.reap_with(|pid, _| wait::try_reap(pid)).is_ok()
+            && self.state == State::Running
+        {
+            let _ = self.kill();
+            self.reap_for_drop();
         }
         wait::sweep();
     }
