@@ -162,32 +162,37 @@ fn children_die_with_their_parent_within_a_second() {
     let (rd, wr) = pipe();
     let mut middle = fork(move || {
         // The middle process runs one thread, so the checked fork works here.
-        match Process::start(sleep_forever_fn) {
-            Ok(grandchild) => {
-                send_line(&wr, &format!("{} {}", grandchild.pid(), grandchild.name()));
+        let forked = Process::start(sleep_forever_fn);
+        let spawned = spawned().spawn(sleep_then_exit, 600_000);
+        match (forked, spawned) {
+            (Ok(f), Ok(s)) => {
+                send_line(&wr, &format!("{} {} {}", f.pid(), f.name(), s.pid()));
                 sleep_forever()
             }
-            Err(e) => send_line(&wr, &format!("error {e}")),
+            (f, s) => send_line(&wr, &format!("error {:?} {:?}", f.err(), s.err())),
         }
     });
-    let line = recv_line(rd.as_fd(), LONG).expect("the middle process reports its child");
-    let (pid, name) = line.split_once(' ').unwrap();
+    let line = recv_line(rd.as_fd(), LONG).expect("the middle process reports its children");
+    let fields: Vec<&str> = line.split(' ').collect();
+    let [forked, name, spawned] = fields[..] else {
+        panic!("{line}")
+    };
     assert_eq!(
         name,
         format!("{}:1", middle.name()),
         "a grandchild's default name"
     );
-    let grandchild = Stray::new(pid.parse().unwrap());
-    assert!(grandchild.is_alive());
+    let forked = Stray::new(forked.parse().unwrap());
+    let spawned = Stray::new(spawned.parse().unwrap());
+    assert!(forked.is_alive() && spawned.is_alive());
 
     let start = Instant::now();
     middle.kill().unwrap();
-    let gone = wait_for(Duration::from_secs(1), || !grandchild.is_alive());
+    let gone = wait_for(Duration::from_secs(1), || {
+        !forked.is_alive() && !spawned.is_alive()
+    });
     let took = start.elapsed();
-    assert!(
-        gone,
-        "the grandchild outlived its killed parent by {took:?}"
-    );
+    assert!(gone, "a grandchild outlived its killed parent by {took:?}");
     assert_eq!(middle.join_timeout(LONG).unwrap(), signaled(libc::SIGKILL));
     assert_no_zombies();
 }
