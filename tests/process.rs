@@ -563,3 +563,37 @@ fn build_example(name: &str) -> std::path::PathBuf {
     assert!(exe.exists(), "{} not found", exe.display());
     exe
 }
+
+#[test]
+fn a_sender_moved_into_a_child_keeps_the_ring_connected() {
+    use ringpool::ring::RecvTimeoutError;
+    let _g = lock();
+    let ring = ringpool::Ring::builder()
+        .capacity(4096)
+        .anonymous()
+        .unwrap();
+    let rx = ring.receiver().unwrap();
+    let tx = ring.sender().unwrap();
+    let mut p = fork(move || {
+        // Give the parent time to drop its copy of `tx` and look at the ring first.
+        std::thread::sleep(Duration::from_millis(200));
+        for i in 0..10u8 {
+            tx.send([i]).unwrap();
+        }
+        // Never dropped: only the exit path can take the child out of the ring.
+        std::mem::forget(tx);
+    });
+    // Start returned, and the parent's copy of `tx` is gone: the child's copy still counts. (Start
+    // drops the parent's copy only after the child said it started; this checks the path end to
+    // end, it cannot force the race that ordering prevents.)
+    for i in 0..10u8 {
+        assert_eq!(rx.recv_timeout(LONG).unwrap(), vec![i]);
+    }
+    // The child ends without dropping `tx` (it leaves through _exit), yet it leaves the ring.
+    assert!(matches!(
+        rx.recv_timeout(LONG),
+        Err(RecvTimeoutError::Disconnected)
+    ));
+    assert_eq!(p.join_timeout(LONG).unwrap(), ExitStatus::Code(0));
+    assert_no_zombies();
+}

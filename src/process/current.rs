@@ -125,12 +125,15 @@ pub fn current_process() -> CurrentProcess {
     }
 }
 
-/// Ends this process at once with exit code `code`, the way a ringpool child ends: stdout is
-/// flushed, then `_exit` runs. No destructor and no `atexit` handler runs, so a forked child never
-/// runs the parent's clean-up (which could, say, remove a shared resource the parent still uses).
+/// Ends this process at once with exit code `code`, the way a ringpool child ends: every ring
+/// membership the process holds is given up (its peers see it leave now, not when its death is
+/// noticed), stdout is flushed, then `_exit` runs. No destructor and no `atexit` handler runs, so a
+/// forked child never runs the parent's clean-up (which could, say, remove a shared resource the
+/// parent still uses).
 ///
 /// Use it to give a child's exit code; in the main process, prefer `std::process::exit`.
 pub fn exit(code: i32) -> ! {
+    crate::ring::child_exit();
     let _ = std::io::stdout().flush();
     exit_now(code)
 }
