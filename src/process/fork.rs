@@ -10,7 +10,7 @@
 //! wait for "started" (or the child's end)  identity, report channel
 //!                          <-------------- "started"
 //! drop the parent's copy of the closure    run the closure under catch_unwind
-//! return the Process                       flush stdout, _exit
+//! return the Process                       ring::child_exit, flush stdout, _exit
 //! ```
 //!
 //! The parent waits for "started" before it drops its copy of the closure, because the closure may
