@@ -25,38 +25,18 @@ use ringpool::{Process, current_process};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let me = current_process();
-    println!(
-        "parent: program start; I am {}, pid {}",
-        me.name(),
-        me.pid()
-    );
+    println!("parent: program start; I am {}, pid {}", me.name(), me.pid());
 
     let mut p = Process::start(|| {
         std::thread::sleep(Duration::from_millis(200));
         let me = current_process();
-        println!(
-            "child: my name is {}, my pid is {}, alive: {}",
-            me.name(),
-            me.pid(),
-            me.is_alive()
-        );
+        println!("child: my name is {}, my pid is {}, alive: {}", me.name(), me.pid(), me.is_alive());
     })?;
-    println!(
-        "parent: started {} (pid {}), waiting for it to finish",
-        p.name(),
-        p.pid()
-    );
+    println!("parent: started {} (pid {}), waiting for it to finish", p.name(), p.pid());
 
     let status = p.join()?;
     let alive = p.is_alive();
-    println!(
-        "parent: {} finished with {status}; alive now: {alive}",
-        p.name()
-    );
-    println!(
-        "parent: program end; two processes took part: {} (parent) and {} (child)",
-        me.pid(),
-        p.pid()
-    );
+    println!("parent: {} finished with {status}; alive now: {alive}", p.name());
+    println!("parent: program end; two processes took part: {} (parent) and {} (child)", me.pid(), p.pid());
     Ok(())
 }

@@ -176,9 +176,10 @@ impl<T: Pod> QueueBuilder<T> {
             return Err(SegmentError::InvalidSize("max_members must be 1..=256"));
         }
         let (_, stride) = geometry::<T>();
-        (slots as u64).checked_mul(stride).filter(|&b| b <= 1 << 40).ok_or(SegmentError::InvalidSize(
-            "queue larger than 1 TiB",
-        ))?;
+        (slots as u64)
+            .checked_mul(stride)
+            .filter(|&b| b <= 1 << 40)
+            .ok_or(SegmentError::InvalidSize("queue larger than 1 TiB"))?;
         Ok(Config {
             format: FORMAT_SLOTS,
             max_members: self.max_members as u32,
@@ -389,7 +390,9 @@ impl<T: Pod> Sender<T> {
 
     /// Sends a value, waiting at most `timeout` for a free slot.
     pub fn send_timeout(&self, value: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
-        self.send_slice(std::slice::from_ref(&value), Wait::timeout(timeout)).map(drop).map_err(|f| f.send_timeout(value))
+        self.send_slice(std::slice::from_ref(&value), Wait::timeout(timeout))
+            .map(drop)
+            .map_err(|f| f.send_timeout(value))
     }
 
     /// Sends every value in order, up to 1024 per lock hold. On failure, the error holds how

@@ -14,10 +14,7 @@ use ringpool::{Process, current_process};
 const LONG: Duration = Duration::from_secs(10);
 
 fn signaled(signal: i32) -> ExitStatus {
-    ExitStatus::Signaled {
-        signal,
-        core_dumped: false,
-    }
+    ExitStatus::Signaled { signal, core_dumped: false }
 }
 
 #[test]
@@ -31,11 +28,7 @@ fn exit_codes_and_signals_are_reported() {
     let status = seven.join().unwrap();
     assert_eq!(status, ExitStatus::Code(7));
     assert_eq!(status.to_string(), "exit code 7");
-    assert_eq!(
-        seven.join().unwrap(),
-        status,
-        "a second join answers the same"
-    );
+    assert_eq!(seven.join().unwrap(), status, "a second join answers the same");
 
     let mut usr1 = fork(|| {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGUSR1);
@@ -65,21 +58,9 @@ fn join_timeout_returns_on_time_and_never_early() {
         let start = Instant::now();
         let e = p.join_timeout(timeout).unwrap_err();
         let took = start.elapsed();
-        assert_eq!(
-            e,
-            JoinError::Timeout {
-                pid: p.pid(),
-                timeout
-            }
-        );
-        assert!(
-            took >= timeout,
-            "returned after {took:?}, before the {timeout:?} timeout"
-        );
-        assert!(
-            took < timeout + Duration::from_secs(5),
-            "returned only after {took:?}"
-        );
+        assert_eq!(e, JoinError::Timeout { pid: p.pid(), timeout });
+        assert!(took >= timeout, "returned after {took:?}, before the {timeout:?} timeout");
+        assert!(took < timeout + Duration::from_secs(5), "returned only after {took:?}");
     }
     assert!(p.is_alive(), "a timed-out join leaves the child running");
     p.kill().unwrap();
@@ -88,10 +69,7 @@ fn join_timeout_returns_on_time_and_never_early() {
     // A child that ends soon is joined long before a long timeout.
     let mut quick = fork(|| std::thread::sleep(Duration::from_millis(20)));
     let start = Instant::now();
-    assert_eq!(
-        quick.join_timeout(Duration::from_secs(600)).unwrap(),
-        ExitStatus::Code(0)
-    );
+    assert_eq!(quick.join_timeout(Duration::from_secs(600)).unwrap(), ExitStatus::Code(0));
     assert!(start.elapsed() < Duration::from_secs(60));
     assert_no_zombies();
 }
@@ -103,10 +81,7 @@ fn is_alive_turns_false_after_kill() {
     assert!(p.is_alive());
     assert_eq!(p.exit_status(), None);
     p.kill().unwrap();
-    assert!(
-        wait_for(LONG, || !p.is_alive()),
-        "still alive long after SIGKILL"
-    );
+    assert!(wait_for(LONG, || !p.is_alive()), "still alive long after SIGKILL");
     assert_eq!(p.exit_status(), Some(signaled(libc::SIGKILL)));
     assert_eq!(p.join().unwrap(), signaled(libc::SIGKILL));
     assert!(!p.is_alive());
@@ -124,12 +99,7 @@ fn a_panic_in_a_forked_child_reaches_the_parent() {
     });
     let e = p.join().unwrap_err();
     match &e {
-        JoinError::Panicked {
-            pid,
-            name,
-            message,
-            location,
-        } => {
+        JoinError::Panicked { pid, name, message, location } => {
             assert_eq!(*pid, p.pid());
             assert_eq!(name, p.name());
             assert_eq!(message, "boom 42");
@@ -138,10 +108,7 @@ fn a_panic_in_a_forked_child_reaches_the_parent() {
         }
         other => panic!("expected a panic, got {other:?}"),
     }
-    assert!(
-        e.to_string().contains("panicked at tests/process.rs:"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("panicked at tests/process.rs:"), "{e}");
     assert_eq!(p.exit_status(), Some(ExitStatus::Code(101)));
     assert_eq!(p.join().unwrap_err(), e, "a second join answers the same");
 
@@ -174,23 +141,15 @@ fn children_die_with_their_parent_within_a_second() {
     });
     let line = recv_line(rd.as_fd(), LONG).expect("the middle process reports its children");
     let fields: Vec<&str> = line.split(' ').collect();
-    let [forked, name, spawned] = fields[..] else {
-        panic!("{line}")
-    };
-    assert_eq!(
-        name,
-        format!("{}:1", middle.name()),
-        "a grandchild's default name"
-    );
+    let [forked, name, spawned] = fields[..] else { panic!("{line}") };
+    assert_eq!(name, format!("{}:1", middle.name()), "a grandchild's default name");
     let forked = Stray::new(forked.parse().unwrap());
     let spawned = Stray::new(spawned.parse().unwrap());
     assert!(forked.is_alive() && spawned.is_alive());
 
     let start = Instant::now();
     middle.kill().unwrap();
-    let gone = wait_for(Duration::from_secs(1), || {
-        !forked.is_alive() && !spawned.is_alive()
-    });
+    let gone = wait_for(Duration::from_secs(1), || !forked.is_alive() && !spawned.is_alive());
     let took = start.elapsed();
     assert!(gone, "a grandchild outlived its killed parent by {took:?}");
     assert_eq!(middle.join_timeout(LONG).unwrap(), signaled(libc::SIGKILL));
@@ -220,10 +179,7 @@ fn a_child_can_be_asked_to_outlive_its_parent() {
     middle.kill().unwrap();
     assert_eq!(middle.join_timeout(LONG).unwrap(), signaled(libc::SIGKILL));
     std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        grandchild.is_alive(),
-        "the grandchild died with its parent although asked not to"
-    );
+    assert!(grandchild.is_alive(), "the grandchild died with its parent although asked not to");
     drop(grandchild); // kills it
     assert_no_zombies();
 }
@@ -236,35 +192,21 @@ fn dropped_children_are_killed_and_reaped() {
     let pid = p.pid();
     let start = Instant::now();
     drop(p);
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "drop took {:?}",
-        start.elapsed()
-    );
-    assert!(
-        liveness::proc_stat(pid).is_none(),
-        "pid {pid} still exists after drop"
-    );
+    assert!(start.elapsed() < Duration::from_secs(5), "drop took {:?}", start.elapsed());
+    assert!(liveness::proc_stat(pid).is_none(), "pid {pid} still exists after drop");
 
     // Ended but not reaped when dropped (a zombie): reaped.
     let p = fork(|| {});
     let pid = p.pid();
-    assert!(wait_for(LONG, || liveness::proc_stat(pid)
-        .is_some_and(|st| st.state == b'Z')));
+    assert!(wait_for(LONG, || liveness::proc_stat(pid).is_some_and(|st| st.state == b'Z')));
     drop(p);
-    assert!(
-        liveness::proc_stat(pid).is_none(),
-        "zombie {pid} left after drop"
-    );
+    assert!(liveness::proc_stat(pid).is_none(), "zombie {pid} left after drop");
 
     // Spawned, then dropped.
     let p = spawned().spawn(sleep_then_exit, 60_000).unwrap();
     let pid = p.pid();
     drop(p);
-    assert!(
-        liveness::proc_stat(pid).is_none(),
-        "pid {pid} still exists after drop"
-    );
+    assert!(liveness::proc_stat(pid).is_none(), "pid {pid} still exists after drop");
     assert_no_zombies();
 }
 
@@ -280,16 +222,7 @@ fn current_process_in_parent_and_children() {
     let (rd, wr) = pipe();
     let mut p = fork(move || {
         let c = current_process();
-        send_line(
-            &wr,
-            &format!(
-                "{} {} {} {}",
-                c.name(),
-                c.pid(),
-                c.parent_pid(),
-                c.is_alive()
-            ),
-        );
+        send_line(&wr, &format!("{} {} {} {}", c.name(), c.pid(), c.parent_pid(), c.is_alive()));
     });
     let line = recv_line(rd.as_fd(), LONG).expect("the child reports");
     assert_eq!(line, format!("{} {} {} true", p.name(), p.pid(), me.pid()));
@@ -297,10 +230,7 @@ fn current_process_in_parent_and_children() {
 
     // A spawned child, with a name given, reports through a descriptor it inherits.
     let (rd, wr) = inheritable_pipe();
-    let mut p = spawned()
-        .name("worker")
-        .spawn(report_identity, wr.as_raw_fd())
-        .unwrap();
+    let mut p = spawned().name("worker").spawn(report_identity, wr.as_raw_fd()).unwrap();
     drop(wr);
     assert_eq!(p.name(), "worker");
     assert_eq!(p.start_method(), StartMethod::Spawn);
@@ -314,11 +244,7 @@ fn current_process_in_parent_and_children() {
 /// number. Made under `lock()`, so no other test starts a program that could inherit it.
 fn inheritable_pipe() -> (OwnedFd, OwnedFd) {
     let (rd, wr) = nix::unistd::pipe().expect("pipe");
-    nix::fcntl::fcntl(
-        &rd,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    )
-    .unwrap();
+    nix::fcntl::fcntl(&rd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).unwrap();
     (rd, wr)
 }
 
@@ -332,16 +258,7 @@ fn report_identity(fd: i32) {
     // this process owns it.
     let out = unsafe { OwnedFd::from_raw_fd(fd) };
     let c = current_process();
-    send_line(
-        &out,
-        &format!(
-            "{} {} {} {}",
-            c.name(),
-            c.pid(),
-            c.parent_pid(),
-            c.is_alive()
-        ),
-    );
+    send_line(&out, &format!("{} {} {} {}", c.name(), c.pid(), c.parent_pid(), c.is_alive()));
 }
 
 fn sleep_then_exit(ms: u64) {
@@ -366,18 +283,9 @@ fn spawn_runs_a_function_and_reports_its_panic() {
 
     let mut p = spawned().spawn(panic_with, 9).unwrap();
     match p.join_timeout(LONG) {
-        Err(JoinError::Panicked {
-            message,
-            location,
-            pid,
-            ..
-        }) => {
+        Err(JoinError::Panicked { message, location, pid, .. }) => {
             assert_eq!(message, "spawned boom 9");
-            assert!(
-                location
-                    .unwrap_or_default()
-                    .starts_with("tests/process.rs:")
-            );
+            assert!(location.unwrap_or_default().starts_with("tests/process.rs:"));
             assert_eq!(pid, p.pid());
         }
         other => panic!("expected a panic, got {other:?}"),
@@ -385,12 +293,8 @@ fn spawn_runs_a_function_and_reports_its_panic() {
     assert_eq!(p.exit_status(), Some(ExitStatus::Code(101)));
 
     // A closure that captures nothing is a plain function too.
-    let mut p = spawned()
-        .spawn(
-            |x: [u16; 3]| ringpool::process::exit(i32::from(x[0] + x[1] + x[2])),
-            [1u16, 2, 3],
-        )
-        .unwrap();
+    let mut p =
+        spawned().spawn(|x: [u16; 3]| ringpool::process::exit(i32::from(x[0] + x[1] + x[2])), [1u16, 2, 3]).unwrap();
     assert_eq!(p.join_timeout(LONG).unwrap(), ExitStatus::Code(6));
     assert_no_zombies();
 }
@@ -405,9 +309,7 @@ fn fork_is_refused_while_other_threads_run_and_auto_spawns() {
         Err(e) => panic!("expected Threaded, got {e}"),
         Ok(_) => panic!("fork was not refused with two threads running"),
     }
-    let e = Process::builder()
-        .start_method(StartMethod::Fork)
-        .spawn(exit_with, 4);
+    let e = Process::builder().start_method(StartMethod::Fork).spawn(exit_with, 4);
     assert!(matches!(e, Err(StartError::Threaded { .. })), "{e:?}");
     // Auto (the default for spawn) re-executes instead.
     let mut p = Process::builder().spawn(exit_with, 4).unwrap();
@@ -430,10 +332,7 @@ fn default_names_count_up() {
         _ => panic!("unexpected default name {:?}", a.name()),
     };
     assert_eq!(b.name(), format!("Process-{}", n + 1));
-    let mut got = [
-        recv_line(rd.as_fd(), LONG).unwrap(),
-        recv_line(rd.as_fd(), LONG).unwrap(),
-    ];
+    let mut got = [recv_line(rd.as_fd(), LONG).unwrap(), recv_line(rd.as_fd(), LONG).unwrap()];
     got.sort();
     let mut want = [a.name().to_owned(), b.name().to_owned()];
     want.sort();
@@ -457,30 +356,14 @@ fn the_process_basics_example_runs_to_its_end() {
     let exe = build_example("process_basics");
     let out = run_with_deadline(std::process::Command::new(&exe), Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     let pid_after = |text: &str, key: &str| -> u32 {
-        let at = text
-            .find(key)
-            .unwrap_or_else(|| panic!("{key:?} not in:\n{text}"))
-            + key.len();
-        text[at..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+        let at = text.find(key).unwrap_or_else(|| panic!("{key:?} not in:\n{text}")) + key.len();
+        text[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
     };
     let parent = pid_after(&stdout, "MainProcess, pid ");
     let child = pid_after(&stdout, "my pid is ");
-    assert_ne!(
-        parent, child,
-        "parent and child must be two processes:\n{stdout}"
-    );
+    assert_ne!(parent, child, "parent and child must be two processes:\n{stdout}");
     assert!(stdout.contains("my name is Process-1"), "{stdout}");
     assert!(stdout.contains("alive: true"), "{stdout}");
     assert!(stdout.contains("exit code 0"), "{stdout}");
@@ -490,11 +373,8 @@ fn the_process_basics_example_runs_to_its_end() {
 /// Runs `cmd` with stdout and stderr captured; kills it and fails the test after `timeout`.
 fn run_with_deadline(mut cmd: std::process::Command, timeout: Duration) -> std::process::Output {
     use std::process::Stdio;
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut child =
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     // Drain both pipes on threads, so a chatty child cannot block on a full pipe.
     let out = child.stdout.take().unwrap();
     let err = child.stderr.take().unwrap();
@@ -521,11 +401,7 @@ fn run_with_deadline(mut cmd: std::process::Command, timeout: Duration) -> std::
     };
     let stdout = out.join().unwrap();
     let stderr = err.join().unwrap();
-    std::process::Output {
-        status,
-        stdout,
-        stderr,
-    }
+    std::process::Output { status, stdout, stderr }
 }
 
 /// Builds `examples/<name>.rs` with the profile of this test binary (`cargo test --test process`
@@ -542,23 +418,11 @@ fn build_example(name: &str) -> std::path::PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
     let target_dir = profile_dir.parent().unwrap();
     let mut cmd = std::process::Command::new(cargo);
-    cmd.args([
-        "build",
-        "--quiet",
-        "--example",
-        name,
-        "--profile",
-        profile,
-        "--target-dir",
-    ])
-    .arg(target_dir)
-    .current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd.args(["build", "--quiet", "--example", name, "--profile", profile, "--target-dir"])
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
     let out = run_with_deadline(cmd, Duration::from_secs(600));
-    assert!(
-        out.status.success(),
-        "cargo build --example {name} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "cargo build --example {name} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let exe = profile_dir.join("examples").join(name);
     assert!(exe.exists(), "{} not found", exe.display());
     exe
@@ -568,10 +432,7 @@ fn build_example(name: &str) -> std::path::PathBuf {
 fn a_sender_moved_into_a_child_keeps_the_ring_connected() {
     use ringpool::ring::RecvTimeoutError;
     let _g = lock();
-    let ring = ringpool::Ring::builder()
-        .capacity(4096)
-        .anonymous()
-        .unwrap();
+    let ring = ringpool::Ring::builder().capacity(4096).anonymous().unwrap();
     let rx = ring.receiver().unwrap();
     let tx = ring.sender().unwrap();
     let mut p = fork(move || {
@@ -590,10 +451,7 @@ fn a_sender_moved_into_a_child_keeps_the_ring_connected() {
         assert_eq!(rx.recv_timeout(LONG).unwrap(), vec![i]);
     }
     // The child ends without dropping `tx` (it leaves through _exit), yet it leaves the ring.
-    assert!(matches!(
-        rx.recv_timeout(LONG),
-        Err(RecvTimeoutError::Disconnected)
-    ));
+    assert!(matches!(rx.recv_timeout(LONG), Err(RecvTimeoutError::Disconnected)));
     assert_eq!(p.join_timeout(LONG).unwrap(), ExitStatus::Code(0));
     assert_no_zombies();
 }

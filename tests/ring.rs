@@ -225,9 +225,9 @@ fn random_ring_state_fails_operations() {
         }
         // Control block (locks, indices, members) or data region (records).
         let (offset, len) = match seed % 4 {
-            0 => (4096 + 128, 1024),             // send line, recv line, tail, head ...
-            1 => (4096 + 3 * 128 + (seed % 256), 16), // around the indices
-            2 => (4096 + 12288, 4096),           // the whole data region
+            0 => (4096 + 128, 1024),                   // send line, recv line, tail, head ...
+            1 => (4096 + 3 * 128 + (seed % 256), 16),  // around the indices
+            2 => (4096 + 12288, 4096),                 // the whole data region
             _ => (4096 + 12288 + (seed % 512) * 8, 8), // one word in the data region
         };
         scribble(&name, offset, len, seed ^ 0xDEAD_BEEF);

@@ -105,9 +105,7 @@ fn hook(info: &PanicHookInfo<'_>, wrapped: &Hook) {
 fn payload_text(payload: &(dyn std::any::Any + Send)) -> &str {
     match payload.downcast_ref::<&str>() {
         Some(s) => s,
-        None => payload
-            .downcast_ref::<String>()
-            .map_or("Box<dyn Any>", String::as_str),
+        None => payload.downcast_ref::<String>().map_or("Box<dyn Any>", String::as_str),
     }
 }
 
@@ -119,11 +117,7 @@ fn print_without_locks(info: &PanicHookInfo<'_>, message: &str, runner: bool) {
         let mut w = std::io::Cursor::new(&mut buf[..]);
         let _ = write!(w, "process '{}' (pid {})", me.name(), me.pid());
         if !runner {
-            let _ = write!(
-                w,
-                ", thread '{}',",
-                std::thread::current().name().unwrap_or("<unnamed>")
-            );
+            let _ = write!(w, ", thread '{}',", std::thread::current().name().unwrap_or("<unnamed>"));
         }
         let _ = match info.location() {
             Some(loc) => write!(w, " panicked at {loc}:\n{message}\n"),
@@ -153,12 +147,7 @@ pub(crate) fn write_stderr(bytes: &[u8]) {
 /// `expected_parent`: when set, the child asks for SIGKILL when the parent's forking thread ends,
 /// then checks that its parent is still `expected_parent`; if the parent already died (before the
 /// request could take effect), the child kills itself at once.
-pub(crate) fn enter(
-    kind: Kind,
-    id: Box<Identity>,
-    channel: Option<OwnedFd>,
-    expected_parent: Option<u32>,
-) {
+pub(crate) fn enter(kind: Kind, id: Box<Identity>, channel: Option<OwnedFd>, expected_parent: Option<u32>) {
     if let Some(parent) = expected_parent {
         die_with_parent(parent);
     }

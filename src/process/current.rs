@@ -23,10 +23,7 @@ pub(crate) struct Identity {
     pub(crate) path: String,
 }
 
-static MAIN: Identity = Identity {
-    name: String::new(),
-    path: String::new(),
-};
+static MAIN: Identity = Identity { name: String::new(), path: String::new() };
 const MAIN_NAME: &str = "MainProcess";
 
 /// This process's identity; null means [`MAIN`]. Every value stored is leaked, never freed, so a
@@ -52,11 +49,7 @@ fn identity() -> &'static Identity {
 pub(crate) fn next_child(name: Option<String>) -> Identity {
     let n = NEXT_CHILD.fetch_add(1, Ordering::Relaxed);
     let parent = &identity().path;
-    let path = if parent.is_empty() {
-        n.to_string()
-    } else {
-        format!("{parent}:{n}")
-    };
+    let path = if parent.is_empty() { n.to_string() } else { format!("{parent}:{n}") };
     let name = name.unwrap_or_else(|| format!("Process-{path}"));
     Identity { name, path }
 }
@@ -113,16 +106,8 @@ impl CurrentProcess {
 /// ```
 pub fn current_process() -> CurrentProcess {
     let id = identity();
-    let name = if std::ptr::eq(id, &MAIN) {
-        MAIN_NAME
-    } else {
-        id.name.as_str()
-    };
-    CurrentProcess {
-        name,
-        pid: crate::sync::current_pid(),
-        parent_pid: nix::unistd::getppid().as_raw() as u32,
-    }
+    let name = if std::ptr::eq(id, &MAIN) { MAIN_NAME } else { id.name.as_str() };
+    CurrentProcess { name, pid: crate::sync::current_pid(), parent_pid: nix::unistd::getppid().as_raw() as u32 }
 }
 
 /// Ends this process at once with exit code `code`, the way a ringpool child ends: every ring

@@ -33,10 +33,8 @@ use crate::sync::current_pid;
 /// `/proc/self/task`): then nobody else can start a thread before the caller forks, so the answer
 /// cannot go stale. Fails with [`StartError::Threaded`] otherwise, and when /proc cannot be read.
 pub(super) fn check_alone() -> Result<(), StartError> {
-    let dir = std::fs::read_dir("/proc/self/task").map_err(|e| StartError::Os {
-        op: "count threads in /proc/self/task",
-        source: io_errno(e),
-    })?;
+    let dir = std::fs::read_dir("/proc/self/task")
+        .map_err(|e| StartError::Os { op: "count threads in /proc/self/task", source: io_errno(e) })?;
     match dir.count() {
         1 => Ok(()),
         threads => Err(StartError::Threaded { threads }),
@@ -45,19 +43,12 @@ pub(super) fn check_alone() -> Result<(), StartError> {
 
 /// Forks a child that runs `f`. `kind` says whether the caller checked that it is the only thread
 /// ([`Kind::Forked`]) or took responsibility for the other threads ([`Kind::ForkedUnchecked`]).
-pub(super) fn fork(
-    b: ProcessBuilder,
-    f: Box<dyn FnOnce() + '_>,
-    kind: Kind,
-) -> Result<Process, StartError> {
+pub(super) fn fork(b: ProcessBuilder, f: Box<dyn FnOnce() + '_>, kind: Kind) -> Result<Process, StartError> {
     wait::sweep();
     child::install_hook();
     let id = Box::new(current::next_child(b.name));
     let name = id.name.clone();
-    let (read_end, write_end) = report::channel().map_err(|source| StartError::Os {
-        op: "pipe2",
-        source,
-    })?;
+    let (read_end, write_end) = report::channel().map_err(|source| StartError::Os { op: "pipe2", source })?;
     let parent = current_pid();
     let expected_parent = b.die_with_parent.then_some(parent);
 

@@ -141,11 +141,7 @@ pub struct ProcessBuilder {
 
 impl Default for ProcessBuilder {
     fn default() -> Self {
-        ProcessBuilder {
-            name: None,
-            die_with_parent: true,
-            start_method: StartMethod::Auto,
-        }
+        ProcessBuilder { name: None, die_with_parent: true, start_method: StartMethod::Auto }
     }
 }
 
@@ -219,21 +215,12 @@ impl ProcessBuilder {
         if self.resolve_method()? == StartMethod::Fork {
             return fork::fork(self, Box::new(move || entry(arg)), child::Kind::Forked);
         }
-        spawn::spawn(
-            self,
-            spawn::typed_trampoline::<A>,
-            entry as usize,
-            bytes,
-            &[],
-        )
+        spawn::spawn(self, spawn::typed_trampoline::<A>, entry as usize, bytes, &[])
     }
 
     /// The form the pool uses: `entry(arg)` on raw bytes, with descriptors that the child receives
     /// under the same numbers (close-on-exec is cleared on them in the spawned child only).
-    #[allow(
-        dead_code,
-        reason = "the pool (layer 5) starts its workers through this"
-    )]
+    #[allow(dead_code, reason = "the pool (layer 5) starts its workers through this")]
     pub(crate) fn spawn_raw(
         self,
         entry: fn(&[u8]),
@@ -244,13 +231,7 @@ impl ProcessBuilder {
             let arg = arg.to_vec();
             return fork::fork(self, Box::new(move || entry(&arg)), child::Kind::Forked);
         }
-        spawn::spawn(
-            self,
-            spawn::raw_trampoline,
-            entry as usize,
-            arg,
-            inherit_fds,
-        )
+        spawn::spawn(self, spawn::raw_trampoline, entry as usize, arg, inherit_fds)
     }
 
     /// The method to use: [`StartMethod::Auto`] made concrete (`Fork` when the caller is the only
@@ -325,35 +306,24 @@ impl Process {
             if reports.started || reports.refused.is_some() || reports.closed {
                 break;
             }
-            if self.reap_with(|pid, _| wait::try_reap(pid)).is_err() || self.state != State::Running
-            {
+            if self.reap_with(|pid, _| wait::try_reap(pid)).is_err() || self.state != State::Running {
                 break;
             }
             if deadline.passed() {
                 let _ = self.kill();
                 self.reap_for_drop();
-                return Err(StartError::StartTimeout {
-                    pid: self.pid,
-                    waited: START_TIMEOUT,
-                });
+                return Err(StartError::StartTimeout { pid: self.pid, waited: START_TIMEOUT });
             }
             // Without a pidfd, a child that dies while a grandchild keeps the channel open is only
             // seen by the next try_reap: look again every 10 ms.
-            let slice = if self.pidfd.is_some() {
-                deadline
-            } else {
-                deadline.min_after(Duration::from_millis(10))
-            };
+            let slice = if self.pidfd.is_some() { deadline } else { deadline.min_after(Duration::from_millis(10)) };
             let mut fds = vec![self.channel.fd()];
             fds.extend(self.pidfd.as_ref().map(|fd| fd.as_fd()));
             let _ = wait::poll_readable(&fds, Some(slice));
         }
         if let Some(reason) = self.channel.reports.refused.clone() {
             self.reap_for_drop();
-            return Err(StartError::Refused {
-                pid: self.pid,
-                reason,
-            });
+            return Err(StartError::Refused { pid: self.pid, reason });
         }
         Ok(())
     }
@@ -407,10 +377,7 @@ impl Process {
         let deadline = Deadline::after(timeout);
         self.reap_with(|pid, pidfd| wait::reap_until(pid, pidfd, deadline))?;
         if self.state == State::Running {
-            return Err(JoinError::Timeout {
-                pid: self.pid,
-                timeout,
-            });
+            return Err(JoinError::Timeout { pid: self.pid, timeout });
         }
         self.outcome()
     }
@@ -440,10 +407,7 @@ impl Process {
             Ok(None) => {}
             Err(Errno::ECHILD) => self.state = State::Lost,
             Err(source) => {
-                return Err(JoinError::Os {
-                    op: "waitpid",
-                    source,
-                });
+                return Err(JoinError::Os { op: "waitpid", source });
             }
         }
         Ok(())
@@ -467,10 +431,7 @@ impl Process {
             return Ok(());
         }
         if !self.is_ours() {
-            return Err(SignalError::NotOurChild {
-                pid: self.pid,
-                owner: self.owner,
-            });
+            return Err(SignalError::NotOurChild { pid: self.pid, owner: self.owner });
         }
         wait::send_signal(self.pid, self.pidfd.as_ref().map(|fd| fd.as_fd()), signal)
             .map_err(|source| SignalError::Os { signal, source })
@@ -481,14 +442,7 @@ impl Process {
     }
 
     fn check_ours(&self) -> Result<(), JoinError> {
-        if self.is_ours() {
-            Ok(())
-        } else {
-            Err(JoinError::NotOurChild {
-                pid: self.pid,
-                owner: self.owner,
-            })
-        }
+        if self.is_ours() { Ok(()) } else { Err(JoinError::NotOurChild { pid: self.pid, owner: self.owner }) }
     }
 
     /// Records the reaped child's status and reads its last reports (all written before it died,
@@ -513,10 +467,7 @@ impl Process {
             State::Ended(status) => Ok(status),
             State::Lost => Err(JoinError::Lost { pid: self.pid }),
             // Not reached: callers only ask once the child has been reaped.
-            State::Running => Err(JoinError::Os {
-                op: "waitpid",
-                source: Errno::EAGAIN,
-            }),
+            State::Running => Err(JoinError::Os { op: "waitpid", source: Errno::EAGAIN }),
         }
     }
 
@@ -524,10 +475,7 @@ impl Process {
     /// sweep after that.
     fn reap_for_drop(&mut self) {
         let deadline = Deadline::after(DROP_REAP_WAIT);
-        if self
-            .reap_with(|pid, pidfd| wait::reap_until(pid, pidfd, deadline))
-            .is_err()
-        {
+        if self.reap_with(|pid, pidfd| wait::reap_until(pid, pidfd, deadline)).is_err() {
             self.state = State::Lost;
         }
         if self.state == State::Running {
@@ -541,10 +489,7 @@ impl Drop for Process {
     /// Kills a child that still runs and reaps it, waiting at most [`DROP_REAP_WAIT`]. Never blocks
     /// longer, never panics. In a process that did not start the child, does nothing.
     fn drop(&mut self) {
-        if self.is_ours()
-            && self.reap_with(|pid, _| wait::try_reap(pid)).is_ok()
-            && self.state == State::Running
-        {
+        if self.is_ours() && self.reap_with(|pid, _| wait::try_reap(pid)).is_ok() && self.state == State::Running {
             let _ = self.kill();
             self.reap_for_drop();
         }

@@ -132,9 +132,7 @@ impl Reports {
                         Some(nul) => (Some(&payload[..nul]), &payload[nul + 1..]),
                         None => (None, payload),
                     };
-                    let loc = loc
-                        .filter(|l| !l.is_empty())
-                        .map(|l| String::from_utf8_lossy(l).into_owned());
+                    let loc = loc.filter(|l| !l.is_empty()).map(|l| String::from_utf8_lossy(l).into_owned());
                     self.panic = Some((loc, String::from_utf8_lossy(msg).into_owned()));
                 }
                 REFUSED => self.refused = Some(String::from_utf8_lossy(payload).into_owned()),
@@ -155,10 +153,7 @@ pub(crate) struct Channel {
 
 impl Channel {
     pub(crate) fn new(fd: OwnedFd) -> Channel {
-        Channel {
-            fd,
-            reports: Reports::default(),
-        }
+        Channel { fd, reports: Reports::default() }
     }
 
     /// Reads what has arrived.
@@ -216,11 +211,7 @@ mod tests {
             r.pending.extend_from_slice(&all[cut..]);
             r.parse();
             assert!(r.started);
-            assert_eq!(
-                r.panic,
-                Some((Some("src/a.rs:1:2".into()), "boom".into())),
-                "cut at {cut}"
-            );
+            assert_eq!(r.panic, Some((Some("src/a.rs:1:2".into()), "boom".into())), "cut at {cut}");
             assert!(r.pending.is_empty());
         }
     }
@@ -228,16 +219,11 @@ mod tests {
     #[test]
     fn garbage_is_harmless() {
         let mut r = Reports::default();
-        r.pending
-            .extend_from_slice(&[PANICKED, 0xff, 0xff, 1, 2, 3]);
+        r.pending.extend_from_slice(&[PANICKED, 0xff, 0xff, 1, 2, 3]);
         r.parse();
-        assert!(
-            r.panic.is_none(),
-            "an incomplete record is kept, not trusted"
-        );
+        assert!(r.panic.is_none(), "an incomplete record is kept, not trusted");
         let mut r = Reports::default();
-        r.pending
-            .extend_from_slice(&record(PANICKED, &[0xff, 0xfe]));
+        r.pending.extend_from_slice(&record(PANICKED, &[0xff, 0xfe]));
         r.parse();
         assert_eq!(r.panic, Some((None, "\u{fffd}\u{fffd}".into())));
     }
@@ -253,9 +239,6 @@ mod tests {
         let mut ch = Channel::new(rd);
         let r = ch.poll_reports();
         assert!(r.closed && r.started);
-        assert_eq!(
-            r.refused.as_deref().map(str::len),
-            Some(MAX_RECORD - HEADER)
-        );
+        assert_eq!(r.refused.as_deref().map(str::len), Some(MAX_RECORD - HEADER));
     }
 }

@@ -67,10 +67,7 @@ pub(super) fn typed_trampoline<A: bytemuck::Pod>(entry: usize, arg: &[u8]) {
     let f = unsafe { std::mem::transmute::<usize, fn(A)>(entry) };
     match bytemuck::try_pod_read_unaligned::<A>(arg) {
         Ok(a) => f(a),
-        Err(e) => panic!(
-            "ringpool: spawn argument of {} bytes does not fit its type: {e}",
-            arg.len()
-        ),
+        Err(e) => panic!("ringpool: spawn argument of {} bytes does not fit its type: {e}", arg.len()),
     }
 }
 
@@ -109,12 +106,8 @@ fn rebase(offset: i64, base: usize) -> usize {
 /// is part of the executable itself and that `entry` lies in the same image.
 fn offsets(trampoline: usize, entry: usize) -> Result<Offsets, StartError> {
     let os = |op| move |source| StartError::Os { op, source };
-    let maps = std::fs::read_to_string("/proc/self/maps")
-        .map_err(io_errno)
-        .map_err(os("read /proc/self/maps"))?;
-    let exe = std::fs::read_link("/proc/self/exe")
-        .map_err(io_errno)
-        .map_err(os("readlink /proc/self/exe"))?;
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(io_errno).map_err(os("read /proc/self/maps"))?;
+    let exe = std::fs::read_link("/proc/self/exe").map_err(io_errno).map_err(os("readlink /proc/self/exe"))?;
     let here = image_at(&maps, anchor()).ok_or(StartError::NotInExecutable)?;
     if std::path::Path::new(here.path) != exe {
         return Err(StartError::NotInExecutable);
@@ -132,8 +125,7 @@ fn offsets(trampoline: usize, entry: usize) -> Result<Offsets, StartError> {
 /// In the child: the load address of the image that holds [`anchor`], if the request's anchor
 /// offset is this copy of ringpool's (else the request is for another copy).
 fn base_for(anchor_offset: i64) -> Result<Option<usize>, &'static str> {
-    let maps =
-        std::fs::read_to_string("/proc/self/maps").map_err(|_| "cannot read /proc/self/maps")?;
+    let maps = std::fs::read_to_string("/proc/self/maps").map_err(|_| "cannot read /proc/self/maps")?;
     let here = image_at(&maps, anchor()).ok_or("ringpool is not in a file mapping")?;
     Ok((offset(anchor(), here.base) == anchor_offset).then_some(here.base))
 }
@@ -186,14 +178,8 @@ fn image_at(maps: &str, addr: usize) -> Option<Image<'_>> {
     }
     // The same file's mapping at offset 0 closest below: the start of this image (the file may be
     // mapped again elsewhere, as data).
-    let first = all()
-        .rfind(|x| x.dev == m.dev && x.inode == m.inode && x.offset == 0 && x.start <= m.start)?;
-    Some(Image {
-        base: first.start,
-        dev: m.dev,
-        inode: m.inode,
-        path: m.path,
-    })
+    let first = all().rfind(|x| x.dev == m.dev && x.inode == m.inode && x.offset == 0 && x.start <= m.start)?;
+    Some(Image { base: first.start, dev: m.dev, inode: m.inode, path: m.path })
 }
 
 /// What identifies the executable file: the child refuses to run unless it is the same.
@@ -208,13 +194,7 @@ struct ExeId {
 
 fn exe_id_now() -> Result<ExeId, Errno> {
     let m = std::fs::metadata("/proc/self/exe").map_err(io_errno)?;
-    Ok(ExeId {
-        dev: m.dev(),
-        ino: m.ino(),
-        size: m.size(),
-        mtime: m.mtime(),
-        mtime_nsec: m.mtime_nsec(),
-    })
+    Ok(ExeId { dev: m.dev(), ino: m.ino(), size: m.size(), mtime: m.mtime(), mtime_nsec: m.mtime_nsec() })
 }
 
 /// The parent's executable identity, read once.
@@ -268,16 +248,10 @@ impl Request {
         }
         let mut field = |key: &str| -> Result<&str, &'static str> {
             let f = fields.next().ok_or("request is cut short")?;
-            f.strip_prefix(key)
-                .and_then(|f| f.strip_prefix('='))
-                .ok_or("request has an unexpected field")
+            f.strip_prefix(key).and_then(|f| f.strip_prefix('=')).ok_or("request has an unexpected field")
         };
         let mut exe = field("exe")?.split(',');
-        let mut num = || {
-            exe.next()
-                .and_then(|n| n.parse::<i128>().ok())
-                .ok_or("bad executable identity")
-        };
+        let mut num = || exe.next().and_then(|n| n.parse::<i128>().ok()).ok_or("bad executable identity");
         let exe = ExeId {
             dev: num()? as u64,
             ino: num()? as u64,
@@ -286,11 +260,7 @@ impl Request {
             mtime_nsec: num()? as i64,
         };
         let mut offset = |key| field(key)?.parse().map_err(|_| "bad offset");
-        let at = Offsets {
-            anchor: offset("anchor")?,
-            trampoline: offset("tramp")?,
-            entry: offset("entry")?,
-        };
+        let at = Offsets { anchor: offset("anchor")?, trampoline: offset("tramp")?, entry: offset("entry")? };
         let report_fd = field("fd")?.parse().map_err(|_| "bad descriptor number")?;
         let path = field("path")?;
         if !path.bytes().all(|b| b.is_ascii_digit() || b == b':') {
@@ -303,15 +273,7 @@ impl Request {
         if fields.next().is_some() {
             return Err("request has trailing fields");
         }
-        Ok(Request {
-            exe,
-            at,
-            report_fd,
-            path,
-            name,
-            comm,
-            arg,
-        })
+        Ok(Request { exe, at, report_fd, path, name, comm, arg })
     }
 }
 
@@ -327,11 +289,7 @@ fn unhex(s: &str) -> Result<Vec<u8>, &'static str> {
     }
     (0..s.len())
         .step_by(2)
-        .map(|i| {
-            s.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or("bad hex digit")
-        })
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or("bad hex digit"))
         .collect()
 }
 
@@ -343,10 +301,7 @@ pub(super) fn spawn(
     arg: &[u8],
     inherit_fds: &[BorrowedFd<'_>],
 ) -> Result<Process, StartError> {
-    let exe = exe_id().map_err(|source| StartError::Os {
-        op: "stat /proc/self/exe",
-        source,
-    })?;
+    let exe = exe_id().map_err(|source| StartError::Os { op: "stat /proc/self/exe", source })?;
     spawn_as(b, exe, trampoline, entry, arg, inherit_fds)
 }
 
@@ -360,10 +315,7 @@ fn spawn_as(
     inherit_fds: &[BorrowedFd<'_>],
 ) -> Result<Process, StartError> {
     if arg.len() > MAX_SPAWN_ARG {
-        return Err(StartError::ArgTooLarge {
-            len: arg.len(),
-            max: MAX_SPAWN_ARG,
-        });
+        return Err(StartError::ArgTooLarge { len: arg.len(), max: MAX_SPAWN_ARG });
     }
     let at = offsets(trampoline as usize, entry)?;
     // The constructor must be linked into every binary that spawns: this use of it makes sure.
@@ -372,10 +324,7 @@ fn spawn_as(
     child::install_hook();
 
     let id = current::next_child(b.name);
-    let (read_end, write_end) = report::channel().map_err(|source| StartError::Os {
-        op: "pipe2",
-        source,
-    })?;
+    let (read_end, write_end) = report::channel().map_err(|source| StartError::Os { op: "pipe2", source })?;
     let request = Request {
         exe,
         at,
@@ -398,10 +347,7 @@ fn spawn_as(
     // calls are allowed. It makes only system calls (fcntl, prctl, getppid, kill) and reads the
     // vector captured here, allocated by the parent; it allocates nothing and takes no lock.
     unsafe { cmd.pre_exec(move || before_exec(&keep, expected_parent)) };
-    let child = cmd.spawn().map_err(|e| StartError::Os {
-        op: "spawn /proc/self/exe",
-        source: io_errno(e),
-    })?;
+    let child = cmd.spawn().map_err(|e| StartError::Os { op: "spawn /proc/self/exe", source: io_errno(e) })?;
     drop(write_end);
     // No ForkGuard here: the child executes a new image at once, so it inherits no ring handle.
     let mut p = Process::new(child.id(), id.name, StartMethod::Spawn, read_end);
@@ -476,20 +422,13 @@ fn run_request(request: OsString) -> NotOurs {
     // As Rust's runtime does before `main`, which this child never reaches: a write to a closed
     // pipe is an EPIPE error, not death by SIGPIPE.
     // SAFETY: SIG_IGN installs no handler code; no other thread exists yet to be surprised.
-    let _ = unsafe {
-        nix::sys::signal::signal(
-            nix::sys::signal::Signal::SIGPIPE,
-            nix::sys::signal::SigHandler::SigIgn,
-        )
-    };
+    let _ =
+        unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigIgn) };
     if let Ok(comm) = CString::new(req.comm.trim_ascii_end()) {
         let _ = nix::sys::prctl::set_name(&comm);
     }
     child::install_hook();
-    let id = Identity {
-        name: req.name,
-        path: req.path,
-    };
+    let id = Identity { name: req.name, path: req.path };
     child::enter(Kind::Spawned, Box::new(id), None, None);
     let trampoline = rebase(req.at.trampoline, base);
     // SAFETY: see `typed_trampoline`: the parent sent the offset of a `Trampoline` of this
@@ -523,13 +462,7 @@ fn refuse(reason: &str) -> ! {
         let _ = w.write_all(reason.as_bytes());
     });
     if !told {
-        child::write_stderr(
-            format!(
-                "ringpool: spawned child {} refused to run: {reason}\n",
-                current_pid()
-            )
-            .as_bytes(),
-        );
+        child::write_stderr(format!("ringpool: spawned child {} refused to run: {reason}\n", current_pid()).as_bytes());
     }
     current::exit_now(127)
 }
@@ -541,18 +474,8 @@ mod tests {
 
     fn sample() -> Request {
         Request {
-            exe: ExeId {
-                dev: 2049,
-                ino: 1234567,
-                size: 99,
-                mtime: -5,
-                mtime_nsec: 999_999_999,
-            },
-            at: Offsets {
-                anchor: 5,
-                trampoline: -123_456,
-                entry: 77,
-            },
+            exe: ExeId { dev: 2049, ino: 1234567, size: 99, mtime: -5, mtime_nsec: 999_999_999 },
+            at: Offsets { anchor: 5, trampoline: -123_456, entry: 77 },
             report_fd: 9,
             path: "1:2".into(),
             name: "weird; name=\u{e9}".into(),
@@ -592,16 +515,10 @@ mod tests {
     fn a_function_of_a_shared_library_is_foreign() {
         let f = raw_trampoline as Trampoline as usize;
         let getpid = libc::getpid as unsafe extern "C" fn() -> libc::pid_t as usize;
-        assert!(matches!(
-            offsets(f, getpid),
-            Err(StartError::ForeignFunction)
-        ));
+        assert!(matches!(offsets(f, getpid), Err(StartError::ForeignFunction)));
         let heap = Box::new(0u64);
         let on_heap = &*heap as *const u64 as usize;
-        assert!(matches!(
-            offsets(f, on_heap),
-            Err(StartError::ForeignFunction)
-        ));
+        assert!(matches!(offsets(f, on_heap), Err(StartError::ForeignFunction)));
     }
 
     #[test]
@@ -614,15 +531,8 @@ mod tests {
 garbage
 ";
         let img = image_at(maps, 0x5800).unwrap();
-        assert_eq!(
-            (img.base, img.inode, img.path),
-            (0x5600, 42, "/bin/my prog (deleted)")
-        );
-        assert_eq!(
-            image_at(maps, 0x7050).unwrap().base,
-            0x7000,
-            "a second mapping of the file"
-        );
+        assert_eq!((img.base, img.inode, img.path), (0x5600, 42, "/bin/my prog (deleted)"));
+        assert_eq!(image_at(maps, 0x7050).unwrap().base, 0x7000, "a second mapping of the file");
         assert_eq!(image_at(maps, 0x7f05), None, "anonymous memory");
         assert_eq!(image_at(maps, 0x100), None, "unmapped");
     }
@@ -637,15 +547,9 @@ garbage
         exe.ino ^= 1;
         let b = ProcessBuilder::new().start_method(StartMethod::Spawn);
         let code: u32 = 3;
-        let e = spawn_as(
-            b,
-            exe,
-            typed_trampoline::<u32>,
-            exit_with as fn(u32) as usize,
-            bytemuck::bytes_of(&code),
-            &[],
-        )
-        .unwrap_err();
+        let e =
+            spawn_as(b, exe, typed_trampoline::<u32>, exit_with as fn(u32) as usize, bytemuck::bytes_of(&code), &[])
+                .unwrap_err();
         match e {
             StartError::Refused { reason, .. } => {
                 assert!(reason.contains("not the file"), "{reason}")
@@ -653,14 +557,8 @@ garbage
             other => panic!("expected a refusal, got {other}"),
         }
         // The same request with the right identity runs.
-        let mut p = ProcessBuilder::new()
-            .start_method(StartMethod::Spawn)
-            .spawn(exit_with, code)
-            .unwrap();
-        assert_eq!(
-            p.join_timeout(Duration::from_secs(30)).unwrap(),
-            super::super::ExitStatus::Code(3)
-        );
+        let mut p = ProcessBuilder::new().start_method(StartMethod::Spawn).spawn(exit_with, code).unwrap();
+        assert_eq!(p.join_timeout(Duration::from_secs(30)).unwrap(), super::super::ExitStatus::Code(3));
     }
 
     #[test]

@@ -32,10 +32,7 @@ impl ExitStatus {
         if libc::WIFEXITED(status) {
             Some(ExitStatus::Code(libc::WEXITSTATUS(status)))
         } else if libc::WIFSIGNALED(status) {
-            Some(ExitStatus::Signaled {
-                signal: libc::WTERMSIG(status),
-                core_dumped: libc::WCOREDUMP(status),
-            })
+            Some(ExitStatus::Signaled { signal: libc::WTERMSIG(status), core_dumped: libc::WCOREDUMP(status) })
         } else {
             None
         }
@@ -68,10 +65,7 @@ impl fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             ExitStatus::Code(c) => write!(f, "exit code {c}"),
-            ExitStatus::Signaled {
-                signal,
-                core_dumped,
-            } => {
+            ExitStatus::Signaled { signal, core_dumped } => {
                 write!(f, "killed by signal {signal}")?;
                 if let Ok(sig) = nix::sys::signal::Signal::try_from(signal) {
                     write!(f, " ({})", sig.as_str())?;
@@ -108,15 +102,11 @@ pub enum StartError {
     /// The function given to [`ProcessBuilder::spawn`](super::ProcessBuilder::spawn) does not lie
     /// in the executable itself (it comes from a shared library), so its address cannot be carried
     /// into a re-executed process.
-    #[error(
-        "the entry function is not part of the executable (a shared library?): it cannot be spawned"
-    )]
+    #[error("the entry function is not part of the executable (a shared library?): it cannot be spawned")]
     ForeignFunction,
     /// ringpool runs from a shared library rather than from the executable, so a re-executed
     /// process would not reach ringpool before `main`: spawn is not possible; fork is.
-    #[error(
-        "ringpool is not part of the executable (it runs from a shared library): spawn cannot re-execute it"
-    )]
+    #[error("ringpool is not part of the executable (it runs from a shared library): spawn cannot re-execute it")]
     NotInExecutable,
     /// The argument of a spawned function is larger than the environment can carry.
     #[error("spawn argument of {len} bytes is larger than the {max}-byte limit")]
@@ -235,24 +225,9 @@ mod tests {
     #[test]
     fn decodes_wait_status_words() {
         assert_eq!(ExitStatus::from_wait_status(0), Some(ExitStatus::Code(0)));
-        assert_eq!(
-            ExitStatus::from_wait_status(3 << 8),
-            Some(ExitStatus::Code(3))
-        );
-        assert_eq!(
-            ExitStatus::from_wait_status(9),
-            Some(ExitStatus::Signaled {
-                signal: 9,
-                core_dumped: false
-            })
-        );
-        assert_eq!(
-            ExitStatus::from_wait_status(6 | 0x80),
-            Some(ExitStatus::Signaled {
-                signal: 6,
-                core_dumped: true
-            })
-        );
+        assert_eq!(ExitStatus::from_wait_status(3 << 8), Some(ExitStatus::Code(3)));
+        assert_eq!(ExitStatus::from_wait_status(9), Some(ExitStatus::Signaled { signal: 9, core_dumped: false }));
+        assert_eq!(ExitStatus::from_wait_status(6 | 0x80), Some(ExitStatus::Signaled { signal: 6, core_dumped: true }));
         // Stopped by SIGSTOP: not an ending.
         assert_eq!(ExitStatus::from_wait_status((19 << 8) | 0x7f), None);
     }
@@ -260,49 +235,21 @@ mod tests {
     #[test]
     fn displays_in_plain_words() {
         assert_eq!(ExitStatus::Code(3).to_string(), "exit code 3");
+        assert_eq!(ExitStatus::Signaled { signal: 9, core_dumped: false }.to_string(), "killed by signal 9 (SIGKILL)");
         assert_eq!(
-            ExitStatus::Signaled {
-                signal: 9,
-                core_dumped: false
-            }
-            .to_string(),
-            "killed by signal 9 (SIGKILL)"
-        );
-        assert_eq!(
-            ExitStatus::Signaled {
-                signal: 6,
-                core_dumped: true
-            }
-            .to_string(),
+            ExitStatus::Signaled { signal: 6, core_dumped: true }.to_string(),
             "killed by signal 6 (SIGABRT), core dumped"
         );
-        assert_eq!(
-            ExitStatus::Signaled {
-                signal: 40,
-                core_dumped: false
-            }
-            .to_string(),
-            "killed by signal 40"
-        );
+        assert_eq!(ExitStatus::Signaled { signal: 40, core_dumped: false }.to_string(), "killed by signal 40");
         assert!(ExitStatus::Code(0).success());
         assert!(!ExitStatus::Code(1).success());
-        assert_eq!(
-            ExitStatus::Signaled {
-                signal: 15,
-                core_dumped: false
-            }
-            .signal(),
-            Some(15)
-        );
+        assert_eq!(ExitStatus::Signaled { signal: 15, core_dumped: false }.signal(), Some(15));
         let e = JoinError::Panicked {
             pid: 7,
             name: "Process-1".into(),
             message: "boom".into(),
             location: Some("src/x.rs:1:2".into()),
         };
-        assert_eq!(
-            e.to_string(),
-            "process \"Process-1\" (pid 7) panicked at src/x.rs:1:2: boom"
-        );
+        assert_eq!(e.to_string(), "process \"Process-1\" (pid 7) panicked at src/x.rs:1:2: boom");
     }
 }

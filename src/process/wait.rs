@@ -25,8 +25,7 @@ const LONGEST_NAP: Duration = Duration::from_millis(20);
 /// A pidfd for `pid`, or `None` where the kernel refuses one.
 pub(crate) fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and a flags word and touches no memory of ours.
-    let res =
-        unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0 as libc::c_long) };
+    let res = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::c_long, 0 as libc::c_long) };
     let fd = cvt(res).ok()?;
     let fd = i32::try_from(fd).ok()?;
     // SAFETY: the kernel just returned `fd` as a new descriptor that nothing else owns.
@@ -64,11 +63,7 @@ pub(crate) fn reap_blocking(pid: u32) -> Result<i32, Errno> {
 
 /// Waits for `pid` to end, until `deadline`, and reaps it. `Ok(None)`: still running when the
 /// deadline had passed (never before).
-pub(crate) fn reap_until(
-    pid: u32,
-    pidfd: Option<BorrowedFd<'_>>,
-    deadline: Deadline,
-) -> Result<Option<i32>, Errno> {
+pub(crate) fn reap_until(pid: u32, pidfd: Option<BorrowedFd<'_>>, deadline: Deadline) -> Result<Option<i32>, Errno> {
     let mut nap = FIRST_NAP;
     loop {
         if let Some(status) = try_reap(pid)? {
@@ -90,14 +85,8 @@ pub(crate) fn reap_until(
 /// `poll` for readability on `fds` until one is readable or `deadline` (None: no limit). Returns
 /// whether any was readable. The timeout is rounded up to a whole millisecond, so a wakeup by
 /// timeout is never before the deadline.
-pub(crate) fn poll_readable(
-    fds: &[BorrowedFd<'_>],
-    deadline: Option<Deadline>,
-) -> Result<bool, Errno> {
-    let mut pfds: Vec<PollFd<'_>> = fds
-        .iter()
-        .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
-        .collect();
+pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], deadline: Option<Deadline>) -> Result<bool, Errno> {
+    let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)).collect();
     let timeout = match deadline {
         None => PollTimeout::NONE,
         Some(d) => {
@@ -112,11 +101,7 @@ pub(crate) fn poll_readable(
 
 /// Sends `signal` to the child `pid`, through its pidfd when there is one. A child that has already
 /// ended counts as signalled.
-pub(crate) fn send_signal(
-    pid: u32,
-    pidfd: Option<BorrowedFd<'_>>,
-    signal: i32,
-) -> Result<(), Errno> {
+pub(crate) fn send_signal(pid: u32, pidfd: Option<BorrowedFd<'_>>, signal: i32) -> Result<(), Errno> {
     use std::os::fd::AsRawFd;
     if let Some(fd) = pidfd {
         let null = std::ptr::null::<libc::siginfo_t>();
@@ -154,10 +139,7 @@ static UNREAPED: [AtomicI32; 64] = [const { AtomicI32::new(0) }; 64];
 /// stays until this process ends and init reaps it).
 pub(crate) fn reap_later(pid: u32) -> bool {
     let pid = pid as i32;
-    UNREAPED.iter().any(|slot| {
-        slot.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed)
-            .is_ok()
-    })
+    UNREAPED.iter().any(|slot| slot.compare_exchange(0, pid, Ordering::AcqRel, Ordering::Relaxed).is_ok())
 }
 
 /// Reaps every remembered child that has ended. Called whenever a process is started or dropped.
@@ -195,19 +177,12 @@ mod tests {
     #[test]
     fn reap_until_with_and_without_a_pidfd() {
         for with_pidfd in [true, false] {
-            let child = std::process::Command::new("sleep")
-                .arg("60")
-                .spawn()
-                .unwrap();
+            let child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
             let pid = child.id();
             // The handle is not waited for: reap_until reaps the child.
             drop(child);
             let pidfd = if with_pidfd { pidfd_open(pid) } else { None };
-            assert_eq!(
-                pidfd.is_some(),
-                with_pidfd,
-                "pidfd_open refused on this kernel"
-            );
+            assert_eq!(pidfd.is_some(), with_pidfd, "pidfd_open refused on this kernel");
             let fd = pidfd.as_ref().map(|fd| fd.as_fd());
             let start = Instant::now();
             let timeout = Duration::from_millis(30);
@@ -217,10 +192,7 @@ mod tests {
             let status = reap_until(pid, fd, Deadline::after(Duration::from_secs(10))).unwrap();
             assert_eq!(
                 status.map(ExitStatus::from_wait_status),
-                Some(Some(ExitStatus::Signaled {
-                    signal: 9,
-                    core_dumped: false
-                }))
+                Some(Some(ExitStatus::Signaled { signal: 9, core_dumped: false }))
             );
             assert_eq!(try_reap(pid), Err(Errno::ECHILD), "reaped once");
         }
@@ -228,19 +200,12 @@ mod tests {
 
     #[test]
     fn a_remembered_child_is_reaped_by_a_later_sweep() {
-        let child = std::process::Command::new("sleep")
-            .arg("60")
-            .spawn()
-            .unwrap();
+        let child = std::process::Command::new("sleep").arg("60").spawn().unwrap();
         let pid = child.id();
         drop(child);
         assert!(reap_later(pid));
         sweep();
-        let remembered = || {
-            UNREAPED
-                .iter()
-                .any(|s| s.load(Ordering::Relaxed) == pid as i32)
-        };
+        let remembered = || UNREAPED.iter().any(|s| s.load(Ordering::Relaxed) == pid as i32);
         assert!(remembered(), "a running child stays in the table");
         send_signal(pid, None, libc::SIGKILL).unwrap();
         let deadline = Deadline::after(Duration::from_secs(10));

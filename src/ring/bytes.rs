@@ -137,9 +137,10 @@ impl RingBuilder {
     fn config(&self) -> Result<Config, SegmentError> {
         let page = crate::sys::page_size() as u64;
         let cap = (self.capacity as u64).max(page);
-        let cap = cap.checked_next_power_of_two().filter(|&c| c <= 1 << 40).ok_or(SegmentError::InvalidSize(
-            "ring capacity above 1 TiB",
-        ))?;
+        let cap = cap
+            .checked_next_power_of_two()
+            .filter(|&c| c <= 1 << 40)
+            .ok_or(SegmentError::InvalidSize("ring capacity above 1 TiB"))?;
         if self.max_members == 0 || self.max_members > MAX_MEMBERS {
             return Err(SegmentError::InvalidSize("max_members must be 1..=256"));
         }
@@ -549,10 +550,7 @@ impl std::ops::DerefMut for WriteGuard<'_> {
         let core = &*self.sender.core;
         // SAFETY: as in deref; `&mut self` makes this the only reference into the reservation.
         unsafe {
-            std::slice::from_raw_parts_mut(
-                core.data().as_ptr().add(((self.tail + 8) & core.mask) as usize),
-                self.len,
-            )
+            std::slice::from_raw_parts_mut(core.data().as_ptr().add(((self.tail + 8) & core.mask) as usize), self.len)
         }
     }
 }
@@ -708,9 +706,8 @@ impl Receiver {
             // SAFETY: the record at `head` is published (its header was acquired) and we hold the
             // receive lock, so until we move the head no sender writes these bytes and no other
             // receiver moves past them. With the mirror, head + 8 + len < 2 capacity is mapped.
-            let msg = unsafe {
-                std::slice::from_raw_parts(core.data().as_ptr().add(((head + 8) & core.mask) as usize), len)
-            };
+            let msg =
+                unsafe { std::slice::from_raw_parts(core.data().as_ptr().add(((head + 8) & core.mask) as usize), len) };
             f(msg)
         } else {
             let mut tmp = vec![0u8; len];
@@ -793,7 +790,9 @@ impl std::ops::Deref for ReadGuard<'_> {
         let core = &*self.receiver.core;
         // SAFETY: see Receiver::recv_one: a published record, held under the receive lock until
         // this guard drops; the ring is mirrored (checked in `in_place`).
-        unsafe { std::slice::from_raw_parts(core.data().as_ptr().add(((self.head + 8) & core.mask) as usize), self.len) }
+        unsafe {
+            std::slice::from_raw_parts(core.data().as_ptr().add(((self.head + 8) & core.mask) as usize), self.len)
+        }
     }
 }
 

@@ -243,11 +243,7 @@ impl Core {
                 crate::sync::LockError::Poisoned => Fail::Broken(Broken::Poisoned),
             })?,
         };
-        if guard.owner_died() {
-            self.recovered(side, guard, repair)
-        } else {
-            Ok(guard)
-        }
+        if guard.owner_died() { self.recovered(side, guard, repair) } else { Ok(guard) }
     }
 
     fn try_lock_side<'a>(&'a self, side: &'a Side) -> Result<RobustMutexGuard<'a>, Fail> {

@@ -32,15 +32,15 @@ mod records;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub(crate) use self::core::{Core, Role, Wait};
 pub use bytes::{ReadGuard, Receiver, Ring, RingBuilder, Sender, WriteGuard};
+pub(crate) use bytes::{init as init_config, ring_id};
+pub(crate) use control::{Config, FORMAT_SLOTS, MAX_MEMBERS, data_offset};
+pub(crate) use error::Fail;
 pub use error::{
     Broken, JoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
-pub(crate) use control::{Config, FORMAT_SLOTS, MAX_MEMBERS, data_offset};
-pub(crate) use self::core::{Core, Role, Wait};
-pub(crate) use error::Fail;
 pub(crate) use fork::{ForkGuard, child_exit};
-pub(crate) use bytes::{init as init_config, ring_id};
 
 /// Counters of a ring since its creation (a snapshot; not exact after a member died mid-update).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -54,10 +54,7 @@ pub fn recv_line(fd: BorrowedFd<'_>, timeout: Duration) -> Option<String> {
         let left = timeout.checked_sub(start.elapsed())?;
         let ms = u32::try_from(left.as_millis() + 1).unwrap_or(u32::MAX);
         let mut pfd = [PollFd::new(fd, PollFlags::POLLIN)];
-        match nix::poll::poll(
-            &mut pfd,
-            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-        ) {
+        match nix::poll::poll(&mut pfd, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
             Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
             Ok(_) => {}
             Err(e) => panic!("poll: {e}"),
