@@ -1,0 +1,313 @@
+//! The `queue_pipeline` and `named_queue` examples, built and run to their end, with their output
+//! checked for the facts they claim. (`process_basics` is run by `tests/process.rs`.)
+//!
+//! Every wait has a deadline, a child still running when a test fails is killed (see [`Running`]),
+//! and every segment name a test makes is checked to be gone from /dev/shm at its end.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long an example may take before the test kills it and fails.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+#[test]
+fn queue_pipeline_passes_0_to_9_between_two_processes_and_ends_on_its_own() {
+    let exe = build_example("queue_pipeline");
+    let mut run = Running::start(&mut Command::new(&exe));
+    let pid = run.child.id();
+    let (status, stdout, stderr) = run.wait(DEADLINE);
+    assert!(status.success(), "{status}\n{stdout}\n{stderr}");
+
+    let main = pid_after(&stdout, "main (pid ");
+    let writer = pid_after(&stdout, "writer (pid ");
+    let reader = pid_after(&stdout, "reader (pid ");
+    assert_eq!(main, pid, "main's pid is the program's own:\n{stdout}");
+    assert!(writer != reader && writer != main && reader != main, "three processes expected:\n{stdout}");
+
+    let values_after = |key: &str| -> Vec<u64> {
+        stdout.lines().filter_map(|l| l.split_once(key)).map(|(_, v)| v.trim().parse().unwrap()).collect()
+    };
+    let want: Vec<u64> = (0..10).collect();
+    assert_eq!(values_after(&format!("writer (pid {writer}): put ")), want, "{stdout}");
+    assert_eq!(values_after(&format!("reader (pid {reader}): got ")), want, "received in order:\n{stdout}");
+
+    let lines: Vec<&str> = stdout.lines().collect();
+    let at =
+        |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle:?}:\n{stdout}"));
+    assert!(at(&format!("reader (pid {reader}): Disconnected")) > at(&format!("reader (pid {reader}): got 9")));
+    assert!(lines.last().unwrap().contains("the program ended on its own"), "{stdout}");
+    assert!(stdout.contains("the writer ended with exit code 0, the reader with exit code 0"), "{stdout}");
+}
+
+#[test]
+fn named_queue_server_prints_a_clients_words_in_order_ends_by_itself_and_removes_its_name() {
+    let exe = build_example("named_queue");
+    let name = unique_name("words");
+    let mut server = Running::start(Command::new(&exe).args(["serve", &name]));
+    server.wait_for_line("waiting for clients", DEADLINE);
+    assert!(shm_exists(&name), "the server said it is ready, but /dev/shm/{name} is missing");
+
+    let words = ["hello", "shared memory", "", "ünïcode", "last"];
+    let client = run_with_deadline(Command::new(&exe).args(["send", &name]).args(words), DEADLINE);
+    let client_out = String::from_utf8_lossy(&client.stdout);
+    assert!(client.status.success(), "{}\n{client_out}\n{}", client.status, String::from_utf8_lossy(&client.stderr));
+    for w in words {
+        assert!(client_out.contains(&format!("client: sent {w:?}\n")), "{client_out}");
+    }
+
+    let (status, stdout, stderr) = server.wait(DEADLINE);
+    assert!(status.success(), "the server did not end cleanly by itself: {status}\n{stdout}\n{stderr}");
+    let got: Vec<String> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("server: got "))
+        .map(|q| q.strip_prefix('"').and_then(|q| q.strip_suffix('"')).unwrap().to_owned())
+        .collect();
+    assert_eq!(got, words, "the words, in order:\n{stdout}");
+    assert!(stdout.contains("every client has left and the ring is empty: stopping after 5 messages"), "{stdout}");
+    assert!(stdout.contains(&format!("removed /dev/shm/{name}")), "{stdout}");
+    assert!(!shm_exists(&name), "/dev/shm/{name} is left after the server ended");
+}
+
+#[test]
+fn named_queue_send_without_a_server_fails_in_plain_words() {
+    let exe = build_example("named_queue");
+    let name = unique_name("missing");
+    let out = run_with_deadline(Command::new(&exe).args(["send", &name, "hello"]), DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}\n{stderr}", out.status);
+    assert!(stderr.contains(&format!("no ring named {name:?}: start the server first")), "{stderr}");
+    assert!(stderr.contains(&format!("serve {name}")), "it says how to start the server:\n{stderr}");
+    assert!(!shm_exists(&name), "a client must not create the ring");
+}
+
+#[test]
+fn named_queue_server_stops_on_sigint_and_removes_its_name() {
+    let exe = build_example("named_queue");
+    let name = unique_name("sigint");
+    let mut server = Running::start(Command::new(&exe).args(["serve", &name]));
+    server.wait_for_line("waiting for clients", DEADLINE);
+    assert!(shm_exists(&name));
+    server.signal(Signal::SIGINT);
+    let (status, stdout, stderr) = server.wait(DEADLINE);
+    assert_eq!(status.code(), Some(130), "128 + SIGINT: {status}\n{stdout}\n{stderr}");
+    assert!(stdout.contains("server: got SIGINT: stopping after 0 messages"), "{stdout}");
+    assert!(stdout.contains(&format!("removed /dev/shm/{name}")), "{stdout}");
+    assert!(!shm_exists(&name), "/dev/shm/{name} is left after SIGINT");
+}
+
+#[test]
+fn named_queue_server_refuses_a_taken_name_and_purge_replaces_it() {
+    let exe = build_example("named_queue");
+    let name = unique_name("taken");
+    // A ring left behind, as by a server killed with kill -9: this test process made it, and its
+    // name is removed when `stale` drops, unless a purge replaced it by then.
+    let stale = ringpool::Ring::builder().capacity(4096).create(&name).unwrap();
+
+    let out = run_with_deadline(Command::new(&exe).args(["serve", &name]), DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{}\n{stderr}", out.status);
+    assert!(stderr.contains(&format!("the name {name:?} is taken")), "{stderr}");
+    assert!(stderr.contains(&format!("serve --purge {name}")), "it says how to clear a stale name:\n{stderr}");
+    assert!(shm_exists(&name), "a refused server must leave the existing ring alone");
+
+    let mut server = Running::start(Command::new(&exe).args(["serve", "--purge", &name]));
+    server.wait_for_line("waiting for clients", DEADLINE);
+    drop(stale); // the name is the server's now: dropping ours must leave it
+    assert!(shm_exists(&name), "dropping the purged ring removed the server's name");
+    server.signal(Signal::SIGTERM);
+    let (status, stdout, stderr) = server.wait(DEADLINE);
+    assert_eq!(status.code(), Some(143), "128 + SIGTERM: {status}\n{stdout}\n{stderr}");
+    assert!(stdout.contains("any older one of that name removed"), "{stdout}");
+    assert!(stdout.contains("server: got SIGTERM"), "{stdout}");
+    assert!(!shm_exists(&name), "/dev/shm/{name} is left after SIGTERM");
+}
+
+#[test]
+fn named_queue_bad_arguments_print_the_usage_with_exit_code_2() {
+    let exe = build_example("named_queue");
+    for args in [&[][..], &["serve"], &["send", "x"], &["serve", "a", "b"], &["fetch", "x"], &["serve", "--nope", "x"]]
+    {
+        let out = run_with_deadline(Command::new(&exe).args(args), DEADLINE);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}\n{stderr}", out.status);
+        assert!(stderr.starts_with("usage:"), "{args:?}:\n{stderr}");
+    }
+    let out = run_with_deadline(Command::new(&exe).args(["serve", "a/b"]), DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}\n{stderr}", out.status);
+    assert!(stderr.contains("invalid segment name"), "{stderr}");
+}
+
+// ----- support -------------------------------------------------------------------------------
+
+/// A segment name that includes this test process's pid, so parallel runs never collide.
+fn unique_name(tag: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("rp-example-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn shm_exists(name: &str) -> bool {
+    Path::new("/dev/shm").join(name).exists()
+}
+
+/// The number right after `key` in `text`.
+fn pid_after(text: &str, key: &str) -> u32 {
+    let at = text.find(key).unwrap_or_else(|| panic!("{key:?} not in:\n{text}")) + key.len();
+    text[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
+/// A program running in the background, its stdout read line by line as it comes. Killed and
+/// reaped on drop if it still runs (a failed assertion in a test, say).
+struct Running {
+    child: std::process::Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl Running {
+    fn start(cmd: &mut Command) -> Running {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = drain(Box::new(child.stderr.take().unwrap()));
+        Running { child, lines, seen: Vec::new(), stderr: Some(stderr) }
+    }
+
+    /// Waits until the program prints a line containing `needle`; fails after `timeout`.
+    fn wait_for_line(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.seen.push(line);
+                    if found {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no line with {needle:?} within {timeout:?}; got:\n{}", self.seen.join("\n"))
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("the program ended without printing {needle:?}; got:\n{}", self.seen.join("\n"))
+                }
+            }
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(i32::try_from(self.child.id()).unwrap()), signal).unwrap();
+    }
+
+    /// Waits for the program to end (killing it and failing after `timeout`); answers its status,
+    /// its whole stdout and its stderr.
+    fn wait(&mut self, timeout: Duration) -> (ExitStatus, String, String) {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the program did not end within {timeout:?}:\n{}", self.seen.join("\n"));
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // The program has ended: its stdout reaches end of file soon (unless a grandchild holds it).
+        loop {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => self.seen.push(line),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => panic!("stdout still open {timeout:?} after the program ended"),
+            }
+        }
+        let stderr = self.stderr.take().map(|t| t.join().unwrap()).unwrap_or_default();
+        (status, self.seen.join("\n") + "\n", String::from_utf8_lossy(&stderr).into_owned())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn drain(mut r: Box<dyn Read + Send>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = r.read_to_end(&mut v);
+        v
+    })
+}
+
+/// Runs `cmd` with stdout and stderr captured; kills it and fails the test after `timeout`.
+/// (The same as in `tests/process.rs`: test files share code only through a module of their own.)
+fn run_with_deadline(cmd: &mut Command, timeout: Duration) -> Output {
+    let mut child =
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    // Drain both pipes on threads, so a chatty child cannot block on a full pipe.
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not end within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
+/// Builds `examples/<name>.rs` with the profile of this test binary (`cargo test --test examples`
+/// does not build examples) and returns its path, next to this test binary's directory. (As in
+/// `tests/process.rs`.) One build at a time: the tests of this file run in parallel.
+fn build_example(name: &str) -> PathBuf {
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
+    let me = std::env::current_exe().unwrap();
+    // target/<profile>/deps/examples-<hash>
+    let profile_dir = me.parent().and_then(|deps| deps.parent()).unwrap();
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => "dev",
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
+    let target_dir = profile_dir.parent().unwrap();
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "--example", name, "--profile", profile, "--target-dir"])
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    let out = run_with_deadline(&mut cmd, Duration::from_secs(600));
+    assert!(out.status.success(), "cargo build --example {name} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let exe = profile_dir.join("examples").join(name);
+    assert!(exe.exists(), "{} not found", exe.display());
+    exe
+}
