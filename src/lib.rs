@@ -34,7 +34,7 @@ pub mod ring;
 pub mod pool;
 pub mod process;
 
-pub use crate::pool::Pool;
+pub use crate::pool::{Pool, PoolBuilder};
 pub use crate::process::{Process, current_process};
 pub use crate::queue::{Queue, QueueBuilder};
 pub use crate::ring::{Ring, RingBuilder};

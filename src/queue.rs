@@ -234,13 +234,13 @@ impl<T: Pod> Queue<T> {
 
     /// A new sending handle.
     pub fn sender(&self) -> Result<Sender<T>, JoinError> {
-        self.core.join(Role::Sender)?;
+        self.core.join_fresh(Role::Sender)?;
         Ok(Sender { core: self.core.clone(), spin: self.core.spin(), _t: PhantomData })
     }
 
     /// A new receiving handle.
     pub fn receiver(&self) -> Result<Receiver<T>, JoinError> {
-        self.core.join(Role::Receiver)?;
+        self.core.join_fresh(Role::Receiver)?;
         Ok(Receiver { core: self.core.clone(), spin: self.core.spin(), _t: PhantomData })
     }
 
@@ -268,6 +268,11 @@ impl<T: Pod> Queue<T> {
     /// The underlying segment's descriptor.
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.core.segment_fd()
+    }
+
+    /// How many values have ever been taken out (the head index).
+    pub(crate) fn consumed(&self) -> u64 {
+        self.core.ctrl().head.load(Ordering::Acquire)
     }
 }
 

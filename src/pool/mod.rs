@@ -1,2 +1,652 @@
-//! Layer 5 (in progress)
-pub struct Pool;
+//! Layer 5: the process pool. Worker processes over shared task slots: the parent writes each
+//! task's input into a slot in place, a worker writes the result into the same slot, the parent
+//! reads it in place. No serialization anywhere.
+//!
+//! ```no_run
+//! use ringpool::Pool;
+//!
+//! fn square(x: &u64) -> u64 {
+//!     x * x
+//! }
+//!
+//! let pool = Pool::new(4)?;
+//! let squares = pool.map(square, 0..100u64)?;
+//! assert_eq!(squares[9], 81);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Tasks
+//!
+//! A task is a function item or a closure that captures nothing: `fn(&T) -> R` or `fn(T) -> R`,
+//! with `T` and `R` [`Pod`] (plain bytes: numbers, arrays, `#[repr(C)]` structs of them). Its code
+//! crosses to the worker as an offset from the executable's load address (valid in forked and
+//! re-executed workers alike); its input and output cross as bytes in a shared slot.
+//!
+//! # What happens when things go wrong
+//!
+//! - A task that **panics** fails alone, with the panic's message ([`TaskError::Panicked`]); the
+//!   worker goes on.
+//! - A worker that **dies** (SIGKILL, abort, segfault) fails only the tasks it was running, with
+//!   its pid and signal ([`TaskError::WorkerDied`]); it is replaced, and the same `map` goes on with
+//!   the rest. (Python's `Pool` hangs on a killed worker; its `ProcessPoolExecutor` breaks for good.)
+//! - A `map` in which some tasks failed returns [`MapError::Tasks`], holding every item's outcome.
+//!
+//! # Start methods
+//!
+//! Workers are forked when the pool is built from a single-threaded program, and spawned (the
+//! executable re-executed) otherwise ([`StartMethod::Auto`]); see [`crate::process`] for the
+//! trade-offs. Spawned workers run the same functions: they need nothing from `main`.
+//!
+//! # Concurrency
+//!
+//! A `Pool` may be shared between threads (`Send + Sync`); its operations take turns on one lock.
+//! A [`Future`] can be waited on from any thread.
+
+mod engine;
+mod error;
+mod future;
+mod slots;
+mod task;
+mod worker;
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytemuck::Pod;
+
+pub use engine::PoolStats;
+pub use error::{MapError, PoolError, TaskError, TaskFailures, WaitError};
+pub use future::{AsCompleted, Future, as_completed, wait};
+pub use task::{ByRef, ByValue, TaskFn};
+
+use engine::{Chunk, Dispatch, Engine, PUMP_WAIT, Settings, Sink, Types};
+use task::ITEM_OK;
+
+pub use crate::process::StartMethod;
+use crate::sync::SpinPolicy;
+
+/// How to build a [`Pool`].
+#[derive(Clone, Debug)]
+pub struct PoolBuilder {
+    workers: usize,
+    chunk_size: Option<usize>,
+    max_tasks: u64,
+    init: Option<Result<crate::process::code::CodeOffset, String>>,
+    method: StartMethod,
+    slots: Option<usize>,
+    slot_bytes: usize,
+    spin: SpinPolicy,
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        PoolBuilder {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            chunk_size: None,
+            max_tasks: 0,
+            init: None,
+            method: StartMethod::Auto,
+            slots: None,
+            slot_bytes: 16 * 1024,
+            spin: SpinPolicy::default(),
+        }
+    }
+}
+
+impl PoolBuilder {
+    /// The defaults: one worker per core, automatic chunks, 16 KiB slots.
+    pub fn new() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// Number of worker processes (default: the number of cores).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+
+    /// Tasks per chunk (one slot, one message each way). Default: about four chunks per worker,
+    /// as Python does, bounded by what a slot holds.
+    pub fn chunk_size(mut self, n: usize) -> Self {
+        self.chunk_size = Some(n);
+        self
+    }
+
+    /// A function every worker runs once when it starts (a function item or a closure that
+    /// captures nothing). A worker whose initializer panics dies; it is replaced.
+    pub fn initializer<F: Fn() + Copy + Send + Sync + 'static>(mut self, f: F) -> Self {
+        let _ = f;
+        self.init = Some(task::init_offset::<F>().map_err(|e| e.to_string()));
+        self
+    }
+
+    /// Retires and replaces a worker after it ran this many tasks (it finishes its chunk first).
+    /// Default: never.
+    pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
+        self.max_tasks = n;
+        self
+    }
+
+    /// How workers are started (default [`StartMethod::Auto`]: fork from a single-threaded
+    /// program, spawn otherwise).
+    pub fn start_method(mut self, m: StartMethod) -> Self {
+        self.method = m;
+        self
+    }
+
+    /// Number of task slots: chunks in flight at once. Default: 4 per worker, at least 16.
+    pub fn slots(mut self, n: usize) -> Self {
+        self.slots = Some(n);
+        self
+    }
+
+    /// Bytes per slot (its header included); a chunk's inputs, outputs and a status byte per
+    /// task must fit. Default 16 KiB.
+    pub fn slot_bytes(mut self, n: usize) -> Self {
+        self.slot_bytes = n;
+        self
+    }
+
+    /// How long the pool's processes spin before parking when they wait.
+    pub fn spin(mut self, spin: SpinPolicy) -> Self {
+        self.spin = spin;
+        self
+    }
+
+    /// Creates the pool's shared memory and starts its workers.
+    pub fn build(self) -> Result<Pool, PoolError> {
+        if self.workers == 0 || self.workers > 1024 {
+            return Err(PoolError::InvalidSetting("workers must be 1..=1024"));
+        }
+        let slots = self.slots.unwrap_or((self.workers * 4).max(16));
+        if slots == 0 || slots > 1 << 20 {
+            return Err(PoolError::InvalidSetting("slots must be 1..=1048576"));
+        }
+        let slot_bytes = self.slot_bytes.div_ceil(64) * 64;
+        if !(slots::SLOT_HEADER + 64..=1 << 30).contains(&slot_bytes) {
+            return Err(PoolError::InvalidSetting("slot_bytes must be 128 bytes ..= 1 GiB"));
+        }
+        let init = match self.init {
+            None => None,
+            Some(Ok(off)) => Some(off),
+            Some(Err(_)) => return Err(PoolError::InvalidSetting("the initializer is not code of this executable")),
+        };
+        let settings = Settings {
+            workers: self.workers,
+            chunk_size: self.chunk_size,
+            max_tasks: self.max_tasks,
+            init,
+            method: self.method,
+            slots,
+            slot_bytes,
+            spin: self.spin,
+        };
+        let engine = Engine::new(settings)?;
+        Ok(Pool { shared: Arc::new(Shared { engine: Mutex::new(engine) }) })
+    }
+}
+
+pub(crate) struct Shared {
+    engine: Mutex<Engine>,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Engine> {
+        // A panic while the lock was held (a user's input iterator, say) leaves the engine
+        // consistent: every step of it completes or is undone before user code runs.
+        self.engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A pool of worker processes. See the [module docs](self).
+///
+/// Dropping the pool waits for every outstanding task, then for the workers to leave (Python's
+/// `with ProcessPoolExecutor()` does the same); [`terminate`](Pool::terminate) stops at once.
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let e = self.shared.lock();
+        f.debug_struct("Pool").field("workers", &e.worker_pids()).field("stats", &e.stats).finish()
+    }
+}
+
+/// A map's results in input order, filled as chunks come back.
+struct MapSink<R> {
+    values: Vec<R>,
+    failures: Vec<(usize, TaskError)>,
+}
+
+impl<R: Pod + Send> Sink for MapSink<R> {
+    fn chunk(&mut self, c: &Chunk<'_>) {
+        let end = c.first + c.status.len();
+        if self.values.len() < end {
+            self.values.resize(end, R::zeroed());
+        }
+        let out = &mut self.values[c.first..end];
+        match bytemuck::try_cast_slice::<u8, R>(c.outputs) {
+            Ok(rs) => out.copy_from_slice(rs),
+            Err(_) => {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let sz = std::mem::size_of::<R>();
+                    *o = bytemuck::pod_read_unaligned(&c.outputs[i * sz..(i + 1) * sz]);
+                }
+            }
+        }
+        for (i, &s) in c.status.iter().enumerate() {
+            if s != ITEM_OK {
+                self.failures.push((c.first + i, (c.error)(i)));
+            }
+        }
+    }
+
+    fn fail(&mut self, first: usize, count: usize, e: &TaskError) {
+        if self.values.len() < first + count {
+            self.values.resize(first + count, R::zeroed());
+        }
+        self.failures.extend((first..first + count).map(|i| (i, e.clone())));
+    }
+
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+}
+
+impl Pool {
+    /// A pool of `workers` processes with the default settings.
+    pub fn new(workers: usize) -> Result<Pool, PoolError> {
+        PoolBuilder::new().workers(workers).build()
+    }
+
+    /// A builder.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::new()
+    }
+
+    /// Runs `f` on every input and returns the results in input order. If some tasks fail (panic,
+    /// or their worker dies), the others still complete and [`MapError::Tasks`] holds every
+    /// item's outcome.
+    pub fn map<T, R, M, F>(&self, f: F, inputs: impl IntoIterator<Item = T>) -> Result<Vec<R>, MapError<R>>
+    where
+        T: Pod,
+        R: Pod + Send,
+        F: TaskFn<T, R, M>,
+    {
+        let _ = f;
+        let sink = self.run_to_end::<T, R, M, F>(inputs)?;
+        if sink.failures.is_empty() {
+            return Ok(sink.values);
+        }
+        let mut results: Vec<Result<R, TaskError>> = sink.values.into_iter().map(Ok).collect();
+        for (i, e) in sink.failures {
+            if let Some(r) = results.get_mut(i) {
+                *r = Err(e);
+            }
+        }
+        Err(MapError::Tasks(TaskFailures::new(results)))
+    }
+
+    /// Runs `f` on one input and waits for the result (Python's `apply`).
+    pub fn apply<T, R, M, F>(&self, f: F, input: T) -> Result<R, TaskError>
+    where
+        T: Pod,
+        R: Pod + Send,
+        F: TaskFn<T, R, M>,
+    {
+        match self.submit(f, input) {
+            Ok(fut) => fut.wait(),
+            Err(_) => Err(TaskError::Terminated),
+        }
+    }
+
+    /// Queues one task and returns a [`Future`] for its result at once.
+    pub fn submit<T, R, M, F>(&self, f: F, input: T) -> Result<Future<R>, PoolError>
+    where
+        T: Pod,
+        R: Pod + Send,
+        F: TaskFn<T, R, M>,
+    {
+        let _ = f;
+        let tramp = task::chunk_offset::<F, T, R, M>()?;
+        let types = Types::of::<T, R>();
+        let mut e = self.shared.lock();
+        e.check_open()?;
+        e.chunk_size(Some(1), types)?;
+        let job = e.new_job(Box::new(future::FutureSink::<R>::default()));
+        e.push_pending(job, tramp, types, bytemuck::bytes_of(&input).to_vec());
+        e.flush()?;
+        drop(e);
+        Ok(Future::new(self.shared.clone(), job))
+    }
+
+    /// Like [`map`](Self::map), but results come as an iterator, in input order, each as soon as
+    /// it and all before it are done; inputs are taken lazily, as slots free up.
+    pub fn imap<T, R, M, F, I>(&self, f: F, inputs: I) -> Imap<'_, R, I::IntoIter>
+    where
+        T: Pod,
+        R: Pod + Send,
+        F: TaskFn<T, R, M>,
+        I: IntoIterator<Item = T>,
+    {
+        let _ = f;
+        Imap {
+            stream: Stream::new::<R, M, F>(self, inputs.into_iter(), Box::new(OrderedSink::<R>::default())),
+            _r: std::marker::PhantomData,
+        }
+    }
+
+    /// Like [`imap`](Self::imap), but each result comes as soon as it is done, with its input's
+    /// index.
+    pub fn imap_unordered<T, R, M, F, I>(&self, f: F, inputs: I) -> ImapUnordered<'_, R, I::IntoIter>
+    where
+        T: Pod,
+        R: Pod + Send,
+        F: TaskFn<T, R, M>,
+        I: IntoIterator<Item = T>,
+    {
+        let _ = f;
+        ImapUnordered {
+            stream: Stream::new::<R, M, F>(self, inputs.into_iter(), Box::new(UnorderedSink::<R>::default())),
+            _r: std::marker::PhantomData,
+        }
+    }
+
+    /// Stops taking tasks; outstanding ones go on (Python's `close`).
+    pub fn close(&self) {
+        self.shared.lock().closed = true;
+    }
+
+    /// Waits for every outstanding task, then for the workers to leave (Python's `close` then
+    /// `join`). The pool takes no tasks afterwards.
+    pub fn join(&self) -> Result<(), PoolError> {
+        self.shared.lock().shutdown()
+    }
+
+    /// Kills every worker now; unfinished tasks fail with [`TaskError::Terminated`].
+    pub fn terminate(&self) {
+        self.shared.lock().terminate();
+    }
+
+    /// Pids of the workers running now.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.shared.lock().worker_pids()
+    }
+
+    /// Counters of the pool's life.
+    pub fn stats(&self) -> PoolStats {
+        self.shared.lock().stats
+    }
+
+    /// Dispatches everything and waits for every result.
+    fn run_to_end<T, R, M, F>(&self, inputs: impl IntoIterator<Item = T>) -> Result<Box<MapSink<R>>, PoolError>
+    where
+        T: Pod,
+        R: Pod + Send,
+        F: TaskFn<T, R, M>,
+    {
+        let tramp = task::chunk_offset::<F, T, R, M>()?;
+        let types = Types::of::<T, R>();
+        let mut iter = inputs.into_iter();
+        let (lo, hi) = iter.size_hint();
+        let mut e = self.shared.lock();
+        e.check_open()?;
+        let chunk = e.chunk_size((Some(lo) == hi).then_some(lo), types)?;
+        let job = e.new_job(Box::new(MapSink::<R> { values: Vec::with_capacity(lo), failures: Vec::new() }));
+        let mut next = 0;
+        let mut exhausted = false;
+        let outcome = loop {
+            while !exhausted {
+                match e.dispatch_from(job, tramp, types, next, &mut iter, chunk) {
+                    Dispatch::Sent(n) => next += n,
+                    Dispatch::NoSlot => break,
+                    Dispatch::Exhausted => exhausted = true,
+                }
+            }
+            if let Err(err) = e.flush() {
+                break Err(err);
+            }
+            if exhausted && e.remaining(job) == 0 {
+                break Ok(());
+            }
+            if let Err(err) = e.pump(PUMP_WAIT) {
+                break Err(err);
+            }
+        };
+        let sink = e.take_job(job);
+        drop(e);
+        outcome?;
+        let mut sink = sink.and_then(|s| s.into_any().downcast::<MapSink<R>>().ok()).ok_or(PoolError::Closed)?;
+        sink.values.truncate(next);
+        Ok(sink)
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let mut e = self.shared.lock();
+        if !e.terminated {
+            let _ = e.shutdown();
+        }
+    }
+}
+
+/// Shared by the two lazy iterators: a job fed from an input iterator as slots free up.
+struct Stream<'p, I> {
+    pool: &'p Pool,
+    job: Option<usize>,
+    inputs: I,
+    tramp: crate::process::code::CodeOffset,
+    types: Types,
+    chunk: usize,
+    next: usize,
+    exhausted: bool,
+    error: Option<PoolError>,
+}
+
+impl<'p, I> Stream<'p, I>
+where
+    I: Iterator,
+    I::Item: Pod,
+{
+    fn new<R, M, F>(pool: &'p Pool, inputs: I, sink: Box<dyn Sink>) -> Stream<'p, I>
+    where
+        R: Pod + Send,
+        F: TaskFn<I::Item, R, M>,
+    {
+        let types = Types::of::<I::Item, R>();
+        let mut stream =
+            Stream { pool, job: None, tramp: 0, types, chunk: 1, next: 0, exhausted: false, error: None, inputs };
+        let setup = (|| {
+            let tramp = task::chunk_offset::<F, I::Item, R, M>()?;
+            let (lo, hi) = stream.inputs.size_hint();
+            let mut e = pool.shared.lock();
+            e.check_open()?;
+            let chunk = e.chunk_size((Some(lo) == hi).then_some(lo), types)?;
+            let job = e.new_job(sink);
+            Ok::<_, PoolError>((tramp, chunk, job))
+        })();
+        match setup {
+            Ok((tramp, chunk, job)) => {
+                stream.tramp = tramp;
+                stream.chunk = chunk;
+                stream.job = Some(job);
+            }
+            Err(e) => stream.error = Some(e),
+        }
+        stream
+    }
+
+    /// Feeds free slots, then waits a little for results. Answers false when nothing is left.
+    fn step<S: Sink + 'static, X>(
+        &mut self,
+        mut take: impl FnMut(&mut S) -> Option<X>,
+    ) -> Option<Result<X, PoolError>> {
+        if let Some(e) = self.error.take() {
+            return Some(Err(e));
+        }
+        let job = self.job?;
+        let mut e = self.pool.shared.lock();
+        loop {
+            if let Some(x) = e.sink::<S>(job).and_then(&mut take) {
+                return Some(Ok(x));
+            }
+            while !self.exhausted {
+                match e.dispatch_from(job, self.tramp, self.types, self.next, &mut self.inputs, self.chunk) {
+                    Dispatch::Sent(n) => self.next += n,
+                    Dispatch::NoSlot => break,
+                    Dispatch::Exhausted => self.exhausted = true,
+                }
+            }
+            if let Err(err) = e.flush() {
+                return Some(Err(err));
+            }
+            if self.exhausted && e.remaining(job) == 0 {
+                // Everything delivered; one last look at the sink.
+                return e.sink::<S>(job).and_then(&mut take).map(Ok);
+            }
+            if let Err(err) = e.pump(PUMP_WAIT) {
+                return Some(Err(err));
+            }
+        }
+    }
+}
+
+impl<I> Drop for Stream<'_, I> {
+    fn drop(&mut self) {
+        if let Some(job) = self.job {
+            self.pool.shared.lock().drop_job(job);
+        }
+    }
+}
+
+/// Ordered results: a window from the next index to yield.
+struct OrderedSink<R> {
+    base: usize,
+    window: std::collections::VecDeque<Option<Result<R, TaskError>>>,
+}
+
+impl<R> Default for OrderedSink<R> {
+    fn default() -> Self {
+        OrderedSink { base: 0, window: std::collections::VecDeque::new() }
+    }
+}
+
+impl<R> OrderedSink<R> {
+    fn put(&mut self, i: usize, r: Result<R, TaskError>) {
+        let k = i - self.base;
+        if self.window.len() <= k {
+            self.window.resize_with(k + 1, || None);
+        }
+        self.window[k] = Some(r);
+    }
+
+    fn take(&mut self) -> Option<Result<R, TaskError>> {
+        if matches!(self.window.front(), Some(Some(_))) {
+            self.base += 1;
+            self.window.pop_front().flatten()
+        } else {
+            None
+        }
+    }
+}
+
+impl<R: Pod + Send> Sink for OrderedSink<R> {
+    fn chunk(&mut self, c: &Chunk<'_>) {
+        for_each_item::<R>(c, |i, r| self.put(i, r));
+    }
+    fn fail(&mut self, first: usize, count: usize, e: &TaskError) {
+        for i in first..first + count {
+            self.put(i, Err(e.clone()));
+        }
+    }
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+}
+
+/// Unordered results: a queue in completion order.
+struct UnorderedSink<R> {
+    ready: std::collections::VecDeque<(usize, Result<R, TaskError>)>,
+}
+
+impl<R> Default for UnorderedSink<R> {
+    fn default() -> Self {
+        UnorderedSink { ready: std::collections::VecDeque::new() }
+    }
+}
+
+impl<R: Pod + Send> Sink for UnorderedSink<R> {
+    fn chunk(&mut self, c: &Chunk<'_>) {
+        for_each_item::<R>(c, |i, r| self.ready.push_back((i, r)));
+    }
+    fn fail(&mut self, first: usize, count: usize, e: &TaskError) {
+        self.ready.extend((first..first + count).map(|i| (i, Err(e.clone()))));
+    }
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
+        self
+    }
+}
+
+/// Calls `f(index, result)` for every item of a chunk.
+pub(crate) fn for_each_item<R: Pod>(c: &Chunk<'_>, mut f: impl FnMut(usize, Result<R, TaskError>)) {
+    let sz = std::mem::size_of::<R>();
+    for (i, &s) in c.status.iter().enumerate() {
+        let r = if s == ITEM_OK {
+            Ok(bytemuck::pod_read_unaligned::<R>(&c.outputs[i * sz..(i + 1) * sz]))
+        } else {
+            Err((c.error)(i))
+        };
+        f(c.first + i, r);
+    }
+}
+
+/// The iterator of [`Pool::imap`]: results in input order.
+pub struct Imap<'p, R, I> {
+    stream: Stream<'p, I>,
+    _r: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R: Pod + Send, I: Iterator<Item: Pod>> Iterator for Imap<'_, R, I> {
+    type Item = Result<R, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.stream.step::<OrderedSink<R>, _>(OrderedSink::take)? {
+            Ok(r) => Some(r),
+            // The pool failed: report it on the next item and stop.
+            Err(_) => {
+                self.stream.job.take();
+                Some(Err(TaskError::Terminated))
+            }
+        }
+    }
+}
+
+/// The iterator of [`Pool::imap_unordered`]: `(input index, result)` in completion order.
+pub struct ImapUnordered<'p, R, I> {
+    stream: Stream<'p, I>,
+    _r: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<R: Pod + Send, I: Iterator<Item: Pod>> Iterator for ImapUnordered<'_, R, I> {
+    type Item = (usize, Result<R, TaskError>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.stream.step::<UnorderedSink<R>, _>(|s| s.ready.pop_front())? {
+            Ok(r) => Some(r),
+            Err(_) => {
+                self.stream.job.take();
+                None
+            }
+        }
+    }
+}

@@ -53,6 +53,23 @@ static REPORTED: AtomicBool = AtomicBool::new(false);
 thread_local! {
     /// True on the thread that runs the child's main function: its panic is the child's panic.
     static RUNNER: Cell<bool> = const { Cell::new(false) };
+    /// True while a pool worker runs tasks on this thread: a panic is a task's, caught and
+    /// handed to the pool's parent as that task's error, not the process's.
+    static CAPTURING: Cell<bool> = const { Cell::new(false) };
+    /// The text of the last captured panic ("message (at location)").
+    static CAPTURED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Turns task-panic capture on or off for this thread (see [`take_captured_panic`]). While on,
+/// a panic is neither reported to the parent as the process's panic nor printed: its text is
+/// kept for the pool, which catches the unwind and fails only that task.
+pub(crate) fn capture_task_panics(on: bool) {
+    let _ = CAPTURING.try_with(|c| c.set(on));
+}
+
+/// The text of the panic captured last on this thread, if any (taken: a second call gets `None`).
+pub(crate) fn take_captured_panic() -> Option<String> {
+    CAPTURED.try_with(|c| c.borrow_mut().take()).ok().flatten()
 }
 
 fn kind() -> Kind {
@@ -80,6 +97,15 @@ pub(crate) fn install_hook() {
 type Hook = Box<dyn Fn(&PanicHookInfo<'_>) + Sync + Send + 'static>;
 
 fn hook(info: &PanicHookInfo<'_>, wrapped: &Hook) {
+    if CAPTURING.try_with(Cell::get).unwrap_or(false) {
+        let message = payload_text(info.payload());
+        let text = match info.location() {
+            Some(loc) => format!("{message} (at {loc})"),
+            None => message.to_owned(),
+        };
+        let _ = CAPTURED.try_with(|c| *c.borrow_mut() = Some(text));
+        return;
+    }
     let kind = kind();
     if kind == Kind::Main {
         return wrapped(info);

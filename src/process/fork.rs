@@ -83,7 +83,7 @@ pub(super) fn fork(b: ProcessBuilder, f: Box<dyn FnOnce() + '_>, kind: Kind) -> 
             drop(write_end);
             drop(id);
             let mut p = Process::new(child.as_raw() as u32, name, StartMethod::Fork, read_end);
-            let started = p.await_start();
+            let started = if b.wait_started { p.await_start() } else { Ok(()) };
             // Only now may the parent's copy of what the closure captured go.
             drop(f);
             started.map(|()| p)

@@ -91,6 +91,7 @@
 //! `Drop` does nothing.
 
 mod child;
+pub(crate) mod code;
 mod current;
 mod fork;
 mod report;
@@ -101,6 +102,7 @@ mod wait;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
+pub(crate) use child::{capture_task_panics, take_captured_panic};
 pub use current::{CurrentProcess, current_process, exit};
 pub use spawn::MAX_SPAWN_ARG;
 pub use status::{ExitStatus, JoinError, SignalError, StartError};
@@ -137,11 +139,13 @@ pub struct ProcessBuilder {
     name: Option<String>,
     die_with_parent: bool,
     start_method: StartMethod,
+    /// Whether starting waits for the child's "started" (see [`ProcessBuilder::fork`]).
+    wait_started: bool,
 }
 
 impl Default for ProcessBuilder {
     fn default() -> Self {
-        ProcessBuilder { name: None, die_with_parent: true, start_method: StartMethod::Auto }
+        ProcessBuilder { name: None, die_with_parent: true, start_method: StartMethod::Auto, wait_started: true }
     }
 }
 
@@ -232,6 +236,14 @@ impl ProcessBuilder {
             return fork::fork(self, Box::new(move || entry(&arg)), child::Kind::Forked);
         }
         spawn::spawn(self, spawn::raw_trampoline, entry as usize, arg, inherit_fds)
+    }
+
+    /// Start without waiting for the child's "started": for callers whose child takes over no
+    /// ring handle from the parent (the pool's workers give theirs up), so that many children can
+    /// start at once. A child that fails to start is then seen only when it is joined.
+    pub(crate) fn no_start_wait(mut self) -> Self {
+        self.wait_started = false;
+        self
     }
 
     /// The method to use: [`StartMethod::Auto`] made concrete (`Fork` when the caller is the only

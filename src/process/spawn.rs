@@ -82,7 +82,7 @@ pub(super) fn raw_trampoline(entry: usize, arg: &[u8]) {
 /// A function of this copy of ringpool. Where the executable image that holds it is loaded tells
 /// where every function of that image is, and its offset in the image tells this copy of ringpool
 /// from another one linked into the same binary (two semver-incompatible versions, say).
-fn anchor() -> usize {
+pub(super) fn anchor() -> usize {
     spawned_child_main as extern "C" fn() as usize
 }
 
@@ -132,24 +132,26 @@ fn base_for(anchor_offset: i64) -> Result<Option<usize>, &'static str> {
 
 /// One line of `/proc/self/maps`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Mapping<'a> {
-    start: usize,
-    end: usize,
-    offset: u64,
-    dev: &'a str,
-    inode: u64,
-    path: &'a str,
+pub(super) struct Mapping<'a> {
+    pub(super) start: usize,
+    pub(super) end: usize,
+    pub(super) executable: bool,
+    pub(super) offset: u64,
+    pub(super) dev: &'a str,
+    pub(super) inode: u64,
+    pub(super) path: &'a str,
 }
 
-fn parse_mapping(line: &str) -> Option<Mapping<'_>> {
+pub(super) fn parse_mapping(line: &str) -> Option<Mapping<'_>> {
     // "start-end perms offset dev inode      path": single spaces, then padding before the path,
     // which may itself hold spaces.
     let mut f = line.splitn(6, ' ');
     let (start, end) = f.next()?.split_once('-')?;
-    let _perms = f.next()?;
+    let perms = f.next()?;
     Some(Mapping {
         start: usize::from_str_radix(start, 16).ok()?,
         end: usize::from_str_radix(end, 16).ok()?,
+        executable: perms.as_bytes().get(2) == Some(&b'x'),
         offset: u64::from_str_radix(f.next()?, 16).ok()?,
         dev: f.next()?,
         inode: f.next()?.parse().ok()?,
@@ -160,17 +162,17 @@ fn parse_mapping(line: &str) -> Option<Mapping<'_>> {
 /// The file image mapped at some address: its file, and its load address (where the file's offset
 /// 0 is mapped, just below).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Image<'a> {
-    base: usize,
-    dev: &'a str,
-    inode: u64,
-    path: &'a str,
+pub(super) struct Image<'a> {
+    pub(super) base: usize,
+    pub(super) dev: &'a str,
+    pub(super) inode: u64,
+    pub(super) path: &'a str,
 }
 
 /// The image mapped at `addr`, from the text of `/proc/self/maps`; `None` for an unmapped address
 /// or anonymous memory. Within one image, the distance between two addresses is fixed wherever
 /// ASLR loads it; between two images (the executable and a shared library) it is not.
-fn image_at(maps: &str, addr: usize) -> Option<Image<'_>> {
+pub(super) fn image_at(maps: &str, addr: usize) -> Option<Image<'_>> {
     let all = || maps.lines().filter_map(parse_mapping);
     let m = all().find(|m| (m.start..m.end).contains(&addr))?;
     if m.inode == 0 {

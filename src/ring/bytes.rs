@@ -214,13 +214,13 @@ impl Ring {
 
     /// A new sending handle.
     pub fn sender(&self) -> Result<Sender, JoinError> {
-        self.core.join(Role::Sender)?;
+        self.core.join_fresh(Role::Sender)?;
         Ok(Sender { core: self.core.clone(), spin: self.core.spin() })
     }
 
     /// A new receiving handle.
     pub fn receiver(&self) -> Result<Receiver, JoinError> {
-        self.core.join(Role::Receiver)?;
+        self.core.join_fresh(Role::Receiver)?;
         Ok(Receiver { core: self.core.clone(), spin: self.core.spin() })
     }
 

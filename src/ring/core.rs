@@ -437,6 +437,14 @@ impl Core {
         &self.ctrl().members[slot.min(MAX_MEMBERS - 1)]
     }
 
+    /// A new handle of `role` made from the ring (not cloned from another handle): dead members
+    /// are swept first, so a handle made on a ring whose peers were all killed sees them gone at
+    /// once, not only when it first waits.
+    pub(crate) fn join_fresh(&self, role: Role) -> Result<(), JoinError> {
+        self.sweep(false);
+        self.join(role)
+    }
+
     /// A new handle of `role` in this process.
     pub(crate) fn join(&self, role: Role) -> Result<(), JoinError> {
         let slot = self.ensure_registered()?;

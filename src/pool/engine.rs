@@ -1,0 +1,733 @@
+//! The parent's side of the pool: slots, dispatch, results, and worker deaths.
+//!
+//! ```text
+//! parent: slot[i].inputs = T...; state = QUEUED     -> task queue: (i, seq)  -> worker: claim (RUNNING)
+//! worker: slot[i].outputs = f(&inputs); state = DONE -> result queue: (i, seq) -> parent: read outputs
+//! ```
+//!
+//! When a worker dies, the parent first takes every result it published, then looks at the slots
+//! that name it: a slot it claimed whose message is still in the task queue (it died inside the
+//! claim's critical section, so the message is handed out again) goes back to `QUEUED`; a slot it
+//! finished but did not announce is delivered; a slot it was running fails with
+//! [`TaskError::WorkerDied`]. The parent is the only sender on the task queue, so "still in the
+//! queue" is simply "queued at an index at or past the queue's head".
+
+use std::any::Any;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytemuck::Pod;
+
+use super::error::{PoolError, TaskError};
+use super::slots::{self, CANCELLED, DONE, FAILED, QUEUED, RUNNING, SlotDesc, Slots};
+use super::task::ITEM_OK;
+use super::worker::{self, WorkerArg};
+use crate::process::code::CodeOffset;
+use crate::process::{ExitStatus, JoinError as ProcessJoinError, Process, StartMethod};
+use crate::queue::{self, Queue};
+use crate::ring::{self, RecvTimeoutError, Ring};
+use crate::sync::SpinPolicy;
+
+/// How long one pump waits for results before it looks at the workers.
+pub(crate) const PUMP_WAIT: Duration = Duration::from_millis(10);
+/// How often workers are checked while results keep flowing.
+const CHECK_EVERY: Duration = Duration::from_millis(20);
+/// How long closing waits for a worker to leave before it kills it.
+const WORKER_EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// The pool's settings, fixed at build time.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub workers: usize,
+    pub chunk_size: Option<usize>,
+    pub max_tasks: u64,
+    pub init: Option<CodeOffset>,
+    pub method: StartMethod,
+    pub slots: usize,
+    pub slot_bytes: usize,
+    pub spin: SpinPolicy,
+}
+
+/// Sizes and alignments of a task's input and output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Types {
+    pub size_t: usize,
+    pub align_t: usize,
+    pub size_r: usize,
+    pub align_r: usize,
+}
+
+impl Types {
+    pub(crate) fn of<T: Pod, R: Pod>() -> Types {
+        Types {
+            size_t: std::mem::size_of::<T>(),
+            align_t: std::mem::align_of::<T>(),
+            size_r: std::mem::size_of::<R>(),
+            align_r: std::mem::align_of::<R>(),
+        }
+    }
+}
+
+/// One finished chunk, as a sink sees it.
+pub(crate) struct Chunk<'a> {
+    /// Index (within its job) of the chunk's first item.
+    pub first: usize,
+    /// `count * size_of::<R>()` bytes of outputs.
+    pub outputs: &'a [u8],
+    /// One status byte per item ([`ITEM_OK`] or not).
+    pub status: &'a [u8],
+    /// Per item: the error of an item whose status is not OK.
+    pub error: &'a dyn Fn(usize) -> TaskError,
+}
+
+/// Where a job's results go: a map's vector, an iterator's buffer, a future's cell.
+pub(crate) trait Sink: Send + 'static {
+    /// A chunk finished.
+    fn chunk(&mut self, c: &Chunk<'_>);
+    /// Items `first..first + count` failed without running.
+    fn fail(&mut self, first: usize, count: usize, e: &TaskError);
+    fn as_any(&mut self) -> &mut dyn Any;
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+struct JobEntry {
+    sink: Box<dyn Sink>,
+    /// Items dispatched or pending and not yet finished.
+    remaining: usize,
+    /// Nobody will read the results (a dropped future or iterator): remove when finished.
+    abandoned: bool,
+}
+
+/// A task waiting for a free slot (futures).
+struct Pending {
+    job: usize,
+    tramp: CodeOffset,
+    types: Types,
+    input: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Inflight {
+    seq: u32,
+    job: usize,
+    first: usize,
+    count: usize,
+    /// The task queue index of its message (set when sent).
+    queue_index: u64,
+    sent: bool,
+    size_r: usize,
+}
+
+struct Worker {
+    process: Process,
+}
+
+/// Counters of a pool's life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Tasks that returned a result.
+    pub completed: u64,
+    /// Tasks that failed (panicked, lost with a worker, cancelled, terminated).
+    pub failed: u64,
+    /// Chunks sent to workers.
+    pub chunks: u64,
+    /// Workers started, replacements included.
+    pub workers_started: u64,
+    /// Workers that died (killed, crashed) and were replaced.
+    pub workers_died: u64,
+    /// Workers that retired after their task limit and were replaced.
+    pub workers_retired: u64,
+}
+
+/// Whether one dispatch attempt sent a chunk.
+pub(crate) enum Dispatch {
+    Sent(usize),
+    NoSlot,
+    Exhausted,
+}
+
+pub(crate) struct Engine {
+    pub settings: Settings,
+    slots: Slots,
+    tasks: Queue<u64>,
+    results: Queue<u64>,
+    errors: Ring,
+    tasks_tx: Option<queue::Sender<u64>>,
+    results_rx: queue::Receiver<u64>,
+    errors_rx: ring::Receiver,
+    free: Vec<u32>,
+    inflight: Vec<Option<Inflight>>,
+    seq: Vec<u32>,
+    pushed: u64,
+    outbox: Vec<u64>,
+    pending: VecDeque<Pending>,
+    jobs: Vec<Option<JobEntry>>,
+    free_jobs: Vec<usize>,
+    workers: Vec<Worker>,
+    panics: HashMap<(u32, u32, u32), (u32, String)>,
+    /// Jobs in the order they finished, for `as_completed`: readers keep a position in it.
+    done_log: VecDeque<usize>,
+    /// Absolute position of `done_log[0]`.
+    done_base: u64,
+    last_check: Instant,
+    pub closed: bool,
+    pub terminated: bool,
+    pub stats: PoolStats,
+}
+
+impl Engine {
+    pub(crate) fn new(settings: Settings) -> Result<Engine, PoolError> {
+        let queue_slots = settings.slots.next_power_of_two().max(2);
+        let slots = Slots::create(settings.slots, settings.slot_bytes)?;
+        let tasks = Queue::<u64>::builder().slots(queue_slots).spin(settings.spin).anonymous()?;
+        let results = Queue::<u64>::builder().slots(queue_slots).spin(settings.spin).anonymous()?;
+        let errors = Ring::builder().capacity(64 * 1024).spin(settings.spin).anonymous()?;
+        let tasks_tx = tasks.sender()?;
+        let results_rx = results.receiver()?;
+        let errors_rx = errors.receiver()?;
+        let n = settings.slots;
+        let mut engine = Engine {
+            free: (0..n as u32).rev().collect(),
+            inflight: vec![None; n],
+            seq: vec![0; n],
+            slots,
+            tasks,
+            results,
+            errors,
+            tasks_tx: Some(tasks_tx),
+            results_rx,
+            errors_rx,
+            pushed: 0,
+            outbox: Vec::new(),
+            pending: VecDeque::new(),
+            jobs: Vec::new(),
+            free_jobs: Vec::new(),
+            workers: Vec::new(),
+            panics: HashMap::new(),
+            done_log: VecDeque::new(),
+            done_base: 0,
+            last_check: Instant::now(),
+            closed: false,
+            terminated: false,
+            stats: PoolStats::default(),
+            settings,
+        };
+        for _ in 0..engine.settings.workers {
+            engine.start_worker()?;
+        }
+        Ok(engine)
+    }
+
+    /// Starts one worker, by the pool's start method.
+    fn start_worker(&mut self) -> Result<(), PoolError> {
+        let arg = WorkerArg {
+            fds: [self.slots.fd(), self.tasks.fd(), self.results.fd(), self.errors.fd()].map(|fd| {
+                use std::os::fd::AsRawFd;
+                fd.as_raw_fd()
+            }),
+            max_tasks: self.settings.max_tasks,
+            init: self.settings.init.unwrap_or(0),
+            has_init: u32::from(self.settings.init.is_some()),
+            _pad: 0,
+            spin_ns: u64::try_from(self.settings.spin.budget().as_nanos()).unwrap_or(u64::MAX),
+        };
+        let fds = [self.slots.fd(), self.tasks.fd(), self.results.fd(), self.errors.fd()];
+        self.stats.workers_started += 1;
+        let name = format!("PoolWorker-{}", self.stats.workers_started);
+        let process = Process::builder().name(name).start_method(self.settings.method).no_start_wait().spawn_raw(
+            worker::start,
+            bytemuck::bytes_of(&arg),
+            &fds,
+        )?;
+        self.workers.push(Worker { process });
+        Ok(())
+    }
+
+    /// Pids of the running workers.
+    pub(crate) fn worker_pids(&self) -> Vec<u32> {
+        self.workers.iter().map(|w| w.process.pid()).collect()
+    }
+
+    pub(crate) fn check_open(&self) -> Result<(), PoolError> {
+        if self.closed || self.terminated { Err(PoolError::Closed) } else { Ok(()) }
+    }
+
+    /// The chunk size for `len` items (if known) of these types.
+    pub(crate) fn chunk_size(&self, len: Option<usize>, types: Types) -> Result<usize, PoolError> {
+        if types.align_t > slots::MAX_ALIGN || types.align_r > slots::MAX_ALIGN {
+            return Err(PoolError::AlignmentTooLarge);
+        }
+        let data_len = self.slots.data_len();
+        let cap = SlotDesc::capacity(types.size_t, types.size_r, types.align_r, data_len);
+        if cap == 0 {
+            return Err(PoolError::TaskTooLarge { needed: types.size_t + types.size_r + 1, available: data_len });
+        }
+        let wanted = match (self.settings.chunk_size, len) {
+            (Some(c), _) => c,
+            // Python's rule: about four chunks per worker.
+            (None, Some(n)) => n.div_ceil(self.settings.workers.max(1) * 4),
+            (None, None) => 16,
+        };
+        Ok(wanted.clamp(1, cap))
+    }
+
+    pub(crate) fn new_job(&mut self, sink: Box<dyn Sink>) -> usize {
+        let entry = JobEntry { sink, remaining: 0, abandoned: false };
+        match self.free_jobs.pop() {
+            Some(i) => {
+                self.jobs[i] = Some(entry);
+                i
+            }
+            None => {
+                self.jobs.push(Some(entry));
+                self.jobs.len() - 1
+            }
+        }
+    }
+
+    /// Items of `job` not finished yet.
+    pub(crate) fn remaining(&self, job: usize) -> usize {
+        self.jobs.get(job).and_then(Option::as_ref).map_or(0, |j| j.remaining)
+    }
+
+    /// The job's sink, to read results from.
+    pub(crate) fn sink<S: Sink + 'static>(&mut self, job: usize) -> Option<&mut S> {
+        self.jobs.get_mut(job)?.as_mut()?.sink.as_any().downcast_mut::<S>()
+    }
+
+    /// Removes a finished job and hands back its sink; an unfinished one is abandoned instead.
+    pub(crate) fn take_job(&mut self, job: usize) -> Option<Box<dyn Sink>> {
+        let entry = self.jobs.get_mut(job)?.take()?;
+        if entry.remaining == 0 {
+            self.free_jobs.push(job);
+            Some(entry.sink)
+        } else {
+            self.jobs[job] = Some(JobEntry { abandoned: true, ..entry });
+            None
+        }
+    }
+
+    /// Removes a job (its results are taken or unwanted). If items are still running, it stays
+    /// until they finish, abandoned.
+    pub(crate) fn drop_job(&mut self, job: usize) {
+        if let Some(Some(entry)) = self.jobs.get_mut(job) {
+            if entry.remaining == 0 {
+                self.jobs[job] = None;
+                self.free_jobs.push(job);
+            } else {
+                entry.abandoned = true;
+            }
+        }
+    }
+
+    /// Fills one free slot with up to `chunk` items from `items` and queues it (the message goes
+    /// out at the next flush).
+    pub(crate) fn dispatch_from<T: Pod>(
+        &mut self,
+        job: usize,
+        tramp: CodeOffset,
+        types: Types,
+        first: usize,
+        items: &mut impl Iterator<Item = T>,
+        chunk: usize,
+    ) -> Dispatch {
+        let Some(slot) = self.free.pop() else {
+            return Dispatch::NoSlot;
+        };
+        let slot = slot as usize;
+        let data = self.slots.data(slot).cast::<T>();
+        let mut n = 0;
+        while n < chunk {
+            let Some(t) = items.next() else { break };
+            // SAFETY: the slot is FREE and ours (popped from the free list): no worker reads it.
+            // `n < chunk <= capacity`, so the input lies in the data area, which is 64-aligned
+            // (align_of::<T>() <= 64 was checked by chunk_size).
+            unsafe { data.add(n).write(t) };
+            n += 1;
+        }
+        if n == 0 {
+            self.free.push(slot as u32);
+            return Dispatch::Exhausted;
+        }
+        self.queue_slot(slot, job, tramp, types, first, n);
+        Dispatch::Sent(n)
+    }
+
+    /// Describes a slot whose inputs are written and puts its message in the outbox.
+    fn queue_slot(&mut self, slot: usize, job: usize, tramp: CodeOffset, types: Types, first: usize, n: usize) {
+        let Some(mut desc) =
+            SlotDesc::layout(n, (types.size_t, types.align_t), (types.size_r, types.align_r), self.slots.data_len())
+        else {
+            // Cannot happen: n is at most the capacity computed for these types.
+            self.free.push(slot as u32);
+            self.fail_items(job, first, n, &TaskError::Terminated);
+            return;
+        };
+        self.seq[slot] = self.seq[slot].wrapping_add(1);
+        desc.seq = self.seq[slot];
+        desc.tramp = tramp;
+        self.slots.write_desc(slot, &desc);
+        // SAFETY: status bytes lie in the data area (layout checked them); the slot is ours.
+        unsafe { self.slots.data(slot).add(desc.status_off as usize).write_bytes(0, n) };
+        self.slots.state(slot).store(slots::word(QUEUED, 0), Ordering::Release);
+        self.inflight[slot] =
+            Some(Inflight { seq: desc.seq, job, first, count: n, queue_index: 0, sent: false, size_r: types.size_r });
+        self.outbox.push(worker::message(slot as u32, desc.seq));
+        if let Some(Some(j)) = self.jobs.get_mut(job) {
+            j.remaining += n;
+        }
+        self.stats.chunks += 1;
+    }
+
+    /// Queues a single task for a free slot (futures): dispatched at once if a slot is free.
+    pub(crate) fn push_pending(&mut self, job: usize, tramp: CodeOffset, types: Types, input: Vec<u8>) {
+        if let Some(Some(j)) = self.jobs.get_mut(job) {
+            j.remaining += 1;
+        }
+        self.pending.push_back(Pending { job, tramp, types, input });
+        self.dispatch_pending();
+    }
+
+    fn dispatch_pending(&mut self) {
+        while !self.pending.is_empty() {
+            let Some(slot) = self.free.pop() else { return };
+            let Some(p) = self.pending.pop_front() else { return };
+            let slot = slot as usize;
+            let data = self.slots.data(slot);
+            let len = p.input.len().min(self.slots.data_len());
+            // SAFETY: the slot is ours (FREE, from the free list); `len` fits its data area.
+            unsafe { std::ptr::copy_nonoverlapping(p.input.as_ptr(), data, len) };
+            // The item was counted when it was pushed: queue_slot counts it again, so undo.
+            if let Some(Some(j)) = self.jobs.get_mut(p.job) {
+                j.remaining -= 1;
+            }
+            self.queue_slot(slot, p.job, p.tramp, p.types, 0, 1);
+        }
+    }
+
+    /// Sends the outbox on the task queue.
+    pub(crate) fn flush(&mut self) -> Result<(), PoolError> {
+        if self.outbox.is_empty() {
+            return Ok(());
+        }
+        let Some(tx) = &self.tasks_tx else {
+            return Err(PoolError::Closed);
+        };
+        let sent = match tx.try_send_many(&self.outbox) {
+            Ok(n) => n,
+            Err(crate::ring::TrySendError::Broken(_, b)) => return Err(PoolError::Broken(b)),
+            // Full cannot happen (the queue holds every slot); Disconnected means no worker is
+            // registered right now: keep the messages for the next flush.
+            Err(_) => 0,
+        };
+        for (k, msg) in self.outbox.drain(..sent).enumerate() {
+            let (slot, _) = worker::split(msg);
+            if let Some(inf) = &mut self.inflight[slot] {
+                inf.queue_index = self.pushed + k as u64;
+                inf.sent = true;
+            }
+        }
+        self.pushed += sent as u64;
+        Ok(())
+    }
+
+    /// Waits up to `wait` for results and handles them; checks on the workers now and then.
+    /// Answers how many chunks finished.
+    pub(crate) fn pump(&mut self, wait: Duration) -> Result<usize, PoolError> {
+        self.dispatch_pending();
+        self.flush()?;
+        let mut buf = [0u64; 64];
+        let n = match self.results_rx.recv_many_timeout(&mut buf, wait) {
+            Ok(n) => n,
+            Err(RecvTimeoutError::Broken(b)) => return Err(PoolError::Broken(b)),
+            Err(RecvTimeoutError::Disconnected) => {
+                // No worker is a member right now: they are being replaced, or all died.
+                self.check_workers()?;
+                std::thread::sleep(Duration::from_micros(200));
+                0
+            }
+            Err(_) => 0,
+        };
+        if n > 0 {
+            self.drain_panics();
+            for &msg in &buf[..n] {
+                self.complete(msg);
+            }
+            self.dispatch_pending();
+        }
+        if n == 0 || self.last_check.elapsed() >= CHECK_EVERY {
+            self.check_workers()?;
+        }
+        Ok(n)
+    }
+
+    /// Takes every panic report in the panic ring.
+    fn drain_panics(&mut self) {
+        let panics = &mut self.panics;
+        let _ = self.errors_rx.try_recv_many(usize::MAX, |m| {
+            if m.len() >= 16 {
+                let word = |i: usize| u32::from_le_bytes([m[i], m[i + 1], m[i + 2], m[i + 3]]);
+                let text = String::from_utf8_lossy(&m[16..]).into_owned();
+                panics.insert((word(0), word(4), word(8)), (word(12), text));
+            }
+        });
+    }
+
+    /// A result message arrived: deliver the slot's outputs and free it.
+    fn complete(&mut self, msg: u64) {
+        let (slot, seq) = worker::split(msg);
+        let Some(Some(inf)) = self.inflight.get(slot).copied() else { return };
+        if inf.seq != seq {
+            return;
+        }
+        let w = self.slots.state(slot).load(Ordering::Acquire);
+        match slots::stage(w) {
+            DONE => self.deliver(slot, inf, slots::owner(w)),
+            // The acknowledgement of a cancelled task: its items were failed at cancel time.
+            CANCELLED => self.free_slot(slot),
+            _ => {}
+        }
+    }
+
+    /// Hands a finished slot's outputs to its job and frees the slot.
+    fn deliver(&mut self, slot: usize, inf: Inflight, pid: u32) {
+        let desc = self.slots.read_desc(slot);
+        let data = self.slots.data(slot);
+        if desc.fits(self.slots.data_len()) && desc.count as usize == inf.count {
+            // SAFETY: the worker published DONE (Release; we loaded it with Acquire) after writing
+            // outputs and status bytes; no one writes the slot until we free it; `fits` checked
+            // the ranges against the data area.
+            let (outputs, status) = unsafe {
+                (
+                    std::slice::from_raw_parts(data.add(desc.out_off as usize), inf.count * inf.size_r),
+                    std::slice::from_raw_parts(data.add(desc.status_off as usize), inf.count),
+                )
+            };
+            let panics = &mut self.panics;
+            let mut errors: HashMap<usize, TaskError> = HashMap::new();
+            for (i, &s) in status.iter().enumerate() {
+                if s != ITEM_OK {
+                    let message = panics
+                        .remove(&(slot as u32, inf.seq, i as u32))
+                        .map_or_else(|| "task did not report its panic".to_owned(), |(_, text)| text);
+                    errors.insert(i, TaskError::Panicked { pid, message });
+                }
+            }
+            let failed = errors.len();
+            let error = |i: usize| errors.get(&i).cloned().unwrap_or(TaskError::Terminated);
+            if let Some(Some(job)) = self.jobs.get_mut(inf.job) {
+                job.sink.chunk(&Chunk { first: inf.first, outputs, status, error: &error });
+            }
+            self.stats.completed += (inf.count - failed) as u64;
+            self.stats.failed += failed as u64;
+            self.finish_items(inf.job, inf.count);
+        } else {
+            self.fail_items(inf.job, inf.first, inf.count, &TaskError::Terminated);
+        }
+        self.free_slot(slot);
+    }
+
+    fn free_slot(&mut self, slot: usize) {
+        self.slots.state(slot).store(slots::word(slots::FREE, 0), Ordering::Release);
+        self.inflight[slot] = None;
+        self.free.push(slot as u32);
+    }
+
+    fn finish_items(&mut self, job: usize, n: usize) {
+        if let Some(Some(j)) = self.jobs.get_mut(job) {
+            j.remaining = j.remaining.saturating_sub(n);
+            if j.remaining == 0 {
+                if j.abandoned {
+                    self.jobs[job] = None;
+                    self.free_jobs.push(job);
+                } else {
+                    self.log_done(job);
+                }
+            }
+        }
+    }
+
+    /// Records that `job` finished. The log keeps the last million entries; a reader that fell
+    /// further behind rescans its jobs instead.
+    fn log_done(&mut self, job: usize) {
+        const KEEP: usize = 1 << 20;
+        if self.done_log.len() >= 2 * KEEP {
+            self.done_log.drain(..KEEP);
+            self.done_base += KEEP as u64;
+        }
+        self.done_log.push_back(job);
+    }
+
+    /// Jobs finished since absolute log position `from`, and the position after them; `None` if
+    /// `from` was trimmed away.
+    pub(crate) fn done_since(&self, from: u64) -> Option<(impl Iterator<Item = usize> + '_, u64)> {
+        let skip = usize::try_from(from.checked_sub(self.done_base)?).ok()?;
+        let end = self.done_base + self.done_log.len() as u64;
+        Some((self.done_log.iter().skip(skip).copied(), end))
+    }
+
+    /// The log position right now.
+    pub(crate) fn done_position(&self) -> u64 {
+        self.done_base + self.done_log.len() as u64
+    }
+
+    /// Whether `job` has finished (or is unknown).
+    pub(crate) fn is_finished(&self, job: usize) -> bool {
+        self.remaining(job) == 0
+    }
+
+    fn fail_items(&mut self, job: usize, first: usize, n: usize, e: &TaskError) {
+        if let Some(Some(j)) = self.jobs.get_mut(job) {
+            j.sink.fail(first, n, e);
+        }
+        self.stats.failed += n as u64;
+        self.finish_items(job, n);
+    }
+
+    /// Looks for ended workers; handles their slots and replaces them.
+    pub(crate) fn check_workers(&mut self) -> Result<(), PoolError> {
+        self.last_check = Instant::now();
+        let mut k = 0;
+        while k < self.workers.len() {
+            let status = match self.workers[k].process.try_join() {
+                Ok(None) => {
+                    k += 1;
+                    continue;
+                }
+                Ok(Some(status)) => status,
+                // Died of a panic outside any task (an initializer's, say).
+                Err(ProcessJoinError::Panicked { .. }) => ExitStatus::Code(101),
+                Err(_) => ExitStatus::Code(-1),
+            };
+            let w = self.workers.swap_remove(k);
+            let pid = w.process.pid();
+            if status.success() {
+                self.stats.workers_retired += 1;
+            } else {
+                self.stats.workers_died += 1;
+            }
+            self.handle_exit(pid, status);
+            if !self.terminated && !(self.closed && self.tasks_tx.is_none()) {
+                // A replacement; if it cannot start now, the next check tries again.
+                let _ = self.start_worker();
+            }
+        }
+        if self.workers.is_empty() && !self.terminated && self.tasks_tx.is_some() {
+            return Err(PoolError::NoWorkers);
+        }
+        Ok(())
+    }
+
+    /// A worker ended: settle every slot that names it.
+    fn handle_exit(&mut self, pid: u32, status: ExitStatus) {
+        // Everything it published is visible now that it is gone: take it first.
+        let mut buf = [0u64; 64];
+        while let Ok(n) = self.results_rx.try_recv_many(&mut buf) {
+            self.drain_panics();
+            for &msg in &buf[..n] {
+                self.complete(msg);
+            }
+        }
+        let head = self.tasks.consumed();
+        for slot in 0..self.inflight.len() {
+            let Some(inf) = self.inflight[slot] else { continue };
+            let w = self.slots.state(slot).load(Ordering::Acquire);
+            let still_queued = !inf.sent || inf.queue_index >= head;
+            match slots::stage(w) {
+                RUNNING if slots::owner(w) == pid => {
+                    if still_queued {
+                        // It died inside the claim: the message will be handed out again.
+                        let _ = self.slots.transition(slot, w, slots::word(QUEUED, 0));
+                    } else if self.slots.transition(slot, w, slots::word(FAILED, 0)) {
+                        self.fail_items(inf.job, inf.first, inf.count, &TaskError::WorkerDied { pid, status });
+                        self.free_slot(slot);
+                    }
+                }
+                // Finished, but died before announcing it.
+                DONE if slots::owner(w) == pid => self.deliver(slot, inf, pid),
+                // Taken out of the queue by someone who may never acknowledge it.
+                CANCELLED if !still_queued => self.free_slot(slot),
+                _ => {}
+            }
+        }
+    }
+
+    /// Cancels a future's task if it has not started. Answers whether it did.
+    pub(crate) fn cancel(&mut self, job: usize) -> bool {
+        if let Some(pos) = self.pending.iter().position(|p| p.job == job) {
+            self.pending.remove(pos);
+            self.fail_items(job, 0, 1, &TaskError::Cancelled);
+            return true;
+        }
+        for slot in 0..self.inflight.len() {
+            let Some(inf) = self.inflight[slot] else { continue };
+            if inf.job != job {
+                continue;
+            }
+            if self.slots.transition(slot, slots::word(QUEUED, 0), slots::word(CANCELLED, 0)) {
+                self.fail_items(job, inf.first, inf.count, &TaskError::Cancelled);
+                if !inf.sent {
+                    // Still in our outbox: take the message back, free the slot now.
+                    self.outbox.retain(|&m| worker::split(m).0 != slot);
+                    self.free_slot(slot);
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether any task is pending or running.
+    pub(crate) fn busy(&self) -> bool {
+        !self.pending.is_empty() || self.inflight.iter().any(Option::is_some)
+    }
+
+    /// Stops taking tasks, waits for every outstanding task, lets the workers leave, reaps them.
+    pub(crate) fn shutdown(&mut self) -> Result<(), PoolError> {
+        self.closed = true;
+        let mut result = Ok(());
+        while self.busy() && !self.terminated {
+            if let Err(e) = self.pump(PUMP_WAIT) {
+                result = Err(e);
+                break;
+            }
+        }
+        // The workers see the task queue disconnect once our sender is gone.
+        self.tasks_tx = None;
+        for mut w in self.workers.drain(..) {
+            match w.process.join_timeout(WORKER_EXIT_WAIT) {
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = w.process.kill();
+                    let _ = w.process.join_timeout(WORKER_EXIT_WAIT);
+                }
+            }
+        }
+        result
+    }
+
+    /// Kills every worker at once; every unfinished task fails with [`TaskError::Terminated`].
+    pub(crate) fn terminate(&mut self) {
+        self.terminated = true;
+        self.closed = true;
+        self.tasks_tx = None;
+        for w in &mut self.workers {
+            let _ = w.process.kill();
+        }
+        for mut w in self.workers.drain(..) {
+            let _ = w.process.join_timeout(WORKER_EXIT_WAIT);
+        }
+        while let Some(p) = self.pending.pop_front() {
+            self.fail_items(p.job, 0, 1, &TaskError::Terminated);
+        }
+        for slot in 0..self.inflight.len() {
+            if let Some(inf) = self.inflight[slot] {
+                self.fail_items(inf.job, inf.first, inf.count, &TaskError::Terminated);
+                self.free_slot(slot);
+            }
+        }
+        self.outbox.clear();
+    }
+}

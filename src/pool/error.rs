@@ -1,0 +1,186 @@
+//! Errors of the pool: a task's, the pool's, and a map's (which carries every item's outcome).
+
+use std::fmt;
+
+use crate::process::{ExitStatus, StartError};
+use crate::ring::{Broken, JoinError};
+use crate::segment::SegmentError;
+
+/// Why one task has no result.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// The task panicked; the worker caught it and went on.
+    #[error("task panicked in worker {pid}: {message}")]
+    Panicked {
+        /// The worker's pid.
+        pid: u32,
+        /// The panic message, with its location.
+        message: String,
+    },
+    /// The worker running the task died (killed, crashed, or exited). It was replaced; the pool's
+    /// other tasks were not affected.
+    #[error("worker {pid} died while running the task: {status}")]
+    WorkerDied {
+        /// The dead worker's pid.
+        pid: u32,
+        /// How it ended (the signal, for a kill).
+        status: ExitStatus,
+    },
+    /// Cancelled before it started.
+    #[error("task cancelled before it started")]
+    Cancelled,
+    /// The pool was terminated before the task finished.
+    #[error("pool terminated before the task finished")]
+    Terminated,
+}
+
+/// Why the pool could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// Making the pool's shared memory failed.
+    #[error("pool memory: {0}")]
+    Segment(#[from] SegmentError),
+    /// Starting a worker failed.
+    #[error("starting a worker: {0}")]
+    Start(#[from] StartError),
+    /// The pool's rings refused a member (cannot happen with the pool's own sizes).
+    #[error("joining the pool's rings: {0}")]
+    Join(#[from] JoinError),
+    /// The pool's rings are broken (their memory was overwritten).
+    #[error("pool rings: {0}")]
+    Broken(#[from] Broken),
+    /// The pool was closed or terminated: it takes no new tasks.
+    #[error("the pool is closed")]
+    Closed,
+    /// No worker is left and none can be started.
+    #[error("no worker is running and none could be started")]
+    NoWorkers,
+    /// One task's input and output do not fit a slot.
+    #[error("a task's input and output need {needed} bytes, a slot holds {available}: raise PoolBuilder::slot_bytes")]
+    TaskTooLarge {
+        /// Bytes one task needs.
+        needed: usize,
+        /// Bytes a slot offers.
+        available: usize,
+    },
+    /// An input or output type with an alignment above 64 bytes.
+    #[error("task types aligned to more than 64 bytes are not supported")]
+    AlignmentTooLarge,
+    /// A builder setting is out of range.
+    #[error("invalid pool setting: {0}")]
+    InvalidSetting(&'static str),
+}
+
+/// Why a `map` did not give every result.
+pub enum MapError<R> {
+    /// The pool itself failed (closed, out of workers, ...). Nothing is known of the items.
+    Pool(PoolError),
+    /// Some tasks failed; every item's outcome is inside, in input order.
+    Tasks(TaskFailures<R>),
+}
+
+/// The outcome of every item of a map in which some tasks failed.
+pub struct TaskFailures<R> {
+    results: Vec<Result<R, TaskError>>,
+    failed: usize,
+}
+
+impl<R> TaskFailures<R> {
+    pub(crate) fn new(results: Vec<Result<R, TaskError>>) -> Self {
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        TaskFailures { results, failed }
+    }
+
+    /// How many tasks failed.
+    pub fn failed(&self) -> usize {
+        self.failed
+    }
+
+    /// Every item's outcome, in input order.
+    pub fn results(&self) -> &[Result<R, TaskError>] {
+        &self.results
+    }
+
+    /// Every item's outcome, in input order.
+    pub fn into_results(self) -> Vec<Result<R, TaskError>> {
+        self.results
+    }
+
+    /// The first failure.
+    pub fn first_error(&self) -> Option<(usize, &TaskError)> {
+        self.results.iter().enumerate().find_map(|(i, r)| r.as_ref().err().map(|e| (i, e)))
+    }
+}
+
+impl<R> MapError<R> {
+    /// Every item's outcome, if the pool got as far as running them.
+    pub fn into_results(self) -> Option<Vec<Result<R, TaskError>>> {
+        match self {
+            MapError::Tasks(t) => Some(t.into_results()),
+            MapError::Pool(_) => None,
+        }
+    }
+}
+
+impl<R> From<PoolError> for MapError<R> {
+    fn from(e: PoolError) -> Self {
+        MapError::Pool(e)
+    }
+}
+
+impl<R> fmt::Debug for TaskFailures<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskFailures")
+            .field("tasks", &self.results.len())
+            .field("failed", &self.failed)
+            .field("first_error", &self.first_error())
+            .finish()
+    }
+}
+
+impl<R> fmt::Display for TaskFailures<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} of {} tasks failed", self.failed, self.results.len())?;
+        if let Some((i, e)) = self.first_error() {
+            write!(f, "; the first, item {i}: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl<R> fmt::Debug for MapError<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MapError::Pool(e) => f.debug_tuple("Pool").field(e).finish(),
+            MapError::Tasks(t) => f.debug_tuple("Tasks").field(t).finish(),
+        }
+    }
+}
+
+impl<R> fmt::Display for MapError<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MapError::Pool(e) => write!(f, "{e}"),
+            MapError::Tasks(t) => write!(f, "{t}"),
+        }
+    }
+}
+
+impl<R> std::error::Error for MapError<R> {}
+
+/// Why [`Future::wait_timeout`](super::Future::wait_timeout) has no result.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// The timeout passed first; the task goes on.
+    #[error("timed out waiting for the task")]
+    Timeout,
+    /// The task failed.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+    /// The pool failed while the task was outstanding.
+    #[error("the pool failed: {0}")]
+    Pool(String),
+}

@@ -1,0 +1,204 @@
+//! A worker process: take a task, claim its slot, run it in place, publish the result.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+
+use bytemuck::{Pod, Zeroable};
+
+use super::slots::{self, CANCELLED, QUEUED, RUNNING, Slots};
+use super::task::{self, ChunkCtx};
+use crate::queue::Queue;
+use crate::ring::{Ring, RingBuilder};
+use crate::sync::current_pid;
+
+/// Exit codes of a worker that gives up (other than 0: done, and 101: panicked).
+pub(crate) const EXIT_BROKEN: i32 = 3;
+pub(crate) const EXIT_BAD_SETUP: i32 = 4;
+pub(crate) const EXIT_BAD_CODE: i32 = 5;
+
+/// Longest panic message carried back to the parent, in bytes.
+const MAX_PANIC_TEXT: usize = 4096;
+
+/// A task or result message: slot index and generation.
+#[inline(always)]
+pub(crate) fn message(slot: u32, seq: u32) -> u64 {
+    (u64::from(slot) << 32) | u64::from(seq)
+}
+
+#[inline(always)]
+pub(crate) fn split(msg: u64) -> (usize, u32) {
+    ((msg >> 32) as usize, msg as u32)
+}
+
+/// What a worker needs, as the bytes its start function receives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub(crate) struct WorkerArg {
+    /// Descriptors of the slots, task queue, result queue and panic ring (same numbers in the
+    /// child: inherited by fork, or kept across exec).
+    pub fds: [i32; 4],
+    /// Tasks after which the worker retires (0: never).
+    pub max_tasks: u64,
+    /// Code offset of the initializer trampoline (valid when `has_init` is 1).
+    pub init: u64,
+    pub has_init: u32,
+    pub _pad: u32,
+    /// Spin budget in nanoseconds.
+    pub spin_ns: u64,
+}
+
+/// The worker's start function (forked or re-executed): opens the pool's memory from the
+/// descriptors, then serves tasks until the task queue disconnects.
+pub(crate) fn start(arg: &[u8]) {
+    let Ok(arg) = bytemuck::try_pod_read_unaligned::<WorkerArg>(arg) else {
+        crate::process::exit(EXIT_BAD_SETUP);
+    };
+    // A forked worker holds copies of every ring handle the parent held (the pool's own task
+    // sender among them): give those memberships up, or the task queue would never disconnect.
+    crate::ring::child_exit();
+    // SAFETY: the parent passed these four descriptor numbers, open in this process: inherited by
+    // fork, or kept open across exec by the process layer (`spawn_raw`'s inherited descriptors).
+    // Nothing else in this fresh worker owns them.
+    let owned = arg.fds.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    let [slots_fd, tasks_fd, results_fd, errors_fd] = owned;
+    let spin = crate::sync::SpinPolicy::spin_for(std::time::Duration::from_nanos(arg.spin_ns));
+    let opened = (|| {
+        let slots = Slots::from_fd(slots_fd)?;
+        let tasks = Queue::<u64>::builder().spin(spin).from_fd(tasks_fd)?;
+        let results = Queue::<u64>::builder().spin(spin).from_fd(results_fd)?;
+        let errors = RingBuilder::new().spin(spin).from_fd(errors_fd)?;
+        Ok::<_, crate::SegmentError>((slots, tasks, results, errors))
+    })();
+    let Ok((slots, tasks, results, errors)) = opened else {
+        crate::process::exit(EXIT_BAD_SETUP);
+    };
+    if arg.has_init == 1 {
+        match task::init_fn(arg.init) {
+            Some(init) => init(),
+            None => crate::process::exit(EXIT_BAD_CODE),
+        }
+    }
+    let code = serve(&slots, &tasks, &results, &errors, arg.max_tasks);
+    if code != 0 {
+        crate::process::exit(code);
+    }
+}
+
+/// How a popped task message turned out.
+enum Claim {
+    /// Ours to run.
+    Run,
+    /// Cancelled by the parent before anyone claimed it: acknowledge, do not run.
+    Cancelled,
+    /// A message about a slot that moved on: ignore.
+    Stale,
+}
+
+fn serve(slots: &Slots, tasks: &Queue<u64>, results: &Queue<u64>, errors: &Ring, max_tasks: u64) -> i32 {
+    let (Ok(rx), Ok(tx), Ok(etx)) = (tasks.receiver(), results.sender(), errors.sender()) else {
+        return EXIT_BAD_SETUP;
+    };
+    let me = current_pid();
+    crate::process::capture_task_panics(true);
+    let mut done = 0u64;
+    while max_tasks == 0 || done < max_tasks {
+        // Claim inside the task queue's receive critical section: if this process dies before the
+        // head moves, the message is handed to the next worker, which takes the claim over.
+        let (msg, claim) = match rx.recv_in_place() {
+            Ok(guard) => {
+                let msg = *guard;
+                let claim = claim(slots, msg, me);
+                drop(guard);
+                (msg, claim)
+            }
+            Err(crate::ring::RecvError::Disconnected) => return 0,
+            Err(_) => return EXIT_BROKEN,
+        };
+        let (slot, seq) = split(msg);
+        match claim {
+            Claim::Stale => continue,
+            Claim::Cancelled => {
+                if tx.send(msg).is_err() {
+                    return EXIT_BROKEN;
+                }
+                continue;
+            }
+            Claim::Run => {}
+        }
+        let desc = slots.read_desc(slot);
+        let ran = if desc.seq != seq || !desc.fits(slots.data_len()) {
+            Err("slot descriptor is inconsistent")
+        } else if let Some(chunk) = task::chunk_fn(desc.tramp) {
+            let data = slots.data(slot);
+            let mut on_panic = |item: usize, text: String| {
+                let mut text = text.into_bytes();
+                text.truncate(MAX_PANIC_TEXT);
+                let mut m = Vec::with_capacity(16 + text.len());
+                for v in [slot as u32, seq, item as u32, me] {
+                    m.extend_from_slice(&v.to_le_bytes());
+                }
+                m.extend_from_slice(&text);
+                let _ = etx.send(m);
+            };
+            let mut ctx = ChunkCtx {
+                input: data.cast_const(),
+                // SAFETY: out_off and status_off lie inside the data area (`fits` checked it).
+                output: unsafe { data.add(desc.out_off as usize) },
+                // SAFETY: as above.
+                status: unsafe { data.add(desc.status_off as usize) },
+                count: desc.count as usize,
+                size_t: desc.size_t as usize,
+                align_t: desc.align_t as usize,
+                size_r: desc.size_r as usize,
+                align_r: desc.align_r as usize,
+                on_panic: &mut on_panic,
+            };
+            // SAFETY: the slot is claimed by this process (RUNNING with our pid), so no other
+            // worker touches it and the parent does not until the result is published; `fits`
+            // checked that inputs, outputs and status bytes lie inside its data area; the
+            // trampoline checks the types and alignments itself.
+            unsafe { chunk(&mut ctx) }
+        } else {
+            Err("task code is not in this executable")
+        };
+        if ran.is_err() {
+            // Leave every item's status as "not run": the parent reports it.
+            return EXIT_BAD_CODE;
+        }
+        slots.state(slot).store(slots::word(slots::DONE, me), Ordering::Release);
+        if tx.send(msg).is_err() {
+            return EXIT_BROKEN;
+        }
+        done += u64::from(desc.count.max(1));
+    }
+    0
+}
+
+/// Claims the slot named by `msg` for `me`, inside the task queue's receive critical section.
+fn claim(slots: &Slots, msg: u64, me: u32) -> Claim {
+    let (slot, seq) = split(msg);
+    if slot >= slots.count || slots.read_desc(slot).seq != seq {
+        return Claim::Stale;
+    }
+    let w = slots.state(slot).load(Ordering::Acquire);
+    match slots::stage(w) {
+        QUEUED => {
+            if slots.transition(slot, w, slots::word(RUNNING, me)) {
+                Claim::Run
+            } else {
+                claim(slots, msg, me)
+            }
+        }
+        // Claimed by a worker that died inside this same critical section (the message was
+        // handed out again): take it over.
+        RUNNING if slots::owner(w) != me => {
+            if slots.transition(slot, w, slots::word(RUNNING, me)) {
+                Claim::Run
+            } else {
+                Claim::Stale
+            }
+        }
+        CANCELLED => Claim::Cancelled,
+        _ => Claim::Stale,
+    }
+}
