@@ -288,9 +288,9 @@ trait Slots {
 impl Slots for Core {
     #[inline(always)]
     fn slot_ptr(&self, i: u64) -> *mut u8 {
-        // SAFETY: (i & mask) < capacity, and capacity * stride bytes of data region are mapped
-        // (validated config); the result stays inside the region.
-        unsafe { self.data().as_ptr().add(((i & self.mask) * self.cfg.stride) as usize) }
+        // (i & mask) < capacity, and capacity * stride bytes of data region are mapped (validated
+        // config): the result stays inside the region.
+        self.data().as_ptr().wrapping_add(((i & self.mask) * self.cfg.stride) as usize)
     }
 
     #[inline(always)]

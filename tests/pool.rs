@@ -171,7 +171,7 @@ fn a_panicking_task_fails_alone() {
         }
     }
     assert_eq!(p.worker_pids(), before, "a task's panic does not cost its worker");
-    assert_eq!(p.apply(panic_on_13, 13).unwrap_err().to_string().contains("thirteen"), true);
+    assert!(p.apply(panic_on_13, 13).unwrap_err().to_string().contains("thirteen"));
 }
 
 /// A worker that dies of SIGKILL, abort or SIGSEGV in the middle of a map fails only its own

@@ -37,7 +37,7 @@ fn mpmc_stress_four_producers_three_consumers() {
                 let rx = ring.receiver().unwrap();
                 let mut last = [None::<u64>; PRODUCERS as usize];
                 loop {
-                    let r = rx.recv_with_timeout(LONG, |m| check_message(m));
+                    let r = rx.recv_with_timeout(LONG, check_message);
                     let (p, seq) = match r {
                         Ok(Ok(ps)) => ps,
                         Ok(Err(e)) => {
@@ -177,7 +177,7 @@ fn sigkill_storm() {
             let mut last = [None::<u64>; SLOTS];
             loop {
                 shared.get(cbase + c).store(1, Ordering::Release);
-                let r = rx.recv_with_timeout(Duration::from_secs(30), |m| check_message(m));
+                let r = rx.recv_with_timeout(Duration::from_secs(30), check_message);
                 let (p, seq) = match r {
                     Ok(Ok(ps)) => ps,
                     Ok(Err(e)) => {
@@ -398,7 +398,7 @@ fn named_ring_between_unrelated_handles_and_cleanup() {
     let mut seen = HashSet::new();
     let mut last = [None::<u64>; 6];
     while seen.len() < 12_000 {
-        let (p, seq) = rx.recv_with_timeout(LONG, |m| check_message(m).unwrap()).unwrap();
+        let (p, seq) = rx.recv_with_timeout(LONG, check_message).unwrap().unwrap();
         assert!(last[p as usize].is_none_or(|l| l < seq));
         last[p as usize] = Some(seq);
         assert!(seen.insert((p, seq)));

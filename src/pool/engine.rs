@@ -344,7 +344,7 @@ impl Engine {
             // SAFETY: the slot is FREE and ours (popped from the free list): no worker reads it.
             // `n < chunk <= capacity`, so the input lies in the data area, which is 64-aligned
             // (align_of::<T>() <= 64 was checked by chunk_size).
-            unsafe { data.add(n).write(t) };
+            unsafe { data.wrapping_add(n).write(t) };
             n += 1;
         }
         if n == 0 {
@@ -370,7 +370,7 @@ impl Engine {
         desc.tramp = tramp;
         self.slots.write_desc(slot, &desc);
         // SAFETY: status bytes lie in the data area (layout checked them); the slot is ours.
-        unsafe { self.slots.data(slot).add(desc.status_off as usize).write_bytes(0, n) };
+        unsafe { self.slots.data(slot).wrapping_add(desc.status_off as usize).write_bytes(0, n) };
         self.slots.state(slot).store(slots::word(QUEUED, 0), Ordering::Release);
         self.inflight[slot] =
             Some(Inflight { seq: desc.seq, job, first, count: n, queue_index: 0, sent: false, size_r: types.size_r });
@@ -499,12 +499,10 @@ impl Engine {
             // SAFETY: the worker published DONE (Release; we loaded it with Acquire) after writing
             // outputs and status bytes; no one writes the slot until we free it; `fits` checked
             // the ranges against the data area.
-            let (outputs, status) = unsafe {
-                (
-                    std::slice::from_raw_parts(data.add(desc.out_off as usize), inf.count * inf.size_r),
-                    std::slice::from_raw_parts(data.add(desc.status_off as usize), inf.count),
-                )
-            };
+            let outputs =
+                unsafe { std::slice::from_raw_parts(data.wrapping_add(desc.out_off as usize), inf.count * inf.size_r) };
+            // SAFETY: as above, for the status bytes.
+            let status = unsafe { std::slice::from_raw_parts(data.wrapping_add(desc.status_off as usize), inf.count) };
             let panics = &mut self.panics;
             let mut errors: HashMap<usize, TaskError> = HashMap::new();
             for (i, &s) in status.iter().enumerate() {
@@ -609,7 +607,7 @@ impl Engine {
                 self.stats.workers_died += 1;
             }
             self.handle_exit(pid, status);
-            if !self.terminated && !(self.closed && self.tasks_tx.is_none()) {
+            if !self.terminated && (!self.closed || self.tasks_tx.is_some()) {
                 // A replacement; if it cannot start now, the next check tries again.
                 let _ = self.start_worker();
             }

@@ -213,7 +213,7 @@ impl Slots {
         // SAFETY: bytes 16..64 of the slot, 8-aligned, inside the mapping; only the parent writes
         // descriptors, and only while the slot is FREE (no worker reads it until it is queued,
         // which happens after this write, published by the queue's Release).
-        unsafe { self.base(slot).add(16).cast::<SlotDesc>().write(*desc) }
+        unsafe { self.base(slot).wrapping_add(16).cast::<SlotDesc>().write(*desc) }
     }
 
     /// Reads the slot's descriptor by value (worker, after claiming). Garbage is possible only if
@@ -221,7 +221,7 @@ impl Slots {
     pub(crate) fn read_desc(&self, slot: usize) -> SlotDesc {
         // SAFETY: as in write_desc; a volatile read by value, so a concurrent scribbler can only
         // give us garbage that the checks reject.
-        unsafe { self.base(slot).add(16).cast::<SlotDesc>().read_volatile() }
+        unsafe { self.base(slot).wrapping_add(16).cast::<SlotDesc>().read_volatile() }
     }
 
     /// The slot's data area.

@@ -126,17 +126,17 @@ where
     for i in 0..ctx.count {
         // SAFETY: i < count; input holds count aligned T values (caller's contract, alignment and
         // size checked above); Pod makes any bytes a valid T.
-        let input: &T = unsafe { &*ctx.input.cast::<T>().add(i) };
+        let input: &T = unsafe { &*ctx.input.cast::<T>().wrapping_add(i) };
         match std::panic::catch_unwind(AssertUnwindSafe(|| f.call(input))) {
             Ok(r) => {
                 // SAFETY: i < count; output has room for count aligned R values (contract).
-                unsafe { ctx.output.cast::<R>().add(i).write(r) };
+                unsafe { ctx.output.cast::<R>().wrapping_add(i).write(r) };
                 // SAFETY: i < count; status has count bytes (contract).
-                unsafe { ctx.status.add(i).write(ITEM_OK) };
+                unsafe { ctx.status.wrapping_add(i).write(ITEM_OK) };
             }
             Err(payload) => {
                 // SAFETY: as above.
-                unsafe { ctx.status.add(i).write(ITEM_PANICKED) };
+                unsafe { ctx.status.wrapping_add(i).write(ITEM_PANICKED) };
                 let text = crate::process::take_captured_panic().unwrap_or_else(|| panic_text(&*payload));
                 // The payload's destructor is user code that could panic in turn: forget it.
                 std::mem::forget(payload);

@@ -101,7 +101,7 @@ mod tests {
         assert!(map.offset(&*heap as *const u64 as usize).is_err(), "heap memory is not code");
         assert_eq!(map.address(u64::MAX), None);
         assert_eq!(map.address(1 << 46), None);
-        let libc_fn = libc::getpid as usize;
+        let libc_fn = libc::getpid as unsafe extern "C" fn() -> libc::pid_t as usize;
         assert!(map.offset(libc_fn).is_err(), "a shared library's function is foreign");
     }
 }

@@ -539,9 +539,7 @@ impl std::ops::Deref for WriteGuard<'_> {
         // bytes, inside the data region and its mirror (reserve requires a mirrored ring). We hold
         // the send lock and the bytes lie beyond the published tail: no other process writes or
         // reads them until we publish, which consumes this guard.
-        unsafe {
-            std::slice::from_raw_parts(core.data().as_ptr().add(((self.tail + 8) & core.mask) as usize), self.len)
-        }
+        unsafe { std::slice::from_raw_parts(core.at(self.tail + 8), self.len) }
     }
 }
 
@@ -549,9 +547,7 @@ impl std::ops::DerefMut for WriteGuard<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
         let core = &*self.sender.core;
         // SAFETY: as in deref; `&mut self` makes this the only reference into the reservation.
-        unsafe {
-            std::slice::from_raw_parts_mut(core.data().as_ptr().add(((self.tail + 8) & core.mask) as usize), self.len)
-        }
+        unsafe { std::slice::from_raw_parts_mut(core.at(self.tail + 8), self.len) }
     }
 }
 
@@ -706,8 +702,7 @@ impl Receiver {
             // SAFETY: the record at `head` is published (its header was acquired) and we hold the
             // receive lock, so until we move the head no sender writes these bytes and no other
             // receiver moves past them. With the mirror, head + 8 + len < 2 capacity is mapped.
-            let msg =
-                unsafe { std::slice::from_raw_parts(core.data().as_ptr().add(((head + 8) & core.mask) as usize), len) };
+            let msg = unsafe { std::slice::from_raw_parts(core.at(head + 8), len) };
             f(msg)
         } else {
             let mut tmp = vec![0u8; len];
@@ -735,9 +730,7 @@ impl Receiver {
         loop {
             if core.mirrored {
                 // SAFETY: as in recv_one: a published record under the receive lock.
-                let msg = unsafe {
-                    std::slice::from_raw_parts(core.data().as_ptr().add(((head + 8) & core.mask) as usize), len)
-                };
+                let msg = unsafe { std::slice::from_raw_parts(core.at(head + 8), len) };
                 f(msg);
             } else {
                 tmp.resize(len, 0);
@@ -790,9 +783,7 @@ impl std::ops::Deref for ReadGuard<'_> {
         let core = &*self.receiver.core;
         // SAFETY: see Receiver::recv_one: a published record, held under the receive lock until
         // this guard drops; the ring is mirrored (checked in `in_place`).
-        unsafe {
-            std::slice::from_raw_parts(core.data().as_ptr().add(((self.head + 8) & core.mask) as usize), self.len)
-        }
+        unsafe { std::slice::from_raw_parts(core.at(self.head + 8), self.len) }
     }
 }
 
@@ -806,5 +797,90 @@ impl Drop for ReadGuard<'_> {
         if let Some(g) = self.guard.take() {
             core.unlock_and_notify(g, &c.not_full, u32::MAX);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The byte ring's record and index logic on heap memory (no mirror: wrapped records take the
+    //! two-piece copy path), against a `VecDeque`. Small enough to run under Miri:
+    //! `cargo +nightly miri test --lib ring::bytes::tests`.
+
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    fn heap_ring(cap: u64) -> Ring {
+        let cfg = Config {
+            format: FORMAT_BYTES,
+            max_members: 4,
+            capacity: cap,
+            stride: 8,
+            item_size: cap - 16,
+            data_offset: data_offset(),
+            ring_id: 1,
+        };
+        Ring { core: Core::on_heap(cfg) }
+    }
+
+    #[test]
+    fn heap_ring_matches_vecdeque_through_wraps() {
+        let ring = heap_ring(4096);
+        let tx = ring.sender().unwrap();
+        let rx = ring.receiver().unwrap();
+        let mut model: VecDeque<Vec<u8>> = VecDeque::new();
+        let mut used = 0u64;
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let ops = if cfg!(miri) { 400 } else { 20_000 };
+        for step in 0..ops {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = match x % 10 {
+                0 => (x >> 8) as usize % 4081,
+                1..=4 => (x >> 8) as usize % 64,
+                _ => (x >> 8) as usize % 700,
+            };
+            if x % 3 != 0 {
+                let msg: Vec<u8> = (0..len).map(|k| (k as u64 ^ step) as u8).collect();
+                let fits = used + record_size(len) + 8 <= 4096;
+                match tx.try_send(&msg) {
+                    Ok(()) => {
+                        assert!(fits);
+                        used += record_size(len);
+                        model.push_back(msg);
+                    }
+                    Err(TrySendError::Full(_)) => assert!(!fits),
+                    Err(e) => panic!("{e}"),
+                }
+            } else if x % 2 == 0 {
+                match rx.try_recv() {
+                    Ok(m) => {
+                        let want = model.pop_front().unwrap();
+                        used -= record_size(want.len());
+                        assert_eq!(m, want);
+                    }
+                    Err(TryRecvError::Empty) => assert!(model.is_empty()),
+                    Err(e) => panic!("{e}"),
+                }
+            } else {
+                let mut got = Vec::new();
+                match rx.try_recv_many(3, |m| got.push(m.to_vec())) {
+                    Ok(n) => {
+                        assert_eq!(n, got.len());
+                        for m in got {
+                            let want = model.pop_front().unwrap();
+                            used -= record_size(want.len());
+                            assert_eq!(m, want);
+                        }
+                    }
+                    Err(TryRecvError::Empty) => assert!(model.is_empty()),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert_eq!(ring.used_bytes() as u64, used);
+        }
+        // In-place access needs the mirror, which heap memory does not have: refused, not wrong.
+        assert!(matches!(tx.try_reserve(8), Err(TrySendError::Broken(..))));
     }
 }

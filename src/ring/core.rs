@@ -90,7 +90,33 @@ enum Backing {
     Segment(Segment),
     /// Heap memory, for tests of the index logic (under Miri among others).
     #[cfg(test)]
-    Heap(Box<[AtomicU64]>),
+    Heap(#[allow(dead_code, reason = "owns the memory; freed on drop")] HeapBlock),
+}
+
+/// A zeroed, page-aligned heap block (test support).
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct HeapBlock {
+    ptr: NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+#[cfg(test)]
+impl HeapBlock {
+    fn new(len: usize) -> HeapBlock {
+        let layout = std::alloc::Layout::from_size_align(len.max(4096), 4096).expect("test block layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        HeapBlock { ptr: NonNull::new(ptr).expect("test block allocation"), layout }
+    }
+}
+
+#[cfg(test)]
+impl Drop for HeapBlock {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this very layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+    }
 }
 
 /// One mapped ring, shared by every handle of this process that uses that mapping.
@@ -155,13 +181,11 @@ impl Core {
             super::control::FORMAT_SLOTS => cfg.capacity * cfg.stride,
             _ => cfg.capacity,
         };
-        let words = (cfg.data_offset + data_len).div_ceil(8) as usize;
-        let heap: Box<[AtomicU64]> = (0..words).map(|_| AtomicU64::new(0)).collect();
-        let base = NonNull::from(&heap[0]).cast::<u8>();
-        // SAFETY: test-only: the heap block is data_offset + data_len bytes, 8-aligned, zeroed;
-        // Control's alignment (128) exceeds 8, so it is written through `write_unaligned`.
-        unsafe { base.cast::<Config>().as_ptr().write_unaligned(cfg) };
-        // SAFETY: data_offset < words * 8.
+        let block = HeapBlock::new((cfg.data_offset + data_len) as usize);
+        let base = block.ptr;
+        // SAFETY: test-only: the block is page-aligned, zeroed, data_offset + data_len bytes long.
+        unsafe { base.cast::<Config>().as_ptr().write(cfg) };
+        // SAFETY: data_offset is inside the block.
         let data = unsafe { base.add(cfg.data_offset as usize) };
         Arc::new(Core {
             ctrl: base.cast(),
@@ -171,7 +195,7 @@ impl Core {
             cfg,
             spin: SpinPolicy::default(),
             local: Local::default(),
-            _backing: Backing::Heap(heap),
+            _backing: Backing::Heap(block),
         })
     }
 
@@ -198,6 +222,13 @@ impl Core {
         self.data
     }
 
+    /// The address of byte-ring index `index` (masked into the data region). Computing it is
+    /// safe; using it is the caller's business.
+    #[inline(always)]
+    pub(crate) fn at(&self, index: u64) -> *mut u8 {
+        self.data.as_ptr().wrapping_add((index & self.mask) as usize)
+    }
+
     /// The 8-byte word at ring index `i` (bytes format) or byte offset `i` in the data region.
     ///
     /// `offset` must be 8-aligned and below `capacity` (bytes) or the data length (slots); both
@@ -208,7 +239,7 @@ impl Core {
         // SAFETY: callers pass offsets that are 8-aligned and inside the data region (masked by
         // `mask` or a slot index times the stride plus an in-slot offset below the stride); the
         // data region is page-aligned and lives as long as `self`; any bit pattern is a valid u64.
-        unsafe { &*self.data.as_ptr().add(offset as usize).cast::<AtomicU64>() }
+        unsafe { &*self.data.as_ptr().wrapping_add(offset as usize).cast::<AtomicU64>() }
     }
 
     /// The segment's descriptor.

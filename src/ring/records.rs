@@ -78,14 +78,13 @@ impl Core {
             // SAFETY: pos < cap and src.len() <= cap - 16; with a mirror the data region is
             // followed by `cap` mirrored bytes, so pos + len < 2 cap stays mapped; without one the
             // branch condition keeps it inside. The caller owns these bytes (free space).
-            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), base.add(pos), src.len()) };
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), base.wrapping_add(pos), src.len()) };
         } else {
-            let first = cap - pos;
-            // SAFETY: as above, split at the end of the region: pos..cap, then 0..len-first.
-            unsafe {
-                std::ptr::copy_nonoverlapping(src.as_ptr(), base.add(pos), first);
-                std::ptr::copy_nonoverlapping(src.as_ptr().add(first), base, src.len() - first);
-            }
+            let (head, tail) = src.split_at(cap - pos);
+            // SAFETY: as above, split at the end of the region: first pos..cap ...
+            unsafe { std::ptr::copy_nonoverlapping(head.as_ptr(), base.wrapping_add(pos), head.len()) };
+            // SAFETY: ... then 0..len - (cap - pos), which is below pos (free space, ours).
+            unsafe { std::ptr::copy_nonoverlapping(tail.as_ptr(), base, tail.len()) };
         }
     }
 
@@ -101,15 +100,13 @@ impl Core {
         let base = self.data().as_ptr();
         if self.mirrored || pos + dst.len() <= cap {
             // SAFETY: see write_bytes; the record is published and held, so nobody writes it.
-            unsafe { std::ptr::copy_nonoverlapping(base.add(pos), dst.as_mut_ptr(), dst.len()) };
+            unsafe { std::ptr::copy_nonoverlapping(base.wrapping_add(pos), dst.as_mut_ptr(), dst.len()) };
         } else {
-            let first = cap - pos;
-            let len = dst.len();
-            // SAFETY: as above, in two pieces.
-            unsafe {
-                std::ptr::copy_nonoverlapping(base.add(pos), dst.as_mut_ptr(), first);
-                std::ptr::copy_nonoverlapping(base, dst.as_mut_ptr().add(first), len - first);
-            }
+            let (head, tail) = dst.split_at_mut(cap - pos);
+            // SAFETY: as above, in two pieces: first pos..cap ...
+            unsafe { std::ptr::copy_nonoverlapping(base.wrapping_add(pos), head.as_mut_ptr(), head.len()) };
+            // SAFETY: ... then the rest from the start of the region.
+            unsafe { std::ptr::copy_nonoverlapping(base, tail.as_mut_ptr(), tail.len()) };
         }
     }
 

@@ -525,7 +525,7 @@ fn ready_word(map: &Mapping) -> &AtomicU32 {
     // SAFETY: READY_OFFSET (the size of HeaderFields, 104) is 4-aligned and inside the first page
     // of a page-aligned mapping that outlives the returned reference (it borrows `map`); any bit
     // pattern is a valid AtomicU32, and it is only ever accessed atomically.
-    unsafe { &*map.base().add(READY_OFFSET).cast::<AtomicU32>().as_ptr() }
+    unsafe { &*map.base().as_ptr().wrapping_add(READY_OFFSET).cast::<AtomicU32>() }
 }
 
 fn file_identity(fd: BorrowedFd<'_>) -> (u64, u64) {

@@ -94,13 +94,17 @@ fn mirror_maps_the_tail_twice() {
         .anonymous(|_| Ok(()))
         .unwrap();
     let base = seg.payload().as_ptr();
-    // SAFETY: payload is 16 KiB followed by an 8 KiB mirror of its last 8 KiB.
-    unsafe {
-        base.add(3 * 4096 + 5).write(7);
-        assert_eq!(base.add(4 * 4096 + 4096 + 5).read(), 7);
-        base.add(4 * 4096 + 9).write(9);
-        assert_eq!(base.add(2 * 4096 + 9).read(), 9);
-    }
+    // The payload is 16 KiB followed by an 8 KiB mirror of its last 8 KiB: every address below is
+    // mapped and written only by this test.
+    let at = |off: usize| base.wrapping_add(off);
+    // SAFETY: see above.
+    unsafe { at(3 * 4096 + 5).write(7) };
+    // SAFETY: see above.
+    assert_eq!(unsafe { at(4 * 4096 + 4096 + 5).read() }, 7);
+    // SAFETY: see above.
+    unsafe { at(4 * 4096 + 9).write(9) };
+    // SAFETY: see above.
+    assert_eq!(unsafe { at(2 * 4096 + 9).read() }, 9);
 }
 
 #[test]

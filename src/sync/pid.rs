@@ -27,6 +27,7 @@ pub fn current_pid() -> u32 {
 
 #[cold]
 fn current_pid_slow() -> u32 {
+    #[cfg(not(miri))]
     REGISTER.call_once(|| {
         // SAFETY: registering a handler has no preconditions; the handler is an `extern "C" fn`
         // with static lifetime that only touches atomics (async-signal-safe). pthread_atfork can

@@ -125,24 +125,18 @@ unsafe impl Sync for SharedCounters {}
 impl SharedCounters {
     pub fn new(len: usize) -> SharedCounters {
         let bytes = std::num::NonZeroUsize::new(len.max(1) * 8).unwrap();
+        let prot = nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE;
         // SAFETY: a fresh anonymous shared mapping, aliasing nothing; zero-filled, and zero is a
         // valid AtomicU64.
-        let p = unsafe {
-            nix::sys::mman::mmap_anonymous(
-                None,
-                bytes,
-                nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_WRITE,
-                nix::sys::mman::MapFlags::MAP_SHARED,
-            )
-        }
-        .expect("mmap");
+        let p = unsafe { nix::sys::mman::mmap_anonymous(None, bytes, prot, nix::sys::mman::MapFlags::MAP_SHARED) }
+            .expect("mmap");
         SharedCounters { ptr: p.as_ptr().cast(), len }
     }
 
     pub fn get(&self, i: usize) -> &AtomicU64 {
         assert!(i < self.len);
         // SAFETY: in bounds, mapped for our lifetime, 8-aligned.
-        unsafe { &*self.ptr.add(i) }
+        unsafe { &*self.ptr.wrapping_add(i) }
     }
 
     /// Sets bit `bit` of the bitmap stored from word `base`; answers whether it was set before.
@@ -158,9 +152,9 @@ impl SharedCounters {
 
 impl Drop for SharedCounters {
     fn drop(&mut self) {
-        // SAFETY: unmapping what `new` mapped; no reference outlives self.
-        unsafe {
-            let _ = nix::sys::mman::munmap(std::ptr::NonNull::new_unchecked(self.ptr.cast()), self.len.max(1) * 8);
+        if let Some(p) = std::ptr::NonNull::new(self.ptr.cast()) {
+            // SAFETY: unmapping what `new` mapped; no reference outlives self.
+            let _ = unsafe { nix::sys::mman::munmap(p, self.len.max(1) * 8) };
         }
     }
 }
