@@ -25,6 +25,10 @@ use crate::shm::ShmWatch;
 pub const SIZES: [usize; 4] = [8, 1024, 64 * 1024, 1024 * 1024];
 /// The sizes at which Python's queues are measured too.
 const PY_SIZES: [usize; 2] = [8, 1024];
+/// Every `/dev/shm` name of a run starts with this and the runner's pid.
+const SHM_STEM: &str = "rpcmp";
+/// The run's scratch directory, in the temporary directory: this and the runner's pid.
+const SCRATCH_STEM: &str = "ringpool-compare-";
 /// The round trip's message size.
 const RTT_SIZE: usize = 8;
 
@@ -585,8 +589,11 @@ pub fn run(o: Options) -> i32 {
         eprintln!("warning: built without --release; the figures mean nothing");
     }
     let pid = std::process::id();
-    let prefix = format!("rpcmp{pid}-");
-    let scratch = std::env::temp_dir().join(format!("ringpool-compare-{pid}"));
+    let prefix = format!("{SHM_STEM}{pid}-");
+    let scratch = std::env::temp_dir().join(format!("{SCRATCH_STEM}{pid}"));
+    for note in crate::shm::clean_stale(SHM_STEM, &std::env::temp_dir(), SCRATCH_STEM) {
+        eprintln!("note: {note}");
+    }
     if let Err(e) = std::fs::create_dir_all(&scratch) {
         eprintln!("ringpool-compare: cannot create {}: {e}", scratch.display());
         return 1;
@@ -677,7 +684,9 @@ pub fn run(o: Options) -> i32 {
                         for note in &swept.notes {
                             eprintln!("  note: {note}");
                         }
-                        bench.record(&id, &label, kind, &figures);
+                        if !figures.is_empty() {
+                            bench.record(&id, &label, kind, &figures);
+                        }
                     }
                     Err(Failure::Mismatch(why)) => {
                         eprintln!(

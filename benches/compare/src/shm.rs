@@ -17,6 +17,43 @@ fn list() -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// Removes what earlier runs that were killed left behind: `/dev/shm` entries and scratch
+/// directories named after a runner whose pid no longer exists. Returns one line per removal.
+pub fn clean_stale(shm_stem: &str, scratch_parent: &Path, scratch_stem: &str) -> Vec<String> {
+    let dead = |rest: &str| {
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        !digits.is_empty() && !Path::new("/proc").join(&digits).exists()
+    };
+    let mut notes = Vec::new();
+    for name in list() {
+        if let Some(rest) = name.strip_prefix(shm_stem)
+            && dead(rest)
+            && std::fs::remove_file(Path::new(SHM).join(&name)).is_ok()
+        {
+            notes.push(format!(
+                "removed /dev/shm/{name}, left by an earlier run that was killed"
+            ));
+        }
+    }
+    for entry in std::fs::read_dir(scratch_parent)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(rest) = name.strip_prefix(scratch_stem)
+            && dead(rest)
+            && std::fs::remove_dir_all(entry.path()).is_ok()
+        {
+            notes.push(format!(
+                "removed {}, left by an earlier run that was killed",
+                entry.path().display()
+            ));
+        }
+    }
+    notes
+}
+
 /// Watches `/dev/shm` during a run.
 pub struct ShmWatch {
     prefix: String,

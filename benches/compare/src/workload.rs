@@ -81,7 +81,7 @@ fn oneway_tx<P: Peer>(s: &Session) -> Result<Value> {
 fn oneway_rx<P: Peer>(s: &Session) -> Result<Value> {
     let size = s.spec.size;
     let mut rx = P::open_rx(&mut Ctx::new(s, 0))?;
-    rx.accept()?;
+    rx.accept(&s.link)?;
     s.link.barrier("start")?;
 
     let mut chk = Checker::new(size);
@@ -119,7 +119,7 @@ fn rtt_client<P: Peer>(s: &Session) -> Result<Value> {
     let n: u64 = s.args.num("rtt_n")?;
     let mut rx = P::open_rx(&mut Ctx::new(s, 1))?;
     let mut tx = P::open_tx(&mut Ctx::new(s, 0))?;
-    rx.accept()?;
+    rx.accept(&s.link)?;
     s.link.barrier("start")?;
 
     let mut chk = Checker::new(size);
@@ -145,7 +145,7 @@ fn rtt_server<P: Peer>(s: &Session) -> Result<Value> {
     let size = s.spec.size;
     let mut rx = P::open_rx(&mut Ctx::new(s, 0))?;
     let mut tx = P::open_tx(&mut Ctx::new(s, 1))?;
-    rx.accept()?;
+    rx.accept(&s.link)?;
     s.link.barrier("start")?;
 
     let mut chk = Checker::new(size);

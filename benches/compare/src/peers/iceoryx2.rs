@@ -9,6 +9,14 @@
 //! holds `depth` samples, history is 0, one publisher and one subscriber per service. The payload
 //! is copied once (written into the loan) and read in place.
 //!
+//! Start-up: the subscriber must have attached to the publisher's connection before the first
+//! sample is sent. A publisher whose subscriber has not yet attached (it does so inside
+//! `receive()` or `has_samples()`) does not wait when the buffer is full, even with
+//! `RetryUntilDelivered`: it drops the sample and `send` still returns `Ok` (iceoryx2-cal's
+//! `blocking_send`, "to prevent a deadlock on sender side"). The first version of this runner lost
+//! 12,064 messages that way, caught by the sequence check. So the publisher announces itself over
+//! the link and [`Rx::accept`] attaches the subscriber (`has_samples()`) before the start barrier.
+//!
 //! Every file iceoryx2 creates carries this run's prefix (`Config::global.prefix`) and its
 //! directories live under the run's scratch directory (`Config::global.root_path`), so the
 //! runner can check and clean up `/dev/shm` and leaves nothing in `/tmp/iceoryx2`.
@@ -20,7 +28,7 @@ use iceoryx2::port::subscriber::Subscriber;
 use iceoryx2::prelude::*;
 use iceoryx2::service::port_factory::publish_subscribe::PortFactory;
 
-use crate::harness::Result;
+use crate::harness::{Link, Result};
 use crate::payload::Message;
 use crate::peers::{Ctx, Peer, Rx, Tx};
 
@@ -97,6 +105,7 @@ impl Peer for Iceoryx2 {
             .initial_max_slice_len(ctx.spec().size)
             .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
             .create()?;
+        ctx.link().send(b"publisher created")?;
         Ok(Iceoryx2Tx {
             publisher,
             _service: service,
@@ -118,6 +127,16 @@ impl Tx for Iceoryx2Tx {
 }
 
 impl Rx for Iceoryx2Rx {
+    fn accept(&mut self, link: &Link) -> Result<()> {
+        // Wait for the publisher, then attach to its connection (see the module's docs).
+        let said = link.recv()?;
+        if said != b"publisher created" {
+            return Err(format!("iceoryx2: unexpected link message {said:?}").into());
+        }
+        self.subscriber.has_samples()?;
+        Ok(())
+    }
+
     fn recv<R>(&mut self, read: impl FnOnce(&[u8]) -> R) -> Result<R> {
         loop {
             if let Some(sample) = self.subscriber.receive()? {

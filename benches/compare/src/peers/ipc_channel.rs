@@ -10,7 +10,7 @@
 
 use ipc_channel::ipc::{self, IpcBytesReceiver, IpcBytesSender, IpcOneShotServer, IpcSender};
 
-use crate::harness::Result;
+use crate::harness::{Link, Result};
 use crate::payload::Message;
 use crate::peers::{Ctx, Peer, Rx, Tx};
 
@@ -66,7 +66,7 @@ impl Tx for IpcChannelTx {
 }
 
 impl Rx for IpcChannelRx {
-    fn accept(&mut self) -> Result<()> {
+    fn accept(&mut self, _link: &Link) -> Result<()> {
         let server = self.server.take().ok_or("ipc-channel: accepted twice")?;
         let (_handshake, rx) = server.accept()?;
         self.rx = Some(rx);

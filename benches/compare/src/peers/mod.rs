@@ -134,10 +134,11 @@ impl<'a> Ctx<'a> {
 /// Opening follows one protocol, so that the two ends of a round trip (two channels, opened in
 /// opposite directions) can never wait on each other: in each process every receiving end is
 /// opened first ([`Peer::open_rx`], which may send what the other side needs over the link but
-/// must not wait for it), then every sending end ([`Peer::open_tx`], which may read those link
-/// messages, one per channel, in order), then [`Rx::accept`] is called on each receiving end
-/// (where a receiver may wait for its sender to connect). Then both processes meet at a barrier
-/// and the clock starts.
+/// must not wait for anything), then every sending end ([`Peer::open_tx`], which reads what its
+/// `open_rx` sent, and may send an answer), then [`Rx::accept`] is called on each receiving end
+/// (which reads that answer, if the peer sends one, and may wait for its sender to connect).
+/// Link messages are read in the order they were sent. Then both processes meet at a barrier and
+/// the clock starts.
 pub trait Peer {
     /// The row's name in every table, and what `--only` matches.
     const NAME: &'static str;
@@ -173,8 +174,10 @@ pub trait Tx {
 
 /// The receiving end of one channel.
 pub trait Rx {
-    /// Waits until the sender has connected, where the peer needs that (see [`Peer`]).
-    fn accept(&mut self) -> Result<()> {
+    /// Waits until the sender has connected, where the peer needs that (see [`Peer`]); may read
+    /// what the sending end's [`Peer::open_tx`] sent over the link.
+    fn accept(&mut self, link: &Link) -> Result<()> {
+        let _ = link;
         Ok(())
     }
 
