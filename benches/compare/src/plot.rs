@@ -54,7 +54,12 @@ pub fn write(report: &Report, path: &Path) -> Result<()> {
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(90)
-        .build_cartesian_2d((4.0f64..2.0 * 1048576.0).log_scale(), (lo..hi).log_scale())?;
+        .build_cartesian_2d(
+            (4.0f64..2.0 * 1048576.0)
+                .log_scale()
+                .with_key_points(crate::runner::SIZES.map(|s| s as f64).to_vec()),
+            (lo..hi).log_scale(),
+        )?;
     chart
         .configure_mesh()
         .x_desc("message size")

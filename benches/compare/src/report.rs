@@ -228,7 +228,9 @@ pub fn human(value: f64, unit: &str) -> String {
         }
     }
     fn si(x: f64, suffix: &str) -> String {
-        let (v, p) = if x >= 1e9 {
+        let (v, p) = if x >= 1e12 {
+            (x / 1e12, "T")
+        } else if x >= 1e9 {
             (x / 1e9, "G")
         } else if x >= 1e6 {
             (x / 1e6, "M")
