@@ -28,15 +28,15 @@ mod sys;
 pub mod segment;
 pub mod sync;
 
-pub mod ring;
 pub mod queue;
+pub mod ring;
 
-pub mod process;
 pub mod pool;
+pub mod process;
 
-pub use crate::segment::{OpenMode, Segment, SegmentError};
-pub use crate::ring::{Ring, RingBuilder};
-pub use crate::queue::Queue;
-pub use crate::process::{Process, current_process};
 pub use crate::pool::Pool;
+pub use crate::process::{Process, current_process};
+pub use crate::queue::{Queue, QueueBuilder};
+pub use crate::ring::{Ring, RingBuilder};
+pub use crate::segment::{OpenMode, Segment, SegmentError};
 pub use bytemuck::{Pod, Zeroable};

@@ -1,9 +1,106 @@
-//! Layer 3: the lock-protected ring. (in progress)
+//! Layer 3: the lock-protected ring, the heart of the crate.
+//!
+//! - [`Ring`]: byte messages of any length up to the ring's largest (`capacity - 16`).
+//! - [`Queue`](crate::Queue): typed, fixed-size slots of a [`Pod`](bytemuck::Pod) type.
+//!
+//! Both live in a [`Segment`](crate::Segment) (named, anonymous or file-backed), serve many
+//! senders and many receivers in many processes, and offer every operation in three forms
+//! (blocking, `try_`, `_timeout`), in batches (many messages under one lock hold), and in place
+//! (reserve, write, commit; read, release).
+//!
+//! How it works, in short (details in `core.rs`, `records.rs` and `SAFETY.md`):
+//! - one robust futex lock per side: senders exclude senders, receivers exclude receivers, and a
+//!   sender never waits for a receiver's lock or the other way round;
+//! - a record's header is its commit word, published last with Release; a receiver polls the header
+//!   at the head, so a message crosses between cores in one cache line transfer;
+//! - waiting spins for a bounded time ([`SpinPolicy`](crate::sync::SpinPolicy)), then parks on an
+//!   [`EventCount`](crate::sync::EventCount) (futex); notifying costs a load unless someone sleeps;
+//! - each side's members are counted per process in a member table; a process that dies is found
+//!   by its pid and start time and its handles are dropped for it, so receivers see
+//!   `Disconnected` when every sender is gone, dead or alive;
+//! - a lock whose owner died is taken over, the ring repaired (a sender's half-published records
+//!   rolled forward), and every index and length read from shared memory is checked: garbage
+//!   gives [`Broken::Corrupted`], never an out-of-bounds access.
 
+mod bytes;
+mod control;
+pub(crate) mod core;
+mod error;
 mod fork;
-pub(crate) use fork::ForkGuard;
+mod records;
 
-/// A byte-message ring (in progress).
-pub struct Ring;
-/// Builder (in progress).
-pub struct RingBuilder;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub(crate) use self::core::{Core, Role, Wait};
+pub use bytes::{ReadGuard, Receiver, Ring, RingBuilder, Sender, WriteGuard};
+pub(crate) use bytes::{init as init_config, ring_id};
+pub(crate) use control::{Config, FORMAT_SLOTS, MAX_MEMBERS, data_offset};
+pub(crate) use error::Fail;
+pub use error::{
+    Broken, JoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+};
+pub(crate) use fork::{ForkGuard, child_exit};
+
+/// Counters of a ring since its creation (a snapshot; not exact after a member died mid-update).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Messages sent.
+    pub sent: u64,
+    /// Messages received.
+    pub received: u64,
+    /// Payload bytes sent.
+    pub bytes_sent: u64,
+    /// Payload bytes received.
+    pub bytes_received: u64,
+    /// Times a sender parked in the kernel waiting for room.
+    pub send_parks: u64,
+    /// Times a receiver parked in the kernel waiting for a message.
+    pub recv_parks: u64,
+    /// Times the send lock was taken over from a dead owner.
+    pub send_recoveries: u64,
+    /// Times the receive lock was taken over from a dead owner.
+    pub recv_recoveries: u64,
+    /// Sender handles held by member processes now.
+    pub senders: u32,
+    /// Receiver handles held by member processes now.
+    pub receivers: u32,
+}
+
+impl Stats {
+    pub(crate) fn of(core: &Core) -> Stats {
+        let (s, r) = core.counters();
+        Stats {
+            sent: s.messages.load(Ordering::Relaxed),
+            received: r.messages.load(Ordering::Relaxed),
+            bytes_sent: s.bytes.load(Ordering::Relaxed),
+            bytes_received: r.bytes.load(Ordering::Relaxed),
+            send_parks: s.parks.load(Ordering::Relaxed),
+            recv_parks: r.parks.load(Ordering::Relaxed),
+            send_recoveries: s.recoveries.load(Ordering::Relaxed),
+            recv_recoveries: r.recoveries.load(Ordering::Relaxed),
+            senders: core.live_count(Role::Sender),
+            receivers: core.live_count(Role::Receiver),
+        }
+    }
+}
+
+static PAUSE_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Test support: makes every critical section of this process sleep for `pause` between writing
+/// (or reading) a message and publishing (or releasing) it, so a test can kill a process while it
+/// certainly holds a lock. `None` turns it off. Costs one relaxed load per operation when off.
+#[doc(hidden)]
+pub fn set_pause_in_critical_section(pause: Option<Duration>) {
+    let ns = pause.map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1));
+    PAUSE_NS.store(ns, Ordering::Relaxed);
+}
+
+#[inline(always)]
+pub(crate) fn debug_pause() {
+    let ns = PAUSE_NS.load(Ordering::Relaxed);
+    if ns != 0 {
+        std::thread::sleep(Duration::from_nanos(ns));
+    }
+}

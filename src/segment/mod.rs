@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 pub use header::{Fingerprint, LAYOUT_VERSION, MAGIC, SegmentKind};
-pub(crate) use header::HeaderFields;
+pub(crate) use header::{HeaderFields, fnv1a};
 use header::{READY, READY_OFFSET};
 use map::Mapping;
 
@@ -286,19 +286,14 @@ impl SegmentBuilder {
             if create {
                 o.create_new(true);
             }
-            o.open(path)
-                .map(OwnedFd::from)
-                .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+            o.open(path).map(OwnedFd::from).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
         })
     }
 
     /// Creates an anonymous (`memfd`) segment. It has no name; it lives while a mapping or a
     /// descriptor of it does, is inherited by forked children, and can be passed to a re-executed
     /// one ([`Segment::fd`], [`SegmentBuilder::from_fd`]).
-    pub fn anonymous(
-        &self,
-        init: impl FnOnce(&Uninit) -> Result<(), SegmentError>,
-    ) -> Result<Segment, SegmentError> {
+    pub fn anonymous(&self, init: impl FnOnce(&Uninit) -> Result<(), SegmentError>) -> Result<Segment, SegmentError> {
         let fd = nix::sys::memfd::memfd_create(c"ringpool", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
             .map_err(SegmentError::os("memfd_create"))?;
         self.create_on(fd, Backend::Anonymous, init)
@@ -502,7 +497,8 @@ impl SegmentBuilder {
         let fields: HeaderFields = unsafe { peek.base().cast::<HeaderFields>().as_ptr().read_volatile() };
         drop(peek);
         fields.validate(file_len, page)?;
-        let found_kind = SegmentKind::from_code(fields.kind).ok_or(SegmentError::Corrupted { reason: "unknown kind" })?;
+        let found_kind =
+            SegmentKind::from_code(fields.kind).ok_or(SegmentError::Corrupted { reason: "unknown kind" })?;
         if found_kind != self.kind {
             return Err(SegmentError::KindMismatch { expected: self.kind, found: found_kind });
         }

@@ -42,10 +42,7 @@ fn create_open_and_unlink_by_creator_only() {
     assert!(Segment::exists(&name), "an opener's drop leaves the name");
     drop(seg);
     assert!(!Segment::exists(&name), "the creator's drop removes it");
-    assert!(matches!(
-        builder().mode(OpenMode::OpenExisting).named(&name, |_| Ok(())),
-        Err(SegmentError::NotFound(_))
-    ));
+    assert!(matches!(builder().mode(OpenMode::OpenExisting).named(&name, |_| Ok(())), Err(SegmentError::NotFound(_))));
 }
 
 #[test]

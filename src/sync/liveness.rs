@@ -85,9 +85,7 @@ pub fn is_alive(pid: u32, start_time: u64) -> bool {
         return false;
     }
     match proc_stat(pid) {
-        Some(st) => {
-            !matches!(st.state, b'Z' | b'X' | b'x') && (start_time == 0 || st.start_time == start_time)
-        }
+        Some(st) => !matches!(st.state, b'Z' | b'X' | b'x') && (start_time == 0 || st.start_time == start_time),
         None => {
             // /proc missing or unreadable: fall back to the signal check (cannot see zombies).
             let r = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None);

@@ -19,10 +19,10 @@ mod spin;
 
 pub use event::{EventCount, WaitKey, store_load_barrier_after_rmw};
 pub use mutex::{LockError, RobustMutex, RobustMutexGuard, TryLockError};
-pub use pid::{current_pid, fork_generation};
 pub(crate) use pid::refresh_after_fork;
+pub use pid::{current_pid, fork_generation};
 pub use spin::SpinPolicy;
 pub(crate) use spin::Spinner;
 
-pub use crate::sys::FutexWait;
 pub use crate::sys::Deadline;
+pub use crate::sys::FutexWait;

@@ -305,8 +305,7 @@ mod tests {
         let _g = m.try_lock().unwrap();
         let t = std::time::Instant::now();
         let r = std::thread::scope(|s| {
-            s.spawn(|| m.lock(SpinPolicy::park(), Some(Deadline::after(Duration::from_millis(30))))
-                .map(|_| ()))
+            s.spawn(|| m.lock(SpinPolicy::park(), Some(Deadline::after(Duration::from_millis(30)))).map(|_| ()))
                 .join()
                 .unwrap()
         });

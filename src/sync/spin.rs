@@ -71,9 +71,4 @@ impl Spinner {
         }
         crate::sys::monotonic_ns().saturating_sub(self.start_ns) < self.budget_ns
     }
-
-    /// True when this spinner never parks.
-    pub(crate) fn is_busy(&self) -> bool {
-        self.budget_ns == u64::MAX
-    }
 }

@@ -1,0 +1,810 @@
+//! [`Ring`]: byte messages of any length up to the ring's largest, between processes.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::control::{Config, FORMAT_BYTES, MAX_MEMBERS, data_offset};
+use super::core::{Core, Role, Wait};
+use super::error::{
+    Broken, Fail, JoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+};
+use super::records::{record_size, room_needed};
+use super::{Stats, debug_pause};
+use crate::segment::{Fingerprint, OpenMode, Segment, SegmentBuilder, SegmentError, SegmentKind, Uninit};
+use crate::sync::{RobustMutexGuard, SpinPolicy};
+
+/// Most bytes one batch copies under one hold of a lock, so that a batch of big messages does not
+/// keep the other members of its side waiting for long.
+const BATCH_BYTES: u64 = 256 * 1024;
+
+/// How to create or open a [`Ring`].
+///
+/// ```no_run
+/// use ringpool::Ring;
+/// let ring = Ring::builder().capacity(1 << 20).create("jobs")?; // in one process
+/// let ring = Ring::builder().open("jobs")?;                      // in another
+/// # Ok::<(), ringpool::SegmentError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct RingBuilder {
+    capacity: usize,
+    spin: SpinPolicy,
+    max_members: usize,
+    permissions: u32,
+    open_timeout: Duration,
+}
+
+impl Default for RingBuilder {
+    fn default() -> Self {
+        RingBuilder {
+            capacity: 1 << 20,
+            spin: SpinPolicy::default(),
+            max_members: MAX_MEMBERS,
+            permissions: 0o600,
+            open_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RingBuilder {
+    /// A builder with the defaults: 1 MiB, the default spin, 256 member processes.
+    pub fn new() -> RingBuilder {
+        RingBuilder::default()
+    }
+
+    /// Bytes of message storage, rounded up to a power of two of at least a page. Each message
+    /// takes its length rounded up to 8, plus an 8-byte header. Default: 1 MiB.
+    pub fn capacity(mut self, bytes: usize) -> Self {
+        self.capacity = bytes;
+        self
+    }
+
+    /// How long this process's handles spin before parking (handles can change theirs).
+    pub fn spin(mut self, spin: SpinPolicy) -> Self {
+        self.spin = spin;
+        self
+    }
+
+    /// How many processes may hold handles at once (at most 256, the default). Creation only.
+    pub fn max_members(mut self, n: usize) -> Self {
+        self.max_members = n;
+        self
+    }
+
+    /// Permission bits of a created named ring. Default `0o600`.
+    pub fn permissions(mut self, mode: u32) -> Self {
+        self.permissions = mode;
+        self
+    }
+
+    /// How long an opener waits for a creator that is still initializing. Default 2 s.
+    pub fn open_timeout(mut self, timeout: Duration) -> Self {
+        self.open_timeout = timeout;
+        self
+    }
+
+    /// Creates the named ring `/dev/shm/<name>`; fails if the name is taken.
+    pub fn create(&self, name: &str) -> Result<Ring, SegmentError> {
+        self.named(name, OpenMode::CreateNew)
+    }
+
+    /// Opens the named ring; fails if there is none.
+    pub fn open(&self, name: &str) -> Result<Ring, SegmentError> {
+        self.named(name, OpenMode::OpenExisting)
+    }
+
+    /// Opens the named ring, creating it if needed.
+    pub fn open_or_create(&self, name: &str) -> Result<Ring, SegmentError> {
+        self.named(name, OpenMode::OpenOrCreate)
+    }
+
+    /// Removes any ring of that name (say, one left by a killed process), then creates it.
+    pub fn purge_and_create(&self, name: &str) -> Result<Ring, SegmentError> {
+        self.named(name, OpenMode::PurgeAndCreate)
+    }
+
+    /// Creates or opens a ring by name, per `mode`.
+    pub fn named(&self, name: &str, mode: OpenMode) -> Result<Ring, SegmentError> {
+        let cfg = self.config()?;
+        let seg = self.segment_builder(&cfg).mode(mode).named(name, |u| init(u, &cfg))?;
+        self.wrap(seg)
+    }
+
+    /// Creates a ring in anonymous memory (`memfd`): shared with forked children, gone with the
+    /// last process that maps it, so a crash leaks nothing.
+    pub fn anonymous(&self) -> Result<Ring, SegmentError> {
+        let cfg = self.config()?;
+        let seg = self.segment_builder(&cfg).anonymous(|u| init(u, &cfg))?;
+        self.wrap(seg)
+    }
+
+    /// Creates or opens a ring in a file, per `mode`.
+    pub fn file(&self, path: impl AsRef<Path>, mode: OpenMode) -> Result<Ring, SegmentError> {
+        let cfg = self.config()?;
+        let seg = self.segment_builder(&cfg).mode(mode).file(path, |u| init(u, &cfg))?;
+        self.wrap(seg)
+    }
+
+    /// Opens a ring from a descriptor of its segment (see [`Segment::fd`]).
+    pub fn from_fd(&self, fd: OwnedFd) -> Result<Ring, SegmentError> {
+        let seg = SegmentBuilder::new(SegmentKind::Ring, Fingerprint::bytes()).from_fd(fd)?;
+        self.wrap(seg)
+    }
+
+    fn config(&self) -> Result<Config, SegmentError> {
+        let page = crate::sys::page_size() as u64;
+        let cap = (self.capacity as u64).max(page);
+        let cap = cap
+            .checked_next_power_of_two()
+            .filter(|&c| c <= 1 << 40)
+            .ok_or(SegmentError::InvalidSize("ring capacity above 1 TiB"))?;
+        if self.max_members == 0 || self.max_members > MAX_MEMBERS {
+            return Err(SegmentError::InvalidSize("max_members must be 1..=256"));
+        }
+        Ok(Config {
+            format: FORMAT_BYTES,
+            max_members: self.max_members as u32,
+            capacity: cap,
+            stride: 8,
+            item_size: cap - 16,
+            data_offset: data_offset(),
+            ring_id: ring_id(),
+        })
+    }
+
+    fn segment_builder(&self, cfg: &Config) -> SegmentBuilder {
+        SegmentBuilder::new(SegmentKind::Ring, Fingerprint::bytes())
+            .payload_len((cfg.data_offset + cfg.capacity) as usize)
+            .mirror_tail(cfg.capacity as usize)
+            .permissions(self.permissions)
+            .open_timeout(self.open_timeout)
+    }
+
+    fn wrap(&self, seg: Segment) -> Result<Ring, SegmentError> {
+        let core = Core::from_segment(seg, self.spin).map_err(|reason| SegmentError::Corrupted { reason })?;
+        if core.cfg.format != FORMAT_BYTES {
+            return Err(SegmentError::Corrupted { reason: "not a byte ring" });
+        }
+        Ok(Ring { core })
+    }
+}
+
+/// Writes a fresh config into a new segment's payload.
+pub(crate) fn init(u: &Uninit, cfg: &Config) -> Result<(), SegmentError> {
+    if (u.len() as u64) < cfg.data_offset {
+        return Err(SegmentError::InvalidSize("payload smaller than the control block"));
+    }
+    // SAFETY: the payload is page-aligned, zeroed, at least data_offset (> 48) bytes, and nobody
+    // else can read it before the segment's ready word is published after this returns.
+    unsafe { u.as_ptr().cast::<Config>().as_ptr().write(*cfg) };
+    Ok(())
+}
+
+/// A per-ring random id (for diagnostics): time and pid mixed.
+pub(crate) fn ring_id() -> u64 {
+    let t = crate::sys::monotonic_ns() ^ (u64::from(crate::sync::current_pid()) << 40);
+    crate::segment::fnv1a(&t.to_le_bytes())
+}
+
+/// A ring of byte messages in shared memory, lock-protected, many senders and many receivers
+/// in many processes.
+///
+/// A `Ring` is the mapping; it sends and receives nothing itself. [`sender`](Ring::sender) and
+/// [`receiver`](Ring::receiver) make member handles: the ring counts them, per side, so that
+/// when every sender is gone (dropped, or its process dead) and the ring is drained, receivers get
+/// [`RecvError::Disconnected`], and when every receiver is gone senders get `Disconnected` back with
+/// their message.
+///
+/// Handles are inherited by forked children like file descriptors are: a child holds a copy of
+/// every handle its parent held at the fork. Make handles in the process that uses them (from a
+/// `Ring`, which is cheap to clone and not counted), or move them into the child.
+#[derive(Clone, Debug)]
+pub struct Ring {
+    core: Arc<Core>,
+}
+
+impl Ring {
+    /// A builder with the defaults.
+    pub fn builder() -> RingBuilder {
+        RingBuilder::new()
+    }
+
+    /// A new sending handle.
+    pub fn sender(&self) -> Result<Sender, JoinError> {
+        self.core.join(Role::Sender)?;
+        Ok(Sender { core: self.core.clone(), spin: self.core.spin() })
+    }
+
+    /// A new receiving handle.
+    pub fn receiver(&self) -> Result<Receiver, JoinError> {
+        self.core.join(Role::Receiver)?;
+        Ok(Receiver { core: self.core.clone(), spin: self.core.spin() })
+    }
+
+    /// Bytes of message storage.
+    pub fn capacity(&self) -> usize {
+        self.core.cfg.capacity as usize
+    }
+
+    /// The largest message the ring takes: `capacity - 16`.
+    pub fn max_message_len(&self) -> usize {
+        self.core.cfg.item_size as usize
+    }
+
+    /// Messages in the ring right now (a snapshot).
+    pub fn len(&self) -> usize {
+        let (s, r) = self.core.counters();
+        s.messages.load(Ordering::Relaxed).saturating_sub(r.messages.load(Ordering::Relaxed)) as usize
+    }
+
+    /// Whether the ring holds no message right now (a snapshot).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes in use right now, headers and padding included (a snapshot).
+    pub fn used_bytes(&self) -> usize {
+        let c = self.core.ctrl();
+        c.tail.load(Ordering::Relaxed).saturating_sub(c.head.load(Ordering::Relaxed)) as usize
+    }
+
+    /// Counters since the ring was created.
+    pub fn stats(&self) -> Stats {
+        Stats::of(&self.core)
+    }
+
+    /// Pids holding the send and the receive lock right now (a snapshot, for tests and
+    /// diagnostics).
+    #[doc(hidden)]
+    pub fn debug_lock_holders(&self) -> (Option<u32>, Option<u32>) {
+        let c = self.core.ctrl();
+        (c.send.lock.holder(), c.recv.lock.holder())
+    }
+
+    /// The underlying segment's descriptor (for passing to a re-executed child).
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.core.segment_fd()
+    }
+}
+
+/// The sending side of a [`Ring`]. Clone it for more senders; each counts as one.
+#[derive(Debug)]
+pub struct Sender {
+    core: Arc<Core>,
+    spin: SpinPolicy,
+}
+
+/// The receiving side of a [`Ring`]. Clone it for more receivers; each counts as one.
+#[derive(Debug)]
+pub struct Receiver {
+    core: Arc<Core>,
+    spin: SpinPolicy,
+}
+
+impl Clone for Sender {
+    fn clone(&self) -> Self {
+        // Joining can only fail when the member table is full and this process has no entry,
+        // which cannot be: this process holds a handle, so it has one.
+        let _ = self.core.join(Role::Sender);
+        Sender { core: self.core.clone(), spin: self.spin }
+    }
+}
+
+impl Clone for Receiver {
+    fn clone(&self) -> Self {
+        let _ = self.core.join(Role::Receiver);
+        Receiver { core: self.core.clone(), spin: self.spin }
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.core.leave(Role::Sender);
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.core.leave(Role::Receiver);
+    }
+}
+
+impl Sender {
+    /// Sends a message, waiting for room. Fails, handing the message back, if every receiver is
+    /// gone, if it is longer than [`Ring::max_message_len`], or if the ring is broken.
+    pub fn send<M: AsRef<[u8]>>(&self, msg: M) -> Result<(), SendError<M>> {
+        self.send_one(msg.as_ref(), Wait::Forever).map_err(|f| f.send(msg))
+    }
+
+    /// Sends a message if there is room now.
+    pub fn try_send<M: AsRef<[u8]>>(&self, msg: M) -> Result<(), TrySendError<M>> {
+        self.send_one(msg.as_ref(), Wait::Try).map_err(|f| f.try_send(msg))
+    }
+
+    /// Sends a message, waiting for room at most `timeout`.
+    pub fn send_timeout<M: AsRef<[u8]>>(&self, msg: M, timeout: Duration) -> Result<(), SendTimeoutError<M>> {
+        self.send_one(msg.as_ref(), Wait::timeout(timeout)).map_err(|f| f.send_timeout(msg))
+    }
+
+    /// Sends every message, in order, as few lock holds as room allows (a lock hold copies up to
+    /// 256 KiB). On failure the error holds how many were sent.
+    pub fn send_many<M: AsRef<[u8]>>(&self, msgs: &[M]) -> Result<(), SendError<usize>> {
+        let mut sent = 0;
+        while sent < msgs.len() {
+            match self.send_batch(&msgs[sent..], Wait::Forever) {
+                Ok(n) => sent += n,
+                Err(f) => return Err(f.send(sent)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends as many of `msgs` as fit now, in order, under one lock hold; answers how many.
+    pub fn try_send_many<M: AsRef<[u8]>>(&self, msgs: &[M]) -> Result<usize, TrySendError<usize>> {
+        if msgs.is_empty() {
+            return Ok(0);
+        }
+        self.send_batch(msgs, Wait::Try).map_err(|f| f.try_send(0))
+    }
+
+    /// Reserves room for a message of `len` bytes and hands it out to be written in place; the
+    /// message is published by [`WriteGuard::commit`]. Other senders wait meanwhile (the send lock
+    /// is held), receivers do not. Dropping the guard uncommitted publishes nothing.
+    pub fn reserve(&self, len: usize) -> Result<WriteGuard<'_>, SendError<usize>> {
+        self.reserve_inner(len, Wait::Forever).map_err(|f| f.send(len))
+    }
+
+    /// [`reserve`](Self::reserve) if there is room now.
+    pub fn try_reserve(&self, len: usize) -> Result<WriteGuard<'_>, TrySendError<usize>> {
+        self.reserve_inner(len, Wait::Try).map_err(|f| f.try_send(len))
+    }
+
+    /// [`reserve`](Self::reserve), waiting at most `timeout`.
+    pub fn reserve_timeout(&self, len: usize, timeout: Duration) -> Result<WriteGuard<'_>, SendTimeoutError<usize>> {
+        self.reserve_inner(len, Wait::timeout(timeout)).map_err(|f| f.send_timeout(len))
+    }
+
+    /// Changes how long this handle spins before parking.
+    pub fn set_spin(&mut self, spin: SpinPolicy) {
+        self.spin = spin;
+    }
+
+    /// Leaves the ring (same as dropping the handle).
+    pub fn close(self) {}
+
+    /// The ring this handle belongs to.
+    pub fn ring(&self) -> Ring {
+        Ring { core: self.core.clone() }
+    }
+
+    /// Takes the send lock with room for `need` bytes. Returns the guard and the tail.
+    #[inline]
+    fn lock_with_room(&self, need: u64, wait: Wait) -> Result<(RobustMutexGuard<'_>, u64), Fail> {
+        let core = &*self.core;
+        let c = core.ctrl();
+        let cap = core.cfg.capacity;
+        core.ensure_registered().map_err(|_| Fail::Disconnected)?;
+        loop {
+            if core.receivers_maybe_gone() && core.peers_gone(Role::Receiver, false) {
+                return Err(Fail::Disconnected);
+            }
+            let guard = core.lock_side(&c.send, self.spin, wait, || core.repair_bytes_send())?;
+            let tail = c.tail.load(Ordering::Relaxed);
+            let mut head = c.send.cached.load(Ordering::Relaxed);
+            if tail.wrapping_add(need).wrapping_sub(head) > cap {
+                head = c.head.load(Ordering::Acquire);
+                if head > tail || tail - head > cap {
+                    return Err(Fail::Broken(Broken::Corrupted("head and tail are inconsistent")));
+                }
+                c.send.cached.store(head, Ordering::Relaxed);
+            }
+            if tail + need - head <= cap {
+                return Ok((guard, tail));
+            }
+            drop(guard);
+            if let Wait::Try = wait {
+                return Err(Fail::WouldBlock);
+            }
+            core.wait_for(&c.not_full, &c.send.parks, self.spin, wait, Role::Receiver, || {
+                let t = c.tail.load(Ordering::Relaxed);
+                t.wrapping_add(need).wrapping_sub(c.head.load(Ordering::Acquire)) <= cap
+            })?;
+        }
+    }
+
+    #[inline]
+    fn send_one(&self, msg: &[u8], wait: Wait) -> Result<(), Fail> {
+        let core = &*self.core;
+        if msg.len() as u64 > core.cfg.item_size {
+            return Err(Fail::TooLarge);
+        }
+        let (guard, tail) = self.lock_with_room(room_needed(msg.len()), wait)?;
+        // SAFETY: `tail + 8 .. tail + 8 + len` is inside the room just checked against the head,
+        // beyond the published tail, and we hold the send lock: no one else reads or writes it.
+        unsafe { core.write_bytes(tail + 8, msg) };
+        debug_pause();
+        core.publish_record(tail, msg.len());
+        let c = core.ctrl();
+        c.tail.store(tail + record_size(msg.len()), Ordering::Release);
+        bump(&c.send.messages, 1);
+        bump(&c.send.bytes, msg.len() as u64);
+        core.unlock_and_notify(guard, &c.not_empty, 1);
+        Ok(())
+    }
+
+    fn send_batch<M: AsRef<[u8]>>(&self, msgs: &[M], wait: Wait) -> Result<usize, Fail> {
+        let core = &*self.core;
+        let first = msgs[0].as_ref();
+        if first.len() as u64 > core.cfg.item_size {
+            return Err(Fail::TooLarge);
+        }
+        let (guard, tail) = self.lock_with_room(room_needed(first.len()), wait)?;
+        let c = core.ctrl();
+        let cap = core.cfg.capacity;
+        let mut head = c.send.cached.load(Ordering::Relaxed);
+        // SAFETY: as in send_one: room for the first record was checked under the send lock.
+        unsafe { core.write_bytes(tail + 8, first) };
+        let mut at = tail + record_size(first.len());
+        let (mut n, mut bytes) = (1usize, first.len() as u64);
+        for m in &msgs[1..] {
+            let m = m.as_ref();
+            if m.len() as u64 > core.cfg.item_size || bytes + m.len() as u64 > BATCH_BYTES {
+                break;
+            }
+            if at + room_needed(m.len()) - head > cap {
+                // The cached head may be stale: look at the real one before giving up.
+                head = c.head.load(Ordering::Acquire);
+                c.send.cached.store(head, Ordering::Relaxed);
+                if at + room_needed(m.len()) - head > cap {
+                    break;
+                }
+            }
+            // SAFETY: room for this record (and its marker) was just checked against the head we
+            // read under the lock; the head only moves forward, so the room is still ours.
+            unsafe { core.write_bytes(at + 8, m) };
+            core.stage_record(at, m.len());
+            at += record_size(m.len());
+            n += 1;
+            bytes += m.len() as u64;
+        }
+        debug_pause();
+        // The marker after the last record, then the first header: its Release publishes all.
+        core.word_at(at & core.mask).store(0, Ordering::Relaxed);
+        core.word_at(tail & core.mask).store(super::records::header(tail, first.len()), Ordering::Release);
+        c.tail.store(at, Ordering::Release);
+        bump(&c.send.messages, n as u64);
+        bump(&c.send.bytes, bytes);
+        core.unlock_and_notify(guard, &c.not_empty, n as u32);
+        Ok(n)
+    }
+
+    fn reserve_inner(&self, len: usize, wait: Wait) -> Result<WriteGuard<'_>, Fail> {
+        let core = &*self.core;
+        if len as u64 > core.cfg.item_size {
+            return Err(Fail::TooLarge);
+        }
+        if !core.mirrored {
+            return Err(Fail::Broken(Broken::Corrupted("in-place access needs a mirrored ring")));
+        }
+        let (guard, tail) = self.lock_with_room(room_needed(len), wait)?;
+        Ok(WriteGuard { sender: self, guard: Some(guard), tail, len })
+    }
+}
+
+/// Bumps a counter that only the holder of a side's lock writes (no read-modify-write needed).
+#[inline(always)]
+fn bump(counter: &std::sync::atomic::AtomicU64, by: u64) {
+    counter.store(counter.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+}
+
+/// Room for one message, reserved in the ring and written in place. See [`Sender::reserve`].
+#[derive(Debug)]
+pub struct WriteGuard<'a> {
+    sender: &'a Sender,
+    guard: Option<RobustMutexGuard<'a>>,
+    tail: u64,
+    len: usize,
+}
+
+impl WriteGuard<'_> {
+    /// Publishes the whole reserved message.
+    pub fn commit(self) {
+        let len = self.len;
+        self.commit_len(len);
+    }
+
+    /// Publishes only the first `len` bytes (at most the reserved length).
+    pub fn commit_len(mut self, len: usize) {
+        let len = len.min(self.len);
+        let core = &*self.sender.core;
+        let c = core.ctrl();
+        core.publish_record(self.tail, len);
+        c.tail.store(self.tail + record_size(len), Ordering::Release);
+        bump(&c.send.messages, 1);
+        bump(&c.send.bytes, len as u64);
+        if let Some(g) = self.guard.take() {
+            core.unlock_and_notify(g, &c.not_empty, 1);
+        }
+    }
+}
+
+impl std::ops::Deref for WriteGuard<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let core = &*self.sender.core;
+        // SAFETY: the reserved bytes start at tail + 8 (masked) and run `len` <= capacity - 16
+        // bytes, inside the data region and its mirror (reserve requires a mirrored ring). We hold
+        // the send lock and the bytes lie beyond the published tail: no other process writes or
+        // reads them until we publish, which consumes this guard.
+        unsafe {
+            std::slice::from_raw_parts(core.data().as_ptr().add(((self.tail + 8) & core.mask) as usize), self.len)
+        }
+    }
+}
+
+impl std::ops::DerefMut for WriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let core = &*self.sender.core;
+        // SAFETY: as in deref; `&mut self` makes this the only reference into the reservation.
+        unsafe {
+            std::slice::from_raw_parts_mut(core.data().as_ptr().add(((self.tail + 8) & core.mask) as usize), self.len)
+        }
+    }
+}
+
+impl Receiver {
+    /// Receives a message, waiting for one. Fails with `Disconnected` once the ring is empty and
+    /// every sender is gone.
+    pub fn recv(&self) -> Result<Vec<u8>, RecvError> {
+        self.recv_one(Wait::Forever, <[u8]>::to_vec).map_err(Fail::recv)
+    }
+
+    /// Receives a message if there is one now.
+    pub fn try_recv(&self) -> Result<Vec<u8>, TryRecvError> {
+        self.recv_one(Wait::Try, <[u8]>::to_vec).map_err(Fail::try_recv)
+    }
+
+    /// Receives a message, waiting at most `timeout` (never less).
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Vec<u8>, RecvTimeoutError> {
+        self.recv_one(Wait::timeout(timeout), <[u8]>::to_vec).map_err(Fail::recv_timeout)
+    }
+
+    /// Receives a message into `buf` (cleared first), reusing its allocation. Answers the length.
+    pub fn recv_into(&self, buf: &mut Vec<u8>) -> Result<usize, RecvError> {
+        self.recv_one(Wait::Forever, |m| {
+            buf.clear();
+            buf.extend_from_slice(m);
+            m.len()
+        })
+        .map_err(Fail::recv)
+    }
+
+    /// Hands the next message to `f` where it lies in the ring (no copy), then removes it.
+    /// Other receivers wait while `f` runs.
+    pub fn recv_with<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
+        self.recv_one(Wait::Forever, f).map_err(Fail::recv)
+    }
+
+    /// [`recv_with`](Self::recv_with) if a message is there now.
+    pub fn try_recv_with<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R, TryRecvError> {
+        self.recv_one(Wait::Try, f).map_err(Fail::try_recv)
+    }
+
+    /// [`recv_with`](Self::recv_with), waiting at most `timeout`.
+    pub fn recv_with_timeout<R>(&self, timeout: Duration, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvTimeoutError> {
+        self.recv_one(Wait::timeout(timeout), f).map_err(Fail::recv_timeout)
+    }
+
+    /// Waits for at least one message, then hands up to `max` to `f` in place under one lock hold.
+    /// Answers how many.
+    pub fn recv_many(&self, max: usize, f: impl FnMut(&[u8])) -> Result<usize, RecvError> {
+        self.recv_batch(max, Wait::Forever, f).map_err(Fail::recv)
+    }
+
+    /// [`recv_many`](Self::recv_many) without waiting; `Empty` if there is nothing.
+    pub fn try_recv_many(&self, max: usize, f: impl FnMut(&[u8])) -> Result<usize, TryRecvError> {
+        self.recv_batch(max, Wait::Try, f).map_err(Fail::try_recv)
+    }
+
+    /// [`recv_many`](Self::recv_many), waiting at most `timeout` for the first message.
+    pub fn recv_many_timeout(
+        &self,
+        max: usize,
+        timeout: Duration,
+        f: impl FnMut(&[u8]),
+    ) -> Result<usize, RecvTimeoutError> {
+        self.recv_batch(max, Wait::timeout(timeout), f).map_err(Fail::recv_timeout)
+    }
+
+    /// Waits for a message and lends it in place; it leaves the ring when the guard drops. Other
+    /// receivers wait meanwhile. If this process dies holding the guard, the message stays in the
+    /// ring for the next receiver.
+    pub fn recv_in_place(&self) -> Result<ReadGuard<'_>, RecvError> {
+        self.in_place(Wait::Forever).map_err(Fail::recv)
+    }
+
+    /// [`recv_in_place`](Self::recv_in_place) if a message is there now.
+    pub fn try_recv_in_place(&self) -> Result<ReadGuard<'_>, TryRecvError> {
+        self.in_place(Wait::Try).map_err(Fail::try_recv)
+    }
+
+    /// [`recv_in_place`](Self::recv_in_place), waiting at most `timeout`.
+    pub fn recv_in_place_timeout(&self, timeout: Duration) -> Result<ReadGuard<'_>, RecvTimeoutError> {
+        self.in_place(Wait::timeout(timeout)).map_err(Fail::recv_timeout)
+    }
+
+    /// Changes how long this handle spins before parking.
+    pub fn set_spin(&mut self, spin: SpinPolicy) {
+        self.spin = spin;
+    }
+
+    /// Leaves the ring (same as dropping the handle).
+    pub fn close(self) {}
+
+    /// The ring this handle belongs to.
+    pub fn ring(&self) -> Ring {
+        Ring { core: self.core.clone() }
+    }
+
+    /// Takes the receive lock with a record at the head. Returns the guard, the head and the
+    /// record's length.
+    #[inline]
+    fn lock_with_record(&self, wait: Wait) -> Result<(RobustMutexGuard<'_>, u64, usize), Fail> {
+        let core = &*self.core;
+        let c = core.ctrl();
+        core.ensure_registered().map_err(|_| Fail::Disconnected)?;
+        let mut last_look = false;
+        loop {
+            let guard = core.lock_side(&c.recv, self.spin, wait, || core.repair_bytes_recv())?;
+            let head = c.head.load(Ordering::Relaxed);
+            match core.probe_record(head) {
+                Ok(Some(len)) => return Ok((guard, head, len)),
+                Ok(None) => {
+                    // The header is the commit, so the published tail may lag behind records that
+                    // are already received (head > tail for a moment). A tail *ahead* of the head,
+                    // though, promises a published header there.
+                    let tail = c.tail.load(Ordering::Acquire);
+                    if tail > head {
+                        return match core.probe_record(head) {
+                            Ok(Some(len)) if tail - head <= core.cfg.capacity => Ok((guard, head, len)),
+                            Ok(_) => Err(Fail::Broken(Broken::Corrupted("tail is past an unpublished record"))),
+                            Err(reason) => Err(Fail::Broken(Broken::Corrupted(reason))),
+                        };
+                    }
+                    if head - tail > core.cfg.capacity {
+                        return Err(Fail::Broken(Broken::Corrupted("head is far past the tail")));
+                    }
+                }
+                Err(reason) => return Err(Fail::Broken(Broken::Corrupted(reason))),
+            }
+            drop(guard);
+            if core.peers_gone(Role::Sender, false) {
+                // The last sender may have published just before leaving: one more look.
+                if last_look {
+                    return Err(Fail::Disconnected);
+                }
+                last_look = true;
+                continue;
+            }
+            if let Wait::Try = wait {
+                return Err(Fail::WouldBlock);
+            }
+            core.wait_for(&c.not_empty, &c.recv.parks, self.spin, wait, Role::Sender, || {
+                core.probe_record(c.head.load(Ordering::Acquire)) != Ok(None)
+            })?;
+        }
+    }
+
+    #[inline]
+    fn recv_one<R>(&self, wait: Wait, f: impl FnOnce(&[u8]) -> R) -> Result<R, Fail> {
+        let core = &*self.core;
+        let (guard, head, len) = self.lock_with_record(wait)?;
+        let r = if core.mirrored {
+            // SAFETY: the record at `head` is published (its header was acquired) and we hold the
+            // receive lock, so until we move the head no sender writes these bytes and no other
+            // receiver moves past them. With the mirror, head + 8 + len < 2 capacity is mapped.
+            let msg =
+                unsafe { std::slice::from_raw_parts(core.data().as_ptr().add(((head + 8) & core.mask) as usize), len) };
+            f(msg)
+        } else {
+            let mut tmp = vec![0u8; len];
+            // SAFETY: as above; the copy handles the wrap.
+            unsafe { core.read_bytes(head + 8, &mut tmp) };
+            f(&tmp)
+        };
+        debug_pause();
+        let c = core.ctrl();
+        c.head.store(head + record_size(len), Ordering::Release);
+        bump(&c.recv.messages, 1);
+        bump(&c.recv.bytes, len as u64);
+        core.unlock_and_notify(guard, &c.not_full, u32::MAX);
+        Ok(r)
+    }
+
+    fn recv_batch(&self, max: usize, wait: Wait, mut f: impl FnMut(&[u8])) -> Result<usize, Fail> {
+        if max == 0 {
+            return Ok(0);
+        }
+        let core = &*self.core;
+        let (guard, mut head, mut len) = self.lock_with_record(wait)?;
+        let (mut n, mut bytes) = (0usize, 0u64);
+        let mut tmp = Vec::new();
+        loop {
+            if core.mirrored {
+                // SAFETY: as in recv_one: a published record under the receive lock.
+                let msg = unsafe {
+                    std::slice::from_raw_parts(core.data().as_ptr().add(((head + 8) & core.mask) as usize), len)
+                };
+                f(msg);
+            } else {
+                tmp.resize(len, 0);
+                // SAFETY: as in recv_one.
+                unsafe { core.read_bytes(head + 8, &mut tmp) };
+                f(&tmp);
+            }
+            head += record_size(len);
+            n += 1;
+            bytes += len as u64;
+            if n == max || bytes >= BATCH_BYTES {
+                break;
+            }
+            match core.probe_record(head) {
+                Ok(Some(l)) => len = l,
+                // The end of what is published (or garbage, which the next receive reports).
+                _ => break,
+            }
+        }
+        debug_pause();
+        let c = core.ctrl();
+        c.head.store(head, Ordering::Release);
+        bump(&c.recv.messages, n as u64);
+        bump(&c.recv.bytes, bytes);
+        core.unlock_and_notify(guard, &c.not_full, u32::MAX);
+        Ok(n)
+    }
+
+    fn in_place(&self, wait: Wait) -> Result<ReadGuard<'_>, Fail> {
+        if !self.core.mirrored {
+            return Err(Fail::Broken(Broken::Corrupted("in-place access needs a mirrored ring")));
+        }
+        let (guard, head, len) = self.lock_with_record(wait)?;
+        Ok(ReadGuard { receiver: self, guard: Some(guard), head, len })
+    }
+}
+
+/// A message lent in place. See [`Receiver::recv_in_place`].
+#[derive(Debug)]
+pub struct ReadGuard<'a> {
+    receiver: &'a Receiver,
+    guard: Option<RobustMutexGuard<'a>>,
+    head: u64,
+    len: usize,
+}
+
+impl std::ops::Deref for ReadGuard<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let core = &*self.receiver.core;
+        // SAFETY: see Receiver::recv_one: a published record, held under the receive lock until
+        // this guard drops; the ring is mirrored (checked in `in_place`).
+        unsafe {
+            std::slice::from_raw_parts(core.data().as_ptr().add(((self.head + 8) & core.mask) as usize), self.len)
+        }
+    }
+}
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        let core = &*self.receiver.core;
+        let c = core.ctrl();
+        c.head.store(self.head + record_size(self.len), Ordering::Release);
+        bump(&c.recv.messages, 1);
+        bump(&c.recv.bytes, self.len as u64);
+        if let Some(g) = self.guard.take() {
+            core.unlock_and_notify(g, &c.not_full, u32::MAX);
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The control block at the start of a ring's payload: what lives in shared memory, line by line.
+//!
+//! Every field a process writes often has a cache line (two, in fact: 128 bytes, because x86's
+//! adjacent-line prefetcher pulls lines in pairs) that only its own side writes:
+//!
+//! | line | written by | read by |
+//! | --- | --- | --- |
+//! | `config` | the creator, once | everyone, once at open (then a local copy is used) |
+//! | `send` | senders, under the send lock | senders |
+//! | `recv` | receivers, under the receive lock | receivers |
+//! | `tail` | senders, under the send lock | receivers, only when the ring looks empty |
+//! | `head` | receivers, under the receive lock | senders, only when the ring looks full |
+//! | `not_empty` / `not_full` | waiters announcing themselves | notifiers (a load) |
+//! | `membership` + `members` | joining and leaving handles | disconnect checks |
+//!
+//! Zeroed memory is a valid empty ring except for `config`, which the creator fills in before the
+//! segment's ready word is published.
+
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::sync::{EventCount, RobustMutex};
+
+/// How many processes can be members of one ring at once.
+pub(crate) const MAX_MEMBERS: usize = 256;
+
+/// Record format: variable-length byte messages.
+pub(crate) const FORMAT_BYTES: u32 = 1;
+/// Record format: fixed-size slots.
+pub(crate) const FORMAT_SLOTS: u32 = 2;
+
+/// 128 bytes of alignment: one cache line plus its prefetch partner.
+#[repr(C, align(128))]
+#[derive(Debug, Default)]
+pub(crate) struct Padded<T>(pub T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// Written once by the creator; every opener copies and validates it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub(crate) struct Config {
+    /// [`FORMAT_BYTES`] or [`FORMAT_SLOTS`].
+    pub format: u32,
+    /// Members the registry holds.
+    pub max_members: u32,
+    /// Bytes (byte rings) or slots (slot rings); a power of two.
+    pub capacity: u64,
+    /// Slot rings: bytes from one slot to the next. Byte rings: 8 (the record alignment).
+    pub stride: u64,
+    /// Slot rings: payload bytes per slot. Byte rings: the largest message.
+    pub item_size: u64,
+    /// Offset of the data region from the start of the payload (page-aligned).
+    pub data_offset: u64,
+    /// Random per-ring id, for diagnostics.
+    pub ring_id: u64,
+}
+
+/// One side's private line: its lock and its counters.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct Side {
+    /// Senders: the send lock. Receivers: the receive lock.
+    pub lock: RobustMutex,
+    _pad: u32,
+    /// Senders: the last head they read (never ahead of the real head). Receivers: unused.
+    pub cached: AtomicU64,
+    /// Messages sent (or received), updated under the lock.
+    pub messages: AtomicU64,
+    /// Payload bytes sent (or received), updated under the lock.
+    pub bytes: AtomicU64,
+    /// Times a member of this side parked in the kernel.
+    pub parks: AtomicU64,
+    /// Times this side's lock was taken over from a dead owner.
+    pub recoveries: AtomicU64,
+}
+
+/// Ring-wide membership facts.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct MembershipHeader {
+    /// Flags: the last sender left (bit 0), the last receiver left (bit 1). Set by whoever saw a
+    /// side's count reach zero, cleared when a member of that side joins. Before a side has ever
+    /// had a member its bit is clear, so a receiver waits for a first sender instead of
+    /// disconnecting.
+    pub gone: AtomicU32,
+    /// One past the highest registry entry ever claimed: scans stop there.
+    pub high_water: AtomicU32,
+    /// Monotonic time (ns) of the last liveness sweep, to rate-limit sweeps.
+    pub last_sweep: AtomicU64,
+}
+
+/// A member process: its identity and how many handles of each side it holds.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct Member {
+    /// 0: free. [`CLAIMING`]/[`REAPING`]: in transition. Else the member's pid.
+    pub pid: AtomicU32,
+    pub senders: AtomicU32,
+    pub receivers: AtomicU32,
+    _pad: u32,
+    pub start_time: AtomicU64,
+    _pad2: u64,
+}
+
+/// An entry being filled in by a joining process.
+pub(crate) const CLAIMING: u32 = u32::MAX;
+/// An entry being cleared by the process that found its owner dead.
+pub(crate) const REAPING: u32 = u32::MAX - 1;
+
+/// The whole control block.
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct Control {
+    pub config: Padded<Config>,
+    pub send: Padded<Side>,
+    pub recv: Padded<Side>,
+    /// Next index to write; published by senders after each record.
+    pub tail: Padded<AtomicU64>,
+    /// Next index to read; published by receivers after each record.
+    pub head: Padded<AtomicU64>,
+    pub not_empty: Padded<EventCount>,
+    pub not_full: Padded<EventCount>,
+    pub membership: Padded<MembershipHeader>,
+    pub members: [Member; MAX_MEMBERS],
+}
+
+/// Bytes the control block occupies, rounded up to whole pages: where the data region starts.
+pub(crate) fn data_offset() -> u64 {
+    let page = crate::sys::page_size() as u64;
+    (std::mem::size_of::<Control>() as u64).div_ceil(page) * page
+}
+
+impl Config {
+    /// Checks a config read from shared memory against what this build could have written.
+    /// Everything later indexes with the checked copy, never with shared memory.
+    pub(crate) fn validate(&self, payload_len: u64, mirror_len: u64) -> Result<(), &'static str> {
+        if self.max_members == 0 || self.max_members as usize > MAX_MEMBERS {
+            return Err("member table size out of range");
+        }
+        if self.capacity == 0 || !self.capacity.is_power_of_two() {
+            return Err("capacity is not a power of two");
+        }
+        if self.data_offset != data_offset() {
+            return Err("data offset differs from this build's layout");
+        }
+        let data_len = match self.format {
+            FORMAT_BYTES => {
+                if self.stride != 8 || self.item_size + 16 > self.capacity || mirror_len != self.capacity {
+                    return Err("byte ring geometry is inconsistent");
+                }
+                self.capacity
+            }
+            FORMAT_SLOTS => {
+                let stamp_at = self.item_size.div_ceil(8) * 8;
+                if self.stride < stamp_at + 8 || self.stride % 8 != 0 || mirror_len != 0 {
+                    return Err("slot geometry is inconsistent");
+                }
+                self.capacity.checked_mul(self.stride).ok_or("slot region overflows")?
+            }
+            _ => return Err("unknown record format"),
+        };
+        match self.data_offset.checked_add(data_len) {
+            Some(end) if end <= payload_len => Ok(()),
+            _ => Err("data region extends past the segment"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hot_fields_do_not_share_lines() {
+        let offsets = [
+            std::mem::offset_of!(Control, send),
+            std::mem::offset_of!(Control, recv),
+            std::mem::offset_of!(Control, tail),
+            std::mem::offset_of!(Control, head),
+            std::mem::offset_of!(Control, not_empty),
+            std::mem::offset_of!(Control, not_full),
+            std::mem::offset_of!(Control, membership),
+        ];
+        for w in offsets.windows(2) {
+            assert!(w[1] - w[0] >= 128, "{offsets:?}");
+        }
+        assert_eq!(std::mem::size_of::<Member>(), 32);
+        assert_eq!(data_offset() % 4096, 0);
+    }
+}

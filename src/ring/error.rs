@@ -1,0 +1,211 @@
+//! Error types of the ring and the queue: one per operation form, and every failed send hands the
+//! message back.
+
+use std::fmt;
+
+/// Why a ring cannot be trusted any more. Reported instead of reading out of bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Broken {
+    /// An index, length or stamp read from shared memory is impossible: the memory was
+    /// overwritten by something that is not ringpool.
+    #[error("ring is corrupted: {0}")]
+    Corrupted(&'static str),
+    /// A process died holding one of the ring's locks and its successor could not repair the state.
+    #[error("ring is poisoned: a lock owner died and the state could not be repaired")]
+    Poisoned,
+}
+
+/// Why a handle could not join a ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// Every entry of the ring's member table is taken by a live process.
+    #[error("the ring's member table is full ({0} processes)")]
+    TooManyMembers(usize),
+}
+
+macro_rules! send_errors {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $var:ident => $msg:literal,)* }) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub enum $name<M> {
+            $($(#[$vdoc])* $var(M),)*
+            /// The message is longer than the ring's largest message.
+            TooLarge(M),
+            /// The ring is corrupted or poisoned.
+            Broken(M, Broken),
+        }
+
+        impl<M> $name<M> {
+            /// The message that was not sent.
+            pub fn into_inner(self) -> M {
+                match self {
+                    $($name::$var(m))|* | $name::TooLarge(m) | $name::Broken(m, _) => m,
+                }
+            }
+        }
+
+        impl<M> fmt::Debug for $name<M> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match self {
+                    $($name::$var(_) => f.write_str(concat!(stringify!($name), "::", stringify!($var), "(..)")),)*
+                    $name::TooLarge(_) => f.write_str(concat!(stringify!($name), "::TooLarge(..)")),
+                    $name::Broken(_, b) => write!(f, concat!(stringify!($name), "::Broken(.., {:?})"), b),
+                }
+            }
+        }
+
+        impl<M> fmt::Display for $name<M> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match self {
+                    $($name::$var(_) => f.write_str($msg),)*
+                    $name::TooLarge(_) => f.write_str("message larger than the ring's largest message"),
+                    $name::Broken(_, b) => write!(f, "{b}"),
+                }
+            }
+        }
+
+        impl<M> std::error::Error for $name<M> {}
+    };
+}
+
+send_errors! {
+    /// Why a blocking send failed. The message comes back inside.
+    SendError {
+        /// Every receiver is gone (dropped, closed or dead).
+        Disconnected => "every receiver is gone",
+    }
+}
+
+send_errors! {
+    /// Why a `try_send` failed. The message comes back inside.
+    TrySendError {
+        /// The ring has no room right now.
+        Full => "the ring is full",
+        /// Every receiver is gone (dropped, closed or dead).
+        Disconnected => "every receiver is gone",
+    }
+}
+
+send_errors! {
+    /// Why a `send_timeout` failed. The message comes back inside.
+    SendTimeoutError {
+        /// The timeout passed before there was room.
+        Timeout => "timed out waiting for room in the ring",
+        /// Every receiver is gone (dropped, closed or dead).
+        Disconnected => "every receiver is gone",
+    }
+}
+
+/// Why a blocking receive failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// The ring is empty and every sender is gone (dropped, closed or dead).
+    #[error("the ring is empty and every sender is gone")]
+    Disconnected,
+    /// The ring is corrupted or poisoned.
+    #[error(transparent)]
+    Broken(#[from] Broken),
+}
+
+/// Why a `try_recv` failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TryRecvError {
+    /// Nothing to receive right now (or another receiver holds the ring's receive side in place).
+    #[error("the ring is empty")]
+    Empty,
+    /// The ring is empty and every sender is gone.
+    #[error("the ring is empty and every sender is gone")]
+    Disconnected,
+    /// The ring is corrupted or poisoned.
+    #[error(transparent)]
+    Broken(#[from] Broken),
+}
+
+/// Why a `recv_timeout` failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecvTimeoutError {
+    /// The timeout passed with nothing to receive.
+    #[error("timed out waiting for a message")]
+    Timeout,
+    /// The ring is empty and every sender is gone.
+    #[error("the ring is empty and every sender is gone")]
+    Disconnected,
+    /// The ring is corrupted or poisoned.
+    #[error(transparent)]
+    Broken(#[from] Broken),
+}
+
+/// Internal outcome of one attempt, mapped to the public types by each form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fail {
+    /// Try form: nothing to receive / no room.
+    WouldBlock,
+    Timeout,
+    Disconnected,
+    TooLarge,
+    Broken(Broken),
+}
+
+impl From<Broken> for Fail {
+    fn from(b: Broken) -> Fail {
+        Fail::Broken(b)
+    }
+}
+
+impl Fail {
+    pub(crate) fn send<M>(self, m: M) -> SendError<M> {
+        match self {
+            Fail::TooLarge => SendError::TooLarge(m),
+            Fail::Broken(b) => SendError::Broken(m, b),
+            // A blocking send only ends on the above or on disconnection.
+            Fail::Disconnected | Fail::WouldBlock | Fail::Timeout => SendError::Disconnected(m),
+        }
+    }
+
+    pub(crate) fn try_send<M>(self, m: M) -> TrySendError<M> {
+        match self {
+            Fail::WouldBlock | Fail::Timeout => TrySendError::Full(m),
+            Fail::Disconnected => TrySendError::Disconnected(m),
+            Fail::TooLarge => TrySendError::TooLarge(m),
+            Fail::Broken(b) => TrySendError::Broken(m, b),
+        }
+    }
+
+    pub(crate) fn send_timeout<M>(self, m: M) -> SendTimeoutError<M> {
+        match self {
+            Fail::WouldBlock | Fail::Timeout => SendTimeoutError::Timeout(m),
+            Fail::Disconnected => SendTimeoutError::Disconnected(m),
+            Fail::TooLarge => SendTimeoutError::TooLarge(m),
+            Fail::Broken(b) => SendTimeoutError::Broken(m, b),
+        }
+    }
+
+    pub(crate) fn recv(self) -> RecvError {
+        match self {
+            Fail::Broken(b) => RecvError::Broken(b),
+            _ => RecvError::Disconnected,
+        }
+    }
+
+    pub(crate) fn try_recv(self) -> TryRecvError {
+        match self {
+            Fail::Disconnected => TryRecvError::Disconnected,
+            Fail::Broken(b) => TryRecvError::Broken(b),
+            _ => TryRecvError::Empty,
+        }
+    }
+
+    pub(crate) fn recv_timeout(self) -> RecvTimeoutError {
+        match self {
+            Fail::Disconnected => RecvTimeoutError::Disconnected,
+            Fail::Broken(b) => RecvTimeoutError::Broken(b),
+            _ => RecvTimeoutError::Timeout,
+        }
+    }
+}
