@@ -35,14 +35,14 @@ fn run(role: &str, words: &[String]) -> Result<serde_json::Value> {
         None => None,
     };
     if let Some(r) = Role::parse(role) {
-        let name = args.get("peer")?;
+        let (name, size) = (args.get("peer")?, args.num::<usize>("size")?);
         let entry = peers::all()
             .into_iter()
-            .find(|p| p.name == name)
-            .ok_or_else(|| format!("no peer {name}"))?;
+            .find(|p| p.name == name && (p.supports)(size))
+            .ok_or_else(|| format!("no peer {name} for {size}-byte messages"))?;
         let session = Session {
             link: link.ok_or("a peer needs its link")?,
-            spec: Spec::for_size(args.num("size")?),
+            spec: Spec::for_size(size),
             tag: args.get("tag")?.to_string(),
             shm_prefix: args.get("prefix")?.to_string(),
             scratch: PathBuf::from(args.get("scratch")?),

@@ -45,17 +45,11 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
     let mut o = Options::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
+        let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
         match a.as_str() {
             "--quick" => o.quick = true,
             "--runs" => {
-                let n: usize = value("--runs")?
-                    .parse()
-                    .map_err(|e| format!("--runs: {e}"))?;
+                let n: usize = value("--runs")?.parse().map_err(|e| format!("--runs: {e}"))?;
                 if n == 0 {
                     return Err("--runs must be at least 1".into());
                 }
@@ -65,13 +59,7 @@ pub fn parse(args: &[String]) -> Result<Options, String> {
             "--plot" => o.plot = Some(value("--plot")?.into()),
             "--only" => {
                 let names = value("--only")?;
-                o.only = Some(
-                    names
-                        .split(',')
-                        .map(|s| s.trim().to_lowercase())
-                        .filter(|s| !s.is_empty())
-                        .collect(),
-                );
+                o.only = Some(names.split(',').map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty()).collect());
             }
             "--list" => o.list = true,
             "-h" | "--help" => o.help = true,

@@ -20,8 +20,7 @@ use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg, socketpair,
 };
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -66,22 +65,9 @@ impl Link {
     }
 
     fn send_with(&self, data: &[u8], fds: &[RawFd]) -> Result<()> {
-        assert!(
-            !data.is_empty() && data.len() <= LINK_MAX,
-            "link messages are 1..=64 KiB"
-        );
-        let cmsgs: Vec<ControlMessage<'_>> = if fds.is_empty() {
-            vec![]
-        } else {
-            vec![ControlMessage::ScmRights(fds)]
-        };
-        let sent = sendmsg::<()>(
-            self.fd.as_raw_fd(),
-            &[IoSlice::new(data)],
-            &cmsgs,
-            MsgFlags::empty(),
-            None,
-        )?;
+        assert!(!data.is_empty() && data.len() <= LINK_MAX, "link messages are 1..=64 KiB");
+        let cmsgs: Vec<ControlMessage<'_>> = if fds.is_empty() { vec![] } else { vec![ControlMessage::ScmRights(fds)] };
+        let sent = sendmsg::<()>(self.fd.as_raw_fd(), &[IoSlice::new(data)], &cmsgs, MsgFlags::empty(), None)?;
         if sent != data.len() {
             return Err(format!("link: sent {sent} of {} bytes", data.len()).into());
         }
@@ -94,12 +80,7 @@ impl Link {
         let mut space = nix::cmsg_space!([RawFd; 1]);
         let (len, mut fds) = {
             let mut iov = [IoSliceMut::new(&mut buf)];
-            let msg = recvmsg::<()>(
-                self.fd.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            )?;
+            let msg = recvmsg::<()>(self.fd.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
             let mut fds = Vec::new();
             for cmsg in msg.cmsgs()? {
                 if let ControlMessageOwned::ScmRights(raw) = cmsg {
@@ -141,11 +122,9 @@ impl Link {
         self.send(name.as_bytes())?;
         let got = self.recv()?;
         if got != name.as_bytes() {
-            return Err(format!(
-                "link: at barrier {name:?} the other side sent {:?}",
-                String::from_utf8_lossy(&got)
-            )
-            .into());
+            return Err(
+                format!("link: at barrier {name:?} the other side sent {:?}", String::from_utf8_lossy(&got)).into()
+            );
         }
         Ok(())
     }
@@ -156,9 +135,7 @@ pub fn allowed_cpus() -> Vec<usize> {
     let Ok(set) = sched_getaffinity(Pid::from_raw(0)) else {
         return vec![];
     };
-    (0..CpuSet::count())
-        .filter(|&c| set.is_set(c).unwrap_or(false))
-        .collect()
+    (0..CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect()
 }
 
 /// The two CPUs the two sides are pinned to (sender / client first), or `None` on a machine
@@ -185,9 +162,7 @@ impl Args {
     pub fn parse(words: &[String]) -> Result<Self> {
         let mut map = BTreeMap::new();
         for w in words {
-            let (k, v) = w
-                .split_once('=')
-                .ok_or_else(|| format!("child argument {w:?}"))?;
+            let (k, v) = w.split_once('=').ok_or_else(|| format!("child argument {w:?}"))?;
             map.insert(k.to_string(), v.to_string());
         }
         Ok(Self(map))
@@ -201,10 +176,7 @@ impl Args {
 
     /// The value of `key`, which must be there.
     pub fn get(&self, key: &str) -> Result<&str> {
-        self.0
-            .get(key)
-            .map(String::as_str)
-            .ok_or_else(|| format!("missing child argument {key}").into())
+        self.0.get(key).map(String::as_str).ok_or_else(|| format!("missing child argument {key}").into())
     }
 
     /// The value of `key`, if there.
@@ -218,8 +190,7 @@ impl Args {
         T::Err: std::fmt::Display,
     {
         let v = self.get(key)?;
-        v.parse()
-            .map_err(|e| format!("child argument {key}={v}: {e}").into())
+        v.parse().map_err(|e| format!("child argument {key}={v}: {e}").into())
     }
 
     fn words(&self) -> impl Iterator<Item = String> + '_ {
@@ -269,11 +240,7 @@ impl From<std::io::Error> for Failure {
 }
 
 fn set_cloexec(fd: BorrowedFd<'_>, on: bool) -> Result<()> {
-    let flags = if on {
-        FdFlag::FD_CLOEXEC
-    } else {
-        FdFlag::empty()
-    };
+    let flags = if on { FdFlag::FD_CLOEXEC } else { FdFlag::empty() };
     fcntl(fd, FcntlArg::F_SETFD(flags))?;
     Ok(())
 }
@@ -289,11 +256,7 @@ fn spawn(cmd: &ChildCmd, link: Option<&OwnedFd>) -> Result<Child> {
         // The runner starts no threads, so nothing else can spawn while the flag is off.
         set_cloexec(fd.as_fd(), false)?;
     }
-    let child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn();
+    let child = c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn();
     if let Some(fd) = link {
         set_cloexec(fd.as_fd(), true)?;
     }
@@ -301,18 +264,9 @@ fn spawn(cmd: &ChildCmd, link: Option<&OwnedFd>) -> Result<Child> {
 }
 
 /// Runs the two sides of one measurement and returns their results (in the order given).
-pub fn run_pair(
-    a: &ChildCmd,
-    b: &ChildCmd,
-    deadline: Duration,
-) -> std::result::Result<Vec<Value>, Failure> {
-    let (la, lb) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| Failure::Other(format!("socketpair: {e}")))?;
+pub fn run_pair(a: &ChildCmd, b: &ChildCmd, deadline: Duration) -> std::result::Result<Vec<Value>, Failure> {
+    let (la, lb) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(|e| Failure::Other(format!("socketpair: {e}")))?;
     let ca = spawn(a, Some(&la))?;
     let cb = match spawn(b, Some(&lb)) {
         Ok(c) => c,
@@ -323,10 +277,7 @@ pub fn run_pair(
     };
     // Our copies go, so a side whose partner dies sees the link close instead of hanging.
     drop((la, lb));
-    collect(
-        vec![(a.role.to_string(), ca), (b.role.to_string(), cb)],
-        deadline,
-    )
+    collect(vec![(a.role.to_string(), ca), (b.role.to_string(), cb)], deadline)
 }
 
 /// Runs a child that needs no partner.
@@ -336,29 +287,17 @@ pub fn run_single(a: &ChildCmd, deadline: Duration) -> std::result::Result<Value
 }
 
 /// Runs another program (python3) that prints `RESULT {json}` lines; returns its results.
-pub fn run_program(
-    label: &str,
-    mut cmd: Command,
-    deadline: Duration,
-) -> std::result::Result<Value, Failure> {
-    let c = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+pub fn run_program(label: &str, mut cmd: Command, deadline: Duration) -> std::result::Result<Value, Failure> {
+    let c = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
     Ok(collect(vec![(label.to_string(), c)], deadline)?.remove(0))
 }
 
 /// Reads every child's stdout to its end (or until the deadline, when the children still running
 /// are killed, each by its own pid), reaps them, and returns each one's `RESULT` value.
-fn collect(
-    mut kids: Vec<(String, Child)>,
-    deadline: Duration,
-) -> std::result::Result<Vec<Value>, Failure> {
+fn collect(mut kids: Vec<(String, Child)>, deadline: Duration) -> std::result::Result<Vec<Value>, Failure> {
     let mut end = Instant::now() + deadline;
     let mut outs: Vec<Vec<u8>> = vec![Vec::new(); kids.len()];
-    let mut pipes: Vec<Option<std::process::ChildStdout>> =
-        kids.iter_mut().map(|(_, c)| c.stdout.take()).collect();
+    let mut pipes: Vec<Option<std::process::ChildStdout>> = kids.iter_mut().map(|(_, c)| c.stdout.take()).collect();
     let mut timed_out = false;
     while pipes.iter().any(Option::is_some) {
         let now = Instant::now();
@@ -368,10 +307,8 @@ fn collect(
         }
         let wait = PollTimeout::try_from(end - now).unwrap_or(PollTimeout::MAX);
         let open: Vec<usize> = (0..pipes.len()).filter(|&i| pipes[i].is_some()).collect();
-        let mut fds: Vec<PollFd<'_>> = open
-            .iter()
-            .map(|&i| PollFd::new(pipes[i].as_ref().expect("open").as_fd(), PollFlags::POLLIN))
-            .collect();
+        let mut fds: Vec<PollFd<'_>> =
+            open.iter().map(|&i| PollFd::new(pipes[i].as_ref().expect("open").as_fd(), PollFlags::POLLIN)).collect();
         match poll(&mut fds, wait) {
             Ok(0) => continue,
             Ok(_) => {}
@@ -387,11 +324,7 @@ fn collect(
         drop(fds);
         for i in ready {
             let mut chunk = [0u8; 8192];
-            let n = pipes[i]
-                .as_mut()
-                .expect("open")
-                .read(&mut chunk)
-                .unwrap_or(0);
+            let n = pipes[i].as_mut().expect("open").read(&mut chunk).unwrap_or(0);
             if n == 0 {
                 pipes[i] = None;
                 // A side that failed: give its partner two seconds, then stop waiting.
@@ -423,13 +356,9 @@ fn collect(
             }
         }
         let fail = if status.code() == Some(MISMATCH_EXIT) {
-            Some(Failure::Mismatch(format!(
-                "{role}: the receiver saw a wrong message (see above)"
-            )))
+            Some(Failure::Mismatch(format!("{role}: the receiver saw a wrong message (see above)")))
         } else if timed_out {
-            Some(Failure::Other(format!(
-                "{role}: no result within {deadline:?}; killed"
-            )))
+            Some(Failure::Other(format!("{role}: no result within {deadline:?}; killed")))
         } else if !status.success() {
             Some(Failure::Other(format!("{role}: exited with {status}")))
         } else if result.is_none() {

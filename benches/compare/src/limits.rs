@@ -43,10 +43,7 @@ pub fn run(role: &str, link: Option<&Link>, args: &crate::harness::Args) -> Resu
         "limit-line-server" => line(link()?, false, args),
         "limit-futex-client" => futex(link()?, true, args),
         "limit-futex-server" => futex(link()?, false, args),
-        "limit-memcpy" => memcpy(
-            args.num("size")?,
-            Duration::from_millis(args.num("limit_ms")?),
-        ),
+        "limit-memcpy" => memcpy(args.num("size")?, Duration::from_millis(args.num("limit_ms")?)),
         "limit-calls" => calls(Duration::from_millis(args.num("limit_ms")?)),
         _ => Err(format!("unknown limit role {role}").into()),
     }
@@ -113,11 +110,7 @@ fn line(link: &Link, client: bool, args: &crate::harness::Args) -> Result<Value>
         }
     }
     link.barrier("done")?;
-    Ok(if client {
-        rtt_summary(&mut ns)
-    } else {
-        json!({ "answered": warm + n })
-    })
+    Ok(if client { rtt_summary(&mut ns) } else { json!({ "answered": warm + n }) })
 }
 
 fn futex_wait(word: &AtomicU32, expected: u32) {
@@ -125,13 +118,7 @@ fn futex_wait(word: &AtomicU32, expected: u32) {
     // the call; a null timeout means "no timeout". Its result (woken, EAGAIN, EINTR) is
     // re-checked by the caller's loop.
     unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            std::ptr::null::<libc::timespec>(),
-        );
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, expected, std::ptr::null::<libc::timespec>());
     }
 }
 
@@ -177,11 +164,7 @@ fn futex(link: &Link, client: bool, args: &crate::harness::Args) -> Result<Value
         }
     }
     link.barrier("done")?;
-    Ok(if client {
-        rtt_summary(&mut ns)
-    } else {
-        json!({ "answered": warm + n })
-    })
+    Ok(if client { rtt_summary(&mut ns) } else { json!({ "answered": warm + n }) })
 }
 
 /// Repeats `batch` until `target` has passed; returns the time per call in ns.

@@ -85,11 +85,7 @@ impl Message {
     }
 
     fn body_end(&self) -> usize {
-        if self.len >= 16 {
-            self.len - 8
-        } else {
-            self.len
-        }
+        if self.len >= 16 { self.len - 8 } else { self.len }
     }
 }
 
@@ -114,48 +110,29 @@ pub struct Checker {
 impl Checker {
     /// Expects messages of `len` bytes, starting at sequence number 0.
     pub fn new(len: usize) -> Self {
-        Self {
-            next: 0,
-            len,
-            full_checks: 0,
-        }
+        Self { next: 0, len, full_checks: 0 }
     }
 
     /// Checks one received message; an `Err` describes the first thing found wrong.
     pub fn check(&mut self, buf: &[u8]) -> Result<Got, String> {
         let expect = self.next;
         if buf.len() != self.len {
-            return Err(format!(
-                "message {expect}: {} bytes, expected {}",
-                buf.len(),
-                self.len
-            ));
+            return Err(format!("message {expect}: {} bytes, expected {}", buf.len(), self.len));
         }
         let head = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
         let (seq, flags) = (head & !FLAGS, head & FLAGS);
         if seq != expect {
-            return Err(format!(
-                "got message {seq}, expected {expect} (lost, duplicated or reordered)"
-            ));
+            return Err(format!("got message {seq}, expected {expect} (lost, duplicated or reordered)"));
         }
-        let end = if self.len >= 16 {
-            self.len - 8
-        } else {
-            self.len
-        };
+        let end = if self.len >= 16 { self.len - 8 } else { self.len };
         if end < self.len && buf[end..] != buf[..8] {
-            return Err(format!(
-                "message {seq}: tail head differs from head (torn message)"
-            ));
+            return Err(format!("message {seq}: tail head differs from head (torn message)"));
         }
         let fill = fill_byte(seq);
         if end > 8 {
             for at in [8, 8 + (end - 8) / 2, end - 1] {
                 if buf[at] != fill {
-                    return Err(format!(
-                        "message {seq}: byte {at} is {:#04x}, expected {fill:#04x}",
-                        buf[at]
-                    ));
+                    return Err(format!("message {seq}: byte {at} is {:#04x}, expected {fill:#04x}", buf[at]));
                 }
             }
             if seq.is_multiple_of(FULL_CHECK_EVERY) {
@@ -197,21 +174,12 @@ mod tests {
             Message::new(40, 0, len).write_uninit(&mut uninit);
             // SAFETY: every element was created with `MaybeUninit::new`, so it is initialised.
             let bytes: Vec<u8> = uninit.iter().map(|b| unsafe { b.assume_init() }).collect();
-            chk.check(&bytes)
-                .expect("write_uninit writes the same bytes");
+            chk.check(&bytes).expect("write_uninit writes the same bytes");
             // A wrong byte inside a fully checked message (48 is a multiple of 16) is caught.
             if len > 16 {
                 Message::new(48, 0, len).write(&mut buf);
                 buf[len / 3] ^= 1;
-                assert!(
-                    Checker {
-                        next: 48,
-                        len,
-                        full_checks: 0
-                    }
-                    .check(&buf)
-                    .is_err()
-                );
+                assert!(Checker { next: 48, len, full_checks: 0 }.check(&buf).is_err());
             }
             // A skipped message is caught.
             Message::new(42, 0, len).write(&mut buf);

@@ -23,11 +23,7 @@ pub fn write(report: &Report, path: &Path) -> Result<()> {
             let Some(s) = stats(&r.values[col]) else {
                 continue;
             };
-            let label = if r.kind == Kind::Floor {
-                format!("{} (floor)", r.label)
-            } else {
-                r.label.clone()
-            };
+            let label = if r.kind == Kind::Floor { format!("{} (floor)", r.label) } else { r.label.clone() };
             match lines.iter_mut().find(|l| l.0 == label) {
                 Some(l) => l.2.push((size as f64, s.median)),
                 None => lines.push((label, r.kind, vec![(size as f64, s.median)])),
@@ -39,25 +35,17 @@ pub fn write(report: &Report, path: &Path) -> Result<()> {
     }
     let ys = lines.iter().flat_map(|l| l.2.iter().map(|p| p.1));
     let (lo, hi) = ys.fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
-    let (lo, hi) = (
-        10f64.powf(lo.log10().floor()),
-        10f64.powf(hi.log10().ceil()),
-    );
+    let (lo, hi) = (10f64.powf(lo.log10().floor()), 10f64.powf(hi.log10().ceil()));
 
     let root = SVGBackend::new(path, (1000, 640)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "one-way throughput, separate pinned processes, payload written and checked",
-            ("sans-serif", 20),
-        )
+        .caption("one-way throughput, separate pinned processes, payload written and checked", ("sans-serif", 20))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(90)
         .build_cartesian_2d(
-            (4.0f64..2.0 * 1048576.0)
-                .log_scale()
-                .with_key_points(crate::runner::SIZES.map(|s| s as f64).to_vec()),
+            (4.0f64..2.0 * 1048576.0).log_scale().with_key_points(crate::runner::SIZES.map(|s| s as f64).to_vec()),
             (lo..hi).log_scale(),
         )?;
     chart

@@ -76,9 +76,7 @@ impl PoolWork {
                 tasks: args.num("tasks")?,
                 chunksize: args.opt("chunksize").map(str::parse).transpose()?,
             },
-            "executor" => PoolWork::Executor {
-                tasks: args.num("tasks")?,
-            },
+            "executor" => PoolWork::Executor { tasks: args.num("tasks")? },
             "scene3" => PoolWork::Scene3,
             w => return Err(format!("unknown pool work {w}").into()),
         })
@@ -118,22 +116,13 @@ pub struct PoolEntry {
 /// Registers pool `P`.
 #[allow(dead_code)] // used once ringpool's pool is registered
 pub fn entry<P: PoolPeer>() -> PoolEntry {
-    PoolEntry {
-        name: P::NAME,
-        label: P::LABEL,
-        about: P::ABOUT,
-        ours: P::OURS,
-        run: P::run,
-    }
+    PoolEntry { name: P::NAME, label: P::LABEL, about: P::ABOUT, ours: P::OURS, run: P::run }
 }
 
 /// Runs the pool named in `args` in this child process.
 pub fn run_child(args: &Args) -> Result<Value> {
     let name = args.get("pool")?;
-    let pool = all()
-        .into_iter()
-        .find(|p| p.name == name)
-        .ok_or_else(|| format!("no pool {name}"))?;
+    let pool = all().into_iter().find(|p| p.name == name).ok_or_else(|| format!("no pool {name}"))?;
     let work = PoolWork::from_args(args)?;
     let figure = (pool.run)(work)?;
     Ok(match work {

@@ -40,11 +40,7 @@ impl Python {
         let pool_script = scratch.join("pool_bench.py");
         std::fs::write(&queue_script, QUEUE_BENCH)?;
         std::fs::write(&pool_script, POOL_BENCH)?;
-        Ok(Some(Self {
-            version,
-            queue_script,
-            pool_script,
-        }))
+        Ok(Some(Self { version, queue_script, pool_script }))
     }
 
     /// What `python3 --version` said.
@@ -74,15 +70,8 @@ impl Python {
         deadline: Duration,
     ) -> std::result::Result<Value, Failure> {
         let (tx, rx) = cpu_args(cpus);
-        let args = [
-            "oneway".to_string(),
-            size.to_string(),
-            maxsize.to_string(),
-            warm.to_string(),
-            count.to_string(),
-            tx,
-            rx,
-        ];
+        let args =
+            ["oneway".to_string(), size.to_string(), maxsize.to_string(), warm.to_string(), count.to_string(), tx, rx];
         self.run("python queue", &self.queue_script, &args, deadline)
     }
 
@@ -95,28 +84,15 @@ impl Python {
         deadline: Duration,
     ) -> std::result::Result<Value, Failure> {
         let (client, server) = cpu_args(cpus);
-        let args = [
-            "rtt".to_string(),
-            size.to_string(),
-            warm.to_string(),
-            count.to_string(),
-            client,
-            server,
-        ];
+        let args = ["rtt".to_string(), size.to_string(), warm.to_string(), count.to_string(), client, server];
         self.run("python queue rtt", &self.queue_script, &args, deadline)
     }
 
     /// One pool workload.
     pub fn pool(&self, work: PoolWork, deadline: Duration) -> std::result::Result<Value, Failure> {
         let args: Vec<String> = match work {
-            PoolWork::Map {
-                tasks,
-                chunksize: None,
-            } => vec!["map".into(), tasks.to_string()],
-            PoolWork::Map {
-                tasks,
-                chunksize: Some(c),
-            } => vec!["map".into(), tasks.to_string(), c.to_string()],
+            PoolWork::Map { tasks, chunksize: None } => vec!["map".into(), tasks.to_string()],
+            PoolWork::Map { tasks, chunksize: Some(c) } => vec!["map".into(), tasks.to_string(), c.to_string()],
             PoolWork::Executor { tasks } => vec!["executor".into(), tasks.to_string()],
             PoolWork::Scene3 => vec!["scene3".into()],
         };

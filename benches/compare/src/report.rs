@@ -24,61 +24,21 @@ pub struct Metric {
 }
 
 /// Messages per second (one-way).
-pub const MSGS: Metric = Metric {
-    id: "msgs_per_s",
-    title: "msgs/s",
-    unit: "msg/s",
-    higher_is_better: true,
-};
+pub const MSGS: Metric = Metric { id: "msgs_per_s", title: "msgs/s", unit: "msg/s", higher_is_better: true };
 /// Payload bytes per second (one-way).
-pub const BYTES: Metric = Metric {
-    id: "bytes_per_s",
-    title: "bytes/s",
-    unit: "B/s",
-    higher_is_better: true,
-};
+pub const BYTES: Metric = Metric { id: "bytes_per_s", title: "bytes/s", unit: "B/s", higher_is_better: true };
 /// Time per message (one-way: 1 / msgs/s).
-pub const NS_PER_MSG: Metric = Metric {
-    id: "ns_per_msg",
-    title: "per msg",
-    unit: "ns",
-    higher_is_better: false,
-};
+pub const NS_PER_MSG: Metric = Metric { id: "ns_per_msg", title: "per msg", unit: "ns", higher_is_better: false };
 /// Median of individually timed round trips.
-pub const RTT_MEDIAN: Metric = Metric {
-    id: "rtt_median",
-    title: "round trip",
-    unit: "ns",
-    higher_is_better: false,
-};
+pub const RTT_MEDIAN: Metric = Metric { id: "rtt_median", title: "round trip", unit: "ns", higher_is_better: false };
 /// 99th percentile of individually timed round trips.
-pub const RTT_P99: Metric = Metric {
-    id: "rtt_p99",
-    title: "p99",
-    unit: "ns",
-    higher_is_better: false,
-};
+pub const RTT_P99: Metric = Metric { id: "rtt_p99", title: "p99", unit: "ns", higher_is_better: false };
 /// Pool tasks per second.
-pub const TASKS: Metric = Metric {
-    id: "tasks_per_s",
-    title: "tasks/s",
-    unit: "tasks/s",
-    higher_is_better: true,
-};
+pub const TASKS: Metric = Metric { id: "tasks_per_s", title: "tasks/s", unit: "tasks/s", higher_is_better: true };
 /// Wall time of a whole scene.
-pub const WALL_MS: Metric = Metric {
-    id: "wall_ms",
-    title: "wall time",
-    unit: "ms",
-    higher_is_better: false,
-};
+pub const WALL_MS: Metric = Metric { id: "wall_ms", title: "wall time", unit: "ms", higher_is_better: false };
 /// Time per call.
-pub const NS_PER_CALL: Metric = Metric {
-    id: "ns_per_call",
-    title: "per call",
-    unit: "ns",
-    higher_is_better: false,
-};
+pub const NS_PER_CALL: Metric = Metric { id: "ns_per_call", title: "per call", unit: "ns", higher_is_better: false };
 
 /// What produced a row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,16 +115,8 @@ pub fn stats(values: &[f64]) -> Option<Stats> {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    Some(Stats {
-        median,
-        min: v[0],
-        max: v[n - 1],
-    })
+    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    Some(Stats { median, min: v[0], max: v[n - 1] })
 }
 
 impl Bench {
@@ -266,9 +218,7 @@ pub struct Report {
 impl Report {
     /// Whether any row failed.
     pub fn any_failure(&self) -> bool {
-        self.benches
-            .iter()
-            .any(|b| b.rows.iter().any(|r| !r.failures.is_empty()))
+        self.benches.iter().any(|b| b.rows.iter().any(|r| !r.failures.is_empty()))
     }
 
     /// The tables, in markdown.
@@ -277,10 +227,7 @@ impl Report {
         for line in &self.header {
             writeln!(out, "{line}").ok();
         }
-        let any_ours = self
-            .benches
-            .iter()
-            .any(|b| b.rows.iter().any(|r| r.kind == Kind::Ours));
+        let any_ours = self.benches.iter().any(|b| b.rows.iter().any(|r| r.kind == Kind::Ours));
         if !any_ours {
             writeln!(
                 out,
@@ -296,11 +243,7 @@ impl Report {
     }
 
     fn table(&self, out: &mut String, b: &Bench) {
-        let ours: Vec<&Row> = b
-            .rows
-            .iter()
-            .filter(|r| r.kind == Kind::Ours && b.primary(r).is_some())
-            .collect();
+        let ours: Vec<&Row> = b.rows.iter().filter(|r| r.kind == Kind::Ours && b.primary(r).is_some()).collect();
         let m0 = b.metrics[0];
         writeln!(out, "\n### {}\n", b.title).ok();
         if !b.note.is_empty() {
@@ -318,17 +261,9 @@ impl Report {
         }
         writeln!(out, "{head}\n{rule}").ok();
         for r in &b.rows {
-            let label = if r.kind == Kind::Floor {
-                format!("{} (floor)", r.label)
-            } else {
-                r.label.clone()
-            };
+            let label = if r.kind == Kind::Floor { format!("{} (floor)", r.label) } else { r.label.clone() };
             let Some(s) = b.primary(r) else {
-                let why = r
-                    .failures
-                    .first()
-                    .map(String::as_str)
-                    .unwrap_or("no figure");
+                let why = r.failures.first().map(String::as_str).unwrap_or("no figure");
                 writeln!(out, "| {label} | FAILED: {} |", why.replace('|', "/")).ok();
                 continue;
             };
@@ -339,18 +274,12 @@ impl Report {
                 human(s.max, m0.unit)
             );
             for (i, m) in b.metrics.iter().enumerate().skip(1) {
-                let cell = stats(&r.values[i])
-                    .map(|s| human(s.median, m.unit))
-                    .unwrap_or_else(|| "–".into());
+                let cell = stats(&r.values[i]).map(|s| human(s.median, m.unit)).unwrap_or_else(|| "–".into());
                 write!(line, " {cell} |").ok();
             }
             for o in &ours {
                 let om = b.primary(o).expect("filtered").median;
-                let ratio = if m0.higher_is_better {
-                    om / s.median
-                } else {
-                    s.median / om
-                };
+                let ratio = if m0.higher_is_better { om / s.median } else { s.median / om };
                 if std::ptr::eq(*o, r) {
                     line.push_str(" – |");
                 } else {
@@ -358,13 +287,7 @@ impl Report {
                 }
             }
             if !r.failures.is_empty() {
-                write!(
-                    line,
-                    " ({} of the rounds failed: {})",
-                    r.failures.len(),
-                    r.failures[0]
-                )
-                .ok();
+                write!(line, " ({} of the rounds failed: {})", r.failures.len(), r.failures[0]).ok();
             }
             writeln!(out, "{line}").ok();
         }
@@ -424,10 +347,7 @@ mod tests {
         let mut b = Bench::new("x", "x", None, &[MSGS], "");
         b.record("pipe", "pipe", Kind::Peer, &[(MSGS, 2e6)]);
         b.record("ring", "ring", Kind::Ours, &[(MSGS, 2e7)]);
-        let r = Report {
-            benches: vec![b],
-            ..Default::default()
-        };
+        let r = Report { benches: vec![b], ..Default::default() };
         let md = r.markdown();
         assert!(md.contains("ring × |"), "{md}");
         assert!(md.contains("10.00×"), "{md}");

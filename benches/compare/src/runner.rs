@@ -16,8 +16,7 @@ use crate::peers::{self, Entry, Role, Spec};
 use crate::pools::{self, PoolEntry, PoolWork};
 use crate::python::Python;
 use crate::report::{
-    BYTES, Bench, Kind, MSGS, Metric, NS_PER_CALL, NS_PER_MSG, RTT_MEDIAN, RTT_P99, Report, TASKS,
-    WALL_MS,
+    BYTES, Bench, Kind, MSGS, Metric, NS_PER_CALL, NS_PER_MSG, RTT_MEDIAN, RTT_P99, Report, TASKS, WALL_MS,
 };
 use crate::shm::ShmWatch;
 
@@ -106,9 +105,7 @@ impl Job {
             Job::PyQueue { maxsize: 0, .. } => s("python-queue", "Python mp.Queue()"),
             Job::PyQueue { .. } => s("python-queue-1000", "Python mp.Queue(maxsize=1000)"),
             Job::PyRtt => s("python-queue", "Python mp.Queue() pair"),
-            Job::PyPool(PoolWork::Executor { .. }) => {
-                s("python-executor", "Python ProcessPoolExecutor(2)")
-            }
+            Job::PyPool(PoolWork::Executor { .. }) => s("python-executor", "Python ProcessPoolExecutor(2)"),
             Job::PyPool(PoolWork::Scene3) => s("python-pool", "Python Pool(4)"),
             Job::PyPool(_) => s("python-pool", "Python Pool(2)"),
             Job::Pool(p, _) => s(p.name, p.label),
@@ -172,9 +169,7 @@ fn kib(size: usize) -> String {
 }
 
 fn num(v: &Value, key: &str) -> Result<f64, Failure> {
-    v.get(key)
-        .and_then(Value::as_f64)
-        .ok_or_else(|| Failure::Other(format!("result without {key}: {v}")))
+    v.get(key).and_then(Value::as_f64).ok_or_else(|| Failure::Other(format!("result without {key}: {v}")))
 }
 
 impl Runner {
@@ -193,29 +188,14 @@ impl Runner {
         a
     }
 
-    fn pair(
-        &mut self,
-        roles: (&'static str, &'static str),
-        args: Args,
-        secs: u64,
-    ) -> Result<Vec<Value>, Failure> {
-        let a = ChildCmd {
-            role: roles.0,
-            args: args.clone(),
-            cpu: self.cpus.map(|c| c.0),
-        };
-        let b = ChildCmd {
-            role: roles.1,
-            args,
-            cpu: self.cpus.map(|c| c.1),
-        };
+    fn pair(&mut self, roles: (&'static str, &'static str), args: Args, secs: u64) -> Result<Vec<Value>, Failure> {
+        let a = ChildCmd { role: roles.0, args: args.clone(), cpu: self.cpus.map(|c| c.0) };
+        let b = ChildCmd { role: roles.1, args, cpu: self.cpus.map(|c| c.1) };
         run_pair(&a, &b, Duration::from_secs(secs))
     }
 
     fn py(&self) -> Result<&Python, Failure> {
-        self.python
-            .as_ref()
-            .ok_or_else(|| Failure::Other("no python3".into()))
+        self.python.as_ref().ok_or_else(|| Failure::Other("no python3".into()))
     }
 
     /// Runs one job once; returns the figures for its table.
@@ -223,17 +203,10 @@ impl Runner {
         let p = self.plan;
         let oneway = |v: &Value| -> Result<Vec<(Metric, f64)>, Failure> {
             let m = num(v, "msgs_per_s")?;
-            Ok(vec![
-                (MSGS, m),
-                (BYTES, num(v, "bytes_per_s")?),
-                (NS_PER_MSG, 1e9 / m),
-            ])
+            Ok(vec![(MSGS, m), (BYTES, num(v, "bytes_per_s")?), (NS_PER_MSG, 1e9 / m)])
         };
         let rtt = |v: &Value| -> Result<Vec<(Metric, f64)>, Failure> {
-            Ok(vec![
-                (RTT_MEDIAN, num(v, "rtt_median_ns")?),
-                (RTT_P99, num(v, "rtt_p99_ns")?),
-            ])
+            Ok(vec![(RTT_MEDIAN, num(v, "rtt_median_ns")?), (RTT_P99, num(v, "rtt_p99_ns")?)])
         };
         let slow = if p.quick { 120 } else { 600 };
         match job {
@@ -246,11 +219,7 @@ impl Runner {
             Job::RoundTrip(e) => {
                 let mut a = self.args(RTT_SIZE);
                 a.set("peer", e.name);
-                let out = self.pair(
-                    (Role::RttClient.as_str(), Role::RttServer.as_str()),
-                    a,
-                    slow,
-                )?;
+                let out = self.pair((Role::RttClient.as_str(), Role::RttServer.as_str()), a, slow)?;
                 rtt(&out[0])
             }
             Job::Line => {
@@ -263,11 +232,7 @@ impl Runner {
             }
             Job::Memcpy(size) => {
                 let a = self.args(size);
-                let cmd = ChildCmd {
-                    role: "limit-memcpy",
-                    args: a,
-                    cpu: self.cpus.map(|c| c.1),
-                };
+                let cmd = ChildCmd { role: "limit-memcpy", args: a, cpu: self.cpus.map(|c| c.1) };
                 let v = run_single(&cmd, Duration::from_secs(60))?;
                 Ok(vec![
                     (MSGS, num(&v, "msgs_per_s")?),
@@ -276,34 +241,16 @@ impl Runner {
                 ])
             }
             Job::Calls => unreachable!("handled by run_calls"),
-            Job::PyQueue { size, maxsize } => oneway(&self.py()?.queue_oneway(
-                size,
-                maxsize,
-                p.py_queue,
-                self.cpus,
-                Duration::from_secs(slow),
-            )?),
-            Job::PyRtt => rtt(&self.py()?.queue_rtt(
-                RTT_SIZE,
-                p.py_rtt,
-                self.cpus,
-                Duration::from_secs(slow),
-            )?),
-            Job::PyPool(work) => {
-                pool_figures(work, &self.py()?.pool(work, Duration::from_secs(slow))?)
+            Job::PyQueue { size, maxsize } => {
+                oneway(&self.py()?.queue_oneway(size, maxsize, p.py_queue, self.cpus, Duration::from_secs(slow))?)
             }
+            Job::PyRtt => rtt(&self.py()?.queue_rtt(RTT_SIZE, p.py_rtt, self.cpus, Duration::from_secs(slow))?),
+            Job::PyPool(work) => pool_figures(work, &self.py()?.pool(work, Duration::from_secs(slow))?),
             Job::Pool(entry, work) => {
                 let mut a = Args::default();
                 a.set("pool", entry.name);
                 work.to_args(&mut a);
-                let v = run_single(
-                    &ChildCmd {
-                        role: "pool",
-                        args: a,
-                        cpu: None,
-                    },
-                    Duration::from_secs(slow),
-                )?;
+                let v = run_single(&ChildCmd { role: "pool", args: a, cpu: None }, Duration::from_secs(slow))?;
                 pool_figures(work, &v)
             }
         }
@@ -313,25 +260,11 @@ impl Runner {
     fn run_calls(&mut self, bench: &mut Bench) -> Result<(), Failure> {
         let a = self.args(8);
         let v = run_single(
-            &ChildCmd {
-                role: "limit-calls",
-                args: a,
-                cpu: self.cpus.map(|c| c.1),
-            },
+            &ChildCmd { role: "limit-calls", args: a, cpu: self.cpus.map(|c| c.1) },
             Duration::from_secs(60),
         )?;
-        bench.record(
-            "syscall",
-            "system call (getppid)",
-            Kind::Floor,
-            &[(NS_PER_CALL, num(&v, "syscall_ns")?)],
-        );
-        bench.record(
-            "clock",
-            "clock read (Instant::now)",
-            Kind::Floor,
-            &[(NS_PER_CALL, num(&v, "clock_ns")?)],
-        );
+        bench.record("syscall", "system call (getppid)", Kind::Floor, &[(NS_PER_CALL, num(&v, "syscall_ns")?)]);
+        bench.record("clock", "clock read (Instant::now)", Kind::Floor, &[(NS_PER_CALL, num(&v, "clock_ns")?)]);
         Ok(())
     }
 }
@@ -367,30 +300,15 @@ fn plan_tables(
             spec.depth,
             kib(spec.capacity_bytes)
         );
-        let mut jobs: Vec<Job> = peers
-            .iter()
-            .filter(|e| (e.supports)(size))
-            .map(|e| Job::OneWay(*e, size))
-            .collect();
+        let mut jobs: Vec<Job> = peers.iter().filter(|e| (e.supports)(size)).map(|e| Job::OneWay(*e, size)).collect();
         if python && PY_SIZES.contains(&size) {
             jobs.push(Job::PyQueue { size, maxsize: 0 });
-            jobs.push(Job::PyQueue {
-                size,
-                maxsize: 1000,
-            });
+            jobs.push(Job::PyQueue { size, maxsize: 1000 });
         }
         jobs.push(Job::Memcpy(size));
         let title = format!("one-way throughput, {} messages", kib(size));
-        tables.push((
-            Bench::new(
-                &format!("oneway_{size}"),
-                &title,
-                Some(size),
-                &[MSGS, BYTES, NS_PER_MSG],
-                &note,
-            ),
-            jobs,
-        ));
+        tables
+            .push((Bench::new(&format!("oneway_{size}"), &title, Some(size), &[MSGS, BYTES, NS_PER_MSG], &note), jobs));
     }
     let note = format!(
         "Client and server processes {pin}. An {RTT_SIZE}-byte ping, checked, answered with a freshly \
@@ -399,65 +317,34 @@ fn plan_tables(
          the per-round 99th percentiles.",
         plan.rtt.1, plan.rtt.0
     );
-    let mut jobs: Vec<Job> = peers
-        .iter()
-        .filter(|e| (e.supports)(RTT_SIZE))
-        .map(|e| Job::RoundTrip(*e))
-        .collect();
+    let mut jobs: Vec<Job> = peers.iter().filter(|e| (e.supports)(RTT_SIZE)).map(|e| Job::RoundTrip(*e)).collect();
     if python {
         jobs.push(Job::PyRtt);
     }
     jobs.extend([Job::Line, Job::Futex]);
-    tables.push((
-        Bench::new(
-            "roundtrip_8",
-            "round trip, 8-byte messages",
-            None,
-            &[RTT_MEDIAN, RTT_P99],
-            &note,
-        ),
-        jobs,
-    ));
+    tables.push((Bench::new("roundtrip_8", "round trip, 8-byte messages", None, &[RTT_MEDIAN, RTT_P99], &note), jobs));
 
     let pool_note = "The pool is started and warmed up before the clock starts; its workers are not pinned; \
                      the task is x*x; every result is checked.";
     let pool_tables = [
         (
             "pool_map",
-            format!(
-                "Pool(2).map of {} tiny tasks, default chunk size",
-                plan.map_tasks
-            ),
-            PoolWork::Map {
-                tasks: plan.map_tasks,
-                chunksize: None,
-            },
+            format!("Pool(2).map of {} tiny tasks, default chunk size", plan.map_tasks),
+            PoolWork::Map { tasks: plan.map_tasks, chunksize: None },
         ),
         (
             "pool_map_chunk1",
-            format!(
-                "Pool(2).map of {} tiny tasks, chunksize=1",
-                plan.chunk1_tasks
-            ),
-            PoolWork::Map {
-                tasks: plan.chunk1_tasks,
-                chunksize: Some(1),
-            },
+            format!("Pool(2).map of {} tiny tasks, chunksize=1", plan.chunk1_tasks),
+            PoolWork::Map { tasks: plan.chunk1_tasks, chunksize: Some(1) },
         ),
         (
             "pool_executor",
-            format!(
-                "ProcessPoolExecutor(2): submit {} tiny tasks, as_completed",
-                plan.executor_tasks
-            ),
-            PoolWork::Executor {
-                tasks: plan.executor_tasks,
-            },
+            format!("ProcessPoolExecutor(2): submit {} tiny tasks, as_completed", plan.executor_tasks),
+            PoolWork::Executor { tasks: plan.executor_tasks },
         ),
         (
             "scene3",
-            "the seed's scene 3: Pool(4).map(square, range(100)), pool start to shutdown"
-                .to_string(),
+            "the seed's scene 3: Pool(4).map(square, range(100)), pool start to shutdown".to_string(),
             PoolWork::Scene3,
         ),
     ];
@@ -490,10 +377,7 @@ fn plan_tables(
 }
 
 fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -505,29 +389,18 @@ fn utc_now() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60
-    )
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
 }
 
 fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")
-                .and_then(|r| r.split(':').nth(1))
-        })
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split(':').nth(1)))
         .map(str::trim)
         .unwrap_or("unknown CPU");
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!(
-        "{model}, {} CPUs allowed, Linux {}",
-        crate::harness::allowed_cpus().len(),
-        kernel.trim()
-    )
+    format!("{model}, {} CPUs allowed, Linux {}", crate::harness::allowed_cpus().len(), kernel.trim())
 }
 
 fn commit() -> String {
@@ -543,14 +416,7 @@ fn commit() -> String {
     match git(&["rev-parse", "--short", "HEAD"]) {
         Some(c) => {
             let dirty = git(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
-            format!(
-                "{c}{}",
-                if dirty {
-                    " (with uncommitted changes)"
-                } else {
-                    ""
-                }
-            )
+            format!("{c}{}", if dirty { " (with uncommitted changes)" } else { "" })
         }
         None => "unknown".into(),
     }
@@ -568,13 +434,13 @@ pub fn run(o: Options) -> i32 {
     let pools = pools::all();
     if o.list {
         println!("peers (one-way and round trip):");
+        let mut listed: Vec<&str> = Vec::new();
         for e in &peers {
-            println!(
-                "  {:<14} {}{}",
-                e.name,
-                if e.ours { "[ringpool] " } else { "" },
-                e.about
-            );
+            if listed.contains(&e.name) {
+                continue;
+            }
+            listed.push(e.name);
+            println!("  {:<14} {}{}", e.name, if e.ours { "[ringpool] " } else { "" }, e.about);
         }
         println!("pools:");
         for p in &pools {
@@ -611,14 +477,7 @@ pub fn run(o: Options) -> i32 {
     };
     let cpus = pin_pair();
     let mut shm = ShmWatch::new(&prefix);
-    let mut runner = Runner {
-        plan,
-        cpus,
-        prefix,
-        scratch: scratch.clone(),
-        python,
-        next_tag: 0,
-    };
+    let mut runner = Runner { plan, cpus, prefix, scratch: scratch.clone(), python, next_tag: 0 };
 
     let mut tables = plan_tables(&plan, &peers, &pools, runner.python.is_some(), cpus);
     for (_, jobs) in &mut tables {
@@ -627,22 +486,11 @@ pub fn run(o: Options) -> i32 {
     tables.retain(|(_, jobs)| !jobs.is_empty());
     let total: usize = tables.iter().map(|(_, j)| j.len() * plan.runs).sum();
 
-    let mut report = Report {
-        quick: plan.quick,
-        ..Default::default()
-    };
+    let mut report = Report { quick: plan.quick, ..Default::default() };
     report.header = vec![
-        format!(
-            "## ringpool-compare results ({})",
-            if plan.quick { "--quick" } else { "full run" }
-        ),
+        format!("## ringpool-compare results ({})", if plan.quick { "--quick" } else { "full run" }),
         String::new(),
-        format!(
-            "- when: {}; commit {}; {}",
-            utc_now(),
-            commit(),
-            env!("COMPARE_RUSTC_VERSION")
-        ),
+        format!("- when: {}; commit {}; {}", utc_now(), commit(), env!("COMPARE_RUSTC_VERSION")),
         format!("- machine: {}", machine()),
         format!(
             "- every peer: two separate processes (the runner re-executed), {}; every message written in \
@@ -666,10 +514,7 @@ pub fn run(o: Options) -> i32 {
                 done += 1;
                 let (id, label) = job.names();
                 let kind = job.kind();
-                eprint!(
-                    "[{done:>3}/{total}] {} · round {round}/{} · {label}: ",
-                    bench.title, plan.runs
-                );
+                eprint!("[{done:>3}/{total}] {} · round {round}/{} · {label}: ", bench.title, plan.runs);
                 let outcome = match job {
                     Job::Calls => runner.run_calls(&mut bench).map(|_| Vec::new()),
                     _ => runner.run(*job),
@@ -689,13 +534,9 @@ pub fn run(o: Options) -> i32 {
                         }
                     }
                     Err(Failure::Mismatch(why)) => {
-                        eprintln!(
-                            "\n\n*** ABORTING THE RUN: {label} delivered a wrong message: {why} ***\n"
-                        );
+                        eprintln!("\n\n*** ABORTING THE RUN: {label} delivered a wrong message: {why} ***\n");
                         report.benches.push(bench);
-                        report
-                            .header
-                            .push(format!("- ABORTED: {label} delivered a wrong message"));
+                        report.header.push(format!("- ABORTED: {label} delivered a wrong message"));
                         finish(&o, &report, &mut shm, &scratch, started);
                         return 3;
                     }
@@ -718,13 +559,7 @@ pub fn run(o: Options) -> i32 {
     if report.any_failure() { 1 } else { 0 }
 }
 
-fn finish(
-    o: &Options,
-    report: &Report,
-    shm: &mut ShmWatch,
-    scratch: &std::path::Path,
-    started: Instant,
-) {
+fn finish(o: &Options, report: &Report, shm: &mut ShmWatch, scratch: &std::path::Path, started: Instant) {
     let mut report_text = report.markdown();
     let leftover = shm.summary();
     std::fs::remove_dir_all(scratch).ok();

@@ -9,11 +9,7 @@ const SHM: &str = "/dev/shm";
 
 fn list() -> BTreeSet<String> {
     std::fs::read_dir(SHM)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default()
 }
 
@@ -30,25 +26,16 @@ pub fn clean_stale(shm_stem: &str, scratch_parent: &Path, scratch_stem: &str) ->
             && dead(rest)
             && std::fs::remove_file(Path::new(SHM).join(&name)).is_ok()
         {
-            notes.push(format!(
-                "removed /dev/shm/{name}, left by an earlier run that was killed"
-            ));
+            notes.push(format!("removed /dev/shm/{name}, left by an earlier run that was killed"));
         }
     }
-    for entry in std::fs::read_dir(scratch_parent)
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
+    for entry in std::fs::read_dir(scratch_parent).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(rest) = name.strip_prefix(scratch_stem)
             && dead(rest)
             && std::fs::remove_dir_all(entry.path()).is_ok()
         {
-            notes.push(format!(
-                "removed {}, left by an earlier run that was killed",
-                entry.path().display()
-            ));
+            notes.push(format!("removed {}, left by an earlier run that was killed", entry.path().display()));
         }
     }
     notes
@@ -72,12 +59,7 @@ pub struct Sweep {
 impl ShmWatch {
     /// Notes what is there now; `prefix` begins every name this run makes.
     pub fn new(prefix: &str) -> Self {
-        Self {
-            prefix: prefix.into(),
-            known: list(),
-            removed: Vec::new(),
-            foreign: Vec::new(),
-        }
+        Self { prefix: prefix.into(), known: list(), removed: Vec::new(), foreign: Vec::new() }
     }
 
     /// Looks again after measurement `what`: removes this run's leftovers, notes the rest.
@@ -90,11 +72,7 @@ impl ShmWatch {
                     out.notes.push(format!(
                         "{what} left /dev/shm/{name} behind; {} (the runner removes it after every \
                          measurement; said once)",
-                        if removed {
-                            "removed it"
-                        } else {
-                            "COULD NOT REMOVE IT"
-                        }
+                        if removed { "removed it" } else { "COULD NOT REMOVE IT" }
                     ));
                 }
                 self.removed.push(name.clone());
@@ -114,10 +92,7 @@ impl ShmWatch {
         for note in self.sweep("the run").notes {
             eprintln!("  note: {note}");
         }
-        let left: Vec<String> = list()
-            .into_iter()
-            .filter(|n| n.starts_with(&self.prefix))
-            .collect();
+        let left: Vec<String> = list().into_iter().filter(|n| n.starts_with(&self.prefix)).collect();
         let mut s = if left.is_empty() {
             format!("/dev/shm: nothing of this run's ({}*) is left", self.prefix)
         } else {

@@ -57,10 +57,7 @@ fn node(ctx: &Ctx<'_>) -> Result<Node<Svc>> {
     config.global.prefix = FileName::new(ctx.shm_prefix().as_bytes())?;
     let root = format!("{}/iceoryx2/", ctx.scratch_dir().display());
     config.global.set_root_path(&Path::new(root.as_bytes())?);
-    Ok(NodeBuilder::new()
-        .config(&config)
-        .signal_handling_mode(SignalHandlingMode::Disabled)
-        .create::<Svc>()?)
+    Ok(NodeBuilder::new().config(&config).signal_handling_mode(SignalHandlingMode::Disabled).create::<Svc>()?)
 }
 
 impl Peer for Iceoryx2 {
@@ -86,31 +83,20 @@ impl Peer for Iceoryx2 {
             .create()?;
         let subscriber = service.subscriber_builder().buffer_size(depth).create()?;
         ctx.link().send(name.as_bytes())?;
-        Ok(Iceoryx2Rx {
-            subscriber,
-            _service: service,
-            _node: node,
-        })
+        Ok(Iceoryx2Rx { subscriber, _service: service, _node: node })
     }
 
     fn open_tx(ctx: &mut Ctx<'_>) -> Result<Iceoryx2Tx> {
         let name = ctx.link().recv_string()?;
         let node = node(ctx)?;
-        let service = node
-            .service_builder(&ServiceName::new(&name)?)
-            .publish_subscribe::<[u8]>()
-            .open()?;
+        let service = node.service_builder(&ServiceName::new(&name)?).publish_subscribe::<[u8]>().open()?;
         let publisher = service
             .publisher_builder()
             .initial_max_slice_len(ctx.spec().size)
             .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
             .create()?;
         ctx.link().send(b"publisher created")?;
-        Ok(Iceoryx2Tx {
-            publisher,
-            _service: service,
-            _node: node,
-        })
+        Ok(Iceoryx2Tx { publisher, _service: service, _node: node })
     }
 }
 

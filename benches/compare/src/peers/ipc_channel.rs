@@ -39,20 +39,14 @@ impl Peer for IpcChannel {
     fn open_rx(ctx: &mut Ctx<'_>) -> Result<IpcChannelRx> {
         let (server, name) = IpcOneShotServer::<IpcBytesReceiver>::new()?;
         ctx.link().send(name.as_bytes())?;
-        Ok(IpcChannelRx {
-            server: Some(server),
-            rx: None,
-        })
+        Ok(IpcChannelRx { server: Some(server), rx: None })
     }
 
     fn open_tx(ctx: &mut Ctx<'_>) -> Result<IpcChannelTx> {
         let name = ctx.link().recv_string()?;
         let (tx, rx) = ipc::bytes_channel()?;
         IpcSender::<IpcBytesReceiver>::connect(name)?.send(rx)?;
-        Ok(IpcChannelTx {
-            tx,
-            buf: Vec::new(),
-        })
+        Ok(IpcChannelTx { tx, buf: Vec::new() })
     }
 }
 

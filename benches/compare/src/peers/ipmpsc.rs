@@ -50,19 +50,13 @@ impl Peer for Ipmpsc {
         let cap = u32::try_from(ctx.spec().capacity_bytes)?;
         let ring = ::ipmpsc::SharedRingBuffer::create(&path, cap)?;
         ctx.link().send(path.as_bytes())?;
-        Ok(IpmpscRx {
-            rx: ::ipmpsc::Receiver::new(ring),
-            path,
-        })
+        Ok(IpmpscRx { rx: ::ipmpsc::Receiver::new(ring), path })
     }
 
     fn open_tx(ctx: &mut Ctx<'_>) -> Result<IpmpscTx> {
         let path = ctx.link().recv_string()?;
         let ring = ::ipmpsc::SharedRingBuffer::open(&path)?;
-        Ok(IpmpscTx {
-            tx: ::ipmpsc::Sender::new(ring),
-            buf: Vec::new(),
-        })
+        Ok(IpmpscTx { tx: ::ipmpsc::Sender::new(ring), buf: Vec::new() })
     }
 }
 

@@ -15,7 +15,8 @@
 //! 2. Add `mod <name>;` and one `entry::<name::Type>()` line to [`all`] below.
 //!
 //! That is all: the runner then measures it in every one-way size it [`Peer::supports`] and in the
-//! round trip, pinned and checked like every other peer.
+//! round trip, pinned and checked like every other peer. One name may be registered several times
+//! with disjoint [`Peer::supports`] (a typed `Queue<[u8; N]>` per `N`): the rows share the name.
 
 use std::path::{Path, PathBuf};
 
@@ -64,17 +65,8 @@ impl Spec {
     /// The channel shape used for `size`-byte messages: 1024 messages deep up to 1 KiB, then as
     /// many as fit in 16 MiB (at least 8).
     pub fn for_size(size: usize) -> Self {
-        let depth = if size <= 1024 {
-            1024
-        } else {
-            (16 << 20) / size
-        }
-        .max(8);
-        Self {
-            size,
-            depth,
-            capacity_bytes: depth * (size + 64),
-        }
+        let depth = if size <= 1024 { 1024 } else { (16 << 20) / size }.max(8);
+        Self { size, depth, capacity_bytes: depth * (size + 64) }
     }
 }
 
@@ -228,14 +220,7 @@ impl Role {
 
     /// The role named `s`.
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Role::OneWayTx,
-            Role::OneWayRx,
-            Role::RttClient,
-            Role::RttServer,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
+        [Role::OneWayTx, Role::OneWayRx, Role::RttClient, Role::RttServer].into_iter().find(|r| r.as_str() == s)
     }
 }
 
@@ -256,11 +241,5 @@ pub struct Entry {
 
 /// Registers peer `P`.
 pub fn entry<P: Peer>() -> Entry {
-    Entry {
-        name: P::NAME,
-        about: P::ABOUT,
-        ours: P::OURS,
-        supports: P::supports,
-        run: workload::run::<P>,
-    }
+    Entry { name: P::NAME, about: P::ABOUT, ours: P::OURS, supports: P::supports, run: workload::run::<P> }
 }

@@ -25,10 +25,7 @@ pub struct StreamTx {
 impl StreamTx {
     /// Writes to `fd`.
     pub fn new(fd: OwnedFd) -> Self {
-        Self {
-            out: File::from(fd),
-            buf: Vec::new(),
-        }
+        Self { out: File::from(fd), buf: Vec::new() }
     }
 }
 
@@ -52,10 +49,7 @@ pub struct StreamRx {
 impl StreamRx {
     /// Reads from `fd`.
     pub fn new(fd: OwnedFd) -> Self {
-        Self {
-            input: BufReader::with_capacity(64 * 1024, File::from(fd)),
-            buf: Vec::new(),
-        }
+        Self { input: BufReader::with_capacity(64 * 1024, File::from(fd)), buf: Vec::new() }
     }
 }
 

@@ -25,12 +25,7 @@ impl Peer for UnixSocket {
     type Rx = StreamRx;
 
     fn open_rx(ctx: &mut Ctx<'_>) -> Result<StreamRx> {
-        let (mine, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::Stream,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )?;
+        let (mine, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)?;
         ctx.link().send_fd(b"socket", theirs.as_fd())?;
         drop(theirs);
         Ok(StreamRx::new(mine))
