@@ -1,0 +1,82 @@
+"""Python's process pools, on tiny tasks, measured the way ringpool's Pool will be.
+
+    pool_bench.py map TASKS [CHUNKSIZE]   Pool(2).map(square, range(TASKS)) -> tasks/s
+    pool_bench.py executor TASKS          ProcessPoolExecutor(2): submit each, as_completed -> tasks/s
+    pool_bench.py scene3                  the seed's scene 3, Pool(4) start to shutdown -> ms
+
+Start method "fork". The pools are not pinned (the OS places the workers, as a user's would be).
+For map and executor the pool is started and warmed up (one small map or a few tasks) before
+the clock starts; scene 3 times everything from Pool(4) to join(). Every result is checked;
+a wrong one ends the script with status 3. Prints one line: `RESULT {json}`.
+"""
+
+import json
+import multiprocessing as mp
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+
+MISMATCH_EXIT = 3
+
+
+def square(x):
+    return x * x
+
+
+def expect_sum(n):
+    return (n - 1) * n * (2 * n - 1) // 6
+
+
+def check(ok, what):
+    if not ok:
+        print(f"\n*** RESULT MISMATCH in python pool: {what} ***\n", file=sys.stderr)
+        sys.exit(MISMATCH_EXIT)
+
+
+def bench_map(tasks, chunksize=None):
+    with mp.get_context("fork").Pool(2) as pool:
+        check(pool.map(square, range(1000)) == [square(i) for i in range(1000)], "warm-up map")
+        t0 = time.perf_counter()
+        out = pool.map(square, range(tasks), chunksize)
+        secs = time.perf_counter() - t0
+    check(len(out) == tasks and sum(out) == expect_sum(tasks) and out[-1] == square(tasks - 1),
+          "map results")
+    return {"tasks": tasks, "secs": secs, "tasks_per_s": tasks / secs}
+
+
+def bench_executor(tasks):
+    with ProcessPoolExecutor(2, mp_context=mp.get_context("fork")) as ex:
+        warm = [ex.submit(square, i) for i in range(100)]
+        check(sum(f.result() for f in as_completed(warm)) == expect_sum(100), "warm-up tasks")
+        t0 = time.perf_counter()
+        futures = [ex.submit(square, i) for i in range(tasks)]
+        total = sum(f.result() for f in as_completed(futures))
+        secs = time.perf_counter() - t0
+    check(total == expect_sum(tasks), "executor results")
+    return {"tasks": tasks, "secs": secs, "tasks_per_s": tasks / secs}
+
+
+def bench_scene3():
+    t0 = time.perf_counter()
+    pool = mp.get_context("fork").Pool(processes=4)
+    out = pool.map(square, list(range(100)))
+    pool.close()
+    pool.join()
+    secs = time.perf_counter() - t0
+    check(out == [i * i for i in range(100)], "scene 3 results")
+    return {"tasks": 100, "secs": secs, "wall_ms": secs * 1e3}
+
+
+def main(argv):
+    mode = argv[1]
+    if mode == "map":
+        result = bench_map(int(argv[2]), int(argv[3]) if len(argv) > 3 else None)
+    elif mode == "executor":
+        result = bench_executor(int(argv[2]))
+    else:
+        result = bench_scene3()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,132 @@
+//! Process pools: the seed's scenes 3 and 4, measured on Python (see `python/pool_bench.py`) and
+//! on every pool registered here, in the same run.
+//!
+//! # Adding a pool (ringpool's `Pool`)
+//!
+//! Write `src/pools/<name>.rs` (or a module here) with a unit struct implementing [`PoolPeer`],
+//! and add one `entry::<Type>()` line to [`all`]. Each call of [`PoolPeer::run`] happens in a
+//! fresh child process (a re-execution of the runner, unpinned, like Python's pools, so the pool
+//! may fork its workers from it) and must do exactly what the Python script does for that
+//! [`PoolWork`]:
+//!
+//! | work | Python | return |
+//! | --- | --- | --- |
+//! | `Map { tasks, chunksize: None }` | `Pool(2).map(square, range(tasks))`, pool started and warmed up first | tasks/s |
+//! | `Map { tasks, chunksize: Some(1) }` | the same with `chunksize=1` | tasks/s |
+//! | `Executor { tasks }` | `ProcessPoolExecutor(2)`: `submit` each task, then `as_completed`, summing results | tasks/s |
+//! | `Scene3` | `Pool(4)`, `map(square, range(100))`, `close`, `join`, all timed | milliseconds |
+//!
+//! Check every result (the sum of squares is `(n-1)n(2n-1)/6`) and return an error on a wrong
+//! one. Name the struct's `LABEL` after what it runs, e.g. `"ringpool Pool(2)"`.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Args, Result};
+
+/// The registration point for pools (Python's are run by [`crate::python`]).
+pub fn all() -> Vec<PoolEntry> {
+    vec![
+        // ---- ringpool's pool goes here (it sets `PoolPeer::OURS = true`), e.g.:
+        // entry::<ringpool_pool::RingpoolPool>(),
+    ]
+}
+
+/// One pool workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolWork {
+    /// `map` of `tasks` tiny tasks (`x * x`), with the pool's default chunk size or the one given.
+    Map {
+        /// How many tasks.
+        tasks: u64,
+        /// `None`: the pool's default; `Some(1)`: one task per hand-off.
+        chunksize: Option<u64>,
+    },
+    /// Submit every task on its own, then collect them as they complete.
+    Executor {
+        /// How many tasks.
+        tasks: u64,
+    },
+    /// The seed's scene 3: a 4-worker pool started, `map(square, range(100))`, shut down.
+    Scene3,
+}
+
+impl PoolWork {
+    /// As child arguments.
+    pub fn to_args(self, args: &mut Args) {
+        match self {
+            PoolWork::Map { tasks, chunksize } => {
+                args.set("work", "map").set("tasks", tasks);
+                if let Some(c) = chunksize {
+                    args.set("chunksize", c);
+                }
+            }
+            PoolWork::Executor { tasks } => {
+                args.set("work", "executor").set("tasks", tasks);
+            }
+            PoolWork::Scene3 => {
+                args.set("work", "scene3");
+            }
+        }
+    }
+
+    /// From child arguments.
+    pub fn from_args(args: &Args) -> Result<Self> {
+        Ok(match args.get("work")? {
+            "map" => PoolWork::Map {
+                tasks: args.num("tasks")?,
+                chunksize: args.opt("chunksize").map(str::parse).transpose()?,
+            },
+            "executor" => PoolWork::Executor { tasks: args.num("tasks")? },
+            "scene3" => PoolWork::Scene3,
+            w => return Err(format!("unknown pool work {w}").into()),
+        })
+    }
+}
+
+/// A process pool to compare.
+pub trait PoolPeer {
+    /// What `--only` matches.
+    const NAME: &'static str;
+    /// The row's label.
+    const LABEL: &'static str;
+    /// One line for the README.
+    const ABOUT: &'static str;
+    /// Whether this is ringpool's own (the numerator of the ratio columns).
+    const OURS: bool = false;
+
+    /// Does `work` once, in this fresh process; returns tasks/s (ms for [`PoolWork::Scene3`]).
+    fn run(work: PoolWork) -> Result<f64>;
+}
+
+/// A registered pool.
+#[derive(Clone, Copy)]
+pub struct PoolEntry {
+    /// [`PoolPeer::NAME`].
+    pub name: &'static str,
+    /// [`PoolPeer::LABEL`].
+    pub label: &'static str,
+    /// [`PoolPeer::ABOUT`].
+    pub about: &'static str,
+    /// [`PoolPeer::OURS`].
+    pub ours: bool,
+    /// [`PoolPeer::run`].
+    pub run: fn(PoolWork) -> Result<f64>,
+}
+
+/// Registers pool `P`.
+#[allow(dead_code)] // used once ringpool's pool is registered
+pub fn entry<P: PoolPeer>() -> PoolEntry {
+    PoolEntry { name: P::NAME, label: P::LABEL, about: P::ABOUT, ours: P::OURS, run: P::run }
+}
+
+/// Runs the pool named in `args` in this child process.
+pub fn run_child(args: &Args) -> Result<Value> {
+    let name = args.get("pool")?;
+    let pool = all().into_iter().find(|p| p.name == name).ok_or_else(|| format!("no pool {name}"))?;
+    let work = PoolWork::from_args(args)?;
+    let figure = (pool.run)(work)?;
+    Ok(match work {
+        PoolWork::Scene3 => json!({ "wall_ms": figure }),
+        _ => json!({ "tasks_per_s": figure }),
+    })
+}

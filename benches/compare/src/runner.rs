@@ -1,0 +1,594 @@
+//! The plan of a run and its main loop.
+//!
+//! The run is a list of tables (workloads); each has its jobs (one per peer). For each table,
+//! round after round, every job runs once: the peers are interleaved, so that a machine whose
+//! speed drifts (this one's vCPUs move between placements within seconds) drifts under all of
+//! them alike, and a ratio compares figures taken minutes, not hours, apart.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use crate::cli::{Options, USAGE};
+use crate::harness::{Args, ChildCmd, Failure, pin_pair, run_pair, run_single};
+use crate::peers::{self, Entry, Role, Spec};
+use crate::pools::{self, PoolEntry, PoolWork};
+use crate::python::Python;
+use crate::report::{
+    BYTES, Bench, Kind, MSGS, Metric, NS_PER_CALL, NS_PER_MSG, RTT_MEDIAN, RTT_P99, Report, TASKS, WALL_MS,
+};
+use crate::shm::ShmWatch;
+
+/// The one-way message sizes.
+pub const SIZES: [usize; 4] = [8, 1024, 64 * 1024, 1024 * 1024];
+/// The sizes at which Python's queues are measured too.
+const PY_SIZES: [usize; 2] = [8, 1024];
+/// Every `/dev/shm` name of a run starts with this and the runner's pid.
+const SHM_STEM: &str = "rpcmp";
+/// The run's scratch directory, in the temporary directory: this and the runner's pid.
+const SCRATCH_STEM: &str = "ringpool-compare-";
+/// The round trip's message size.
+const RTT_SIZE: usize = 8;
+
+/// How long and how often: `--quick` or full.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    quick: bool,
+    runs: usize,
+    warm_ms: u64,
+    measure_ms: u64,
+    rtt: (u64, u64),
+    py_queue: (u64, u64),
+    py_rtt: (u64, u64),
+    map_tasks: u64,
+    chunk1_tasks: u64,
+    executor_tasks: u64,
+    limit_ms: u64,
+}
+
+impl Plan {
+    fn new(quick: bool, runs: Option<usize>) -> Self {
+        if quick {
+            Self {
+                quick,
+                runs: runs.unwrap_or(3),
+                warm_ms: 50,
+                measure_ms: 250,
+                rtt: (1_000, 10_000),
+                py_queue: (2_000, 20_000),
+                py_rtt: (500, 5_000),
+                map_tasks: 1_000_000,
+                chunk1_tasks: 20_000,
+                executor_tasks: 5_000,
+                limit_ms: 50,
+            }
+        } else {
+            Self {
+                quick,
+                runs: runs.unwrap_or(5),
+                warm_ms: 200,
+                measure_ms: 1_000,
+                rtt: (10_000, 100_000),
+                py_queue: (20_000, 200_000),
+                py_rtt: (2_000, 20_000),
+                map_tasks: 1_000_000,
+                chunk1_tasks: 100_000,
+                executor_tasks: 20_000,
+                limit_ms: 200,
+            }
+        }
+    }
+}
+
+/// One measurement, repeated once per round.
+#[derive(Clone, Copy)]
+enum Job {
+    OneWay(Entry, usize),
+    RoundTrip(Entry),
+    PyQueue { size: usize, maxsize: usize },
+    PyRtt,
+    PyPool(PoolWork),
+    Pool(PoolEntry, PoolWork),
+    Memcpy(usize),
+    Line,
+    Futex,
+    Calls,
+}
+
+impl Job {
+    /// The row's id (what `--only` matches) and label.
+    fn names(&self) -> (String, String) {
+        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+        match self {
+            Job::OneWay(e, _) | Job::RoundTrip(e) => s(e.name, e.name),
+            Job::PyQueue { maxsize: 0, .. } => s("python-queue", "Python mp.Queue()"),
+            Job::PyQueue { .. } => s("python-queue-1000", "Python mp.Queue(maxsize=1000)"),
+            Job::PyRtt => s("python-queue", "Python mp.Queue() pair"),
+            Job::PyPool(PoolWork::Executor { .. }) => s("python-executor", "Python ProcessPoolExecutor(2)"),
+            Job::PyPool(PoolWork::Scene3) => s("python-pool", "Python Pool(4)"),
+            Job::PyPool(_) => s("python-pool", "Python Pool(2)"),
+            Job::Pool(p, _) => s(p.name, p.label),
+            Job::Memcpy(_) => s("memcpy", "memcpy, hot cache"),
+            Job::Line => s("cache-line", "one cache line, both spinning"),
+            Job::Futex => s("futex", "futex wake/wait, both sleeping"),
+            Job::Calls => s("floors", "system call, clock read"),
+        }
+    }
+
+    fn kind(&self) -> Kind {
+        match self {
+            Job::OneWay(e, _) | Job::RoundTrip(e) => {
+                if e.ours {
+                    Kind::Ours
+                } else {
+                    Kind::Peer
+                }
+            }
+            Job::Pool(p, _) => {
+                if p.ours {
+                    Kind::Ours
+                } else {
+                    Kind::Peer
+                }
+            }
+            Job::PyQueue { .. } | Job::PyRtt | Job::PyPool(_) => Kind::Python,
+            Job::Memcpy(_) | Job::Line | Job::Futex | Job::Calls => Kind::Floor,
+        }
+    }
+
+    /// Whether `--only` selects it: by its id, or by a group name.
+    fn selected(&self, only: &Option<Vec<String>>) -> bool {
+        let Some(only) = only else { return true };
+        let (id, _) = self.names();
+        let group = match self.kind() {
+            Kind::Ours => "ringpool",
+            Kind::Peer => "rust",
+            Kind::Python => "python",
+            Kind::Floor => "floors",
+        };
+        only.iter().any(|o| *o == id || o == group)
+    }
+}
+
+struct Runner {
+    plan: Plan,
+    cpus: Option<(usize, usize)>,
+    prefix: String,
+    scratch: PathBuf,
+    python: Option<Python>,
+    next_tag: u64,
+}
+
+fn kib(size: usize) -> String {
+    match size {
+        s if s >= 1 << 20 => format!("{} MiB", s >> 20),
+        s if s >= 1 << 10 => format!("{} KiB", s >> 10),
+        s => format!("{s} B"),
+    }
+}
+
+fn num(v: &Value, key: &str) -> Result<f64, Failure> {
+    v.get(key).and_then(Value::as_f64).ok_or_else(|| Failure::Other(format!("result without {key}: {v}")))
+}
+
+impl Runner {
+    fn args(&mut self, size: usize) -> Args {
+        self.next_tag += 1;
+        let mut a = Args::default();
+        a.set("size", size)
+            .set("tag", self.next_tag)
+            .set("prefix", &self.prefix)
+            .set("scratch", self.scratch.display())
+            .set("warm_ms", self.plan.warm_ms)
+            .set("measure_ms", self.plan.measure_ms)
+            .set("rtt_warm", self.plan.rtt.0)
+            .set("rtt_n", self.plan.rtt.1)
+            .set("limit_ms", self.plan.limit_ms);
+        a
+    }
+
+    fn pair(&mut self, roles: (&'static str, &'static str), args: Args, secs: u64) -> Result<Vec<Value>, Failure> {
+        let a = ChildCmd { role: roles.0, args: args.clone(), cpu: self.cpus.map(|c| c.0) };
+        let b = ChildCmd { role: roles.1, args, cpu: self.cpus.map(|c| c.1) };
+        run_pair(&a, &b, Duration::from_secs(secs))
+    }
+
+    fn py(&self) -> Result<&Python, Failure> {
+        self.python.as_ref().ok_or_else(|| Failure::Other("no python3".into()))
+    }
+
+    /// Runs one job once; returns the figures for its table.
+    fn run(&mut self, job: Job) -> Result<Vec<(Metric, f64)>, Failure> {
+        let p = self.plan;
+        let oneway = |v: &Value| -> Result<Vec<(Metric, f64)>, Failure> {
+            let m = num(v, "msgs_per_s")?;
+            Ok(vec![(MSGS, m), (BYTES, num(v, "bytes_per_s")?), (NS_PER_MSG, 1e9 / m)])
+        };
+        let rtt = |v: &Value| -> Result<Vec<(Metric, f64)>, Failure> {
+            Ok(vec![(RTT_MEDIAN, num(v, "rtt_median_ns")?), (RTT_P99, num(v, "rtt_p99_ns")?)])
+        };
+        let slow = if p.quick { 120 } else { 600 };
+        match job {
+            Job::OneWay(e, size) => {
+                let mut a = self.args(size);
+                a.set("peer", e.name);
+                let out = self.pair((Role::OneWayTx.as_str(), Role::OneWayRx.as_str()), a, 60)?;
+                oneway(&out[1])
+            }
+            Job::RoundTrip(e) => {
+                let mut a = self.args(RTT_SIZE);
+                a.set("peer", e.name);
+                let out = self.pair((Role::RttClient.as_str(), Role::RttServer.as_str()), a, slow)?;
+                rtt(&out[0])
+            }
+            Job::Line => {
+                let a = self.args(RTT_SIZE);
+                rtt(&self.pair(("limit-line-client", "limit-line-server"), a, 60)?[0])
+            }
+            Job::Futex => {
+                let a = self.args(RTT_SIZE);
+                rtt(&self.pair(("limit-futex-client", "limit-futex-server"), a, slow)?[0])
+            }
+            Job::Memcpy(size) => {
+                let a = self.args(size);
+                let cmd = ChildCmd { role: "limit-memcpy", args: a, cpu: self.cpus.map(|c| c.1) };
+                let v = run_single(&cmd, Duration::from_secs(60))?;
+                Ok(vec![
+                    (MSGS, num(&v, "msgs_per_s")?),
+                    (BYTES, num(&v, "bytes_per_s")?),
+                    (NS_PER_MSG, num(&v, "ns_per_msg")?),
+                ])
+            }
+            Job::Calls => unreachable!("handled by run_calls"),
+            Job::PyQueue { size, maxsize } => {
+                oneway(&self.py()?.queue_oneway(size, maxsize, p.py_queue, self.cpus, Duration::from_secs(slow))?)
+            }
+            Job::PyRtt => rtt(&self.py()?.queue_rtt(RTT_SIZE, p.py_rtt, self.cpus, Duration::from_secs(slow))?),
+            Job::PyPool(work) => pool_figures(work, &self.py()?.pool(work, Duration::from_secs(slow))?),
+            Job::Pool(entry, work) => {
+                let mut a = Args::default();
+                a.set("pool", entry.name);
+                work.to_args(&mut a);
+                let v = run_single(&ChildCmd { role: "pool", args: a, cpu: None }, Duration::from_secs(slow))?;
+                pool_figures(work, &v)
+            }
+        }
+    }
+
+    /// The floors' table has two rows from one child.
+    fn run_calls(&mut self, bench: &mut Bench) -> Result<(), Failure> {
+        let a = self.args(8);
+        let v = run_single(
+            &ChildCmd { role: "limit-calls", args: a, cpu: self.cpus.map(|c| c.1) },
+            Duration::from_secs(60),
+        )?;
+        bench.record("syscall", "system call (getppid)", Kind::Floor, &[(NS_PER_CALL, num(&v, "syscall_ns")?)]);
+        bench.record("clock", "clock read (Instant::now)", Kind::Floor, &[(NS_PER_CALL, num(&v, "clock_ns")?)]);
+        Ok(())
+    }
+}
+
+fn pool_figures(work: PoolWork, v: &Value) -> Result<Vec<(Metric, f64)>, Failure> {
+    Ok(match work {
+        PoolWork::Scene3 => vec![(WALL_MS, num(v, "wall_ms")?)],
+        _ => vec![(TASKS, num(v, "tasks_per_s")?)],
+    })
+}
+
+/// The tables of a run and their jobs, in order.
+fn plan_tables(
+    plan: &Plan,
+    peers: &[Entry],
+    pools: &[PoolEntry],
+    python: bool,
+    cpus: Option<(usize, usize)>,
+) -> Vec<(Bench, Vec<Job>)> {
+    let pin = match cpus {
+        Some((a, b)) => format!("pinned to CPU {a} (sender, client) and CPU {b} (receiver, server)"),
+        None => "not pinned (fewer than 2 CPUs)".into(),
+    };
+    let mut tables = Vec::new();
+    for size in SIZES {
+        let spec = Spec::for_size(size);
+        let note = format!(
+            "Two processes {pin}; every message written in full and checked. msgs/s: messages received \
+             between the receiver's MARK and LAST messages over its own clock, after {} ms of warm-up, \
+             for {} ms. Channel depth {} messages ({} for byte-counted rings) where the peer lets one choose. \
+             memcpy: one process, cache-hot.",
+            plan.warm_ms,
+            plan.measure_ms,
+            spec.depth,
+            kib(spec.capacity_bytes)
+        );
+        let mut jobs: Vec<Job> = peers.iter().filter(|e| (e.supports)(size)).map(|e| Job::OneWay(*e, size)).collect();
+        if python && PY_SIZES.contains(&size) {
+            jobs.push(Job::PyQueue { size, maxsize: 0 });
+            jobs.push(Job::PyQueue { size, maxsize: 1000 });
+        }
+        jobs.push(Job::Memcpy(size));
+        let title = format!("one-way throughput, {} messages", kib(size));
+        tables
+            .push((Bench::new(&format!("oneway_{size}"), &title, Some(size), &[MSGS, BYTES, NS_PER_MSG], &note), jobs));
+    }
+    let note = format!(
+        "Client and server processes {pin}. An {RTT_SIZE}-byte ping, checked, answered with a freshly \
+         written reply, checked. Each round trip timed on its own (two clock reads included, see the \
+         floors); {} timed after {} untimed per round. Median: of the per-round medians; p99: median of \
+         the per-round 99th percentiles.",
+        plan.rtt.1, plan.rtt.0
+    );
+    let mut jobs: Vec<Job> = peers.iter().filter(|e| (e.supports)(RTT_SIZE)).map(|e| Job::RoundTrip(*e)).collect();
+    if python {
+        jobs.push(Job::PyRtt);
+    }
+    jobs.extend([Job::Line, Job::Futex]);
+    tables.push((Bench::new("roundtrip_8", "round trip, 8-byte messages", None, &[RTT_MEDIAN, RTT_P99], &note), jobs));
+
+    let pool_note = "The pool is started and warmed up before the clock starts; its workers are not pinned; \
+                     the task is x*x; every result is checked.";
+    let pool_tables = [
+        (
+            "pool_map",
+            format!("Pool(2).map of {} tiny tasks, default chunk size", plan.map_tasks),
+            PoolWork::Map { tasks: plan.map_tasks, chunksize: None },
+        ),
+        (
+            "pool_map_chunk1",
+            format!("Pool(2).map of {} tiny tasks, chunksize=1", plan.chunk1_tasks),
+            PoolWork::Map { tasks: plan.chunk1_tasks, chunksize: Some(1) },
+        ),
+        (
+            "pool_executor",
+            format!("ProcessPoolExecutor(2): submit {} tiny tasks, as_completed", plan.executor_tasks),
+            PoolWork::Executor { tasks: plan.executor_tasks },
+        ),
+        (
+            "scene3",
+            "the seed's scene 3: Pool(4).map(square, range(100)), pool start to shutdown".to_string(),
+            PoolWork::Scene3,
+        ),
+    ];
+    for (id, title, work) in pool_tables {
+        let mut jobs: Vec<Job> = pools.iter().map(|p| Job::Pool(*p, work)).collect();
+        if python {
+            jobs.push(Job::PyPool(work));
+        }
+        let (metric, note) = match work {
+            PoolWork::Scene3 => (
+                WALL_MS,
+                "From creating the 4-worker pool to the end of join(), in the process that \
+                                           is already running (the interpreter's own start is not included).",
+            ),
+            _ => (TASKS, pool_note),
+        };
+        tables.push((Bench::new(id, &title, None, &[metric], note), jobs));
+    }
+    tables.push((
+        Bench::new(
+            "floors",
+            "floors: a system call and a clock read",
+            None,
+            &[NS_PER_CALL],
+            "Measured in one pinned process. A round trip's timing includes two clock reads.",
+        ),
+        vec![Job::Calls],
+    ));
+    tables
+}
+
+fn utc_now() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split(':').nth(1)))
+        .map(str::trim)
+        .unwrap_or("unknown CPU");
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{model}, {} CPUs allowed, Linux {}", crate::harness::allowed_cpus().len(), kernel.trim())
+}
+
+fn commit() -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(c) => {
+            let dirty = git(&["status", "--porcelain"]).is_some_and(|s| !s.is_empty());
+            format!("{c}{}", if dirty { " (with uncommitted changes)" } else { "" })
+        }
+        None => "unknown".into(),
+    }
+}
+
+/// Runs the comparison; returns the exit status.
+pub fn run(o: Options) -> i32 {
+    if o.help {
+        print!("{USAGE}");
+        return 0;
+    }
+    let started = Instant::now();
+    let plan = Plan::new(o.quick, o.runs);
+    let peers = peers::all();
+    let pools = pools::all();
+    if o.list {
+        println!("peers (one-way and round trip):");
+        let mut listed: Vec<&str> = Vec::new();
+        for e in &peers {
+            if listed.contains(&e.name) {
+                continue;
+            }
+            listed.push(e.name);
+            println!("  {:<14} {}{}", e.name, if e.ours { "[ringpool] " } else { "" }, e.about);
+        }
+        println!("pools:");
+        for p in &pools {
+            println!("  {:<14} {}", p.name, p.about);
+        }
+        println!("python: python-queue, python-queue-1000, python-pool, python-executor");
+        println!("floors: memcpy, cache-line, futex, floors (system call and clock read)");
+        println!("groups: ringpool, rust, python, floors");
+        return 0;
+    }
+    if cfg!(debug_assertions) {
+        eprintln!("warning: built without --release; the figures mean nothing");
+    }
+    let pid = std::process::id();
+    let prefix = format!("{SHM_STEM}{pid}-");
+    let scratch = std::env::temp_dir().join(format!("{SCRATCH_STEM}{pid}"));
+    for note in crate::shm::clean_stale(SHM_STEM, &std::env::temp_dir(), SCRATCH_STEM) {
+        eprintln!("note: {note}");
+    }
+    if let Err(e) = std::fs::create_dir_all(&scratch) {
+        eprintln!("ringpool-compare: cannot create {}: {e}", scratch.display());
+        return 1;
+    }
+    let python = match Python::find(&scratch) {
+        Ok(Some(p)) => Some(p),
+        Ok(None) => {
+            eprintln!("python3 not found: skipping the Python rows");
+            None
+        }
+        Err(e) => {
+            eprintln!("python3: cannot write the scripts ({e}): skipping the Python rows");
+            None
+        }
+    };
+    let cpus = pin_pair();
+    let mut shm = ShmWatch::new(&prefix);
+    let mut runner = Runner { plan, cpus, prefix, scratch: scratch.clone(), python, next_tag: 0 };
+
+    let mut tables = plan_tables(&plan, &peers, &pools, runner.python.is_some(), cpus);
+    if let Some(only) = &o.only {
+        let known: Vec<String> = tables
+            .iter()
+            .flat_map(|(_, jobs)| jobs.iter().map(|j| j.names().0))
+            .chain(["ringpool", "rust", "python", "floors"].map(String::from))
+            .collect();
+        if let Some(unknown) = only.iter().find(|n| !known.contains(n)) {
+            eprintln!("ringpool-compare: --only {unknown}: no such peer or group here (see --list)");
+            std::fs::remove_dir_all(&scratch).ok();
+            return 2;
+        }
+    }
+    for (_, jobs) in &mut tables {
+        jobs.retain(|j| j.selected(&o.only));
+    }
+    tables.retain(|(_, jobs)| !jobs.is_empty());
+    let total: usize = tables.iter().map(|(_, j)| j.len() * plan.runs).sum();
+
+    let mut report = Report { quick: plan.quick, ..Default::default() };
+    report.header = vec![
+        format!("## ringpool-compare results ({})", if plan.quick { "--quick" } else { "full run" }),
+        String::new(),
+        format!("- when: {}; commit {}; {}", utc_now(), commit(), env!("COMPARE_RUSTC_VERSION")),
+        format!("- machine: {}", machine()),
+        format!(
+            "- every peer: two separate processes (the runner re-executed), {}; every message written in \
+             full and checked by the receiver",
+            match cpus {
+                Some((a, b)) => format!("pinned to CPUs {a} and {b}"),
+                None => "not pinned".into(),
+            }
+        ),
+        format!(
+            "- {} rounds per figure, peers interleaved within a round; python: {}",
+            plan.runs,
+            runner.python.as_ref().map_or("not found", |p| p.version())
+        ),
+    ];
+
+    let mut done = 0;
+    for (mut bench, jobs) in tables {
+        for round in 1..=plan.runs {
+            for job in &jobs {
+                done += 1;
+                let (id, label) = job.names();
+                let kind = job.kind();
+                eprint!("[{done:>3}/{total}] {} · round {round}/{} · {label}: ", bench.title, plan.runs);
+                let outcome = match job {
+                    Job::Calls => runner.run_calls(&mut bench).map(|_| Vec::new()),
+                    _ => runner.run(*job),
+                };
+                let swept = shm.sweep(&format!("{label} in {}", bench.id));
+                match outcome {
+                    Ok(figures) => {
+                        match figures.first() {
+                            Some((m, v)) => eprintln!("{}", crate::report::human(*v, m.unit)),
+                            None => eprintln!("done"),
+                        }
+                        for note in &swept.notes {
+                            eprintln!("  note: {note}");
+                        }
+                        if !figures.is_empty() {
+                            bench.record(&id, &label, kind, &figures);
+                        }
+                    }
+                    Err(Failure::Mismatch(why)) => {
+                        eprintln!("\n\n*** ABORTING THE RUN: {label} delivered a wrong message: {why} ***\n");
+                        report.benches.push(bench);
+                        report.header.push(format!("- ABORTED: {label} delivered a wrong message"));
+                        finish(&o, &report, &mut shm, &scratch, started);
+                        return 3;
+                    }
+                    Err(Failure::Other(why)) => {
+                        eprintln!("FAILED: {why}");
+                        for note in &swept.notes {
+                            eprintln!("  note: {note}");
+                        }
+                        bench.fail(&id, &label, kind, &why);
+                    }
+                }
+            }
+        }
+        report.benches.push(bench);
+    }
+    finish(&o, &report, &mut shm, &scratch, started);
+    if report.any_failure() { 1 } else { 0 }
+}
+
+fn finish(o: &Options, report: &Report, shm: &mut ShmWatch, scratch: &std::path::Path, started: Instant) {
+    let mut report_text = report.markdown();
+    let leftover = shm.summary();
+    std::fs::remove_dir_all(scratch).ok();
+    report_text.push_str(&format!(
+        "\n{leftover}; scratch directory {} removed.\nWall time of this run: {:.0} s.\n",
+        scratch.display(),
+        started.elapsed().as_secs_f64()
+    ));
+    print!("{report_text}");
+    if let Some(path) = &o.json {
+        match std::fs::write(path, report.json_lines()) {
+            Ok(()) => eprintln!("wrote {}", path.display()),
+            Err(e) => eprintln!("cannot write {}: {e}", path.display()),
+        }
+    }
+    if let Some(path) = &o.plot {
+        match crate::plot::write(report, path) {
+            Ok(()) => eprintln!("wrote {}", path.display()),
+            Err(e) => eprintln!("cannot write the plot {}: {e}", path.display()),
+        }
+    }
+}
