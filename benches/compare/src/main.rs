@@ -33,6 +33,7 @@ mod plot;
 mod pools;
 mod python;
 mod report;
+mod ringpool_pool;
 mod runner;
 mod shm;
 mod workload;

@@ -55,6 +55,12 @@ impl Message {
         self.len
     }
 
+    /// Whether the receiver's clock starts or stops on this message: a peer that holds messages
+    /// back to send them in batches must flush on it.
+    pub fn is_marker(&self) -> bool {
+        self.flags != 0
+    }
+
     fn head(&self) -> [u8; 8] {
         (self.seq | self.flags).to_le_bytes()
     }

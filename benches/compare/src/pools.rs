@@ -25,10 +25,7 @@ use crate::harness::{Args, Result};
 
 /// The registration point for pools (Python's are run by [`crate::python`]).
 pub fn all() -> Vec<PoolEntry> {
-    vec![
-        // ---- ringpool's pool goes here (it sets `PoolPeer::OURS = true`), e.g.:
-        // entry::<ringpool_pool::RingpoolPool>(),
-    ]
+    vec![entry::<crate::ringpool_pool::RingpoolPool>()]
 }
 
 /// One pool workload.
@@ -114,7 +111,6 @@ pub struct PoolEntry {
 }
 
 /// Registers pool `P`.
-#[allow(dead_code)] // used once ringpool's pool is registered
 pub fn entry<P: PoolPeer>() -> PoolEntry {
     PoolEntry { name: P::NAME, label: P::LABEL, about: P::ABOUT, ours: P::OURS, run: P::run }
 }

@@ -318,7 +318,8 @@ fn plan_tables(
          the per-round 99th percentiles.",
         plan.rtt.1, plan.rtt.0
     );
-    let mut jobs: Vec<Job> = peers.iter().filter(|e| (e.supports)(RTT_SIZE)).map(|e| Job::RoundTrip(*e)).collect();
+    let mut jobs: Vec<Job> =
+        peers.iter().filter(|e| e.round_trip && (e.supports)(RTT_SIZE)).map(|e| Job::RoundTrip(*e)).collect();
     if python {
         jobs.push(Job::PyRtt);
     }

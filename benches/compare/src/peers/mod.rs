@@ -30,6 +30,8 @@ mod iceoryx2;
 mod ipc_channel;
 mod ipmpsc;
 mod pipe;
+mod ringpool_queue;
+mod ringpool_ring;
 mod stream;
 mod unix_socket;
 
@@ -38,8 +40,12 @@ pub fn all() -> Vec<Entry> {
     vec![
         // ---- ringpool's own peers go first; they set `Peer::OURS = true`, which gives every
         // ---- table a "ratio" column for each of them. Register them here, e.g.:
-        // entry::<ringpool_ring::RingpoolRing>(),
-        // entry::<ringpool_queue::RingpoolQueue>(),
+        entry::<ringpool_ring::RingpoolRing>(),
+        entry::<ringpool_ring::RingpoolRingBatch>(),
+        entry::<ringpool_queue::RingpoolQueue<8>>(),
+        entry::<ringpool_queue::RingpoolQueue<1024>>(),
+        entry::<ringpool_queue::RingpoolQueue<65536>>(),
+        entry::<ringpool_queue::RingpoolQueue<1048576>>(),
         entry::<pipe::Pipe>(),
         entry::<unix_socket::UnixSocket>(),
         entry::<ipmpsc::Ipmpsc>(),
@@ -138,6 +144,9 @@ pub trait Peer {
     const ABOUT: &'static str;
     /// Whether this is one of ringpool's own: its figures are the numerator of the ratio columns.
     const OURS: bool = false;
+    /// Whether the peer takes part in the round trip (a batching peer, which holds messages back
+    /// until a batch is full, does not: a round trip is one message at a time).
+    const ROUND_TRIP: bool = true;
     /// The sending end.
     type Tx: Tx;
     /// The receiving end.
@@ -235,11 +244,20 @@ pub struct Entry {
     pub ours: bool,
     /// [`Peer::supports`].
     pub supports: fn(usize) -> bool,
+    /// [`Peer::ROUND_TRIP`].
+    pub round_trip: bool,
     /// Runs one role of one measurement in this (child) process.
     pub run: fn(Role, &Session) -> Result<Value>,
 }
 
 /// Registers peer `P`.
 pub fn entry<P: Peer>() -> Entry {
-    Entry { name: P::NAME, about: P::ABOUT, ours: P::OURS, supports: P::supports, run: workload::run::<P> }
+    Entry {
+        name: P::NAME,
+        about: P::ABOUT,
+        ours: P::OURS,
+        supports: P::supports,
+        round_trip: P::ROUND_TRIP,
+        run: workload::run::<P>,
+    }
 }

@@ -1,0 +1,80 @@
+//! **ringpool `Pool`** on the same work as Python's pools (see [`crate::pools`]): `square` is an
+//! ordinary function; each task's input and result cross as 8 bytes in a shared slot.
+
+use std::time::Instant;
+
+use ringpool::Pool;
+use ringpool::pool::as_completed;
+
+use crate::harness::Result;
+use crate::pools::{PoolPeer, PoolWork};
+
+/// ringpool's pool.
+pub struct RingpoolPool;
+
+fn square(x: &u64) -> u64 {
+    x * x
+}
+
+/// The sum of squares of 0..n.
+fn expected(n: u64) -> u64 {
+    let n = u128::from(n);
+    (n.saturating_sub(1) * n * (2 * n).saturating_sub(1) / 6) as u64
+}
+
+fn check(sum: u64, n: u64) -> Result<()> {
+    if sum != expected(n) {
+        return Err(format!("wrong results: sum of squares {sum}, expected {}", expected(n)).into());
+    }
+    Ok(())
+}
+
+impl PoolPeer for RingpoolPool {
+    const NAME: &'static str = "ringpool-pool";
+    const LABEL: &'static str = "ringpool Pool";
+    const ABOUT: &'static str = "ringpool Pool (workers forked, or spawned if the child runs threads): map with the \
+         default chunking or chunk_size(1); submit + as_completed; inputs and results as 8 bytes in shared slots";
+    const OURS: bool = true;
+
+    fn run(work: PoolWork) -> Result<f64> {
+        match work {
+            PoolWork::Map { tasks, chunksize } => {
+                let mut b = Pool::builder().workers(2);
+                if let Some(c) = chunksize {
+                    b = b.chunk_size(c as usize);
+                }
+                let pool = b.build()?;
+                pool.map(square, 0..1000u64).map_err(|e| e.to_string())?;
+                let t = Instant::now();
+                let out = pool.map(square, 0..tasks).map_err(|e| e.to_string())?;
+                let secs = t.elapsed().as_secs_f64();
+                check(out.iter().fold(0u64, |a, &b| a.wrapping_add(b)), tasks)?;
+                Ok(tasks as f64 / secs)
+            }
+            PoolWork::Executor { tasks } => {
+                let pool = Pool::new(2)?;
+                pool.map(square, 0..1000u64).map_err(|e| e.to_string())?;
+                let t = Instant::now();
+                let futures = (0..tasks).map(|i| pool.submit(square, i)).collect::<std::result::Result<Vec<_>, _>>()?;
+                let mut sum = 0u64;
+                for f in as_completed(futures) {
+                    sum = sum.wrapping_add(f.wait()?);
+                }
+                let secs = t.elapsed().as_secs_f64();
+                check(sum, tasks)?;
+                Ok(tasks as f64 / secs)
+            }
+            PoolWork::Scene3 => {
+                let t = Instant::now();
+                let pool = Pool::new(4)?;
+                let out = pool.map(square, 0..100u64).map_err(|e| e.to_string())?;
+                pool.close();
+                pool.join()?;
+                drop(pool);
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                check(out.iter().sum(), 100)?;
+                Ok(ms)
+            }
+        }
+    }
+}
