@@ -601,11 +601,14 @@ impl<T: Pod> Receiver<T> {
         let c = core.ctrl();
         core.ensure_registered().map_err(|_| Fail::Disconnected)?;
         let mut last_look = false;
+        let mut waited = false;
         loop {
             let guard = core.lock_side(&c.recv, self.spin, wait, || core.repair_recv())?;
             let head = c.head.load(Ordering::Relaxed);
             match core.probe_slot(head) {
                 Ok(true) => return Ok((guard, head)),
+                // As in the byte ring: the tail line is read only on a second empty look.
+                Ok(false) if !waited => {}
                 Ok(false) => {
                     // As in the byte ring: the stamp is the commit, the published tail may lag.
                     let tail = c.tail.load(Ordering::Acquire);
@@ -636,6 +639,7 @@ impl<T: Pod> Receiver<T> {
             core.wait_for(&c.not_empty, &c.recv.parks, self.spin, wait, Role::Sender, || {
                 core.probe_slot(c.head.load(Ordering::Acquire)) != Ok(false)
             })?;
+            waited = true;
         }
     }
 

@@ -653,11 +653,16 @@ impl Receiver {
         let c = core.ctrl();
         core.ensure_registered().map_err(|_| Fail::Disconnected)?;
         let mut last_look = false;
+        let mut waited = false;
         loop {
             let guard = core.lock_side(&c.recv, self.spin, wait, || core.repair_bytes_recv())?;
             let head = c.head.load(Ordering::Relaxed);
             match core.probe_record(head) {
                 Ok(Some(len)) => return Ok((guard, head, len)),
+                // The first empty look in a call does not read the senders' tail line (reading it
+                // would pull it away from the sender that writes it every message); a second one,
+                // after a wait that did not bring the record, does.
+                Ok(None) if !waited => {}
                 Ok(None) => {
                     // The header is the commit, so the published tail may lag behind records that
                     // are already received (head > tail for a moment). A tail *ahead* of the head,
@@ -691,6 +696,7 @@ impl Receiver {
             core.wait_for(&c.not_empty, &c.recv.parks, self.spin, wait, Role::Sender, || {
                 core.probe_record(c.head.load(Ordering::Acquire)) != Ok(None)
             })?;
+            waited = true;
         }
     }
 

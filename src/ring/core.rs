@@ -357,7 +357,8 @@ impl Core {
     ) -> Result<(), Fail> {
         let deadline = wait.deadline();
         let mut spinner = Spinner::new(spin);
-        let mut next_sweep = crate::sys::monotonic_ns() + LIVENESS_SLICE.as_nanos() as u64;
+        // Read the clock only once the spin has lasted a while (a short wait never reads it).
+        let mut next_sweep = 0u64;
         let mut rounds = 0u32;
         while spinner.spin() {
             if ready() {
@@ -369,7 +370,9 @@ impl Core {
                     return Err(Fail::Timeout);
                 }
                 let now = crate::sys::monotonic_ns();
-                if now >= next_sweep {
+                if next_sweep == 0 {
+                    next_sweep = now + LIVENESS_SLICE.as_nanos() as u64;
+                } else if now >= next_sweep {
                     next_sweep = now + LIVENESS_SLICE.as_nanos() as u64;
                     if self.peers_gone(peers, true) {
                         return Ok(());

@@ -44,7 +44,8 @@ impl Default for SpinPolicy {
     }
 }
 
-/// A running spin: counts iterations and looks at the clock only every few of them.
+/// A running spin: counts iterations and looks at the clock only every few of them (the first
+/// look after 64 rounds: a wait that ends sooner, the common case, never reads the clock).
 pub(crate) struct Spinner {
     start_ns: u64,
     budget_ns: u64,
@@ -54,8 +55,7 @@ pub(crate) struct Spinner {
 impl Spinner {
     pub(crate) fn new(policy: SpinPolicy) -> Spinner {
         let budget_ns = u64::try_from(policy.budget.as_nanos()).unwrap_or(u64::MAX);
-        let start_ns = if budget_ns == 0 { 0 } else { crate::sys::monotonic_ns() };
-        Spinner { start_ns, budget_ns, iterations: 0 }
+        Spinner { start_ns: 0, budget_ns, iterations: 0 }
     }
 
     /// Spins once and answers whether the budget allows another round.
@@ -69,6 +69,12 @@ impl Spinner {
         if self.iterations % 64 != 0 {
             return true;
         }
-        crate::sys::monotonic_ns().saturating_sub(self.start_ns) < self.budget_ns
+        let now = crate::sys::monotonic_ns();
+        if self.start_ns == 0 {
+            // The first look: 64 rounds have passed, count the budget from here.
+            self.start_ns = now;
+            return true;
+        }
+        now.saturating_sub(self.start_ns) < self.budget_ns
     }
 }
