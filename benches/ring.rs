@@ -2,7 +2,7 @@
 //!
 //! # Running
 //!
-//! - everything: `cargo bench --bench ring` (about 4.5 minutes on a 2-vCPU VM: 24 benchmarks of
+//! - everything: `cargo bench --bench ring` (about 4.5 minutes on a 2-vCPU VM: 22 benchmarks of
 //!   2 s warm-up and 8 s measurement);
 //! - one group or benchmark: `cargo bench --bench ring -- mpmc`, `-- 'pingpong/ring_8B/park'`;
 //! - a fast pass: `cargo bench --bench ring -- --quick` (about 10 s: each benchmark stops once two
@@ -523,7 +523,7 @@ fn pingpong(c: &mut Criterion) {
 /// Runs the four groups, as `criterion_group!` and `criterion_main!` would (without their
 /// undocumented `pub fn`). The settings are made before the command line is read, so that
 /// `--warm-up-time`, `--measurement-time`, `--sample-size` and `--quick` override them (settings made
-/// on a group would override the command line). 24 benchmarks of 2 + 8 s: about 4.5 minutes.
+/// on a group would override the command line). 22 benchmarks of 2 + 8 s: about 4.5 minutes.
 fn main() {
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(2))
