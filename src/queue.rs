@@ -478,6 +478,16 @@ impl<T: Pod> Sender<T> {
         let core = &*self.core;
         let want = values.len().min(BATCH_SLOTS) as u64;
         let (guard, tail, n) = self.lock_room(want, wait)?;
+        if n > 1 {
+            // Take the batch's lines back from the receivers' cores together (see the byte ring).
+            let stride = core.cfg.stride;
+            let mut off = 0;
+            while off < (n * stride).min(4096) {
+                let slot = tail + off / stride;
+                crate::ring::prefetch_write(core.slot_ptr(slot).wrapping_add((off % stride) as usize));
+                off += 64;
+            }
+        }
         for (k, v) in values[..n as usize].iter().enumerate() {
             let i = tail + k as u64;
             // SAFETY: slot `i` is free (tail + n - head <= capacity, checked under the send lock)

@@ -41,6 +41,7 @@ pub use error::{
     Broken, JoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 pub(crate) use fork::{ForkGuard, child_exit};
+pub(crate) use records::prefetch_write;
 
 /// Counters of a ring since its creation (a snapshot; not exact after a member died mid-update).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

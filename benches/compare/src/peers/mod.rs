@@ -41,6 +41,8 @@ pub fn all() -> Vec<Entry> {
         // ---- ringpool's own peers go first; they set `Peer::OURS = true`, which gives every
         // ---- table a "ratio" column for each of them. Register them here, e.g.:
         entry::<ringpool_ring::RingpoolRing>(),
+        entry::<ringpool_ring::RingpoolRingInPlace>(),
+        entry::<ringpool_ring::RingpoolRingPark>(),
         entry::<ringpool_ring::RingpoolRingBatch>(),
         entry::<ringpool_queue::RingpoolQueue<8>>(),
         entry::<ringpool_queue::RingpoolQueue<1024>>(),
@@ -185,6 +187,15 @@ pub trait Rx {
     /// Receives the next message, blocking (or polling, if that is how the peer is meant to be
     /// used) until there is one, and hands its bytes to `read` (in place, where the peer can).
     fn recv<R>(&mut self, read: impl FnOnce(&[u8]) -> R) -> Result<R>;
+
+    /// Receives at least one message, up to `max`, handing each to `read` in order; answers how
+    /// many. The one-way receiver calls this; peers with a batch API receive many per call (by
+    /// default: one, through [`Rx::recv`]).
+    fn recv_batch(&mut self, max: usize, mut read: impl FnMut(&[u8])) -> Result<usize> {
+        let _ = max;
+        self.recv(|m| read(m))?;
+        Ok(1)
+    }
 }
 
 /// Everything a child process knows about its measurement.
