@@ -150,7 +150,7 @@ pub(crate) enum Dispatch {
 
 pub(crate) struct Engine {
     pub settings: Settings,
-    slots: Slots,
+    slots: std::sync::Arc<Slots>,
     tasks: Queue<u64>,
     results: Queue<u64>,
     errors: Ring,
@@ -183,7 +183,7 @@ impl Engine {
         let slots = Slots::create(settings.slots, settings.slot_bytes)?;
         let tasks = Queue::<u64>::builder().slots(queue_slots).spin(settings.spin).anonymous()?;
         let results = Queue::<u64>::builder().slots(queue_slots).spin(settings.spin).anonymous()?;
-        let errors = Ring::builder().capacity(64 * 1024).spin(settings.spin).anonymous()?;
+        let errors = Ring::builder().capacity(16 * 1024).spin(settings.spin).anonymous()?;
         let tasks_tx = tasks.sender()?;
         let results_rx = results.receiver()?;
         let errors_rx = errors.receiver()?;
@@ -192,7 +192,7 @@ impl Engine {
             free: (0..n as u32).rev().collect(),
             inflight: vec![None; n],
             seq: vec![0; n],
-            slots,
+            slots: std::sync::Arc::new(slots),
             tasks,
             results,
             errors,
@@ -214,14 +214,53 @@ impl Engine {
             stats: PoolStats::default(),
             settings,
         };
+        let fork = engine.fork_now()?;
         for _ in 0..engine.settings.workers {
-            engine.start_worker()?;
+            engine.start_worker(fork)?;
         }
         Ok(engine)
     }
 
-    /// Starts one worker, by the pool's start method.
-    fn start_worker(&mut self) -> Result<(), PoolError> {
+    /// Whether workers started now are forked (else spawned): by the start method, and for
+    /// `Auto` by whether this thread is the process's only one. Refuses `Fork` in a threaded
+    /// process.
+    fn fork_now(&self) -> Result<bool, PoolError> {
+        let alone = crate::process::ProcessBuilder::may_fork();
+        match self.settings.method {
+            StartMethod::Spawn => Ok(false),
+            StartMethod::Fork if !alone => Err(PoolError::Start(crate::process::StartError::Threaded { threads: 0 })),
+            StartMethod::Fork | StartMethod::Auto => Ok(alone),
+        }
+    }
+
+    /// Starts one worker, forked (`fork`: checked by [`fork_now`](Self::fork_now) just before,
+    /// with no thread started since) or spawned.
+    fn start_worker(&mut self, fork: bool) -> Result<(), PoolError> {
+        self.stats.workers_started += 1;
+        let name = format!("PoolWorker-{}", self.stats.workers_started);
+        let builder = Process::builder().name(name).no_start_wait();
+        if fork {
+            let setup = worker::Setup {
+                slots: self.slots.clone(),
+                tasks: self.tasks.clone(),
+                results: self.results.clone(),
+                errors: self.errors.clone(),
+                max_tasks: self.settings.max_tasks,
+                init: self.settings.init,
+            };
+            // SAFETY: `fork_now` found this thread to be the process's only one, and since then
+            // this thread started none (the pool starts no thread): the child inherits no lock
+            // held by a thread it lacks. The worker forgets the ring handles it inherits and
+            // uses only its clones of the pool's own mappings.
+            let process = unsafe { builder.forget_ring_handles().fork_unchecked(move || worker::run_forked(setup)) }?;
+            self.workers.push(Worker { process });
+            return Ok(());
+        }
+        self.spawn_worker(builder)
+    }
+
+    /// Starts one worker by re-executing this binary, handing it the pool's descriptors.
+    fn spawn_worker(&mut self, builder: crate::process::ProcessBuilder) -> Result<(), PoolError> {
         let arg = WorkerArg {
             fds: [self.slots.fd(), self.tasks.fd(), self.results.fd(), self.errors.fd()].map(|fd| {
                 use std::os::fd::AsRawFd;
@@ -234,13 +273,8 @@ impl Engine {
             spin_ns: u64::try_from(self.settings.spin.budget().as_nanos()).unwrap_or(u64::MAX),
         };
         let fds = [self.slots.fd(), self.tasks.fd(), self.results.fd(), self.errors.fd()];
-        self.stats.workers_started += 1;
-        let name = format!("PoolWorker-{}", self.stats.workers_started);
-        let process = Process::builder().name(name).start_method(self.settings.method).no_start_wait().spawn_raw(
-            worker::start,
-            bytemuck::bytes_of(&arg),
-            &fds,
-        )?;
+        let process =
+            builder.start_method(StartMethod::Spawn).spawn_raw(worker::start, bytemuck::bytes_of(&arg), &fds)?;
         self.workers.push(Worker { process });
         Ok(())
     }
@@ -609,7 +643,9 @@ impl Engine {
             self.handle_exit(pid, status);
             if !self.terminated && (!self.closed || self.tasks_tx.is_some()) {
                 // A replacement; if it cannot start now, the next check tries again.
-                let _ = self.start_worker();
+                if let Ok(fork) = self.fork_now() {
+                    let _ = self.start_worker(fork);
+                }
             }
         }
         if self.workers.is_empty() && !self.terminated && self.tasks_tx.is_some() {

@@ -47,8 +47,33 @@ pub(crate) struct WorkerArg {
     pub spin_ns: u64,
 }
 
-/// The worker's start function (forked or re-executed): opens the pool's memory from the
-/// descriptors, then serves tasks until the task queue disconnects.
+/// What a forked worker inherits, mapped already.
+pub(crate) struct Setup {
+    pub slots: std::sync::Arc<Slots>,
+    pub tasks: Queue<u64>,
+    pub results: Queue<u64>,
+    pub errors: Ring,
+    pub max_tasks: u64,
+    pub init: Option<crate::process::code::CodeOffset>,
+}
+
+/// A forked worker's body: the pool's memory is mapped already (inherited); the ring handles
+/// the parent held were forgotten by the fork.
+pub(crate) fn run_forked(setup: Setup) {
+    if let Some(init) = setup.init {
+        match task::init_fn(init) {
+            Some(init) => init(),
+            None => crate::process::exit(EXIT_BAD_CODE),
+        }
+    }
+    let code = serve(&setup.slots, &setup.tasks, &setup.results, &setup.errors, setup.max_tasks);
+    if code != 0 {
+        crate::process::exit(code);
+    }
+}
+
+/// A re-executed worker's start function: opens the pool's memory from the descriptors, then
+/// serves tasks until the task queue disconnects.
 pub(crate) fn start(arg: &[u8]) {
     let Ok(arg) = bytemuck::try_pod_read_unaligned::<WorkerArg>(arg) else {
         crate::process::exit(EXIT_BAD_SETUP);

@@ -69,7 +69,11 @@ pub(super) fn fork(b: ProcessBuilder, f: Box<dyn FnOnce() + '_>, kind: Kind) -> 
     let forked = unsafe { nix::unistd::fork() };
     match forked {
         Ok(ForkResult::Child) => {
-            guard.in_child();
+            if b.keep_ring_handles {
+                guard.in_child()
+            } else {
+                guard.in_child_forgetting()
+            }
             drop(err);
             drop(out);
             drop(read_end);

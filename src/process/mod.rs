@@ -141,11 +141,20 @@ pub struct ProcessBuilder {
     start_method: StartMethod,
     /// Whether starting waits for the child's "started" (see [`ProcessBuilder::fork`]).
     wait_started: bool,
+    /// Whether a forked child keeps the ring handles it inherits as members (see
+    /// [`crate::ring::Ring`]), or forgets them.
+    keep_ring_handles: bool,
 }
 
 impl Default for ProcessBuilder {
     fn default() -> Self {
-        ProcessBuilder { name: None, die_with_parent: true, start_method: StartMethod::Auto, wait_started: true }
+        ProcessBuilder {
+            name: None,
+            die_with_parent: true,
+            start_method: StartMethod::Auto,
+            wait_started: true,
+            keep_ring_handles: true,
+        }
     }
 }
 
@@ -244,6 +253,18 @@ impl ProcessBuilder {
     pub(crate) fn no_start_wait(mut self) -> Self {
         self.wait_started = false;
         self
+    }
+
+    /// A forked child forgets the ring handles it inherits instead of taking their membership
+    /// over: for a child that will use none of them (a pool worker makes its own).
+    pub(crate) fn forget_ring_handles(mut self) -> Self {
+        self.keep_ring_handles = false;
+        self
+    }
+
+    /// Whether a fork is allowed now: the caller is the only thread.
+    pub(crate) fn may_fork() -> bool {
+        fork::check_alone().is_ok()
     }
 
     /// The method to use: [`StartMethod::Auto`] made concrete (`Fork` when the caller is the only

@@ -689,6 +689,18 @@ pub(crate) fn fork_child(all: &[Weak<Core>]) {
     }
 }
 
+/// In a forked child that will use none of its inherited handles (a pool worker): forget them.
+/// Nothing is registered for them and nothing in shared memory is touched: the child starts with
+/// no membership, as a re-executed process would.
+pub(crate) fn fork_child_forgetting(all: &[Weak<Core>]) {
+    for core in all.iter().filter_map(Weak::upgrade) {
+        core.local.registering.store(false, Ordering::Relaxed);
+        core.local.senders.store(0, Ordering::Relaxed);
+        core.local.receivers.store(0, Ordering::Relaxed);
+        core.local.pid.store(0, Ordering::Release);
+    }
+}
+
 /// In a forked child about to `_exit`: give up every membership at once.
 pub(crate) fn child_exit() {
     let all = match ALL_CORES.try_lock() {

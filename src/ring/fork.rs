@@ -36,6 +36,15 @@ impl ForkGuard {
         }
     }
 
+    /// First thing in a child that will use none of the handles it inherited (a pool worker):
+    /// refreshes the pid cache and forgets them, without registering anything.
+    pub(crate) fn in_child_forgetting(mut self) {
+        crate::sync::refresh_after_fork();
+        if let Some(all) = self.all.take() {
+            core::fork_child_forgetting(&all);
+        }
+    }
+
     /// In the parent once `fork()` returned, whether it succeeded or not.
     pub(crate) fn in_parent(self) {}
 }
