@@ -131,3 +131,30 @@ fn garbage_file_is_refused() {
     assert!(t.elapsed() >= Duration::from_millis(50));
     std::fs::remove_file(&path).unwrap();
 }
+
+#[test]
+fn an_opener_racing_the_creator_waits_for_the_ready_word() {
+    let name = unique("race");
+    let created = std::sync::Barrier::new(2);
+    std::thread::scope(|s| {
+        let creator = s.spawn(|| {
+            builder().named(&name, |u| {
+                created.wait();
+                // A slow initializer: the opener must wait, not read a half-made segment.
+                std::thread::sleep(Duration::from_millis(150));
+                // SAFETY: the payload is at least 8 bytes and page-aligned; unpublished yet.
+                unsafe { u.as_ptr().cast::<u64>().as_ptr().write(7) };
+                Ok(())
+            })
+        });
+        created.wait();
+        let t = std::time::Instant::now();
+        let opened = builder().mode(OpenMode::OpenExisting).named(&name, |_| unreachable!()).unwrap();
+        assert!(t.elapsed() >= Duration::from_millis(100), "the opener did not wait for the creator");
+        // SAFETY: published before the open returned.
+        assert_eq!(unsafe { opened.payload().cast::<u64>().as_ptr().read() }, 7);
+        drop(opened);
+        drop(creator.join().unwrap().unwrap());
+    });
+    assert!(!Segment::exists(&name));
+}

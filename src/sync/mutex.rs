@@ -222,10 +222,9 @@ impl RobustMutex {
         futex_wake(&self.word, u32::MAX);
     }
 
-    /// Forces the word to "held by `pid`". Test support for killing a process inside the critical
-    /// section without racing it for the lock.
-    #[doc(hidden)]
-    pub fn debug_force_owner(&self, pid: u32) {
+    /// Forces the word to "held by `pid`" (test support: a dead owner without a dead process).
+    #[cfg(test)]
+    pub(crate) fn debug_force_owner(&self, pid: u32) {
         self.word.store(pid & OWNER, Ordering::Release);
     }
 }
