@@ -33,6 +33,10 @@ pub enum TaskError {
     /// The pool was terminated before the task finished.
     #[error("pool terminated before the task finished")]
     Terminated,
+    /// The pool itself failed while the task was outstanding (its rings broken, no worker left, or
+    /// it was closed before the task could be queued); the text says which.
+    #[error("the pool failed: {0}")]
+    Pool(String),
 }
 
 /// Why the pool could not do what was asked.

@@ -81,7 +81,7 @@ impl<R: Pod + Send> Future<R> {
             match self.poll(PUMP_WAIT) {
                 Ok(Some(r)) => return r,
                 Ok(None) => {}
-                Err(_) => return Err(TaskError::Terminated),
+                Err(e) => return Err(TaskError::Pool(e.to_string())),
             }
         }
     }

@@ -299,7 +299,7 @@ impl Pool {
     {
         match self.submit(f, input) {
             Ok(fut) => fut.wait(),
-            Err(_) => Err(TaskError::Terminated),
+            Err(e) => Err(TaskError::Pool(e.to_string())),
         }
     }
 
@@ -623,9 +623,9 @@ impl<R: Pod + Send, I: Iterator<Item: Pod>> Iterator for Imap<'_, R, I> {
         match self.stream.step::<OrderedSink<R>, _>(OrderedSink::take)? {
             Ok(r) => Some(r),
             // The pool failed: report it on the next item and stop.
-            Err(_) => {
+            Err(e) => {
                 self.stream.job.take();
-                Some(Err(TaskError::Terminated))
+                Some(Err(TaskError::Pool(e.to_string())))
             }
         }
     }

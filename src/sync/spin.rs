@@ -44,6 +44,9 @@ impl Default for SpinPolicy {
     }
 }
 
+/// Rounds of pure polling before the spinner starts yielding the CPU now and then.
+const TIGHT_ROUNDS: u32 = 256;
+
 /// A running spin: counts iterations and looks at the clock only every few of them (the first
 /// look after 64 rounds: a wait that ends sooner, the common case, never reads the clock).
 pub(crate) struct Spinner {
@@ -59,6 +62,11 @@ impl Spinner {
     }
 
     /// Spins once and answers whether the budget allows another round.
+    ///
+    /// The first rounds (about a microsecond) only poll; after that, every 16th round yields the
+    /// CPU (`sched_yield`), so that a waiter sharing its CPU with the very process it waits for
+    /// (a one-CPU container, a busy machine, more processes than cores) lets it run instead of
+    /// burning its time slice. When nothing else is runnable the yield returns at once.
     #[inline]
     pub(crate) fn spin(&mut self) -> bool {
         if self.budget_ns == 0 {
@@ -66,6 +74,9 @@ impl Spinner {
         }
         crate::sys::spin_hint();
         self.iterations = self.iterations.wrapping_add(1);
+        if self.iterations > TIGHT_ROUNDS && self.iterations % 16 == 0 {
+            std::thread::yield_now();
+        }
         if self.iterations % 64 != 0 {
             return true;
         }
