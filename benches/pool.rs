@@ -19,7 +19,10 @@
 //! - `map_chunk`: `pool.map(square, 0..n)` with 2 workers and chunks of 1, 16 and 256 tasks and
 //!   the default (`auto`: about four chunks per worker, bounded by what a 16 KiB slot holds, which
 //!   for `u64 -> u64` is 960 tasks); n = 100 000 for chunks of 1 (one message each way per task),
-//!   1 000 000 otherwise.
+//!   1 000 000 otherwise. With chunks of 1 and 16 the parent and both workers wait for one another
+//!   by spinning, three processes on two CPUs: single maps there were seen to take either about
+//!   10 ms or about 25 ms, depending on where the scheduler had put the processes, so expect a
+//!   wide spread.
 //! - `map_workers`: the same with 1, 2 and 4 workers and the default chunks, n = 1 000 000. The VM
 //!   this was written on has 2 CPUs, so 4 workers (and 2 workers plus the parent, which feeds
 //!   them) oversubscribe it: that measures the pool under preemption, not a fault of the bench.
@@ -44,9 +47,10 @@
 //! starts and stops a pool every iteration, inside the timed region.
 //!
 //! **Results are checked.** Every `map`'s whole vector is compared with the squares of its inputs
-//! (and, with an explicit chunk size, its number of chunks with what that size gives), and every `submit` round's count and sum of results with what they must be, outside the timed
-//! region; after every sample the pool's counters must show no failed task and no dead worker. A
-//! mismatch panics and stops the bench.
+//! (and, with an explicit chunk size, its number of chunks with what that size gives), and every
+//! `submit` round's count and sum of results with what they must be, outside the timed region;
+//! after every sample the pool's counters must show no failed task and no dead worker. A mismatch
+//! panics and stops the bench.
 //!
 //! **Timing.** Each measurement (criterion's `iter_custom`) runs `iters` whole maps (or rounds, or
 //! scenes) and adds up the time of each, measured in the bench process from the call to its
