@@ -1,5 +1,6 @@
-//! The `queue_pipeline` and `named_queue` examples, built and run to their end, with their output
-//! checked for the facts they claim. (`process_basics` is run by `tests/process.rs`.)
+//! The `queue_pipeline`, `named_queue`, `pool_map`, `pool_submit`, `worker_crash` and `tour`
+//! examples, built and run to their end, with their output checked for the facts they claim.
+//! (`process_basics` is run by `tests/process.rs`.)
 //!
 //! Every wait has a deadline, a child still running when a test fails is killed (see [`Running`]),
 //! and every segment name a test makes is checked to be gone from /dev/shm at its end.
@@ -310,4 +311,166 @@ fn build_example(name: &str) -> PathBuf {
     let exe = profile_dir.join("examples").join(name);
     assert!(exe.exists(), "{} not found", exe.display());
     exe
+}
+
+// ----- the pool examples and the tour ----------------------------------------------------------
+
+/// How long a pool example or the tour may take (in a debug build, on a busy machine) before the
+/// test kills it and fails.
+const POOL_EXAMPLE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Builds and runs an example to its end (killed, and the test failed, after the deadline);
+/// answers its stdout, having checked that it succeeded.
+fn run_example(name: &str) -> String {
+    let exe = build_example(name);
+    let mut run = Running::start(&mut Command::new(&exe));
+    let (status, stdout, stderr) = run.wait(POOL_EXAMPLE_DEADLINE);
+    assert!(status.success(), "{name}: {status}\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// The line of `text` that contains `needle`.
+fn line_with<'t>(text: &'t str, needle: &str) -> &'t str {
+    text.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no line with {needle:?} in:\n{text}"))
+}
+
+/// The numbers of a `[a, b, c]` list that follows `key` on its line.
+fn list_after(text: &str, key: &str) -> Vec<u64> {
+    let line = line_with(text, key);
+    let rest = &line[line.find(key).unwrap() + key.len()..];
+    let inner = rest.trim_start().strip_prefix('[').and_then(|r| r.split(']').next());
+    let inner = inner.unwrap_or_else(|| panic!("no list after {key:?} in {line:?}"));
+    inner.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect()
+}
+
+#[test]
+fn pool_map_prints_the_100_squares_in_order_and_apply() {
+    let stdout = run_example("pool_map");
+    let want: Vec<u64> = (0..100u64).map(|x| x * x).collect();
+    assert_eq!(list_after(&stdout, "Pool    "), want, "{stdout}");
+    assert!(line_with(&stdout, "Pool    ").ends_with("9604, 9801]"), "{stdout}");
+    assert!(stdout.contains("map(square, 0..100) gave 100 results, in order"), "{stdout}");
+    assert!(stdout.contains("apply(square, 10) gave 100\n"), "{stdout}");
+    let workers = list_after(&stdout, "started a pool of 4 worker processes: ");
+    assert_eq!(workers.len(), 4, "{stdout}");
+    assert!(stdout.contains("closed the pool and joined its workers"), "{stdout}");
+}
+
+#[test]
+fn pool_submit_gives_5000000_times_n_for_1_to_10_as_they_complete() {
+    let stdout = run_example("pool_submit");
+    let workers = list_after(&stdout, "started 5 worker processes ");
+    assert_eq!(workers.len(), 5, "{stdout}");
+
+    // `  3. add_number(7) = 35000000 (worker pid 1234)`, one per task, numbered in completion order.
+    let mut seen = Vec::new();
+    for (k, line) in stdout.lines().filter(|l| l.contains(". add_number(")).enumerate() {
+        let (rank, rest) = line.trim().split_once(". add_number(").unwrap();
+        assert_eq!(rank.parse::<usize>().unwrap(), k + 1, "{line}");
+        let (n, rest) = rest.split_once(") = ").unwrap();
+        let (value, rest) = rest.split_once(" (worker pid ").unwrap();
+        let (n, value): (u64, u64) = (n.parse().unwrap(), value.parse().unwrap());
+        assert_eq!(value, 5_000_000 * n, "the seed's count(n) is 5000000 * n: {line}");
+        let pid: u64 = rest.strip_suffix(')').unwrap().parse().unwrap();
+        assert!(workers.contains(&pid), "computed by one of the pool's workers: {line}\n{stdout}");
+        seen.push(n);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (1..=10).collect::<Vec<u64>>(), "each of 1..=10 once:\n{stdout}");
+
+    let sum: u64 = (1..=10).map(|n| 5_000_000 * n).sum();
+    assert!(line_with(&stdout, "the pool took ").ends_with(&format!("sum {sum}")), "{stdout}");
+    assert!(line_with(&stdout, "one after the other in this process took ").ends_with(&format!("sum {sum}")));
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert!(stdout.contains(&format!("this machine has {cores} cores")), "{stdout}");
+    let speed_up = line_with(&stdout, "speed-up ");
+    assert!(speed_up.contains(&format!("with 5 workers on {cores} cores (at most {}x", cores.min(5))), "{stdout}");
+}
+
+#[test]
+fn worker_crash_fails_one_task_with_sigkill_replaces_the_worker_and_goes_on() {
+    let stdout = run_example("worker_crash");
+    let before = list_after(&stdout, "a pool of 4 workers: ");
+    assert_eq!(before.len(), 4, "{stdout}");
+
+    // The task on 13 killed its own worker: only it failed, naming the worker and the signal.
+    let failed: Vec<&str> = stdout.lines().filter(|l| l.trim_start().starts_with("task ")).collect();
+    assert_eq!(failed.len(), 1, "one task failed:\n{stdout}");
+    assert!(failed[0].trim_start().starts_with("task 13 failed: worker "), "{stdout}");
+    assert!(failed[0].ends_with("died, killed by signal 9 (SIGKILL)"), "{stdout}");
+    let dead = u64::from(pid_after(failed[0], "failed: worker "));
+    assert!(before.contains(&dead), "the dead worker was one of the pool's:\n{stdout}");
+    assert!(stdout.contains("the other 19 of 20 tasks gave the right square"), "{stdout}");
+
+    // It was replaced by a new process.
+    assert_eq!(list_after(&stdout, "gone: "), [dead], "{stdout}");
+    let new = list_after(&stdout, "replaced by: ");
+    assert_eq!(new.len(), 1, "{stdout}");
+    assert!(new[0] != dead && !before.contains(&new[0]), "{stdout}");
+    let after = list_after(&stdout, "workers now: ");
+    assert_eq!(after.len(), 4, "{stdout}");
+    assert!(after.contains(&new[0]) && !after.contains(&dead), "{stdout}");
+
+    // The same pool goes on.
+    assert!(stdout.contains("a second map on the same pool: 100 squares, the last 9801"), "{stdout}");
+
+    // A worker killed from outside: a task it ran (if the kill caught it busy) fails naming it;
+    // the other naps slept their 500 ms; it is replaced; the pool still answers.
+    let victim = pid_after(&stdout, "kill -9 ");
+    let naps: Vec<&str> = stdout.lines().filter(|l| l.trim_start().starts_with("nap ")).collect();
+    assert_eq!(naps.len(), 4, "{stdout}");
+    for nap in &naps {
+        assert!(
+            nap.ends_with("slept 500 ms")
+                || nap.ends_with(&format!("worker {victim} died, killed by signal 9 (SIGKILL)")),
+            "{nap}\n{stdout}"
+        );
+    }
+    let last_workers = stdout.lines().rfind(|l| l.contains("workers now: ")).unwrap();
+    let last_workers = list_after(last_workers, "workers now: ");
+    assert_eq!(last_workers.len(), 4, "{stdout}");
+    assert!(!last_workers.contains(&u64::from(victim)), "{stdout}");
+    assert!(stdout.contains("apply(square, 12) on the same pool gave 144"), "{stdout}");
+    assert!(stdout.contains("6 workers started, 2 died and were replaced"), "{stdout}");
+}
+
+#[test]
+fn tour_runs_all_four_scenes_and_a_crash_and_ends_on_its_own() {
+    let stdout = run_example("tour");
+    let lines: Vec<&str> = stdout.lines().collect();
+    let at =
+        |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle:?}:\n{stdout}"));
+    let headings = [
+        "== Scene 1: a process ==",
+        "== Scene 2: process communication ==",
+        "== Scene 3: a process pool ==",
+        "== Scene 4: an asynchronous process pool ==",
+        "== Finale: a worker crash, survived ==",
+    ];
+    let positions: Vec<usize> = headings.iter().map(|h| at(h)).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "the scenes in order:\n{stdout}");
+
+    // Scene 1: a child with its own name and pid.
+    let main = pid_after(&stdout, "main is pid ");
+    let child = pid_after(&stdout, "child: name Process-1, pid ");
+    assert_ne!(main, child, "{stdout}");
+    assert!(stdout.contains("Process-1 ended with exit code 0; alive now: false"), "{stdout}");
+    // Scene 2: 0..9 in order, then the reader stops by itself.
+    assert!(stdout.contains("got [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], then Disconnected"), "{stdout}");
+    assert!(stdout.contains("both ended on their own (writer: exit code 0, reader: exit code 0)"), "{stdout}");
+    // Scene 3: squares in order, and apply.
+    assert!(stdout.contains("map(square, 0..100): 100 results in order: [0, 1, 4, 9, 16] ... [9604, 9801]"));
+    assert!(stdout.contains("apply(square, 10): 100\n"), "{stdout}");
+    // Scene 4: the ten counts, each checked by the tour itself.
+    let mut order = list_after(&stdout, "completed in this order: ");
+    order.sort_unstable();
+    assert_eq!(order, (1..=10).collect::<Vec<u64>>(), "{stdout}");
+    assert!(stdout.contains("add_number(n) = 5000000 * n for each"), "{stdout}");
+    // Finale: one task lost to SIGKILL, the rest right, the pool goes on.
+    assert!(line_with(&stdout, "task 13 failed: worker ").ends_with("died, killed by signal 9 (SIGKILL)"));
+    assert!(stdout.contains("the other 19 tasks gave the right square"), "{stdout}");
+    assert!(stdout.contains("the same pool, a second map: 100 squares, the last 9801"), "{stdout}");
+
+    assert!(lines.last().unwrap().starts_with("tour: done in "), "{stdout}");
+    assert!(lines.last().unwrap().ends_with("every process has ended, and so does this program"), "{stdout}");
 }
