@@ -107,7 +107,7 @@ fn a_million_tasks_unordered_as_a_complete_set() {
     let p = pool(2);
     let mut seen = vec![false; 1_000_000];
     let mut n = 0;
-    for (i, r) in p.imap_unordered(square, 0..1_000_000u64) {
+    for (i, r) in p.imap_unordered(square, 0..1_000_000u64).unwrap() {
         let v = r.unwrap();
         assert_eq!(v, (i as u64) * (i as u64));
         assert!(!seen[i], "item {i} twice");
@@ -124,13 +124,13 @@ fn imap_is_ordered_and_lazy() {
     // Inputs are taken as slots free up: 100,000 of them do not fit the slots at once.
     let mut taken = 0u64;
     let inputs = (0..100_000u64).inspect(|_| taken += 1);
-    let mut it = p.imap(square, inputs);
+    let mut it = p.imap(square, inputs).unwrap();
     for i in 0..10u64 {
         assert_eq!(it.next().unwrap().unwrap(), i * i);
     }
     drop(it);
     assert!(taken < 100_000, "imap read all {taken} inputs before the first results");
-    let all: Vec<u64> = p.imap(square, 0..3000u64).map(Result::unwrap).collect();
+    let all: Vec<u64> = p.imap(square, 0..3000u64).unwrap().map(Result::unwrap).collect();
     assert_eq!(all, (0..3000u64).map(|i| i * i).collect::<Vec<_>>());
 }
 
@@ -362,4 +362,54 @@ fn no_zombies_and_nothing_left_behind() {
         assert!(stat.is_err() || !stat.unwrap().contains(") Z "), "worker {pid} is a zombie");
     }
     assert!(common::leftovers().is_empty(), "{:?}", common::leftovers());
+}
+
+/// With big chunks, a worker that dies in the middle of one keeps what it finished: only the
+/// items from the fatal one on fail.
+#[test]
+fn a_death_fails_only_the_unfinished_part_of_its_chunk() {
+    let p = PoolBuilder::new().workers(2).chunk_size(100).build().unwrap();
+    // Items 0..1000 in chunks of 100; item 250 kills its worker (it is the 51st of its chunk).
+    let inputs: Vec<u64> = (0..1000u64).map(|i| if i == 250 { 1_000_001 } else { i }).collect();
+    let MapError::Tasks(t) = p.map(die_on, inputs.iter().copied()).unwrap_err() else { panic!() };
+    for (i, r) in t.results().iter().enumerate() {
+        match r {
+            Ok(v) => assert_eq!(*v, inputs[i] + 1, "item {i}"),
+            Err(TaskError::WorkerDied { status, .. }) => {
+                assert!((250..300).contains(&i), "item {i} of another chunk or finished before the death failed");
+                assert_eq!(status.signal(), Some(libc::SIGKILL));
+            }
+            Err(e) => panic!("item {i}: {e}"),
+        }
+    }
+    assert_eq!(t.failed(), 50, "the fatal item and the 49 after it in its chunk");
+}
+
+#[test]
+fn as_completed_over_two_pools_and_future_ids() {
+    let a = pool(1);
+    let b = pool(1);
+    let mut futs = Vec::new();
+    for i in 0..6u64 {
+        let p = if i % 2 == 0 { &a } else { &b };
+        futs.push(p.submit(nap, 60 - i * 10).unwrap());
+    }
+    let ids: HashSet<u64> = futs.iter().map(|f| f.id()).collect();
+    assert_eq!(ids.len(), 6, "ids are unique");
+    let mut got = Vec::new();
+    for f in as_completed(futs) {
+        // Handed out only when done: wait_timeout(0) must have the result.
+        got.push(f.wait_timeout(Duration::ZERO).expect("as_completed handed out an unfinished future"));
+    }
+    got.sort_unstable();
+    assert_eq!(got, vec![10, 20, 30, 40, 50, 60]);
+}
+
+#[test]
+fn streams_on_a_closed_pool_fail_at_once() {
+    let p = pool(1);
+    p.close();
+    assert!(matches!(p.imap(square, 0..10u64), Err(ringpool::pool::PoolError::Closed)));
+    assert!(matches!(p.imap_unordered(square, 0..10u64), Err(ringpool::pool::PoolError::Closed)));
+    assert!(matches!(p.apply(square, 2), Err(TaskError::Pool(_))));
 }

@@ -30,9 +30,9 @@ use crate::ring::{self, RecvTimeoutError, Ring};
 use crate::sync::SpinPolicy;
 
 /// How long one pump waits for results before it looks at the workers.
-pub(crate) const PUMP_WAIT: Duration = Duration::from_millis(10);
+pub(crate) const PUMP_WAIT: Duration = Duration::from_millis(2);
 /// How often workers are checked while results keep flowing.
-const CHECK_EVERY: Duration = Duration::from_millis(20);
+const CHECK_EVERY: Duration = Duration::from_millis(5);
 /// How long closing waits for a worker to leave before it kills it.
 const WORKER_EXIT_WAIT: Duration = Duration::from_secs(5);
 
@@ -518,21 +518,23 @@ impl Engine {
         }
         let w = self.slots.state(slot).load(Ordering::Acquire);
         match slots::stage(w) {
-            DONE => self.deliver(slot, inf, slots::owner(w)),
+            DONE => self.deliver(slot, inf, slots::owner(w), None),
             // The acknowledgement of a cancelled task: its items were failed at cancel time.
             CANCELLED => self.free_slot(slot),
             _ => {}
         }
     }
 
-    /// Hands a finished slot's outputs to its job and frees the slot.
-    fn deliver(&mut self, slot: usize, inf: Inflight, pid: u32) {
+    /// Hands a slot's outputs to its job and frees the slot. `death`: the worker died before it
+    /// finished the chunk; items it marked done are delivered, the others fail with its death.
+    fn deliver(&mut self, slot: usize, inf: Inflight, pid: u32, death: Option<ExitStatus>) {
         let desc = self.slots.read_desc(slot);
         let data = self.slots.data(slot);
         if desc.fits(self.slots.data_len()) && desc.count as usize == inf.count {
             // SAFETY: the worker published DONE (Release; we loaded it with Acquire) after writing
-            // outputs and status bytes; no one writes the slot until we free it; `fits` checked
-            // the ranges against the data area.
+            // outputs and status bytes, or it is dead (reaped: every store it made is done, and
+            // an item's status byte is written after its output); no one writes the slot until
+            // we free it; `fits` checked the ranges against the data area.
             let outputs =
                 unsafe { std::slice::from_raw_parts(data.wrapping_add(desc.out_off as usize), inf.count * inf.size_r) };
             // SAFETY: as above, for the status bytes.
@@ -540,12 +542,20 @@ impl Engine {
             let panics = &mut self.panics;
             let mut errors: HashMap<usize, TaskError> = HashMap::new();
             for (i, &s) in status.iter().enumerate() {
-                if s != ITEM_OK {
-                    let message = panics
-                        .remove(&(slot as u32, inf.seq, i as u32))
-                        .map_or_else(|| "task did not report its panic".to_owned(), |(_, text)| text);
-                    errors.insert(i, TaskError::Panicked { pid, message });
+                if s == ITEM_OK {
+                    continue;
                 }
+                let e = match (s, death) {
+                    (super::task::ITEM_PANICKED, _) => TaskError::Panicked {
+                        pid,
+                        message: panics
+                            .remove(&(slot as u32, inf.seq, i as u32))
+                            .map_or_else(|| "task did not report its panic".to_owned(), |(_, text)| text),
+                    },
+                    (_, Some(status)) => TaskError::WorkerDied { pid, status },
+                    (_, None) => TaskError::Terminated,
+                };
+                errors.insert(i, e);
             }
             let failed = errors.len();
             let error = |i: usize| errors.get(&i).cloned().unwrap_or(TaskError::Terminated);
@@ -675,12 +685,12 @@ impl Engine {
                         // It died inside the claim: the message will be handed out again.
                         let _ = self.slots.transition(slot, w, slots::word(QUEUED, 0));
                     } else if self.slots.transition(slot, w, slots::word(FAILED, 0)) {
-                        self.fail_items(inf.job, inf.first, inf.count, &TaskError::WorkerDied { pid, status });
-                        self.free_slot(slot);
+                        // What it finished stands; the rest of its chunk fails with it.
+                        self.deliver(slot, inf, pid, Some(status));
                     }
                 }
                 // Finished, but died before announcing it.
-                DONE if slots::owner(w) == pid => self.deliver(slot, inf, pid),
+                DONE if slots::owner(w) == pid => self.deliver(slot, inf, pid, None),
                 // Taken out of the queue by someone who may never acknowledge it.
                 CANCELLED if !still_queued => self.free_slot(slot),
                 _ => {}

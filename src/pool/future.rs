@@ -4,6 +4,7 @@
 //! No thread collects results in the background: whoever waits drives the pool (takes results
 //! off the result queue, dispatches pending tasks, replaces dead workers), under the pool's lock.
 
+use std::collections::{HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,18 +47,29 @@ impl<R: Pod + Send> Sink for FutureSink<R> {
 pub struct Future<R> {
     shared: Arc<Shared>,
     job: usize,
+    id: u64,
     _r: PhantomData<fn() -> R>,
 }
 
+/// Numbers futures for [`Future::id`].
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 impl<R> std::fmt::Debug for Future<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Future").field("job", &self.job).finish()
+        f.debug_struct("Future").field("id", &self.id).finish()
     }
 }
 
 impl<R: Pod + Send> Future<R> {
     pub(crate) fn new(shared: Arc<Shared>, job: usize) -> Future<R> {
-        Future { shared, job, _r: PhantomData }
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Future { shared, job, id, _r: PhantomData }
+    }
+
+    /// A number unique to this future in this process (in submission order): a key to tell
+    /// futures apart, say to find a future's input again when [`as_completed`] yields it.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The result if the task has finished (`None` otherwise); drives the pool a little.
@@ -119,46 +131,82 @@ impl<R> Drop for Future<R> {
 }
 
 /// Yields the futures in the order they finish (Python's `as_completed`). Each yielded future's
-/// [`wait`](Future::wait) returns at once.
+/// [`wait`](Future::wait) returns at once. Futures of several pools may be mixed; each pool is
+/// driven in turn while none is done.
 pub fn as_completed<R: Pod + Send>(futures: impl IntoIterator<Item = Future<R>>) -> AsCompleted<R> {
-    let mut waiting: std::collections::HashMap<usize, Future<R>> = std::collections::HashMap::new();
-    let mut foreign = Vec::new();
-    let mut shared: Option<Arc<Shared>> = None;
+    let mut groups: Vec<Group<R>> = Vec::new();
     for f in futures {
-        match &shared {
-            Some(s) if !Arc::ptr_eq(s, &f.shared) => foreign.push(f),
-            _ => {
-                shared.get_or_insert_with(|| f.shared.clone());
-                waiting.insert(f.job, f);
+        match groups.iter_mut().find(|g| Arc::ptr_eq(&g.shared, &f.shared)) {
+            Some(g) => {
+                g.waiting.insert(f.job, f);
+            }
+            None => {
+                let shared = f.shared.clone();
+                let position = shared.lock().done_position();
+                groups.push(Group { shared, waiting: HashMap::from([(f.job, f)]), position });
             }
         }
     }
-    // Those already done come first, then the log of completions from now on.
-    let (mut ready, position) = match &shared {
-        Some(s) => {
-            let e = s.lock();
-            let done: Vec<usize> = waiting.keys().copied().filter(|&j| e.is_finished(j)).collect();
-            (done, e.done_position())
+    // Those already done come first; then each pool's log of completions from now on.
+    let mut ready = VecDeque::new();
+    for g in &mut groups {
+        let e = g.shared.lock();
+        let done: Vec<usize> = g.waiting.keys().copied().filter(|&j| e.is_finished(j)).collect();
+        drop(e);
+        ready.extend(done.into_iter().filter_map(|j| g.waiting.remove(&j)));
+    }
+    AsCompleted { groups, ready }
+}
+
+/// One pool's futures in an [`AsCompleted`], and its position in the pool's log of finished jobs.
+struct Group<R> {
+    shared: Arc<Shared>,
+    waiting: HashMap<usize, Future<R>>,
+    position: u64,
+}
+
+impl<R> Group<R> {
+    /// Moves this pool's finished futures to `ready`. Answers false if the pool failed (then all
+    /// of its futures are moved: their `wait` reports the failure).
+    fn collect(&mut self, ready: &mut VecDeque<Future<R>>, pump: Option<std::time::Duration>) -> bool {
+        let mut e = self.shared.lock();
+        match e.done_since(self.position) {
+            Some((jobs, end)) => {
+                for j in jobs {
+                    if let Some(f) = self.waiting.remove(&j) {
+                        ready.push_back(f);
+                    }
+                }
+                self.position = end;
+            }
+            None => {
+                // Fell behind the log (a million completions since): look at each job.
+                let done: Vec<usize> = self.waiting.keys().copied().filter(|&j| e.is_finished(j)).collect();
+                ready.extend(done.into_iter().filter_map(|j| self.waiting.remove(&j)));
+                self.position = e.done_position();
+            }
         }
-        None => (Vec::new(), 0),
-    };
-    let mut queue: std::collections::VecDeque<Future<R>> = ready.drain(..).filter_map(|j| waiting.remove(&j)).collect();
-    queue.extend(foreign);
-    AsCompleted { shared, waiting, ready: queue, position }
+        if let Some(wait) = pump
+            && e.pump(wait).is_err()
+        {
+            drop(e);
+            ready.extend(self.waiting.drain().map(|(_, f)| f));
+            return false;
+        }
+        true
+    }
 }
 
 /// The iterator of [`as_completed`].
 pub struct AsCompleted<R> {
-    shared: Option<Arc<Shared>>,
-    waiting: std::collections::HashMap<usize, Future<R>>,
-    ready: std::collections::VecDeque<Future<R>>,
-    /// Our position in the pool's log of finished jobs.
-    position: u64,
+    groups: Vec<Group<R>>,
+    ready: VecDeque<Future<R>>,
 }
 
 impl<R> std::fmt::Debug for AsCompleted<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsCompleted").field("waiting", &self.waiting.len()).field("ready", &self.ready.len()).finish()
+        let waiting: usize = self.groups.iter().map(|g| g.waiting.len()).sum();
+        f.debug_struct("AsCompleted").field("waiting", &waiting).field("ready", &self.ready.len()).finish()
     }
 }
 
@@ -170,38 +218,25 @@ impl<R: Pod + Send> Iterator for AsCompleted<R> {
             if let Some(f) = self.ready.pop_front() {
                 return Some(f);
             }
-            if self.waiting.is_empty() {
+            self.groups.retain(|g| !g.waiting.is_empty());
+            if self.groups.is_empty() {
                 return None;
             }
-            let shared = self.shared.clone()?;
-            let mut e = shared.lock();
-            match e.done_since(self.position) {
-                Some((jobs, end)) => {
-                    for j in jobs {
-                        if let Some(f) = self.waiting.remove(&j) {
-                            self.ready.push_back(f);
-                        }
-                    }
-                    self.position = end;
-                }
-                None => {
-                    // Fell behind the log: look at each job.
-                    let done: Vec<usize> = self.waiting.keys().copied().filter(|&j| e.is_finished(j)).collect();
-                    self.ready.extend(done.into_iter().filter_map(|j| self.waiting.remove(&j)));
-                    self.position = e.done_position();
-                }
+            for g in &mut self.groups {
+                g.collect(&mut self.ready, None);
             }
-            if self.ready.is_empty() && e.pump(PUMP_WAIT).is_err() {
-                drop(e);
-                // The pool failed: hand the rest out; their `wait` reports it.
-                let any = self.waiting.keys().next().copied();
-                return any.and_then(|j| self.waiting.remove(&j));
+            if self.ready.is_empty() {
+                // Nothing done anywhere: drive each pool a little, in turn.
+                let slice = PUMP_WAIT / self.groups.len() as u32;
+                for g in &mut self.groups {
+                    g.collect(&mut self.ready, Some(slice));
+                }
             }
         }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.waiting.len() + self.ready.len();
+        let n = self.ready.len() + self.groups.iter().map(|g| g.waiting.len()).sum::<usize>();
         (n, Some(n))
     }
 }

@@ -324,8 +324,10 @@ impl Pool {
     }
 
     /// Like [`map`](Self::map), but results come as an iterator, in input order, each as soon as
-    /// it and all before it are done; inputs are taken lazily, as slots free up.
-    pub fn imap<T, R, M, F, I>(&self, f: F, inputs: I) -> Imap<'_, R, I::IntoIter>
+    /// it and all before it are done; inputs are taken lazily, as slots free up. Fails at once if
+    /// the pool is closed or the task does not fit a slot; a pool failure later in the stream comes
+    /// as one `Err(TaskError::Pool(..))` item, after which the iterator ends.
+    pub fn imap<T, R, M, F, I>(&self, f: F, inputs: I) -> Result<Imap<'_, R, I::IntoIter>, PoolError>
     where
         T: Pod,
         R: Pod + Send,
@@ -333,15 +335,16 @@ impl Pool {
         I: IntoIterator<Item = T>,
     {
         let _ = f;
-        Imap {
-            stream: Stream::new::<R, M, F>(self, inputs.into_iter(), Box::new(OrderedSink::<R>::default())),
+        Ok(Imap {
+            stream: Stream::new::<R, M, F>(self, inputs.into_iter(), Box::new(OrderedSink::<R>::default()))?,
             _r: std::marker::PhantomData,
-        }
+        })
     }
 
     /// Like [`imap`](Self::imap), but each result comes as soon as it is done, with its input's
-    /// index.
-    pub fn imap_unordered<T, R, M, F, I>(&self, f: F, inputs: I) -> ImapUnordered<'_, R, I::IntoIter>
+    /// index. A pool failure later in the stream comes as one item `(usize::MAX,
+    /// Err(TaskError::Pool(..)))`, after which the iterator ends.
+    pub fn imap_unordered<T, R, M, F, I>(&self, f: F, inputs: I) -> Result<ImapUnordered<'_, R, I::IntoIter>, PoolError>
     where
         T: Pod,
         R: Pod + Send,
@@ -349,10 +352,10 @@ impl Pool {
         I: IntoIterator<Item = T>,
     {
         let _ = f;
-        ImapUnordered {
-            stream: Stream::new::<R, M, F>(self, inputs.into_iter(), Box::new(UnorderedSink::<R>::default())),
+        Ok(ImapUnordered {
+            stream: Stream::new::<R, M, F>(self, inputs.into_iter(), Box::new(UnorderedSink::<R>::default()))?,
             _r: std::marker::PhantomData,
-        }
+        })
     }
 
     /// Stops taking tasks; outstanding ones go on (Python's `close`).
@@ -444,7 +447,6 @@ struct Stream<'p, I> {
     chunk: usize,
     next: usize,
     exhausted: bool,
-    error: Option<PoolError>,
 }
 
 impl<'p, I> Stream<'p, I>
@@ -452,32 +454,20 @@ where
     I: Iterator,
     I::Item: Pod,
 {
-    fn new<R, M, F>(pool: &'p Pool, inputs: I, sink: Box<dyn Sink>) -> Stream<'p, I>
+    fn new<R, M, F>(pool: &'p Pool, inputs: I, sink: Box<dyn Sink>) -> Result<Stream<'p, I>, PoolError>
     where
         R: Pod + Send,
         F: TaskFn<I::Item, R, M>,
     {
         let types = Types::of::<I::Item, R>();
-        let mut stream =
-            Stream { pool, job: None, tramp: 0, types, chunk: 1, next: 0, exhausted: false, error: None, inputs };
-        let setup = (|| {
-            let tramp = task::chunk_offset::<F, I::Item, R, M>()?;
-            let (lo, hi) = stream.inputs.size_hint();
-            let mut e = pool.shared.lock();
-            e.check_open()?;
-            let chunk = e.chunk_size((Some(lo) == hi).then_some(lo), types)?;
-            let job = e.new_job(sink);
-            Ok::<_, PoolError>((tramp, chunk, job))
-        })();
-        match setup {
-            Ok((tramp, chunk, job)) => {
-                stream.tramp = tramp;
-                stream.chunk = chunk;
-                stream.job = Some(job);
-            }
-            Err(e) => stream.error = Some(e),
-        }
-        stream
+        let tramp = task::chunk_offset::<F, I::Item, R, M>()?;
+        let (lo, hi) = inputs.size_hint();
+        let mut e = pool.shared.lock();
+        e.check_open()?;
+        let chunk = e.chunk_size((Some(lo) == hi).then_some(lo), types)?;
+        let job = e.new_job(sink);
+        drop(e);
+        Ok(Stream { pool, job: Some(job), tramp, types, chunk, next: 0, exhausted: false, inputs })
     }
 
     /// Feeds free slots, then waits a little for results. Answers false when nothing is left.
@@ -485,9 +475,6 @@ where
         &mut self,
         mut take: impl FnMut(&mut S) -> Option<X>,
     ) -> Option<Result<X, PoolError>> {
-        if let Some(e) = self.error.take() {
-            return Some(Err(e));
-        }
         let job = self.job?;
         let mut e = self.pool.shared.lock();
         loop {
@@ -624,7 +611,9 @@ impl<R: Pod + Send, I: Iterator<Item: Pod>> Iterator for Imap<'_, R, I> {
             Ok(r) => Some(r),
             // The pool failed: report it on the next item and stop.
             Err(e) => {
-                self.stream.job.take();
+                if let Some(job) = self.stream.job.take() {
+                    self.stream.pool.shared.lock().drop_job(job);
+                }
                 Some(Err(TaskError::Pool(e.to_string())))
             }
         }
@@ -643,9 +632,11 @@ impl<R: Pod + Send, I: Iterator<Item: Pod>> Iterator for ImapUnordered<'_, R, I>
     fn next(&mut self) -> Option<Self::Item> {
         match self.stream.step::<UnorderedSink<R>, _>(|s| s.ready.pop_front())? {
             Ok(r) => Some(r),
-            Err(_) => {
-                self.stream.job.take();
-                None
+            Err(e) => {
+                if let Some(job) = self.stream.job.take() {
+                    self.stream.pool.shared.lock().drop_job(job);
+                }
+                Some((usize::MAX, Err(TaskError::Pool(e.to_string()))))
             }
         }
     }

@@ -393,6 +393,9 @@ impl Sender {
             }
             let guard = core.lock_side(&c.send, self.spin, wait, || core.repair_bytes_send())?;
             let tail = c.tail.load(Ordering::Relaxed);
+            if tail % 8 != 0 {
+                return Err(Fail::Broken(Broken::Corrupted("ring index is not on a record boundary")));
+            }
             let mut head = c.send.cached.load(Ordering::Relaxed);
             if tail.wrapping_add(need).wrapping_sub(head) > cap {
                 head = c.head.load(Ordering::Acquire);

@@ -236,6 +236,9 @@ impl Core {
     #[inline(always)]
     pub(crate) fn word_at(&self, offset: u64) -> &AtomicU64 {
         debug_assert!(offset % 8 == 0);
+        // Callers validate alignment (indices come from shared memory); rounding down as well
+        // means a validation bug elsewhere could read a wrong word, never form a misaligned one.
+        let offset = offset & !7;
         // SAFETY: callers pass offsets that are 8-aligned and inside the data region (masked by
         // `mask` or a slot index times the stride plus an in-slot offset below the stride); the
         // data region is page-aligned and lives as long as `self`; any bit pattern is a valid u64.
@@ -337,6 +340,9 @@ impl Core {
         let tail = c.tail.load(Ordering::Acquire);
         if tail.abs_diff(head) > self.cfg.capacity {
             return Err("head and tail are more than a capacity apart");
+        }
+        if self.cfg.format != super::control::FORMAT_SLOTS && (head % 8 != 0 || tail % 8 != 0) {
+            return Err("ring index is not on a record boundary");
         }
         Ok((head, tail))
     }

@@ -50,6 +50,10 @@ impl Core {
     /// the word there cannot be a header.
     #[inline(always)]
     pub(crate) fn probe_record(&self, i: u64) -> Result<Option<usize>, &'static str> {
+        // Indices come from shared memory: a record starts on an 8-byte boundary or it is garbage.
+        if i % 8 != 0 {
+            return Err("ring index is not on a record boundary");
+        }
         let w = self.word_at(i & self.mask).load(Ordering::Acquire);
         if w == 0 {
             return Ok(None);
