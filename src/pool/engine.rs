@@ -215,6 +215,11 @@ impl Engine {
             settings,
         };
         let fork = engine.fork_now()?;
+        if fork {
+            // Read the executable's code map now, so that forked workers inherit it instead of
+            // each parsing /proc/self/maps on its first task.
+            crate::process::code::CodeMap::get()?;
+        }
         for _ in 0..engine.settings.workers {
             engine.start_worker(fork)?;
         }

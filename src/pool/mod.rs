@@ -67,6 +67,7 @@ use crate::sync::SpinPolicy;
 /// How to build a [`Pool`].
 #[derive(Clone, Debug)]
 pub struct PoolBuilder {
+    /// 0: one per core, asked for only at build time.
     workers: usize,
     chunk_size: Option<usize>,
     max_tasks: u64,
@@ -80,7 +81,7 @@ pub struct PoolBuilder {
 impl Default for PoolBuilder {
     fn default() -> Self {
         PoolBuilder {
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            workers: 0,
             chunk_size: None,
             max_tasks: 0,
             init: None,
@@ -98,7 +99,7 @@ impl PoolBuilder {
         PoolBuilder::default()
     }
 
-    /// Number of worker processes (default: the number of cores).
+    /// Number of worker processes (default, or 0: the number of cores).
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
         self
@@ -153,8 +154,11 @@ impl PoolBuilder {
     }
 
     /// Creates the pool's shared memory and starts its workers.
-    pub fn build(self) -> Result<Pool, PoolError> {
-        if self.workers == 0 || self.workers > 1024 {
+    pub fn build(mut self) -> Result<Pool, PoolError> {
+        if self.workers == 0 {
+            self.workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        }
+        if self.workers > 1024 {
             return Err(PoolError::InvalidSetting("workers must be 1..=1024"));
         }
         let slots = self.slots.unwrap_or((self.workers * 4).max(16));

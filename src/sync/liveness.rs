@@ -100,7 +100,15 @@ pub fn is_alive(pid: u32, start_time: u64) -> bool {
 /// pid is only meaningful among processes of one namespace; segments record their creator's.
 pub fn pid_namespace() -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
+    // A process cannot change its pid namespace (unshare affects its children only): read once.
+    static NS: AtomicU64 = AtomicU64::new(u64::MAX);
+    let ns = NS.load(Ordering::Relaxed);
+    if ns != u64::MAX {
+        return ns;
+    }
+    let ns = std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino());
+    NS.store(ns, Ordering::Relaxed);
+    ns
 }
 
 #[cfg(test)]
