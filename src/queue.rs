@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytemuck::Pod;
 
 use crate::ring::{
-    Broken, Config, Core, FORMAT_SLOTS, Fail, JoinError, MAX_MEMBERS, RecvError, RecvTimeoutError, Role, SendError,
+    Config, Core, FORMAT_SLOTS, Fail, JoinError, MAX_MEMBERS, RecvError, RecvTimeoutError, Role, SendError,
     SendTimeoutError, Stats, TryRecvError, TrySendError, Wait, data_offset, debug_pause,
 };
 use crate::segment::{Fingerprint, OpenMode, Segment, SegmentBuilder, SegmentError, SegmentKind};
@@ -442,35 +442,8 @@ impl<T: Pod> Sender<T> {
     #[inline]
     fn lock_room(&self, want: u64, wait: Wait) -> Result<(RobustMutexGuard<'_>, u64, u64), Fail> {
         let core = &*self.core;
-        let c = core.ctrl();
-        let cap = core.cfg.capacity;
-        core.ensure_registered().map_err(|_| Fail::Disconnected)?;
-        loop {
-            if core.receivers_maybe_gone() && core.peers_gone(Role::Receiver, false) {
-                return Err(Fail::Disconnected);
-            }
-            let guard = core.lock_side(&c.send, self.spin, wait, || core.repair_send())?;
-            let tail = c.tail.load(Ordering::Relaxed);
-            let mut head = c.send.cached.load(Ordering::Relaxed);
-            if tail.wrapping_add(want).wrapping_sub(head) > cap {
-                head = c.head.load(Ordering::Acquire);
-                if head > tail || tail - head > cap {
-                    return Err(Fail::Broken(Broken::Corrupted("head and tail are inconsistent")));
-                }
-                c.send.cached.store(head, Ordering::Relaxed);
-            }
-            let free = cap - (tail - head);
-            if free > 0 {
-                return Ok((guard, tail, free.min(want)));
-            }
-            drop(guard);
-            if let Wait::Try = wait {
-                return Err(Fail::WouldBlock);
-            }
-            core.wait_for(&c.not_full, &c.send.parks, self.spin, wait, Role::Receiver, || {
-                c.tail.load(Ordering::Relaxed).wrapping_sub(c.head.load(Ordering::Acquire)) < cap
-            })?;
-        }
+        let (guard, tail, free) = core.lock_for_send(self.spin, wait, 1, want, || core.repair_send())?;
+        Ok((guard, tail, free.min(want)))
     }
 
     #[inline]
@@ -608,49 +581,8 @@ impl<T: Pod> Receiver<T> {
     #[inline]
     fn lock_value(&self, wait: Wait) -> Result<(RobustMutexGuard<'_>, u64), Fail> {
         let core = &*self.core;
-        let c = core.ctrl();
-        core.ensure_registered().map_err(|_| Fail::Disconnected)?;
-        let mut last_look = false;
-        let mut waited = false;
-        loop {
-            let guard = core.lock_side(&c.recv, self.spin, wait, || core.repair_recv())?;
-            let head = c.head.load(Ordering::Relaxed);
-            match core.probe_slot(head) {
-                Ok(true) => return Ok((guard, head)),
-                // As in the byte ring: the tail line is read only on a second empty look.
-                Ok(false) if !waited => {}
-                Ok(false) => {
-                    // As in the byte ring: the stamp is the commit, the published tail may lag.
-                    let tail = c.tail.load(Ordering::Acquire);
-                    if tail > head {
-                        return match core.probe_slot(head) {
-                            Ok(true) if tail - head <= core.cfg.capacity => Ok((guard, head)),
-                            Ok(_) => Err(Fail::Broken(Broken::Corrupted("tail is past an unpublished slot"))),
-                            Err(reason) => Err(Fail::Broken(Broken::Corrupted(reason))),
-                        };
-                    }
-                    if head - tail > core.cfg.capacity {
-                        return Err(Fail::Broken(Broken::Corrupted("head is far past the tail")));
-                    }
-                }
-                Err(reason) => return Err(Fail::Broken(Broken::Corrupted(reason))),
-            }
-            drop(guard);
-            if core.peers_gone(Role::Sender, false) {
-                if last_look {
-                    return Err(Fail::Disconnected);
-                }
-                last_look = true;
-                continue;
-            }
-            if let Wait::Try = wait {
-                return Err(Fail::WouldBlock);
-            }
-            core.wait_for(&c.not_empty, &c.recv.parks, self.spin, wait, Role::Sender, || {
-                core.probe_slot(c.head.load(Ordering::Acquire)) != Ok(false)
-            })?;
-            waited = true;
-        }
+        let probe = |i| core.probe_slot(i).map(|published| published.then_some(()));
+        core.lock_for_recv(self.spin, wait, || core.repair_recv(), probe).map(|(g, head, ())| (g, head))
     }
 
     #[inline]

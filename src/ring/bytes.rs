@@ -389,38 +389,7 @@ impl Sender {
     #[inline]
     fn lock_with_room(&self, need: u64, wait: Wait) -> Result<(RobustMutexGuard<'_>, u64), Fail> {
         let core = &*self.core;
-        let c = core.ctrl();
-        let cap = core.cfg.capacity;
-        core.ensure_registered().map_err(|_| Fail::Disconnected)?;
-        loop {
-            if core.receivers_maybe_gone() && core.peers_gone(Role::Receiver, false) {
-                return Err(Fail::Disconnected);
-            }
-            let guard = core.lock_side(&c.send, self.spin, wait, || core.repair_bytes_send())?;
-            let tail = c.tail.load(Ordering::Relaxed);
-            if tail % 8 != 0 {
-                return Err(Fail::Broken(Broken::Corrupted("ring index is not on a record boundary")));
-            }
-            let mut head = c.send.cached.load(Ordering::Relaxed);
-            if tail.wrapping_add(need).wrapping_sub(head) > cap {
-                head = c.head.load(Ordering::Acquire);
-                if head > tail || tail - head > cap {
-                    return Err(Fail::Broken(Broken::Corrupted("head and tail are inconsistent")));
-                }
-                c.send.cached.store(head, Ordering::Relaxed);
-            }
-            if tail + need - head <= cap {
-                return Ok((guard, tail));
-            }
-            drop(guard);
-            if let Wait::Try = wait {
-                return Err(Fail::WouldBlock);
-            }
-            core.wait_for(&c.not_full, &c.send.parks, self.spin, wait, Role::Receiver, || {
-                let t = c.tail.load(Ordering::Relaxed);
-                t.wrapping_add(need).wrapping_sub(c.head.load(Ordering::Acquire)) <= cap
-            })?;
-        }
+        core.lock_for_send(self.spin, wait, need, need, || core.repair_bytes_send()).map(|(g, tail, _)| (g, tail))
     }
 
     #[inline]
@@ -677,54 +646,7 @@ impl Receiver {
     #[inline]
     fn lock_with_record(&self, wait: Wait) -> Result<(RobustMutexGuard<'_>, u64, usize), Fail> {
         let core = &*self.core;
-        let c = core.ctrl();
-        core.ensure_registered().map_err(|_| Fail::Disconnected)?;
-        let mut last_look = false;
-        let mut waited = false;
-        loop {
-            let guard = core.lock_side(&c.recv, self.spin, wait, || core.repair_bytes_recv())?;
-            let head = c.head.load(Ordering::Relaxed);
-            match core.probe_record(head) {
-                Ok(Some(len)) => return Ok((guard, head, len)),
-                // The first empty look in a call does not read the senders' tail line (reading it
-                // would pull it away from the sender that writes it every message); a second one,
-                // after a wait that did not bring the record, does.
-                Ok(None) if !waited => {}
-                Ok(None) => {
-                    // The header is the commit, so the published tail may lag behind records that
-                    // are already received (head > tail for a moment). A tail *ahead* of the head,
-                    // though, promises a published header there.
-                    let tail = c.tail.load(Ordering::Acquire);
-                    if tail > head {
-                        return match core.probe_record(head) {
-                            Ok(Some(len)) if tail - head <= core.cfg.capacity => Ok((guard, head, len)),
-                            Ok(_) => Err(Fail::Broken(Broken::Corrupted("tail is past an unpublished record"))),
-                            Err(reason) => Err(Fail::Broken(Broken::Corrupted(reason))),
-                        };
-                    }
-                    if head - tail > core.cfg.capacity {
-                        return Err(Fail::Broken(Broken::Corrupted("head is far past the tail")));
-                    }
-                }
-                Err(reason) => return Err(Fail::Broken(Broken::Corrupted(reason))),
-            }
-            drop(guard);
-            if core.peers_gone(Role::Sender, false) {
-                // The last sender may have published just before leaving: one more look.
-                if last_look {
-                    return Err(Fail::Disconnected);
-                }
-                last_look = true;
-                continue;
-            }
-            if let Wait::Try = wait {
-                return Err(Fail::WouldBlock);
-            }
-            core.wait_for(&c.not_empty, &c.recv.parks, self.spin, wait, Role::Sender, || {
-                core.probe_record(c.head.load(Ordering::Acquire)) != Ok(None)
-            })?;
-            waited = true;
-        }
+        core.lock_for_recv(self.spin, wait, || core.repair_bytes_recv(), |i| core.probe_record(i))
     }
 
     #[inline]

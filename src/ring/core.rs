@@ -347,6 +347,118 @@ impl Core {
         Ok((head, tail))
     }
 
+    // ----- the two sides' entry loops, shared by both record formats -------------------------
+
+    /// Takes the send lock with room for at least `need` units (bytes or slots); the cached head is
+    /// refreshed when `want` units do not fit it. Answers the guard, the tail and the free units.
+    /// Fails with `Disconnected` once every receiver is gone, `WouldBlock` for `Wait::Try`.
+    #[inline]
+    pub(crate) fn lock_for_send(
+        &self,
+        spin: SpinPolicy,
+        wait: Wait,
+        need: u64,
+        want: u64,
+        repair: impl Fn() -> Result<(), &'static str>,
+    ) -> Result<(RobustMutexGuard<'_>, u64, u64), Fail> {
+        let c = self.ctrl();
+        let cap = self.cfg.capacity;
+        self.ensure_registered().map_err(|_| Fail::Disconnected)?;
+        loop {
+            if self.receivers_maybe_gone() && self.peers_gone(Role::Receiver, false) {
+                return Err(Fail::Disconnected);
+            }
+            let guard = self.lock_side(&c.send, spin, wait, &repair)?;
+            let tail = c.tail.load(Ordering::Relaxed);
+            if self.cfg.format != super::control::FORMAT_SLOTS && tail % 8 != 0 {
+                return Err(Fail::Broken(Broken::Corrupted("ring index is not on a record boundary")));
+            }
+            let mut head = c.send.cached.load(Ordering::Relaxed);
+            if tail.wrapping_add(want.max(need)).wrapping_sub(head) > cap {
+                head = c.head.load(Ordering::Acquire);
+                if head > tail || tail - head > cap {
+                    return Err(Fail::Broken(Broken::Corrupted("head and tail are inconsistent")));
+                }
+                c.send.cached.store(head, Ordering::Relaxed);
+            }
+            let free = cap - (tail - head);
+            if free >= need {
+                return Ok((guard, tail, free));
+            }
+            drop(guard);
+            if let Wait::Try = wait {
+                return Err(Fail::WouldBlock);
+            }
+            self.wait_for(&c.not_full, &c.send.parks, spin, wait, Role::Receiver, || {
+                let t = c.tail.load(Ordering::Relaxed);
+                t.wrapping_add(need).wrapping_sub(c.head.load(Ordering::Acquire)) <= cap
+            })?;
+        }
+    }
+
+    /// Takes the receive lock with a published record (or slot) at the head, as `probe` says
+    /// (`Ok(Some(x))` published, `Ok(None)` not yet, `Err` impossible). Answers the guard, the
+    /// head and what `probe` found. Fails with `Disconnected` once the ring is empty and every
+    /// sender is gone, `WouldBlock` for `Wait::Try`.
+    #[inline]
+    pub(crate) fn lock_for_recv<T>(
+        &self,
+        spin: SpinPolicy,
+        wait: Wait,
+        repair: impl Fn() -> Result<(), &'static str>,
+        probe: impl Fn(u64) -> Result<Option<T>, &'static str>,
+    ) -> Result<(RobustMutexGuard<'_>, u64, T), Fail> {
+        let c = self.ctrl();
+        let corrupted = |reason| Err(Fail::Broken(Broken::Corrupted(reason)));
+        self.ensure_registered().map_err(|_| Fail::Disconnected)?;
+        let mut last_look = false;
+        let mut waited = false;
+        loop {
+            let guard = self.lock_side(&c.recv, spin, wait, &repair)?;
+            let head = c.head.load(Ordering::Relaxed);
+            match probe(head) {
+                Ok(Some(x)) => return Ok((guard, head, x)),
+                // The first empty look in a call does not read the senders' tail line (reading it
+                // would pull it away from the sender that writes it every message); a second one,
+                // after a wait that did not bring the record, does.
+                Ok(None) if !waited => {}
+                Ok(None) => {
+                    // The header (or stamp) is the commit, so the published tail may lag behind
+                    // records already received (head > tail for a moment). A tail *ahead* of the
+                    // head, though, promises a published record there.
+                    let tail = c.tail.load(Ordering::Acquire);
+                    if tail > head {
+                        return match probe(head) {
+                            Ok(Some(x)) if tail - head <= self.cfg.capacity => Ok((guard, head, x)),
+                            Ok(_) => corrupted("tail is past an unpublished record"),
+                            Err(reason) => corrupted(reason),
+                        };
+                    }
+                    if head - tail > self.cfg.capacity {
+                        return corrupted("head is far past the tail");
+                    }
+                }
+                Err(reason) => return corrupted(reason),
+            }
+            drop(guard);
+            if self.peers_gone(Role::Sender, false) {
+                // The last sender may have published just before leaving: one more look.
+                if last_look {
+                    return Err(Fail::Disconnected);
+                }
+                last_look = true;
+                continue;
+            }
+            if let Wait::Try = wait {
+                return Err(Fail::WouldBlock);
+            }
+            self.wait_for(&c.not_empty, &c.recv.parks, spin, wait, Role::Sender, || {
+                !matches!(probe(c.head.load(Ordering::Acquire)), Ok(None))
+            })?;
+            waited = true;
+        }
+    }
+
     // ----- waiting -------------------------------------------------------------------------
 
     /// Waits until `ready()` holds, the other side is gone, or the wait ends. Spins per `spin`
