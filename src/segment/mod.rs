@@ -343,25 +343,36 @@ impl SegmentBuilder {
                 Err(SegmentError::AlreadyExists(label))
             }
             OpenMode::OpenOrCreate => {
-                let mut init = Some(init);
                 // Create and open race each other (a creator can unlink between our failed create
-                // and our open): a bounded number of rounds.
+                // and our open): a bounded number of rounds decide which one we do.
+                enum Got {
+                    Created(OwnedFd),
+                    Opened(OwnedFd),
+                }
+                let mut got = None;
                 for _ in 0..64 {
                     match open(true) {
                         Ok(fd) => {
-                            let init = init.take().expect("init used once: we return right after");
-                            return self.create_on(fd, backend, init);
+                            got = Some(Got::Created(fd));
+                            break;
                         }
                         Err(Errno::EEXIST) => {}
                         Err(e) => return Err(SegmentError::Os { op: "create", source: e }),
                     }
                     match open(false) {
-                        Ok(fd) => return self.open_on(fd, backend),
+                        Ok(fd) => {
+                            got = Some(Got::Opened(fd));
+                            break;
+                        }
                         Err(Errno::ENOENT) => continue,
                         Err(e) => return Err(SegmentError::Os { op: "open", source: e }),
                     }
                 }
-                Err(SegmentError::NotReady(Duration::ZERO))
+                match got {
+                    Some(Got::Created(fd)) => self.create_on(fd, backend, init),
+                    Some(Got::Opened(fd)) => self.open_on(fd, backend),
+                    None => Err(SegmentError::NotReady(Duration::ZERO)),
+                }
             }
         }
     }
