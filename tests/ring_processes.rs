@@ -367,10 +367,19 @@ fn death_of_every_sender_disconnects() {
         0
     });
     let tx = ring.sender().unwrap();
-    // Fill it while the receiver lives.
-    while tx.try_send([0u8; 64]).is_ok() {}
+    // Wait until the child is a receiver, then fill the ring while it lives.
+    let deadline = Instant::now() + LONG;
+    while ring.stats().receivers == 0 {
+        assert!(Instant::now() < deadline, "the child never joined");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut filled = 0;
+    while tx.try_send([0u8; 64]).is_ok() {
+        filled += 1;
+    }
+    assert!(filled > 40, "the ring should take about 50 messages of 64 bytes, took {filled}");
     child.kill();
-    let e = tx.send_timeout(*b"after", Duration::from_secs(30)).unwrap_err();
+    let e = tx.send_timeout([1u8; 64], Duration::from_secs(30)).unwrap_err();
     assert!(matches!(e, ringpool::ring::SendTimeoutError::Disconnected(_)), "{e:?}");
 }
 
