@@ -5,16 +5,18 @@
 //! Every wait has a deadline, a child still running when a test fails is killed (see [`Running`]),
 //! and every segment name a test makes is checked to be gone from /dev/shm at its end.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output, Stdio};
-use std::sync::Mutex;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+mod common;
+use common::{build_example, drain, run_with_deadline};
 
 /// How long an example may take before the test kills it and fails.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -253,64 +255,6 @@ impl Drop for Running {
             let _ = self.child.wait();
         }
     }
-}
-
-fn drain(mut r: Box<dyn Read + Send>) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = r.read_to_end(&mut v);
-        v
-    })
-}
-
-/// Runs `cmd` with stdout and stderr captured; kills it and fails the test after `timeout`.
-/// (The same as in `tests/process.rs`: test files share code only through a module of their own.)
-fn run_with_deadline(cmd: &mut Command, timeout: Duration) -> Output {
-    let mut child =
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    // Drain both pipes on threads, so a chatty child cannot block on a full pipe.
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not end within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
-}
-
-/// Builds `examples/<name>.rs` with the profile of this test binary (`cargo test --test examples`
-/// does not build examples) and returns its path, next to this test binary's directory. (As in
-/// `tests/process.rs`.) One build at a time: the tests of this file run in parallel.
-fn build_example(name: &str) -> PathBuf {
-    static BUILDING: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
-    let me = std::env::current_exe().unwrap();
-    // target/<profile>/deps/examples-<hash>
-    let profile_dir = me.parent().and_then(|deps| deps.parent()).unwrap();
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(other) => other,
-        None => "dev",
-    };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
-    let target_dir = profile_dir.parent().unwrap();
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--quiet", "--example", name, "--profile", profile, "--target-dir"])
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    let out = run_with_deadline(&mut cmd, Duration::from_secs(600));
-    assert!(out.status.success(), "cargo build --example {name} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let exe = profile_dir.join("examples").join(name);
-    assert!(exe.exists(), "{} not found", exe.display());
-    exe
 }
 
 // ----- the pool examples and the tour ----------------------------------------------------------

@@ -1,6 +1,7 @@
 //! Layer 4 with real processes: fork and spawn, exit codes and signals, deadlines, panics, death
 //! with the parent, reaping, names, and the `process_basics` example run to its end.
 
+mod common;
 mod process_common;
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
@@ -353,8 +354,8 @@ fn unsafe_fork_named(name: &str) -> Process {
 #[test]
 fn the_process_basics_example_runs_to_its_end() {
     let _g = lock();
-    let exe = build_example("process_basics");
-    let out = run_with_deadline(std::process::Command::new(&exe), Duration::from_secs(60));
+    let exe = common::build_example("process_basics");
+    let out = common::run_with_deadline(&mut std::process::Command::new(&exe), Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     let pid_after = |text: &str, key: &str| -> u32 {
@@ -368,64 +369,6 @@ fn the_process_basics_example_runs_to_its_end() {
     assert!(stdout.contains("alive: true"), "{stdout}");
     assert!(stdout.contains("exit code 0"), "{stdout}");
     assert_no_zombies();
-}
-
-/// Runs `cmd` with stdout and stderr captured; kills it and fails the test after `timeout`.
-fn run_with_deadline(mut cmd: std::process::Command, timeout: Duration) -> std::process::Output {
-    use std::process::Stdio;
-    let mut child =
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    // Drain both pipes on threads, so a chatty child cannot block on a full pipe.
-    let out = child.stdout.take().unwrap();
-    let err = child.stderr.take().unwrap();
-    let drain = |mut r: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
-    };
-    let out = drain(Box::new(out));
-    let err = drain(Box::new(err));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not end within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let stdout = out.join().unwrap();
-    let stderr = err.join().unwrap();
-    std::process::Output { status, stdout, stderr }
-}
-
-/// Builds `examples/<name>.rs` with the profile of this test binary (`cargo test --test process`
-/// does not build examples) and returns its path, next to this test binary's directory.
-fn build_example(name: &str) -> std::path::PathBuf {
-    let me = std::env::current_exe().unwrap();
-    // target/<profile>/deps/process-<hash>
-    let profile_dir = me.parent().and_then(|deps| deps.parent()).unwrap();
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(other) => other,
-        None => "dev",
-    };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
-    let target_dir = profile_dir.parent().unwrap();
-    let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "--quiet", "--example", name, "--profile", profile, "--target-dir"])
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    let out = run_with_deadline(cmd, Duration::from_secs(600));
-    assert!(out.status.success(), "cargo build --example {name} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    let exe = profile_dir.join("examples").join(name);
-    assert!(exe.exists(), "{} not found", exe.display());
-    exe
 }
 
 #[test]

@@ -213,3 +213,66 @@ pub fn check_message(m: &[u8]) -> Result<(u32, u64), String> {
     }
     Ok((producer, seq))
 }
+
+// ----- running example binaries -----------------------------------------------------------
+
+/// Reads `r` to its end on a thread (so a chatty child cannot block on a full pipe).
+pub fn drain(mut r: Box<dyn std::io::Read + Send>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = r.read_to_end(&mut v);
+        v
+    })
+}
+
+/// Runs `cmd` with stdout and stderr captured; kills it and fails the test after `timeout`.
+pub fn run_with_deadline(cmd: &mut std::process::Command, timeout: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    // Drain both pipes on threads, so a chatty child cannot block on a full pipe.
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not end within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::process::Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
+/// Builds `examples/<name>.rs` with the profile of this test binary (`cargo test --test NAME`
+/// does not build examples) and returns its path, next to this test binary's directory. One build
+/// at a time: tests run in parallel.
+pub fn build_example(name: &str) -> std::path::PathBuf {
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
+    let me = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test>-<hash>
+    let profile_dir = me.parent().and_then(|deps| deps.parent()).unwrap();
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => "dev",
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
+    let target_dir = profile_dir.parent().unwrap();
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args(["build", "--quiet", "--example", name, "--profile", profile, "--target-dir"])
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    let out = run_with_deadline(&mut cmd, Duration::from_secs(600));
+    assert!(out.status.success(), "cargo build --example {name} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let exe = profile_dir.join("examples").join(name);
+    assert!(exe.exists(), "{} not found", exe.display());
+    exe
+}
