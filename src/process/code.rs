@@ -63,6 +63,11 @@ impl CodeMap {
         Ok(CodeMap { base: image.base, code })
     }
 
+    /// The executable image's load address in this process.
+    pub(crate) fn base(&self) -> usize {
+        self.base
+    }
+
     fn is_code(&self, addr: usize) -> bool {
         self.code.iter().any(|&(s, e)| (s..e).contains(&addr))
     }

@@ -36,6 +36,7 @@ use std::os::unix::process::CommandExt;
 use std::sync::OnceLock;
 
 use super::child::{self, Kind};
+use super::code::CodeMap;
 use super::current::{self, Identity};
 use super::report;
 use super::status::io_errno;
@@ -102,32 +103,22 @@ fn rebase(offset: i64, base: usize) -> usize {
     base.wrapping_add_signed(offset as isize)
 }
 
-/// In the parent: the offsets of [`anchor`], `trampoline` and `entry`, after checking that ringpool
-/// is part of the executable itself and that `entry` lies in the same image.
+/// In the parent: the offsets of [`anchor`], `trampoline` and `entry` from the executable's load
+/// address, after checking (through the process's cached [`CodeMap`]) that ringpool is part of the
+/// executable itself and that both functions are code of it.
 fn offsets(trampoline: usize, entry: usize) -> Result<Offsets, StartError> {
-    let os = |op| move |source| StartError::Os { op, source };
-    let maps = std::fs::read_to_string("/proc/self/maps").map_err(io_errno).map_err(os("read /proc/self/maps"))?;
-    let exe = std::fs::read_link("/proc/self/exe").map_err(io_errno).map_err(os("readlink /proc/self/exe"))?;
-    let here = image_at(&maps, anchor()).ok_or(StartError::NotInExecutable)?;
-    if std::path::Path::new(here.path) != exe {
-        return Err(StartError::NotInExecutable);
-    }
-    if image_at(&maps, entry) != Some(here) {
-        return Err(StartError::ForeignFunction);
-    }
-    Ok(Offsets {
-        anchor: offset(anchor(), here.base),
-        trampoline: offset(trampoline, here.base),
-        entry: offset(entry, here.base),
-    })
+    let map = CodeMap::get()?;
+    map.offset(entry)?;
+    map.offset(trampoline)?;
+    let base = map.base();
+    Ok(Offsets { anchor: offset(anchor(), base), trampoline: offset(trampoline, base), entry: offset(entry, base) })
 }
 
 /// In the child: the load address of the image that holds [`anchor`], if the request's anchor
 /// offset is this copy of ringpool's (else the request is for another copy).
 fn base_for(anchor_offset: i64) -> Result<Option<usize>, &'static str> {
-    let maps = std::fs::read_to_string("/proc/self/maps").map_err(|_| "cannot read /proc/self/maps")?;
-    let here = image_at(&maps, anchor()).ok_or("ringpool is not in a file mapping")?;
-    Ok((offset(anchor(), here.base) == anchor_offset).then_some(here.base))
+    let map = CodeMap::get().map_err(|_| "ringpool is not in the executable's own image")?;
+    Ok((offset(anchor(), map.base()) == anchor_offset).then_some(map.base()))
 }
 
 /// One line of `/proc/self/maps`.

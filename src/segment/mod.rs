@@ -402,7 +402,7 @@ impl SegmentBuilder {
         init: impl FnOnce(&Uninit) -> Result<(), SegmentError>,
     ) -> Result<Segment, SegmentError> {
         // From here on, any failure must remove what we created.
-        let result = self.create_inner(&fd, &backend, init);
+        let result = self.create_inner(&fd, init);
         match result {
             Ok((map, fields)) => {
                 let ident = file_identity(fd.as_fd());
@@ -418,10 +418,8 @@ impl SegmentBuilder {
     fn create_inner(
         &self,
         fd: &OwnedFd,
-        backend: &Backend,
         init: impl FnOnce(&Uninit) -> Result<(), SegmentError>,
     ) -> Result<(Mapping, HeaderFields), SegmentError> {
-        let _ = backend;
         let (page, payload_len, total) = self.layout()?;
         let total_i = libc::off_t::try_from(total).map_err(|_| SegmentError::InvalidSize("segment too large"))?;
         nix::unistd::ftruncate(fd, total_i).map_err(SegmentError::os("ftruncate"))?;
