@@ -10,7 +10,7 @@
 //! | --- | --- | --- |
 //! | 1 | [`segment`] | a mapped region with a validated header: named, anonymous (`memfd`) or file-backed |
 //! | 2 | [`sync`] | a process-shared lock that survives its owner's death, and wait/wake with monotonic deadlines |
-//! | 3 | [`ring`], [`queue`] | the lock-protected ring: byte messages ([`Ring`]) and typed slots ([`Queue`]) |
+//! | 3 | [`ring`] (with [`queue`]) | the lock-protected ring: byte messages ([`Ring`]) and typed slots ([`Queue`]) |
 //! | 4 | [`process`] | [`Process`]: a closure in a forked child, or the current binary re-executed |
 //! | 5 | [`pool`] | [`Pool`]: worker processes over shared task slots |
 //!
@@ -28,15 +28,15 @@ mod sys;
 pub mod segment;
 pub mod sync;
 
-pub mod queue;
 pub mod ring;
+pub use ring::queue;
 
 pub mod pool;
 pub mod process;
 
 pub use crate::pool::{Pool, PoolBuilder};
 pub use crate::process::{Process, current_process};
-pub use crate::queue::{Queue, QueueBuilder};
+pub use crate::ring::queue::{Queue, QueueBuilder};
 pub use crate::ring::{Ring, RingBuilder};
 pub use crate::segment::{OpenMode, Segment, SegmentError};
 pub use bytemuck::{Pod, Zeroable};

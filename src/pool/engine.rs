@@ -12,9 +12,9 @@
 //! [`TaskError::WorkerDied`]. The parent is the only sender on the task queue, so "still in the
 //! queue" is simply "queued at an index at or past the queue's head".
 
+use crate::sys::atomic::Ordering;
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
@@ -25,7 +25,7 @@ use super::task::ITEM_OK;
 use super::worker::{self, WorkerArg};
 use crate::process::code::CodeOffset;
 use crate::process::{ExitStatus, JoinError as ProcessJoinError, Process, StartMethod};
-use crate::queue::{self, Queue};
+use crate::ring::queue::{self, Queue};
 use crate::ring::{self, RecvTimeoutError, Ring};
 use crate::sync::SpinPolicy;
 

@@ -52,7 +52,7 @@ pub struct Future<R> {
 }
 
 /// Numbers futures for [`Future::id`].
-static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+static NEXT_ID: crate::sys::atomic::AtomicU64 = crate::sys::atomic::AtomicU64::new(1);
 
 impl<R> std::fmt::Debug for Future<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,7 +62,7 @@ impl<R> std::fmt::Debug for Future<R> {
 
 impl<R: Pod + Send> Future<R> {
     pub(crate) fn new(shared: Arc<Shared>, job: usize) -> Future<R> {
-        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = NEXT_ID.fetch_add(1, crate::sys::atomic::Ordering::Relaxed);
         Future { shared, job, id, _r: PhantomData }
     }
 

@@ -16,7 +16,7 @@
 //! | `DONE(pid)` | worker | outputs written (the result message follows) |
 //! | `CANCELLED` | parent, from `QUEUED` only | the worker that pops it skips it and acknowledges |
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sys::atomic::{AtomicU64, Ordering};
 
 use bytemuck::{Pod, Zeroable};
 

@@ -1,13 +1,13 @@
 //! A worker process: take a task, claim its slot, run it in place, publish the result.
 
+use crate::sys::atomic::Ordering;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::atomic::Ordering;
 
 use bytemuck::{Pod, Zeroable};
 
 use super::slots::{self, CANCELLED, QUEUED, RUNNING, Slots};
 use super::task::{self, ChunkCtx};
-use crate::queue::Queue;
+use crate::ring::queue::Queue;
 use crate::ring::{Ring, RingBuilder};
 use crate::sync::current_pid;
 
@@ -80,7 +80,7 @@ pub(crate) fn start(arg: &[u8]) {
     };
     // A forked worker holds copies of every ring handle the parent held (the pool's own task
     // sender among them): give those memberships up, or the task queue would never disconnect.
-    crate::ring::child_exit();
+    crate::sys::atfork::child_exit();
     // SAFETY: the parent passed these four descriptor numbers, open in this process: inherited by
     // fork, or kept open across exec by the process layer (`spawn_raw`'s inherited descriptors).
     // Nothing else in this fresh worker owns them.

@@ -167,7 +167,7 @@ pub(crate) fn write_stderr(bytes: &[u8]) {
     }
 }
 
-/// First steps of a new child, right after `ForkGuard::in_child` (forked) or before `main`
+/// First steps of a new child, right after `atfork::Prepared::in_child` (forked) or before `main`
 /// (spawned): the death signal, the identity, the report channel, "started".
 ///
 /// `expected_parent`: when set, the child asks for SIGKILL when the parent's forking thread ends,

@@ -118,7 +118,7 @@ pub fn current_process() -> CurrentProcess {
 ///
 /// Use it to give a child's exit code; in the main process, prefer `std::process::exit`.
 pub fn exit(code: i32) -> ! {
-    crate::ring::child_exit();
+    crate::sys::atfork::child_exit();
     let _ = std::io::stdout().flush();
     exit_now(code)
 }

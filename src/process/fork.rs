@@ -1,16 +1,17 @@
-//! Starting a child by `fork`: the protocol with the ring layer, and the parent's side of it.
+//! Starting a child by `fork`: the protocol with the layers that registered fork hooks
+//! ([`crate::sys::atfork`]; the ring layer does), and the parent's side of it.
 //!
 //! ```text
 //! parent                                   child
-//! ForkGuard::prepare()
+//! atfork::prepare()
 //! lock stdout, flush; lock stderr
-//! fork() ---------------------------------> ForkGuard::in_child()        (first thing)
-//! ForkGuard::in_parent()                   unlock stderr, stdout
+//! fork() ---------------------------------> Prepared::in_child()         (first thing)
+//! Prepared::in_parent()                    unlock stderr, stdout
 //! unlock stderr, stdout                    PR_SET_PDEATHSIG, getppid check
 //! wait for "started" (or the child's end)  identity, report channel
 //!                          <-------------- "started"
 //! drop the parent's copy of the closure    run the closure under catch_unwind
-//! return the Process                       ring::child_exit, flush stdout, _exit
+//! return the Process                       atfork::child_exit, flush, _exit
 //! ```
 //!
 //! The parent waits for "started" before it drops its copy of the closure, because the closure may
@@ -26,8 +27,8 @@ use super::current;
 use super::report;
 use super::status::io_errno;
 use super::{Process, ProcessBuilder, StartError, StartMethod, wait};
-use crate::ring::ForkGuard;
-use crate::sync::current_pid;
+use crate::sys::atfork::{self, Inherit};
+use crate::sys::current_pid;
 
 /// Succeeds when the calling thread is the only thread of this process (one entry in
 /// `/proc/self/task`): then nobody else can start a thread before the caller forks, so the answer
@@ -52,7 +53,7 @@ pub(super) fn fork(b: ProcessBuilder, f: Box<dyn FnOnce() + '_>, kind: Kind) -> 
     let parent = current_pid();
     let expected_parent = b.die_with_parent.then_some(parent);
 
-    let guard = ForkGuard::prepare();
+    let guard = atfork::prepare();
     // Held across the fork, so that in the child they are held by the child's own (only) thread,
     // not by a thread that does not exist there; flushed, so the child does not print the parent's
     // buffered output again.
@@ -69,11 +70,7 @@ pub(super) fn fork(b: ProcessBuilder, f: Box<dyn FnOnce() + '_>, kind: Kind) -> 
     let forked = unsafe { nix::unistd::fork() };
     match forked {
         Ok(ForkResult::Child) => {
-            if b.keep_ring_handles {
-                guard.in_child()
-            } else {
-                guard.in_child_forgetting()
-            }
+            guard.in_child(if b.keep_ring_handles { Inherit::Keep } else { Inherit::Forget });
             drop(err);
             drop(out);
             drop(read_end);

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::sys::{Errno, cvt};
 
-/// The child runs: it has done [`crate::ring::ForkGuard::in_child`] and is about to run the
+/// The child runs: it has done the ring layer's at-fork child hook and is about to run the
 /// caller's code.
 pub(crate) const STARTED: u8 = b'S';
 /// The child's main function panicked. Payload: location, a NUL byte, message.

@@ -342,7 +342,7 @@ fn spawn_as(
     unsafe { cmd.pre_exec(move || before_exec(&keep, expected_parent)) };
     let child = cmd.spawn().map_err(|e| StartError::Os { op: "spawn /proc/self/exe", source: io_errno(e) })?;
     drop(write_end);
-    // No ForkGuard here: the child executes a new image at once, so it inherits no ring handle.
+    // No at-fork hooks here: the child executes a new image at once, so it inherits no ring handle.
     let mut p = Process::new(child.id(), id.name, StartMethod::Spawn, read_end);
     p.await_start()?;
     Ok(p)

@@ -1,17 +1,18 @@
 //! [`Ring`]: byte messages of any length up to the ring's largest, between processes.
 
+use crate::sys::atomic::Ordering;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::control::{Config, FORMAT_BYTES, MAX_MEMBERS, data_offset};
-use super::core::{Core, Role, Wait};
+use super::core::{Core, Role};
 use super::error::{
     Broken, Fail, JoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 use super::records::{record_size, room_needed};
+use super::wait::Wait;
 use super::{Stats, debug_pause};
 use crate::segment::{Fingerprint, OpenMode, Segment, SegmentBuilder, SegmentError, SegmentKind, Uninit};
 use crate::sync::{RobustMutexGuard, SpinPolicy};
@@ -476,7 +477,7 @@ impl Sender {
 
 /// Bumps a counter that only the holder of a side's lock writes (no read-modify-write needed).
 #[inline(always)]
-fn bump(counter: &std::sync::atomic::AtomicU64, by: u64) {
+fn bump(counter: &crate::sys::atomic::AtomicU64, by: u64) {
     counter.store(counter.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
 }
 

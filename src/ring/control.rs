@@ -16,7 +16,7 @@
 //! Zeroed memory is a valid empty ring except for `config`, which the creator fills in before the
 //! segment's ready word is published.
 
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use crate::sys::atomic::{AtomicU32, AtomicU64};
 
 use bytemuck::{Pod, Zeroable};
 

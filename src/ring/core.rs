@@ -14,74 +14,23 @@
 //! Every property the design asks of the lock still holds: mutual exclusion per side, recovery
 //! from an owner's death, and a consistent ring after it.
 
+use crate::sys::atomic::{AtomicU64, Ordering};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::control::{CLAIMING, Config, Control, MAX_MEMBERS, REAPING, Side};
-use super::error::{Broken, Fail, JoinError};
+use super::control::{Config, Control, Side};
+use super::error::{Broken, Fail};
+use super::membership::Local;
+use super::wait::Wait;
 use crate::segment::Segment;
-use crate::sync::{
-    Deadline, EventCount, FutexWait, RobustMutexGuard, SpinPolicy, Spinner, current_pid, liveness,
-    store_load_barrier_after_rmw,
-};
-
-/// How long a parked waiter sleeps before it checks whether its peers are still alive.
-const LIVENESS_SLICE: Duration = Duration::from_millis(50);
-/// How often, at most, one process sweeps the member table for dead processes (ring-wide).
-const SWEEP_INTERVAL_NS: u64 = 20_000_000;
-
-/// Bits of `MembershipHeader::gone`... kept in `Control::membership` as flags.
-const SENDERS_GONE: u32 = 1;
-const RECEIVERS_GONE: u32 = 2;
+use crate::sync::{Deadline, EventCount, RobustMutexGuard, SpinPolicy, Spinner, store_load_barrier_after_rmw};
 
 /// Which side a handle is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Role {
     Sender,
     Receiver,
-}
-
-/// How long an operation may wait.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Wait {
-    /// Not at all (the `try_` forms).
-    Try,
-    /// Until a deadline.
-    Until(Deadline),
-    /// For ever (but never on a dead peer: that is a disconnection).
-    Forever,
-}
-
-impl Wait {
-    pub(crate) fn timeout(d: Duration) -> Wait {
-        Wait::Until(Deadline::after(d))
-    }
-
-    fn deadline(self) -> Option<Deadline> {
-        match self {
-            Wait::Until(d) => Some(d),
-            _ => None,
-        }
-    }
-
-    fn passed(self) -> bool {
-        matches!(self, Wait::Until(d) if d.passed())
-    }
-}
-
-/// This process's view of its membership in one mapped ring.
-#[derive(Debug, Default)]
-struct Local {
-    /// Serializes (re-)registration among this process's threads.
-    registering: AtomicBool,
-    /// The pid our registry entry belongs to; differs from `current_pid()` in a forked child
-    /// that has not registered yet. 0: not registered.
-    pid: AtomicU32,
-    slot: AtomicU32,
-    senders: AtomicU32,
-    receivers: AtomicU32,
 }
 
 /// Where the ring's bytes live.
@@ -131,7 +80,7 @@ pub(crate) struct Core {
     /// Whether `data[cap..2cap]` mirrors `data[0..cap]` (true for every real segment).
     pub(crate) mirrored: bool,
     pub(crate) spin: SpinPolicy,
-    local: Local,
+    pub(super) local: Local,
 }
 
 // SAFETY: Core only points into its own mapping (kept alive by `_backing`), and every access to the
@@ -140,9 +89,6 @@ pub(crate) struct Core {
 unsafe impl Send for Core {}
 // SAFETY: as above: shared access is via atomics or lock-protected, never via `&mut`.
 unsafe impl Sync for Core {}
-
-/// Every live Core of this process, so a forked child can register its inherited handles.
-static ALL_CORES: Mutex<Vec<Weak<Core>>> = Mutex::new(Vec::new());
 
 impl Core {
     /// Wraps a mapped and validated segment: reads and checks the ring's config.
@@ -197,13 +143,6 @@ impl Core {
             local: Local::default(),
             _backing: Backing::Heap(block),
         })
-    }
-
-    fn track(self: &Arc<Self>) {
-        if let Ok(mut all) = ALL_CORES.lock() {
-            all.retain(|w| w.strong_count() > 0);
-            all.push(Arc::downgrade(self));
-        }
     }
 
     #[inline(always)]
@@ -459,316 +398,6 @@ impl Core {
         }
     }
 
-    // ----- waiting -------------------------------------------------------------------------
-
-    /// Waits until `ready()` holds, the other side is gone, or the wait ends. Spins per `spin`
-    /// first, then parks on `event`; a parked waiter wakes every [`LIVENESS_SLICE`] to sweep
-    /// for dead peers. Returns Ok(()) when worth retrying, Err(Timeout) when the deadline passed.
-    pub(crate) fn wait_for(
-        &self,
-        event: &EventCount,
-        parks: &AtomicU64,
-        spin: SpinPolicy,
-        wait: Wait,
-        peers: Role,
-        mut ready: impl FnMut() -> bool,
-    ) -> Result<(), Fail> {
-        let deadline = wait.deadline();
-        let mut spinner = Spinner::new(spin);
-        // Read the clock only once the spin has lasted a while (a short wait never reads it).
-        let mut next_sweep = 0u64;
-        let mut rounds = 0u32;
-        while spinner.spin() {
-            if ready() {
-                return Ok(());
-            }
-            rounds = rounds.wrapping_add(1);
-            if rounds % 256 == 0 {
-                if wait.passed() {
-                    return Err(Fail::Timeout);
-                }
-                let now = crate::sys::monotonic_ns();
-                if next_sweep == 0 {
-                    next_sweep = now + LIVENESS_SLICE.as_nanos() as u64;
-                } else if now >= next_sweep {
-                    next_sweep = now + LIVENESS_SLICE.as_nanos() as u64;
-                    if self.peers_gone(peers, true) {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        loop {
-            let key = event.prepare();
-            if ready() || self.peers_gone(peers, false) {
-                event.cancel(key);
-                return Ok(());
-            }
-            let until = match deadline {
-                Some(d) => d.min_after(LIVENESS_SLICE),
-                None => Deadline::after(LIVENESS_SLICE),
-            };
-            parks.fetch_add(1, Ordering::Relaxed);
-            let woke = event.wait(key, Some(until));
-            if wait.passed() {
-                return Err(Fail::Timeout);
-            }
-            if woke == FutexWait::TimedOut && self.peers_gone(peers, true) {
-                return Ok(());
-            }
-            if ready() {
-                return Ok(());
-            }
-        }
-    }
-
-    // ----- membership ----------------------------------------------------------------------
-
-    /// Makes sure this process has a registry entry (claiming one after a fork). Returns its index.
-    #[inline]
-    pub(crate) fn ensure_registered(&self) -> Result<usize, JoinError> {
-        let me = current_pid();
-        if self.local.pid.load(Ordering::Acquire) == me {
-            return Ok(self.local.slot.load(Ordering::Relaxed) as usize);
-        }
-        self.register_slow(me)
-    }
-
-    #[cold]
-    fn register_slow(&self, me: u32) -> Result<usize, JoinError> {
-        // A tiny spin lock among this process's threads (no std Mutex: a forked child may find a
-        // std Mutex held by a thread that does not exist in it).
-        while self.local.registering.swap(true, Ordering::Acquire) {
-            std::hint::spin_loop();
-        }
-        let result = if self.local.pid.load(Ordering::Acquire) == me {
-            Ok(self.local.slot.load(Ordering::Relaxed) as usize)
-        } else {
-            self.claim_entry(me)
-        };
-        self.local.registering.store(false, Ordering::Release);
-        result
-    }
-
-    /// Claims a free registry entry for `me`, carrying this process's current handle counts
-    /// (inherited ones included, in a forked child).
-    fn claim_entry(&self, me: u32) -> Result<usize, JoinError> {
-        let c = self.ctrl();
-        let max = self.cfg.max_members as usize;
-        let senders = self.local.senders.load(Ordering::Relaxed);
-        let receivers = self.local.receivers.load(Ordering::Relaxed);
-        for pass in 0..2 {
-            for (i, m) in c.members.iter().enumerate().take(max) {
-                if m.pid.compare_exchange(0, CLAIMING, Ordering::Acquire, Ordering::Relaxed).is_err() {
-                    continue;
-                }
-                m.start_time.store(liveness::own_start_time(), Ordering::Relaxed);
-                m.senders.store(senders, Ordering::Relaxed);
-                m.receivers.store(receivers, Ordering::Relaxed);
-                m.pid.store(me, Ordering::Release);
-                c.membership.high_water.fetch_max(i as u32 + 1, Ordering::AcqRel);
-                self.local.slot.store(i as u32, Ordering::Relaxed);
-                self.local.pid.store(me, Ordering::Release);
-                if senders > 0 {
-                    self.clear_gone(SENDERS_GONE);
-                }
-                if receivers > 0 {
-                    self.clear_gone(RECEIVERS_GONE);
-                }
-                return Ok(i);
-            }
-            if pass == 0 {
-                // Full: dead members may be hogging entries.
-                self.sweep(true);
-            }
-        }
-        Err(JoinError::TooManyMembers(max))
-    }
-
-    fn entry(&self, slot: usize) -> &super::control::Member {
-        &self.ctrl().members[slot.min(MAX_MEMBERS - 1)]
-    }
-
-    /// A new handle of `role` made from the ring (not cloned from another handle): dead members
-    /// are swept first, so a handle made on a ring whose peers were all killed sees them gone at
-    /// once, not only when it first waits.
-    pub(crate) fn join_fresh(&self, role: Role) -> Result<(), JoinError> {
-        self.sweep(false);
-        self.join(role)
-    }
-
-    /// A new handle of `role` in this process.
-    pub(crate) fn join(&self, role: Role) -> Result<(), JoinError> {
-        let slot = self.ensure_registered()?;
-        let m = self.entry(slot);
-        match role {
-            Role::Sender => {
-                self.local.senders.fetch_add(1, Ordering::Relaxed);
-                m.senders.fetch_add(1, Ordering::AcqRel);
-                self.clear_gone(SENDERS_GONE);
-            }
-            Role::Receiver => {
-                self.local.receivers.fetch_add(1, Ordering::Relaxed);
-                m.receivers.fetch_add(1, Ordering::AcqRel);
-                self.clear_gone(RECEIVERS_GONE);
-            }
-        }
-        Ok(())
-    }
-
-    /// A handle of `role` goes away. Never panics; wakes the other side if it was the last one.
-    pub(crate) fn leave(&self, role: Role) {
-        let Ok(slot) = self.ensure_registered() else {
-            // No entry could be claimed (table full after a fork): nothing of ours is counted.
-            return;
-        };
-        let m = self.entry(slot);
-        let (local, shared) = match role {
-            Role::Sender => (&self.local.senders, &m.senders),
-            Role::Receiver => (&self.local.receivers, &m.receivers),
-        };
-        let _ = local.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        let _ = shared.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        self.after_departure(role);
-    }
-
-    /// Called after a member of `role` left or was reaped: if none is left, mark that side gone
-    /// and wake the other side so it sees it.
-    fn after_departure(&self, role: Role) {
-        let c = self.ctrl();
-        if self.live_count(role) != 0 {
-            return;
-        }
-        let bit = match role {
-            Role::Sender => SENDERS_GONE,
-            Role::Receiver => RECEIVERS_GONE,
-        };
-        c.membership.gone.fetch_or(bit, Ordering::SeqCst);
-        // A member may have joined between our count and our flag: look again.
-        if self.live_count(role) != 0 {
-            self.clear_gone(bit);
-        }
-        match role {
-            Role::Sender => c.not_empty.notify_all(),
-            Role::Receiver => c.not_full.notify_all(),
-        }
-    }
-
-    fn clear_gone(&self, bit: u32) {
-        let gone = &self.ctrl().membership.gone;
-        if gone.load(Ordering::Relaxed) & bit != 0 {
-            gone.fetch_and(!bit, Ordering::SeqCst);
-        }
-    }
-
-    /// Handles of `role` held by registered members (dead ones included until swept).
-    pub(crate) fn live_count(&self, role: Role) -> u32 {
-        let c = self.ctrl();
-        let hw = (c.membership.high_water.load(Ordering::Acquire) as usize).min(self.cfg.max_members as usize);
-        let mut n = 0u32;
-        for m in &c.members[..hw] {
-            let pid = m.pid.load(Ordering::Acquire);
-            if pid == 0 || pid == REAPING {
-                continue;
-            }
-            n = n.saturating_add(match role {
-                Role::Sender => m.senders.load(Ordering::Acquire),
-                Role::Receiver => m.receivers.load(Ordering::Acquire),
-            });
-        }
-        n
-    }
-
-    /// Whether every member of `role` is gone (they existed once, and none is left). With
-    /// `sweep`, dead members are reaped first (rate-limited ring-wide).
-    pub(crate) fn peers_gone(&self, role: Role, sweep: bool) -> bool {
-        let bit = match role {
-            Role::Sender => SENDERS_GONE,
-            Role::Receiver => RECEIVERS_GONE,
-        };
-        if sweep {
-            self.sweep(false);
-        }
-        self.ctrl().membership.gone.load(Ordering::Acquire) & bit != 0 && self.live_count(role) == 0
-    }
-
-    /// Fast check used on every send: has the last receiver left? (one load of a quiet line)
-    #[inline]
-    pub(crate) fn receivers_maybe_gone(&self) -> bool {
-        self.ctrl().membership.gone.load(Ordering::Relaxed) & RECEIVERS_GONE != 0
-    }
-
-    /// Reaps registry entries of dead processes. At most once per [`SWEEP_INTERVAL_NS`] ring-wide
-    /// unless `force`.
-    pub(crate) fn sweep(&self, force: bool) {
-        let c = self.ctrl();
-        let now = crate::sys::monotonic_ns();
-        let last = c.membership.last_sweep.load(Ordering::Relaxed);
-        if !force
-            && (now.saturating_sub(last) < SWEEP_INTERVAL_NS
-                || c.membership.last_sweep.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err())
-        {
-            return;
-        }
-        let hw = (c.membership.high_water.load(Ordering::Acquire) as usize).min(self.cfg.max_members as usize);
-        let (mut senders, mut receivers) = (false, false);
-        for m in &c.members[..hw] {
-            let pid = m.pid.load(Ordering::Acquire);
-            if pid == 0 || pid == CLAIMING || pid == REAPING {
-                continue;
-            }
-            if liveness::is_alive(pid, m.start_time.load(Ordering::Relaxed)) {
-                continue;
-            }
-            if m.pid.compare_exchange(pid, REAPING, Ordering::AcqRel, Ordering::Relaxed).is_err() {
-                continue;
-            }
-            senders |= m.senders.swap(0, Ordering::AcqRel) > 0;
-            receivers |= m.receivers.swap(0, Ordering::AcqRel) > 0;
-            m.pid.store(0, Ordering::Release);
-        }
-        if senders {
-            self.after_departure(Role::Sender);
-        }
-        if receivers {
-            self.after_departure(Role::Receiver);
-        }
-    }
-
-    /// Whether the process `pid`, found holding a lock, is a live member. A pid that is not in
-    /// the member table at all is not a legitimate holder (every locker registers first).
-    fn member_alive(&self, pid: u32) -> bool {
-        let c = self.ctrl();
-        let hw = (c.membership.high_water.load(Ordering::Acquire) as usize).min(self.cfg.max_members as usize);
-        c.members[..hw]
-            .iter()
-            .filter(|m| m.pid.load(Ordering::Acquire) == pid)
-            .any(|m| liveness::is_alive(pid, m.start_time.load(Ordering::Relaxed)))
-    }
-
-    /// Drops every membership this process holds in this ring (used by a forked child about to
-    /// `_exit`, whose inherited handles will never be dropped).
-    fn release_all(&self) {
-        let me = current_pid();
-        if self.local.pid.load(Ordering::Acquire) != me {
-            return;
-        }
-        let m = self.entry(self.local.slot.load(Ordering::Relaxed) as usize);
-        let s = m.senders.swap(0, Ordering::AcqRel);
-        let r = m.receivers.swap(0, Ordering::AcqRel);
-        self.local.senders.store(0, Ordering::Relaxed);
-        self.local.receivers.store(0, Ordering::Relaxed);
-        if m.pid.compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
-            self.local.pid.store(0, Ordering::Release);
-        }
-        if s > 0 {
-            self.after_departure(Role::Sender);
-        }
-        if r > 0 {
-            self.after_departure(Role::Receiver);
-        }
-    }
-
     /// Counters, for stats.
     pub(crate) fn counters(&self) -> (&Side, &Side) {
         let c = self.ctrl();
@@ -778,54 +407,6 @@ impl Core {
 
 impl Drop for Core {
     fn drop(&mut self) {
-        // The last handle of this mapping in this process: free our registry entry if it is empty.
-        let me = current_pid();
-        if self.local.pid.load(Ordering::Acquire) == me {
-            let m = self.entry(self.local.slot.load(Ordering::Relaxed) as usize);
-            if m.senders.load(Ordering::Acquire) == 0 && m.receivers.load(Ordering::Acquire) == 0 {
-                let _ = m.pid.compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed);
-            }
-        }
-    }
-}
-
-/// Around `fork()`: see [`super::ForkGuard`].
-pub(crate) fn fork_prepare() -> Option<std::sync::MutexGuard<'static, Vec<Weak<Core>>>> {
-    ALL_CORES.lock().ok()
-}
-
-/// In a forked child: register every inherited mapping that holds handles under the child's pid.
-pub(crate) fn fork_child(all: &[Weak<Core>]) {
-    for core in all.iter().filter_map(Weak::upgrade) {
-        let held = core.local.senders.load(Ordering::Relaxed) + core.local.receivers.load(Ordering::Relaxed);
-        // The registration spin lock may have been held by a parent thread at the fork; in the
-        // child that thread does not exist, so the flag is reset before use.
-        core.local.registering.store(false, Ordering::Relaxed);
-        if held > 0 {
-            let _ = core.ensure_registered();
-        }
-    }
-}
-
-/// In a forked child that will use none of its inherited handles (a pool worker): forget them.
-/// Nothing is registered for them and nothing in shared memory is touched: the child starts with
-/// no membership, as a re-executed process would.
-pub(crate) fn fork_child_forgetting(all: &[Weak<Core>]) {
-    for core in all.iter().filter_map(Weak::upgrade) {
-        core.local.registering.store(false, Ordering::Relaxed);
-        core.local.senders.store(0, Ordering::Relaxed);
-        core.local.receivers.store(0, Ordering::Relaxed);
-        core.local.pid.store(0, Ordering::Release);
-    }
-}
-
-/// In a forked child about to `_exit`: give up every membership at once.
-pub(crate) fn child_exit() {
-    let all = match ALL_CORES.try_lock() {
-        Ok(all) => all.iter().filter_map(Weak::upgrade).collect::<Vec<_>>(),
-        Err(_) => return,
-    };
-    for core in all {
-        core.release_all();
+        self.drop_membership();
     }
 }

@@ -1,56 +1,43 @@
-//! What the ring layer must do around a `fork`: [`crate::process`] holds a [`ForkGuard`] across
-//! the call, so that a child starts with its inherited ring handles registered as members under its
-//! own pid before the parent goes on (and, say, drops its copy of a sender).
+//! What the ring layer does around a `fork`, registered into [`crate::sys::atfork`] when the
+//! first ring of a process is mapped: before the fork the forking thread holds the list of this
+//! process's mappings, so that no other thread is registering a ring while the child is made; the
+//! child then registers its inherited handles as members under its own pid (or forgets them, for a
+//! pool worker) before the parent goes on (and, say, drops its copy of a sender).
 //!
 //! Inherited handles behave like inherited file descriptors: the child holds a copy of each, and
 //! counts as a member for each, until it drops them or exits.
 
 use std::sync::{MutexGuard, Weak};
 
-use super::core::{self, Core};
+use super::core::Core;
+use super::membership;
+use crate::sys::atfork::{AtFork, ForkSide, Inherit};
 
-/// Held by the forking thread across `fork()`: no other thread of ours can be registering a ring
-/// (holding the list of mappings) while the child is being made.
-#[must_use = "call in_child() in the child and in_parent() in the parent"]
-pub(crate) struct ForkGuard {
-    all: Option<MutexGuard<'static, Vec<Weak<Core>>>>,
-}
+/// The ring layer's fork hooks.
+pub(super) struct RingForkHooks;
 
-impl std::fmt::Debug for ForkGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ForkGuard")
+/// The list of mappings, held across `fork()`.
+struct Held(Option<MutexGuard<'static, Vec<Weak<Core>>>>);
+
+impl AtFork for RingForkHooks {
+    fn prepare(&self) -> Box<dyn ForkSide> {
+        Box::new(Held(membership::fork_prepare()))
+    }
+
+    fn child_exit(&self) {
+        membership::child_exit();
     }
 }
 
-impl ForkGuard {
-    /// Before `fork()`, in the parent.
-    pub(crate) fn prepare() -> ForkGuard {
-        ForkGuard { all: core::fork_prepare() }
-    }
-
-    /// First thing in the child: refreshes the pid cache and registers inherited ring handles.
-    pub(crate) fn in_child(mut self) {
-        crate::sync::refresh_after_fork();
-        if let Some(all) = self.all.take() {
-            core::fork_child(&all);
+impl ForkSide for Held {
+    fn in_child(mut self: Box<Self>, inherit: Inherit) {
+        if let Some(all) = self.0.take() {
+            match inherit {
+                Inherit::Keep => membership::fork_child(&all),
+                Inherit::Forget => membership::fork_child_forgetting(&all),
+            }
         }
     }
 
-    /// First thing in a child that will use none of the handles it inherited (a pool worker):
-    /// refreshes the pid cache and forgets them, without registering anything.
-    pub(crate) fn in_child_forgetting(mut self) {
-        crate::sync::refresh_after_fork();
-        if let Some(all) = self.all.take() {
-            core::fork_child_forgetting(&all);
-        }
-    }
-
-    /// In the parent once `fork()` returned, whether it succeeded or not.
-    pub(crate) fn in_parent(self) {}
-}
-
-/// In a forked child about to `_exit`: drops every ring membership the child holds, so that its
-/// peers see it leave at once rather than when its death is noticed.
-pub(crate) fn child_exit() {
-    core::child_exit();
+    fn in_parent(self: Box<Self>) {}
 }

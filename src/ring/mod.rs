@@ -1,7 +1,7 @@
 //! Layer 3: the lock-protected ring, the heart of the crate.
 //!
 //! - [`Ring`]: byte messages of any length up to the ring's largest (`capacity - 16`).
-//! - [`Queue`](crate::Queue): typed, fixed-size slots of a [`Pod`](bytemuck::Pod) type.
+//! - [`Queue`](crate::Queue) (in [`queue`]): typed, fixed-size slots of a [`Pod`](bytemuck::Pod) type.
 //!
 //! Both live in a [`Segment`](crate::Segment) (named, anonymous or file-backed), serve many
 //! senders and many receivers in many processes, and offer every operation in three forms
@@ -27,12 +27,16 @@ mod control;
 pub(crate) mod core;
 mod error;
 mod fork;
+mod membership;
+pub mod queue;
 mod records;
+mod wait;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sys::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-pub(crate) use self::core::{Core, Role, Wait};
+pub(crate) use self::core::{Core, Role};
+pub(crate) use self::wait::Wait;
 pub use bytes::{ReadGuard, Receiver, Ring, RingBuilder, Sender, WriteGuard};
 pub(crate) use bytes::{init as init_config, ring_id};
 pub(crate) use control::{Config, FORMAT_SLOTS, MAX_MEMBERS, data_offset};
@@ -40,7 +44,6 @@ pub(crate) use error::Fail;
 pub use error::{
     Broken, JoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
-pub(crate) use fork::{ForkGuard, child_exit};
 pub(crate) use records::prefetch_write;
 
 /// Counters of a ring since its creation (a snapshot; not exact after a member died mid-update).

@@ -17,7 +17,7 @@
 //! (payload of an older lap) for a header. The marker needs 8 bytes of room beyond the record,
 //! which is why the largest message is `capacity - 16`.
 
-use std::sync::atomic::Ordering;
+use crate::sys::atomic::Ordering;
 
 use super::core::Core;
 
@@ -241,7 +241,7 @@ pub(crate) fn prefetch_write(p: *const u8) {
 /// Whether the CPU has PREFETCHW (AMD's 3DNow! prefetch, Intel's PRFCHW), checked once.
 #[cfg(target_arch = "x86_64")]
 fn has_prefetchw() -> bool {
-    use std::sync::atomic::AtomicU8;
+    use crate::sys::atomic::AtomicU8;
     static HAS: AtomicU8 = AtomicU8::new(0);
     match HAS.load(Ordering::Relaxed) {
         1 => true,

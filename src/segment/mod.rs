@@ -24,11 +24,11 @@
 mod header;
 mod map;
 
+use crate::sys::atomic::{AtomicU32, Ordering};
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 pub use header::{Fingerprint, LAYOUT_VERSION, MAGIC, SegmentKind};
@@ -36,8 +36,7 @@ pub(crate) use header::{HeaderFields, fnv1a};
 use header::{READY, READY_OFFSET};
 use map::Mapping;
 
-use crate::sync::{Deadline, current_pid, liveness};
-use crate::sys::{Errno, futex_wait, futex_wake, page_size};
+use crate::sys::{Deadline, Errno, current_pid, futex_wait, futex_wake, liveness, page_size};
 
 /// The longest name accepted (the file name under `/dev/shm`, without the leading `/`).
 pub const MAX_NAME_LEN: usize = 255;

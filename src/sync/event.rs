@@ -8,7 +8,7 @@
 //!
 //! The ordering argument (why no wake-up is lost) is in `SAFETY.md`, "Event counts".
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use crate::sys::atomic::{AtomicU32, Ordering};
 
 use crate::sys::{Deadline, FutexWait, futex_wait, futex_wake};
 
@@ -90,7 +90,7 @@ impl EventCount {
 #[inline(always)]
 pub fn store_load_barrier_after_rmw() {
     #[cfg(target_arch = "x86_64")]
-    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    crate::sys::atomic::compiler_fence(Ordering::SeqCst);
     #[cfg(not(target_arch = "x86_64"))]
-    std::sync::atomic::fence(Ordering::SeqCst);
+    crate::sys::atomic::fence(Ordering::SeqCst);
 }

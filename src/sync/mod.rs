@@ -12,15 +12,13 @@
 //! wall-clock timeouts, undefined behaviour in its initializers): see `SAFETY.md`.
 
 mod event;
-pub mod liveness;
 mod mutex;
-mod pid;
 mod spin;
 
+pub use crate::sys::liveness;
+pub use crate::sys::{current_pid, fork_generation};
 pub use event::{EventCount, WaitKey, store_load_barrier_after_rmw};
 pub use mutex::{LockError, RobustMutex, RobustMutexGuard, TryLockError};
-pub(crate) use pid::refresh_after_fork;
-pub use pid::{current_pid, fork_generation};
 pub use spin::SpinPolicy;
 pub(crate) use spin::Spinner;
 

@@ -19,11 +19,11 @@
 //!
 //! Why not glibc's robust `pthread_mutex_t` or raw_sync's mutex: see `SAFETY.md`, "Why our own lock".
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use crate::sys::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::liveness::PID_MAX;
 use super::spin::{SpinPolicy, Spinner};
+use crate::sys::liveness::PID_MAX;
 use crate::sys::{Deadline, FutexWait, futex_wait, futex_wake};
 
 const WAITERS: u32 = 1 << 30;
@@ -83,7 +83,7 @@ impl RobustMutex {
     /// over here (that needs a liveness check, which only the waiting forms make).
     #[inline]
     pub fn try_lock(&self) -> Result<RobustMutexGuard<'_>, TryLockError> {
-        let me = super::current_pid();
+        let me = crate::sys::current_pid();
         match self.word.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
             Ok(_) => Ok(RobustMutexGuard::new(self, false)),
             Err(w) if w & OWNER == POISONED => Err(TryLockError::Poisoned),
@@ -92,9 +92,9 @@ impl RobustMutex {
     }
 
     /// Takes the lock, waiting until `deadline` (`None`: for ever). A dead owner is detected by
-    /// [`super::liveness::is_alive`] on its pid.
+    /// [`crate::sys::liveness::is_alive`] on its pid.
     pub fn lock(&self, spin: SpinPolicy, deadline: Option<Deadline>) -> Result<RobustMutexGuard<'_>, LockError> {
-        self.lock_with(spin, deadline, |pid| super::liveness::is_alive(pid, 0))
+        self.lock_with(spin, deadline, |pid| crate::sys::liveness::is_alive(pid, 0))
     }
 
     /// Takes the lock like [`lock`](Self::lock), asking `owner_alive(pid)` whether a long-time owner
@@ -106,7 +106,7 @@ impl RobustMutex {
         deadline: Option<Deadline>,
         owner_alive: impl FnMut(u32) -> bool,
     ) -> Result<RobustMutexGuard<'_>, LockError> {
-        let me = super::current_pid();
+        let me = crate::sys::current_pid();
         if self.word.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
             return Ok(RobustMutexGuard::new(self, false));
         }

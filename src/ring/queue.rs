@@ -6,16 +6,16 @@
 //! receiver polls one word per slot and never mistakes an older lap's value for a new one. A stamp
 //! that is neither this lap's, the previous lap's, nor zero is reported as corruption.
 
+use crate::sys::atomic::{AtomicU64, Ordering};
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytemuck::Pod;
 
-use crate::ring::{
+use super::{
     Config, Core, FORMAT_SLOTS, Fail, JoinError, MAX_MEMBERS, RecvError, RecvTimeoutError, Role, SendError,
     SendTimeoutError, Stats, TryRecvError, TrySendError, Wait, data_offset, debug_pause,
 };

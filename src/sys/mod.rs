@@ -1,11 +1,20 @@
-//! The operating system, seen from ringpool: the few raw calls that nix does not wrap
-//! (futex, the monotonic clock, `posix_fallocate`), each through one checked path.
+//! Layer 0, the operating system seen from ringpool: the few raw calls that nix does not wrap
+//! (futex, the monotonic clock, `posix_fallocate`), each through one checked path; the process's
+//! identity (cached pid, liveness by pid and start time); and the at-fork hook registry that the
+//! upper layers register into.
 //!
 //! Every libc call whose return value signals failure goes through [`cvt`], which turns it into a
 //! `Result<_, Errno>`, the way nix's `Errno::result` does; no call site tests `res != 0` by hand.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+pub(crate) mod atfork;
+pub(crate) mod atomic;
+pub mod liveness;
+mod pid;
+
+pub use pid::{current_pid, fork_generation};
 
 pub(crate) use nix::errno::Errno;
 
