@@ -114,171 +114,587 @@ fn mpmc_stress_four_producers_three_consumers() {
     assert_eq!(stats.sent, u64::from(PRODUCERS) * PER_PRODUCER);
 }
 
-/// Producers and consumers are killed with SIGKILL at random moments, many of them while holding
-/// one of the ring's locks (a pause inside the critical section, and a killer that waits for the
-/// victim to hold a lock, make that certain). Survivors never hang, no message is duplicated, no
-/// message whose send returned is lost beyond the one a killed consumer may have had in hand, and
-/// nothing received was never sent.
-#[test]
-fn sigkill_storm() {
-    const SLOTS: usize = 3; // producer slots and consumer slots
-    const SEQ_SPACE: u64 = 1 << 20;
-    const KILLS: usize = 40;
-    let ring = Ring::builder().capacity(16 * 1024).anonymous().unwrap();
-    let words = (SEQ_SPACE / 64) as usize;
-    // Layout: per producer slot: attempted bitmap, committed bitmap, received bitmap, next seq.
-    // Then per consumer slot: pending flag; then: duplicates, errors, stop flag.
-    let pbase = |p: usize| p * (3 * words + 1);
-    let cbase = SLOTS * (3 * words + 1);
-    let dup = cbase + SLOTS;
-    let errors = dup + 1;
-    let stop = dup + 2;
-    let shared = SharedCounters::new(stop + 1);
+// ----- the SIGKILL storm -------------------------------------------------------------------------
+//
+// Producers and consumers, in forked processes, use every operation of a `Ring` or a `Queue` at
+// random while the parent SIGKILLs one of them every few milliseconds (half of the kills wait for
+// the victim to hold one of the ring's locks; half of the processes sleep inside every critical
+// section, so those kills land inside them) and starts a replacement.
+//
+// Bookkeeping, all in memory shared with the children:
+// - a producer marks every message *attempted* before the call that sends it, and *committed* once
+//   the call said it was sent;
+// - a consumer writes the identity of every message it is handed into its *hand* (from inside the
+//   closure for `recv_with` / `recv_many`, while holding the guard for `recv_in_place`, right after
+//   the call returned for the calls that return values), then marks it *received* (a second mark
+//   is a duplicate), then empties its hand. A value-returning call is made only when the ring holds
+//   something (the wait for data happens in a closure or in-place call), and the consumer flags it
+//   with its batch size while it runs: a kill that lands inside such a call, between the moment
+//   the head moved and the return, can lose up to that many messages nobody can name.
+// After the storm, every committed message must be received exactly once, unless it is in the hand
+// of a killed consumer (it had it, exactly) or counted in the flags of killed consumers (at most
+// that many, unnamed); nothing received may be unattempted; per-producer order holds per consumer.
 
-    let start_producer = |p: usize, pause: bool| {
-        let ring = ring.clone();
-        let shared = &shared;
-        spawn(move || {
-            if pause {
-                ringpool::ring::set_pause_in_critical_section(Some(Duration::from_micros(300)));
-            }
-            let tx = ring.sender().unwrap();
-            let mut buf = Vec::new();
-            while shared.get(stop).load(Ordering::Acquire) == 0 {
-                // A fresh sequence number for every attempt, across incarnations of this slot.
-                let seq = shared.get(pbase(p) + 3 * words).fetch_add(1, Ordering::AcqRel);
-                if seq >= SEQ_SPACE {
-                    break;
-                }
-                shared.set_bit(pbase(p), seq);
-                message(p as u32, seq, 2000, &mut buf);
-                match tx.send_timeout(&buf, Duration::from_secs(30)) {
-                    Ok(()) => {
-                        shared.set_bit(pbase(p) + words, seq);
-                    }
-                    Err(e) => {
-                        eprintln!("producer {p}: {e}");
-                        shared.get(errors).fetch_add(1, Ordering::Relaxed);
-                        return 2;
-                    }
-                }
-            }
-            0
-        })
-    };
-    let start_consumer = |c: usize, pause: bool| {
-        let ring = ring.clone();
-        let shared = &shared;
-        spawn(move || {
-            if pause {
-                ringpool::ring::set_pause_in_critical_section(Some(Duration::from_micros(300)));
-            }
-            let rx = ring.receiver().unwrap();
-            let mut last = [None::<u64>; SLOTS];
-            loop {
-                shared.get(cbase + c).store(1, Ordering::Release);
-                let r = rx.recv_with_timeout(Duration::from_secs(30), check_message);
-                let (p, seq) = match r {
-                    Ok(Ok(ps)) => ps,
-                    Ok(Err(e)) => {
-                        eprintln!("consumer {c}: {e}");
-                        shared.get(errors).fetch_add(1, Ordering::Relaxed);
-                        shared.get(cbase + c).store(0, Ordering::Release);
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => {
-                        shared.get(cbase + c).store(0, Ordering::Release);
-                        return 0;
-                    }
-                    Err(e) => {
-                        eprintln!("consumer {c}: {e}");
-                        shared.get(errors).fetch_add(1, Ordering::Relaxed);
-                        return 3;
-                    }
-                };
-                let p = p as usize;
-                if p >= SLOTS || last[p].is_some_and(|l| l >= seq) {
-                    shared.get(errors).fetch_add(1, Ordering::Relaxed);
-                }
-                last[p.min(SLOTS - 1)] = Some(seq);
-                if shared.set_bit(pbase(p.min(SLOTS - 1)) + 2 * words, seq) {
-                    shared.get(dup).fetch_add(1, Ordering::Relaxed);
-                }
-                shared.get(cbase + c).store(0, Ordering::Release);
-            }
-        })
-    };
+const STORM_SLOTS: usize = 3; // producer slots and consumer slots
+const SEQ_SPACE: u64 = 1 << 22;
+const WORDS: usize = (SEQ_SPACE / 64) as usize;
+const HAND: usize = 64;
+const OPS: usize = 8;
+const STORM_PAUSE: Duration = Duration::from_micros(300);
+const STORM_WAIT: Duration = Duration::from_secs(30);
+/// Kills per storm (release; a debug build does fewer).
+const STORM_KILLS: usize = if cfg!(debug_assertions) { 40 } else { 120 };
 
-    let mut producers: Vec<_> = (0..SLOTS).map(|p| Some(start_producer(p, p % 2 == 0))).collect();
-    let mut consumers: Vec<_> = (0..SLOTS).map(|c| Some(start_consumer(c, c % 2 == 0))).collect();
+/// Where everything lives in the shared words.
+struct Board {
+    s: SharedCounters,
+}
+
+impl Board {
+    const PRODUCER: usize = 3 * WORDS + 1;
+    const CONSUMER: usize = 2 + HAND;
+    const GLOBAL: usize = STORM_SLOTS * (Self::PRODUCER + Self::CONSUMER);
+    const DUP: usize = Self::GLOBAL;
+    const ERRORS: usize = Self::GLOBAL + 1;
+    const ORDER: usize = Self::GLOBAL + 2;
+    const STOP: usize = Self::GLOBAL + 3;
+    const SEND_OPS: usize = Self::GLOBAL + 4;
+    const RECV_OPS: usize = Self::SEND_OPS + OPS;
+    const LEN: usize = Self::RECV_OPS + OPS;
+
+    fn new() -> Board {
+        Board { s: SharedCounters::new(Self::LEN) }
+    }
+    fn attempted(p: usize) -> usize {
+        p * Self::PRODUCER
+    }
+    fn committed(p: usize) -> usize {
+        p * Self::PRODUCER + WORDS
+    }
+    fn received(p: usize) -> usize {
+        p * Self::PRODUCER + 2 * WORDS
+    }
+    fn next_seq(&self, p: usize) -> &std::sync::atomic::AtomicU64 {
+        self.s.get(p * Self::PRODUCER + 3 * WORDS)
+    }
+    fn consumer(c: usize) -> usize {
+        STORM_SLOTS * Self::PRODUCER + c * Self::CONSUMER
+    }
+    /// Nonzero while consumer `c` is inside a value-returning call: that call's batch size.
+    fn flag(&self, c: usize) -> &std::sync::atomic::AtomicU64 {
+        self.s.get(Self::consumer(c))
+    }
+    fn hand_len(&self, c: usize) -> &std::sync::atomic::AtomicU64 {
+        self.s.get(Self::consumer(c) + 1)
+    }
+    fn count(&self, at: usize) {
+        self.s.get(at).fetch_add(1, Ordering::Relaxed);
+    }
+    fn load(&self, at: usize) -> u64 {
+        self.s.get(at).load(Ordering::Acquire)
+    }
+    fn stopped(&self) -> bool {
+        self.load(Self::STOP) != 0
+    }
+    fn error(&self, who: &str, e: impl std::fmt::Display) {
+        eprintln!("{who}: {e}");
+        self.count(Self::ERRORS);
+    }
+
+    /// Allocates `k` fresh sequence numbers of producer slot `p` (across its incarnations) and
+    /// marks them attempted; `None` once the space is used up.
+    fn attempt(&self, p: usize, k: u64) -> Option<u64> {
+        let seq0 = self.next_seq(p).fetch_add(k, Ordering::AcqRel);
+        if seq0 + k > SEQ_SPACE {
+            return None;
+        }
+        for seq in seq0..seq0 + k {
+            self.s.set_bit(Self::attempted(p), seq);
+        }
+        Some(seq0)
+    }
+
+    fn commit(&self, p: usize, seqs: std::ops::Range<u64>) {
+        for seq in seqs {
+            self.s.set_bit(Self::committed(p), seq);
+        }
+    }
+
+    /// Consumer `c` is handed message (`p`, `seq`).
+    fn hold(&self, c: usize, p: usize, seq: u64) {
+        let n = self.hand_len(c).load(Ordering::Relaxed) as usize;
+        assert!(n < HAND, "hand overflow");
+        self.s.get(Self::consumer(c) + 2 + n).store(((p as u64) << 32 | seq) + 1, Ordering::Release);
+        self.hand_len(c).store(n as u64 + 1, Ordering::Release);
+    }
+
+    /// Consumer `c` is done with what its hand holds: marks it received, checks the order.
+    fn settle(&self, c: usize, last: &mut [Option<u64>; STORM_SLOTS]) {
+        let n = self.hand_len(c).load(Ordering::Relaxed) as usize;
+        for k in 0..n {
+            let e = self.s.get(Self::consumer(c) + 2 + k).load(Ordering::Relaxed) - 1;
+            let (p, seq) = ((e >> 32) as usize, e & 0xFFFF_FFFF);
+            if last[p].is_some_and(|l| l >= seq) {
+                eprintln!("consumer {c}: ({p}, {seq}) after ({p}, {})", last[p].unwrap_or(0));
+                self.count(Self::ORDER);
+            }
+            last[p] = Some(seq);
+            if self.s.set_bit(Self::received(p), seq) {
+                eprintln!("consumer {c}: ({p}, {seq}) received twice");
+                self.count(Self::DUP);
+            }
+        }
+        self.hand_len(c).store(0, Ordering::Release);
+        self.flag(c).store(0, Ordering::Release);
+    }
+
+    /// Checks an identity taken from a message; false (and an error counted) if impossible.
+    fn valid(&self, c: usize, p: u64, seq: u64) -> bool {
+        let ok = (p as usize) < STORM_SLOTS && seq < SEQ_SPACE;
+        if !ok {
+            self.error(&format!("consumer {c}"), format_args!("impossible identity ({p}, {seq})"));
+        }
+        ok
+    }
+}
+
+/// What a storm saw.
+#[derive(Debug, Default)]
+struct StormFigures {
+    kills: usize,
+    kills_in_lock: usize,
+    consumer_kills: usize,
+    checked: u64,
+    received: u64,
+    lost_in_killed_hands: u64,
+    lost_unnamed: u64,
+    unnamed_bound: u64,
+}
+
+/// Runs the storm: `producer(slot)` and `consumer(slot)` fork a child; `holders()` says which pids
+/// hold the send and the receive lock. Checks the invariants and answers the figures.
+fn storm(
+    name: &str,
+    board: &Board,
+    producer: &dyn Fn(usize) -> common::Child,
+    consumer: &dyn Fn(usize) -> common::Child,
+    holders: &dyn Fn() -> (Option<u32>, Option<u32>),
+) {
+    let mut producers: Vec<_> = (0..STORM_SLOTS).map(|p| Some(producer(p))).collect();
+    let mut consumers: Vec<_> = (0..STORM_SLOTS).map(|c| Some(consumer(c))).collect();
     let mut rng = Rng(0x5EED_0000 ^ u64::from(std::process::id()));
-    let (mut consumer_kills_in_hand, mut in_lock_kills) = (0u64, 0);
-    let started = Instant::now();
-    for k in 0..KILLS {
+    let mut fig = StormFigures::default();
+    // Messages that killed consumers had in hand (exactly), and how many they may have taken
+    // without being able to name them.
+    let mut held_by_killed: HashSet<(usize, u64)> = HashSet::new();
+    for k in 0..STORM_KILLS {
         std::thread::sleep(Duration::from_millis(2 + rng.below(15)));
-        let slot = rng.below(SLOTS as u64) as usize;
+        let slot = rng.below(STORM_SLOTS as u64) as usize;
         let kill_consumer = rng.below(2) == 0;
-        let victim = if kill_consumer { consumers[slot].take() } else { producers[slot].take() }.unwrap();
-        // Every other kill waits (bounded) until the victim holds one of the ring's locks.
+        let victim = if kill_consumer { consumers[slot].take() } else { producers[slot].take() };
+        let victim = victim.expect("every slot holds a child");
         if k % 2 == 0 {
+            // Wait (bounded) until the victim holds one of the ring's locks.
             let deadline = Instant::now() + Duration::from_millis(500);
             while Instant::now() < deadline {
-                let (s, r) = ring.debug_lock_holders();
-                let held = if kill_consumer { r } else { s };
-                if held == Some(victim.pid.as_raw() as u32) {
-                    in_lock_kills += 1;
+                let (s, r) = holders();
+                if (if kill_consumer { r } else { s }) == Some(victim.pid.as_raw() as u32) {
+                    fig.kills_in_lock += 1;
                     break;
                 }
                 std::hint::spin_loop();
             }
         }
         victim.kill();
+        fig.kills += 1;
         if kill_consumer {
-            consumer_kills_in_hand += shared.get(cbase + slot).swap(0, Ordering::AcqRel);
-            consumers[slot] = Some(start_consumer(slot, slot % 2 == 0));
+            fig.consumer_kills += 1;
+            // The victim is dead and reaped: its hand and flag are final.
+            let n = (board.hand_len(slot).load(Ordering::Acquire) as usize).min(HAND);
+            for i in 0..n {
+                let e = board.s.get(Board::consumer(slot) + 2 + i).load(Ordering::Acquire) - 1;
+                held_by_killed.insert(((e >> 32) as usize, e & 0xFFFF_FFFF));
+            }
+            fig.unnamed_bound += board.flag(slot).swap(0, Ordering::AcqRel);
+            board.hand_len(slot).store(0, Ordering::Release);
+            consumers[slot] = Some(consumer(slot));
         } else {
-            producers[slot] = Some(start_producer(slot, slot % 2 == 0));
+            producers[slot] = Some(producer(slot));
         }
     }
-    shared.get(stop).store(1, Ordering::Release);
+    board.s.get(Board::STOP).store(1, Ordering::Release);
     for p in producers.into_iter().flatten() {
         p.join(Duration::from_secs(60));
     }
     for c in consumers.into_iter().flatten() {
         c.join(Duration::from_secs(60));
     }
-    assert!(started.elapsed() < Duration::from_secs(600));
-    assert_eq!(shared.get(errors).load(Ordering::Relaxed), 0, "errors in survivors (see stderr)");
-    assert_eq!(shared.get(dup).load(Ordering::Relaxed), 0, "a message was received twice");
-    let mut lost_committed = 0u64;
-    let mut received = 0u64;
-    for p in 0..SLOTS {
-        let next = shared.get(pbase(p) + 3 * words).load(Ordering::Relaxed).min(SEQ_SPACE);
+    let mut invented = 0u64;
+    for p in 0..STORM_SLOTS {
+        let next = board.next_seq(p).load(Ordering::Relaxed).min(SEQ_SPACE);
         for seq in 0..next {
-            let attempted = shared.bit(pbase(p), seq);
-            let committed = shared.bit(pbase(p) + words, seq);
-            let got = shared.bit(pbase(p) + 2 * words, seq);
-            assert!(!got || attempted, "({p}, {seq}) received but never sent");
-            received += u64::from(got);
+            let attempted = board.s.bit(Board::attempted(p), seq);
+            let committed = board.s.bit(Board::committed(p), seq);
+            let got = board.s.bit(Board::received(p), seq);
+            if got && !attempted {
+                eprintln!("{name}: ({p}, {seq}) received but never sent");
+                invented += 1;
+            }
+            fig.checked += u64::from(committed);
+            fig.received += u64::from(got);
             if committed && !got {
-                lost_committed += 1;
+                if held_by_killed.contains(&(p, seq)) {
+                    fig.lost_in_killed_hands += 1;
+                } else {
+                    fig.lost_unnamed += 1;
+                }
             }
         }
     }
-    assert!(
-        lost_committed <= consumer_kills_in_hand,
-        "{lost_committed} sent messages lost, but killed consumers had at most {consumer_kills_in_hand} in hand"
-    );
-    let stats = ring.stats();
-    assert!(in_lock_kills > 0, "no kill landed inside a critical section");
-    assert!(
-        stats.send_recoveries + stats.recv_recoveries > 0,
-        "locks were never recovered from a dead owner: {stats:?}"
-    );
+    let ops = |base: usize| (0..OPS).map(|i| board.load(base + i)).collect::<Vec<_>>();
     eprintln!(
-        "sigkill_storm: {KILLS} kills ({in_lock_kills} inside a lock), {received} messages received, \
-         {lost_committed} lost in killed consumers' hands (bound {consumer_kills_in_hand}), {stats:?}"
+        "{name}: {} kills ({} inside a lock, {} of consumers), {} committed messages checked, {} received, \
+         {} duplicates, {} out of order, {invented} never sent, {} lost in killed consumers' hands, \
+         {} lost unnamed (bound {}); send ops {:?}, receive ops {:?}",
+        fig.kills,
+        fig.kills_in_lock,
+        fig.consumer_kills,
+        fig.checked,
+        fig.received,
+        board.load(Board::DUP),
+        board.load(Board::ORDER),
+        fig.lost_in_killed_hands,
+        fig.lost_unnamed,
+        fig.unnamed_bound,
+        ops(Board::SEND_OPS),
+        ops(Board::RECV_OPS),
     );
+    assert_eq!(board.load(Board::ERRORS), 0, "{name}: errors in survivors (see stderr)");
+    assert_eq!(board.load(Board::DUP), 0, "{name}: a message was received twice");
+    assert_eq!(board.load(Board::ORDER), 0, "{name}: a producer's messages arrived out of order");
+    assert_eq!(invented, 0, "{name}: messages received that were never sent");
+    assert!(
+        fig.lost_unnamed <= fig.unnamed_bound,
+        "{name}: {} sent messages lost that no killed consumer held (bound {})",
+        fig.lost_unnamed,
+        fig.unnamed_bound
+    );
+    assert!(fig.kills_in_lock > 0, "{name}: no kill landed inside a critical section");
+    assert!(fig.checked > 0);
+}
+
+/// A try-receive's error in the timeout form's terms (`Empty` as `Timeout`).
+fn as_timeout(e: TryRecvError) -> RecvTimeoutError {
+    match e {
+        TryRecvError::Empty => RecvTimeoutError::Timeout,
+        TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+        TryRecvError::Broken(b) => RecvTimeoutError::Broken(b),
+        _ => RecvTimeoutError::Broken(ringpool::ring::Broken::Corrupted("unknown try_recv error")),
+    }
+}
+
+fn storm_child_setup(slot: usize) -> Rng {
+    if slot % 2 == 0 {
+        ringpool::ring::set_pause_in_critical_section(Some(STORM_PAUSE));
+    }
+    Rng(0xC0FF_EE00 ^ u64::from(std::process::id()) << 8 ^ slot as u64)
+}
+
+/// Holds an in-place guard a while in the pausing children, so that kills land while it is held.
+fn storm_hold(slot: usize) {
+    if slot % 2 == 0 {
+        std::thread::sleep(STORM_PAUSE);
+    }
+}
+
+/// The byte ring under the storm, every operation on both sides.
+#[test]
+fn sigkill_storm_ring() {
+    let ring = Ring::builder().capacity(16 * 1024).anonymous().unwrap();
+    let board = Board::new();
+    let b = &board;
+    let producer = |p: usize| {
+        let ring = ring.clone();
+        spawn(move || {
+            let mut rng = storm_child_setup(p);
+            let tx = ring.sender().unwrap();
+            let who = format!("ring producer {p}");
+            let mut buf = Vec::new();
+            while !b.stopped() {
+                let op = rng.below(6) as usize;
+                let k = if op == 2 || op == 3 { 1 + rng.below(16) } else { 1 };
+                let Some(seq0) = b.attempt(p, k) else { return 0 };
+                let sent = match op {
+                    0 => {
+                        message(p as u32, seq0, 2000, &mut buf);
+                        tx.send_timeout(&buf, STORM_WAIT).map(|()| 1).map_err(|e| e.to_string())
+                    }
+                    1 => {
+                        message(p as u32, seq0, 2000, &mut buf);
+                        let deadline = Instant::now() + STORM_WAIT;
+                        loop {
+                            match tx.try_send(&buf) {
+                                Ok(()) => break Ok(1),
+                                Err(ringpool::ring::TrySendError::Full(_)) if Instant::now() < deadline => {
+                                    std::thread::sleep(Duration::from_micros(20))
+                                }
+                                Err(e) => break Err(e.to_string()),
+                            }
+                        }
+                    }
+                    2 | 3 => {
+                        let batch: Vec<Vec<u8>> = (seq0..seq0 + k)
+                            .map(|s| {
+                                let mut m = Vec::new();
+                                message(p as u32, s, 2000, &mut m);
+                                m
+                            })
+                            .collect();
+                        if op == 2 {
+                            tx.send_many(&batch).map(|()| k).map_err(|e| e.to_string())
+                        } else {
+                            match tx.try_send_many(&batch) {
+                                Ok(n) => Ok(n as u64),
+                                Err(ringpool::ring::TrySendError::Full(_)) => Ok(0),
+                                Err(e) => Err(e.to_string()),
+                            }
+                        }
+                    }
+                    _ => {
+                        // In place: small (staged in the guard) and large (written in the ring).
+                        message(p as u32, seq0, if op == 4 { 64 } else { 2000 }, &mut buf);
+                        match tx.reserve_timeout(buf.len(), STORM_WAIT) {
+                            Ok(mut g) => {
+                                g.copy_from_slice(&buf);
+                                storm_hold(p);
+                                g.commit();
+                                Ok(1)
+                            }
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                };
+                match sent {
+                    Ok(n) => b.commit(p, seq0..seq0 + n),
+                    Err(e) => {
+                        b.error(&who, e);
+                        return 2;
+                    }
+                }
+                b.count(Board::SEND_OPS + op);
+            }
+            0
+        })
+    };
+    let consumer = |c: usize| {
+        let ring = ring.clone();
+        spawn(move || {
+            let mut rng = storm_child_setup(c);
+            let rx = ring.receiver().unwrap();
+            let who = format!("ring consumer {c}");
+            let mut last = [None::<u64>; STORM_SLOTS];
+            // Checks a message and puts it in the hand.
+            let take = |m: &[u8]| match check_message(m) {
+                Ok((p, seq)) if b.valid(c, u64::from(p), seq) => b.hold(c, p as usize, seq),
+                Ok(_) => {}
+                Err(e) => b.error(&who, e),
+            };
+            loop {
+                let mut op = rng.below(6) as usize;
+                if op < 2 && ring.used_bytes() == 0 {
+                    op += 2; // value-returning calls only when there is something to take
+                }
+                let r: Result<(), RecvTimeoutError> = match op {
+                    0 | 1 => {
+                        b.flag(c).store(1, Ordering::Release);
+                        let got = if op == 0 {
+                            rx.try_recv().map_err(as_timeout)
+                        } else {
+                            rx.recv_timeout(STORM_WAIT)
+                        };
+                        match got {
+                            Ok(m) => {
+                                take(&m);
+                                Ok(())
+                            }
+                            Err(RecvTimeoutError::Timeout) if op == 0 => Ok(()),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    2 => rx.recv_with_timeout(STORM_WAIT, take),
+                    3 => rx.recv_many_timeout(1 + rng.below(32) as usize, STORM_WAIT, take).map(drop),
+                    _ => rx.recv_in_place_timeout(STORM_WAIT).map(|g| {
+                        take(&g[..]);
+                        storm_hold(c);
+                        drop(g);
+                    }),
+                };
+                match r {
+                    Ok(()) => {
+                        b.settle(c, &mut last);
+                        b.count(Board::RECV_OPS + op);
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        b.settle(c, &mut last);
+                        return 0;
+                    }
+                    Err(e) => {
+                        b.error(&who, e);
+                        return 3;
+                    }
+                }
+            }
+        })
+    };
+    storm("ring", b, &producer, &consumer, &|| ring.debug_lock_holders());
+    let stats = ring.stats();
+    eprintln!("ring: {stats:?}");
+    assert!(stats.send_recoveries + stats.recv_recoveries > 0, "locks were never recovered: {stats:?}");
+}
+
+/// A queue message: an identity and a check of it.
+fn qmessage(p: usize, seq: u64) -> [u64; 4] {
+    let h = (p as u64) << 40 ^ seq ^ 0x9E37_79B9_7F4A_7C15;
+    [p as u64, seq, h, !h]
+}
+
+/// The slot ring under the storm, every operation on both sides.
+#[test]
+fn sigkill_storm_queue() {
+    let queue = ringpool::Queue::<[u64; 4]>::builder().slots(64).anonymous().unwrap();
+    let board = Board::new();
+    let b = &board;
+    let producer = |p: usize| {
+        let queue = queue.clone();
+        spawn(move || {
+            let mut rng = storm_child_setup(p);
+            let tx = queue.sender().unwrap();
+            let who = format!("queue producer {p}");
+            while !b.stopped() {
+                let op = rng.below(5) as usize;
+                let k = if op == 2 || op == 3 { 1 + rng.below(24) } else { 1 };
+                let Some(seq0) = b.attempt(p, k) else { return 0 };
+                let sent = match op {
+                    0 => tx.send(qmessage(p, seq0)).map(|()| 1).map_err(|e| e.to_string()),
+                    1 => {
+                        let deadline = Instant::now() + STORM_WAIT;
+                        loop {
+                            match tx.try_send(qmessage(p, seq0)) {
+                                Ok(()) => break Ok(1),
+                                Err(ringpool::ring::TrySendError::Full(_)) if Instant::now() < deadline => {
+                                    std::thread::sleep(Duration::from_micros(20))
+                                }
+                                Err(e) => break Err(e.to_string()),
+                            }
+                        }
+                    }
+                    2 | 3 => {
+                        let batch: Vec<[u64; 4]> = (seq0..seq0 + k).map(|s| qmessage(p, s)).collect();
+                        if op == 2 {
+                            tx.send_many(&batch).map(|()| k).map_err(|e| e.to_string())
+                        } else {
+                            match tx.try_send_many(&batch) {
+                                Ok(n) => Ok(n as u64),
+                                Err(ringpool::ring::TrySendError::Full(_)) => Ok(0),
+                                Err(e) => Err(e.to_string()),
+                            }
+                        }
+                    }
+                    _ => match tx.reserve() {
+                        Ok(mut g) => {
+                            *g = qmessage(p, seq0);
+                            storm_hold(p);
+                            g.commit();
+                            Ok(1)
+                        }
+                        Err(e) => Err(e.to_string()),
+                    },
+                };
+                match sent {
+                    Ok(n) => b.commit(p, seq0..seq0 + n),
+                    Err(e) => {
+                        b.error(&who, e);
+                        return 2;
+                    }
+                }
+                b.count(Board::SEND_OPS + op);
+            }
+            0
+        })
+    };
+    let consumer = |c: usize| {
+        let queue = queue.clone();
+        spawn(move || {
+            let mut rng = storm_child_setup(c);
+            let rx = queue.receiver().unwrap();
+            let who = format!("queue consumer {c}");
+            let mut last = [None::<u64>; STORM_SLOTS];
+            let take = |m: &[u64; 4]| {
+                let h = m[0] << 40 ^ m[1] ^ 0x9E37_79B9_7F4A_7C15;
+                if m[2] != h || m[3] != !h {
+                    b.error(&who, format_args!("corrupt value {m:x?}"));
+                } else if b.valid(c, m[0], m[1]) {
+                    b.hold(c, m[0] as usize, m[1]);
+                }
+            };
+            let mut out = [[0u64; 4]; 32];
+            loop {
+                let mut op = rng.below(6) as usize;
+                if op < 4 && queue.is_empty() {
+                    op = 4; // value-returning calls only when there is something to take
+                }
+                let n = 1 + rng.below(8) as usize;
+                let r: Result<(), RecvTimeoutError> = match op {
+                    0..=3 => {
+                        b.flag(c).store(if op < 2 { 1 } else { n as u64 }, Ordering::Release);
+                        let got = match op {
+                            0 => rx.try_recv().map_err(as_timeout).map(|m| {
+                                out[0] = m;
+                                1
+                            }),
+                            1 => rx.recv_timeout(STORM_WAIT).map(|m| {
+                                out[0] = m;
+                                1
+                            }),
+                            2 => rx.try_recv_many(&mut out[..n]).map_err(as_timeout),
+                            _ => rx.recv_many_timeout(&mut out[..n], STORM_WAIT),
+                        };
+                        match got {
+                            Ok(k) => {
+                                out[..k].iter().for_each(take);
+                                Ok(())
+                            }
+                            Err(RecvTimeoutError::Timeout) if op == 0 || op == 2 => Ok(()),
+                            Err(e) => Err(e),
+                        }
+                    }
+                    _ => rx.recv_in_place_timeout(STORM_WAIT).map(|g| {
+                        take(&*g);
+                        storm_hold(c);
+                        drop(g);
+                    }),
+                };
+                match r {
+                    Ok(()) => {
+                        b.settle(c, &mut last);
+                        b.count(Board::RECV_OPS + op);
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        b.settle(c, &mut last);
+                        return 0;
+                    }
+                    Err(e) => {
+                        b.error(&who, e);
+                        return 3;
+                    }
+                }
+            }
+        })
+    };
+    storm("queue", b, &producer, &consumer, &|| queue.debug_lock_holders());
+    let stats = queue.stats();
+    eprintln!("queue: {stats:?}");
+    assert!(stats.send_recoveries + stats.recv_recoveries > 0, "locks were never recovered: {stats:?}");
 }
 
 /// A 500 ms receive timeout on an empty ring returns Timeout after at least 500 ms, 100 times in a

@@ -265,6 +265,14 @@ impl<T: Pod> Queue<T> {
         Stats::of(&self.core)
     }
 
+    /// Pids holding the send and the receive lock right now (a snapshot, for tests and
+    /// diagnostics).
+    #[doc(hidden)]
+    pub fn debug_lock_holders(&self) -> (Option<u32>, Option<u32>) {
+        let c = self.core.ctrl();
+        (c.send.lock.holder(), c.recv.lock.holder())
+    }
+
     /// The underlying segment's descriptor.
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.core.segment_fd()
