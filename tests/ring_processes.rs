@@ -119,21 +119,20 @@ fn mpmc_stress_four_producers_three_consumers() {
 // Producers and consumers, in forked processes, use every operation of a `Ring` or a `Queue` at
 // random while the parent SIGKILLs one of them every few milliseconds (half of the kills wait for
 // the victim to hold one of the ring's locks; half of the processes sleep inside every critical
-// section, so those kills land inside them) and starts a replacement.
+// section, before and after the commit, so those kills land inside them) and starts a replacement.
 //
 // Bookkeeping, all in memory shared with the children:
 // - a producer marks every message *attempted* before the call that sends it, and *committed* once
-//   the call said it was sent;
-// - a consumer writes the identity of every message it is handed into its *hand* (from inside the
-//   closure for `recv_with` / `recv_many`, while holding the guard for `recv_in_place`, right after
-//   the call returned for the calls that return values), then marks it *received* (a second mark
-//   is a duplicate), then empties its hand. A value-returning call is made only when the ring holds
-//   something (the wait for data happens in a closure or in-place call), and the consumer flags it
-//   with its batch size while it runs: a kill that lands inside such a call, between the moment
-//   the head moved and the return, can lose up to that many messages nobody can name.
-// After the storm, every committed message must be received exactly once, unless it is in the hand
-// of a killed consumer (it had it, exactly) or counted in the flags of killed consumers (at most
-// that many, unnamed); nothing received may be unattempted; per-producer order holds per consumer.
+//   the call said it was sent (its `Ok`);
+// - a consumer's *hand* lists what it consumed and has not yet settled: the library's test-only
+//   receive hook writes each message's identity there under the receive lock, right before the
+//   head moves past it, for every kind of receive (so a consumer killed at any instant has listed
+//   every message it consumed, and maybe one more that stays in the ring); once the call returned,
+//   the consumer checks what it got against its hand, marks those messages *received* (a second
+//   mark is a duplicate) and empties its hand.
+// After the storm: every committed message is received exactly once, or was in the hand of a
+// killed consumer (it really held it); nothing received was never attempted; each consumer sees
+// each producer's messages in order.
 
 const STORM_SLOTS: usize = 3; // producer slots and consumer slots
 const SEQ_SPACE: u64 = 1 << 22;
@@ -152,7 +151,7 @@ struct Board {
 
 impl Board {
     const PRODUCER: usize = 3 * WORDS + 1;
-    const CONSUMER: usize = 2 + HAND;
+    const CONSUMER: usize = 1 + HAND;
     const GLOBAL: usize = STORM_SLOTS * (Self::PRODUCER + Self::CONSUMER);
     const DUP: usize = Self::GLOBAL;
     const ERRORS: usize = Self::GLOBAL + 1;
@@ -162,8 +161,10 @@ impl Board {
     const RECV_OPS: usize = Self::SEND_OPS + OPS;
     const LEN: usize = Self::RECV_OPS + OPS;
 
-    fn new() -> Board {
-        Board { s: SharedCounters::new(Self::LEN) }
+    /// A board for one storm; it lives as long as the test process (the children's receive hook
+    /// reaches it through a static).
+    fn leak() -> &'static Board {
+        Box::leak(Box::new(Board { s: SharedCounters::new(Self::LEN) }))
     }
     fn attempted(p: usize) -> usize {
         p * Self::PRODUCER
@@ -180,12 +181,12 @@ impl Board {
     fn consumer(c: usize) -> usize {
         STORM_SLOTS * Self::PRODUCER + c * Self::CONSUMER
     }
-    /// Nonzero while consumer `c` is inside a value-returning call: that call's batch size.
-    fn flag(&self, c: usize) -> &std::sync::atomic::AtomicU64 {
+    fn hand_len(&self, c: usize) -> &std::sync::atomic::AtomicU64 {
         self.s.get(Self::consumer(c))
     }
-    fn hand_len(&self, c: usize) -> &std::sync::atomic::AtomicU64 {
-        self.s.get(Self::consumer(c) + 1)
+    fn hand(&self, c: usize, k: usize) -> (usize, u64) {
+        let e = self.s.get(Self::consumer(c) + 1 + k).load(Ordering::Acquire).wrapping_sub(1);
+        ((e >> 32) as usize, e & 0xFFFF_FFFF)
     }
     fn count(&self, at: usize) {
         self.s.get(at).fetch_add(1, Ordering::Relaxed);
@@ -220,20 +221,27 @@ impl Board {
         }
     }
 
-    /// Consumer `c` is handed message (`p`, `seq`).
-    fn hold(&self, c: usize, p: usize, seq: u64) {
+    /// Consumer `c` consumes message (`p`, `seq`) (called by the receive hook).
+    fn hold(&self, c: usize, p: u64, seq: u64) {
         let n = self.hand_len(c).load(Ordering::Relaxed) as usize;
-        assert!(n < HAND, "hand overflow");
-        self.s.get(Self::consumer(c) + 2 + n).store(((p as u64) << 32 | seq) + 1, Ordering::Release);
+        if n >= HAND || p as usize >= STORM_SLOTS || seq >= SEQ_SPACE {
+            self.error(&format!("consumer {c}"), format_args!("impossible message ({p}, {seq}) or hand overflow"));
+            return;
+        }
+        self.s.get(Self::consumer(c) + 1 + n).store((p << 32 | seq) + 1, Ordering::Release);
         self.hand_len(c).store(n as u64 + 1, Ordering::Release);
     }
 
-    /// Consumer `c` is done with what its hand holds: marks it received, checks the order.
-    fn settle(&self, c: usize, last: &mut [Option<u64>; STORM_SLOTS]) {
+    /// Consumer `c` is done with a call that returned `got` messages: checks that its hand holds
+    /// as many (the hook saw what the call returned), marks them received, checks the order.
+    fn settle(&self, c: usize, got: &[(u64, u64)], last: &mut [Option<u64>; STORM_SLOTS]) {
         let n = self.hand_len(c).load(Ordering::Relaxed) as usize;
-        for k in 0..n {
-            let e = self.s.get(Self::consumer(c) + 2 + k).load(Ordering::Relaxed) - 1;
-            let (p, seq) = ((e >> 32) as usize, e & 0xFFFF_FFFF);
+        let held: Vec<(u64, u64)> = (0..n).map(|k| self.hand(c, k)).map(|(p, s)| (p as u64, s)).collect();
+        if held != got {
+            self.error(&format!("consumer {c}"), format_args!("the call returned {got:?}, the hook saw {held:?}"));
+        }
+        for &(p, seq) in &held {
+            let p = p as usize;
             if last[p].is_some_and(|l| l >= seq) {
                 eprintln!("consumer {c}: ({p}, {seq}) after ({p}, {})", last[p].unwrap_or(0));
                 self.count(Self::ORDER);
@@ -245,34 +253,24 @@ impl Board {
             }
         }
         self.hand_len(c).store(0, Ordering::Release);
-        self.flag(c).store(0, Ordering::Release);
-    }
-
-    /// Checks an identity taken from a message; false (and an error counted) if impossible.
-    fn valid(&self, c: usize, p: u64, seq: u64) -> bool {
-        let ok = (p as usize) < STORM_SLOTS && seq < SEQ_SPACE;
-        if !ok {
-            self.error(&format!("consumer {c}"), format_args!("impossible identity ({p}, {seq})"));
-        }
-        ok
     }
 }
 
-/// What a storm saw.
-#[derive(Debug, Default)]
-struct StormFigures {
-    kills: usize,
-    kills_in_lock: usize,
-    consumer_kills: usize,
-    checked: u64,
-    received: u64,
-    lost_in_killed_hands: u64,
-    lost_unnamed: u64,
-    unnamed_bound: u64,
+/// The consumer this process is, for the receive hook: its board, slot and kind of ring.
+static STORM_CONSUMER: std::sync::OnceLock<(&'static Board, usize, bool)> = std::sync::OnceLock::new();
+
+/// The receive hook of storm consumers: lists each message consumed in the consumer's hand.
+fn storm_taken(bytes: &[u8]) {
+    let Some(&(b, c, queue)) = STORM_CONSUMER.get() else { return };
+    let id = if queue { queue_identity(bytes) } else { check_message(bytes).map(|(p, s)| (u64::from(p), s)) };
+    match id {
+        Ok((p, seq)) => b.hold(c, p, seq),
+        Err(e) => b.error(&format!("consumer {c}"), e),
+    }
 }
 
 /// Runs the storm: `producer(slot)` and `consumer(slot)` fork a child; `holders()` says which pids
-/// hold the send and the receive lock. Checks the invariants and answers the figures.
+/// hold the send and the receive lock. Checks the invariants and prints the figures.
 fn storm(
     name: &str,
     board: &Board,
@@ -283,10 +281,10 @@ fn storm(
     let mut producers: Vec<_> = (0..STORM_SLOTS).map(|p| Some(producer(p))).collect();
     let mut consumers: Vec<_> = (0..STORM_SLOTS).map(|c| Some(consumer(c))).collect();
     let mut rng = Rng(0x5EED_0000 ^ u64::from(std::process::id()));
-    let mut fig = StormFigures::default();
-    // Messages that killed consumers had in hand (exactly), and how many they may have taken
-    // without being able to name them.
+    let (mut kills_in_lock, mut consumer_kills) = (0, 0);
+    // The messages that killed consumers had in hand.
     let mut held_by_killed: HashSet<(usize, u64)> = HashSet::new();
+    let started = Instant::now();
     for k in 0..STORM_KILLS {
         std::thread::sleep(Duration::from_millis(2 + rng.below(15)));
         let slot = rng.below(STORM_SLOTS as u64) as usize;
@@ -299,23 +297,18 @@ fn storm(
             while Instant::now() < deadline {
                 let (s, r) = holders();
                 if (if kill_consumer { r } else { s }) == Some(victim.pid.as_raw() as u32) {
-                    fig.kills_in_lock += 1;
+                    kills_in_lock += 1;
                     break;
                 }
                 std::hint::spin_loop();
             }
         }
         victim.kill();
-        fig.kills += 1;
         if kill_consumer {
-            fig.consumer_kills += 1;
-            // The victim is dead and reaped: its hand and flag are final.
+            consumer_kills += 1;
+            // The victim is dead and reaped: its hand is final.
             let n = (board.hand_len(slot).load(Ordering::Acquire) as usize).min(HAND);
-            for i in 0..n {
-                let e = board.s.get(Board::consumer(slot) + 2 + i).load(Ordering::Acquire) - 1;
-                held_by_killed.insert(((e >> 32) as usize, e & 0xFFFF_FFFF));
-            }
-            fig.unnamed_bound += board.flag(slot).swap(0, Ordering::AcqRel);
+            held_by_killed.extend((0..n).map(|i| board.hand(slot, i)));
             board.hand_len(slot).store(0, Ordering::Release);
             consumers[slot] = Some(consumer(slot));
         } else {
@@ -329,7 +322,7 @@ fn storm(
     for c in consumers.into_iter().flatten() {
         c.join(Duration::from_secs(60));
     }
-    let mut invented = 0u64;
+    let (mut checked, mut received, mut invented, mut in_killed_hands, mut lost) = (0u64, 0u64, 0u64, 0u64, 0u64);
     for p in 0..STORM_SLOTS {
         let next = board.next_seq(p).load(Ordering::Relaxed).min(SEQ_SPACE);
         for seq in 0..next {
@@ -340,32 +333,29 @@ fn storm(
                 eprintln!("{name}: ({p}, {seq}) received but never sent");
                 invented += 1;
             }
-            fig.checked += u64::from(committed);
-            fig.received += u64::from(got);
+            checked += u64::from(committed);
+            received += u64::from(got);
             if committed && !got {
                 if held_by_killed.contains(&(p, seq)) {
-                    fig.lost_in_killed_hands += 1;
+                    in_killed_hands += 1;
                 } else {
-                    fig.lost_unnamed += 1;
+                    if lost < 10 {
+                        eprintln!("{name}: ({p}, {seq}) was sent and never received");
+                    }
+                    lost += 1;
                 }
             }
         }
     }
     let ops = |base: usize| (0..OPS).map(|i| board.load(base + i)).collect::<Vec<_>>();
     eprintln!(
-        "{name}: {} kills ({} inside a lock, {} of consumers), {} committed messages checked, {} received, \
-         {} duplicates, {} out of order, {invented} never sent, {} lost in killed consumers' hands, \
-         {} lost unnamed (bound {}); send ops {:?}, receive ops {:?}",
-        fig.kills,
-        fig.kills_in_lock,
-        fig.consumer_kills,
-        fig.checked,
-        fig.received,
+        "{name} storm: {STORM_KILLS} kills ({kills_in_lock} inside a lock, {consumer_kills} of consumers) in {:?}; \
+         {checked} committed messages checked, {received} received, {} duplicates, {} out of order, \
+         {invented} never sent, {in_killed_hands} consumed by killed consumers, {lost} lost; \
+         operations done: send {:?}, receive {:?}",
+        started.elapsed(),
         board.load(Board::DUP),
         board.load(Board::ORDER),
-        fig.lost_in_killed_hands,
-        fig.lost_unnamed,
-        fig.unnamed_bound,
         ops(Board::SEND_OPS),
         ops(Board::RECV_OPS),
     );
@@ -373,14 +363,9 @@ fn storm(
     assert_eq!(board.load(Board::DUP), 0, "{name}: a message was received twice");
     assert_eq!(board.load(Board::ORDER), 0, "{name}: a producer's messages arrived out of order");
     assert_eq!(invented, 0, "{name}: messages received that were never sent");
-    assert!(
-        fig.lost_unnamed <= fig.unnamed_bound,
-        "{name}: {} sent messages lost that no killed consumer held (bound {})",
-        fig.lost_unnamed,
-        fig.unnamed_bound
-    );
-    assert!(fig.kills_in_lock > 0, "{name}: no kill landed inside a critical section");
-    assert!(fig.checked > 0);
+    assert_eq!(lost, 0, "{name}: sent messages lost that no killed consumer held");
+    assert!(kills_in_lock > 0, "{name}: no kill landed inside a critical section");
+    assert!(checked > 0);
 }
 
 /// A try-receive's error in the timeout form's terms (`Empty` as `Timeout`).
@@ -393,11 +378,19 @@ fn as_timeout(e: TryRecvError) -> RecvTimeoutError {
     }
 }
 
+/// Per child: half of the slots pause in every critical section. Answers the child's random source.
 fn storm_child_setup(slot: usize) -> Rng {
     if slot % 2 == 0 {
         ringpool::ring::set_pause_in_critical_section(Some(STORM_PAUSE));
     }
     Rng(0xC0FF_EE00 ^ u64::from(std::process::id()) << 8 ^ slot as u64)
+}
+
+/// Per consumer child: the receive hook that lists what it consumes.
+fn storm_consumer_setup(board: &'static Board, c: usize, queue: bool) -> Rng {
+    let _ = STORM_CONSUMER.set((board, c, queue));
+    ringpool::ring::set_receive_hook(Some(storm_taken));
+    storm_child_setup(c)
 }
 
 /// Holds an in-place guard a while in the pausing children, so that kills land while it is held.
@@ -407,12 +400,37 @@ fn storm_hold(slot: usize) {
     }
 }
 
+/// Ends a storm consumer's call: settles what it got, counts the operation; answers the exit code
+/// when the consumer is done.
+fn storm_settle(
+    b: &Board,
+    c: usize,
+    op: usize,
+    r: Result<Vec<(u64, u64)>, RecvTimeoutError>,
+    last: &mut [Option<u64>; STORM_SLOTS],
+) -> Option<i32> {
+    match r {
+        Ok(got) => {
+            b.settle(c, &got, last);
+            b.count(Board::RECV_OPS + op);
+            None
+        }
+        Err(RecvTimeoutError::Disconnected) => {
+            b.settle(c, &[], last);
+            Some(0)
+        }
+        Err(e) => {
+            b.error(&format!("consumer {c}"), e);
+            Some(3)
+        }
+    }
+}
+
 /// The byte ring under the storm, every operation on both sides.
 #[test]
 fn sigkill_storm_ring() {
     let ring = Ring::builder().capacity(16 * 1024).anonymous().unwrap();
-    let board = Board::new();
-    let b = &board;
+    let b = Board::leak();
     let producer = |p: usize| {
         let ring = ring.clone();
         spawn(move || {
@@ -489,59 +507,45 @@ fn sigkill_storm_ring() {
     let consumer = |c: usize| {
         let ring = ring.clone();
         spawn(move || {
-            let mut rng = storm_child_setup(c);
+            let mut rng = storm_consumer_setup(b, c, false);
             let rx = ring.receiver().unwrap();
-            let who = format!("ring consumer {c}");
             let mut last = [None::<u64>; STORM_SLOTS];
-            // Checks a message and puts it in the hand.
-            let take = |m: &[u8]| match check_message(m) {
-                Ok((p, seq)) if b.valid(c, u64::from(p), seq) => b.hold(c, p as usize, seq),
-                Ok(_) => {}
-                Err(e) => b.error(&who, e),
+            let id = |m: &[u8]| match check_message(m) {
+                Ok((p, seq)) => (u64::from(p), seq),
+                Err(e) => {
+                    b.error(&format!("consumer {c}"), e);
+                    (u64::MAX, 0)
+                }
             };
             loop {
-                let mut op = rng.below(6) as usize;
-                if op < 2 && ring.used_bytes() == 0 {
-                    op += 2; // value-returning calls only when there is something to take
-                }
-                let r: Result<(), RecvTimeoutError> = match op {
-                    0 | 1 => {
-                        b.flag(c).store(1, Ordering::Release);
-                        let got = if op == 0 {
-                            rx.try_recv().map_err(as_timeout)
-                        } else {
-                            rx.recv_timeout(STORM_WAIT)
-                        };
-                        match got {
-                            Ok(m) => {
-                                take(&m);
-                                Ok(())
-                            }
-                            Err(RecvTimeoutError::Timeout) if op == 0 => Ok(()),
-                            Err(e) => Err(e),
-                        }
+                let op = rng.below(6) as usize;
+                let r = match op {
+                    0 => rx.try_recv().map_err(as_timeout).map(|m| vec![id(&m)]),
+                    1 => rx.recv_timeout(STORM_WAIT).map(|m| vec![id(&m)]),
+                    2 => rx.recv_with_timeout(STORM_WAIT, |m| vec![id(m)]),
+                    3 => {
+                        let mut got = Vec::new();
+                        rx.recv_many_timeout(1 + rng.below(32) as usize, STORM_WAIT, |m| got.push(id(m))).map(|_| got)
                     }
-                    2 => rx.recv_with_timeout(STORM_WAIT, take),
-                    3 => rx.recv_many_timeout(1 + rng.below(32) as usize, STORM_WAIT, take).map(drop),
+                    4 => {
+                        let mut buf = Vec::new();
+                        rx.try_recv_many(1 + rng.below(32) as usize, |m| buf.push(id(m)))
+                            .map_err(as_timeout)
+                            .map(|_| buf)
+                    }
                     _ => rx.recv_in_place_timeout(STORM_WAIT).map(|g| {
-                        take(&g[..]);
+                        let got = vec![id(&g)];
                         storm_hold(c);
                         drop(g);
+                        got
                     }),
                 };
-                match r {
-                    Ok(()) => {
-                        b.settle(c, &mut last);
-                        b.count(Board::RECV_OPS + op);
-                    }
-                    Err(RecvTimeoutError::Disconnected) => {
-                        b.settle(c, &mut last);
-                        return 0;
-                    }
-                    Err(e) => {
-                        b.error(&who, e);
-                        return 3;
-                    }
+                let r = match r {
+                    Err(RecvTimeoutError::Timeout) if op == 0 || op == 4 => Ok(Vec::new()),
+                    r => r,
+                };
+                if let Some(code) = storm_settle(b, c, op, r, &mut last) {
+                    return code;
                 }
             }
         })
@@ -558,12 +562,24 @@ fn qmessage(p: usize, seq: u64) -> [u64; 4] {
     [p as u64, seq, h, !h]
 }
 
+/// The identity of a queue message, checked.
+fn queue_identity(bytes: &[u8]) -> Result<(u64, u64), String> {
+    if bytes.len() != 32 {
+        return Err(format!("a queue value of {} bytes", bytes.len()));
+    }
+    let w: Vec<u64> = bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
+    let h = w[0] << 40 ^ w[1] ^ 0x9E37_79B9_7F4A_7C15;
+    if w[2] != h || w[3] != !h {
+        return Err(format!("corrupt queue value {w:x?}"));
+    }
+    Ok((w[0], w[1]))
+}
+
 /// The slot ring under the storm, every operation on both sides.
 #[test]
 fn sigkill_storm_queue() {
     let queue = ringpool::Queue::<[u64; 4]>::builder().slots(64).anonymous().unwrap();
-    let board = Board::new();
-    let b = &board;
+    let b = Board::leak();
     let producer = |p: usize| {
         let queue = queue.clone();
         spawn(move || {
@@ -625,68 +641,32 @@ fn sigkill_storm_queue() {
     let consumer = |c: usize| {
         let queue = queue.clone();
         spawn(move || {
-            let mut rng = storm_child_setup(c);
+            let mut rng = storm_consumer_setup(b, c, true);
             let rx = queue.receiver().unwrap();
-            let who = format!("queue consumer {c}");
             let mut last = [None::<u64>; STORM_SLOTS];
-            let take = |m: &[u64; 4]| {
-                let h = m[0] << 40 ^ m[1] ^ 0x9E37_79B9_7F4A_7C15;
-                if m[2] != h || m[3] != !h {
-                    b.error(&who, format_args!("corrupt value {m:x?}"));
-                } else if b.valid(c, m[0], m[1]) {
-                    b.hold(c, m[0] as usize, m[1]);
-                }
-            };
+            let id = |m: &[u64; 4]| (m[0], m[1]);
             let mut out = [[0u64; 4]; 32];
             loop {
-                let mut op = rng.below(6) as usize;
-                if op < 4 && queue.is_empty() {
-                    op = 4; // value-returning calls only when there is something to take
-                }
-                let n = 1 + rng.below(8) as usize;
-                let r: Result<(), RecvTimeoutError> = match op {
-                    0..=3 => {
-                        b.flag(c).store(if op < 2 { 1 } else { n as u64 }, Ordering::Release);
-                        let got = match op {
-                            0 => rx.try_recv().map_err(as_timeout).map(|m| {
-                                out[0] = m;
-                                1
-                            }),
-                            1 => rx.recv_timeout(STORM_WAIT).map(|m| {
-                                out[0] = m;
-                                1
-                            }),
-                            2 => rx.try_recv_many(&mut out[..n]).map_err(as_timeout),
-                            _ => rx.recv_many_timeout(&mut out[..n], STORM_WAIT),
-                        };
-                        match got {
-                            Ok(k) => {
-                                out[..k].iter().for_each(take);
-                                Ok(())
-                            }
-                            Err(RecvTimeoutError::Timeout) if op == 0 || op == 2 => Ok(()),
-                            Err(e) => Err(e),
-                        }
-                    }
+                let op = rng.below(6) as usize;
+                let n = 1 + rng.below(32) as usize;
+                let r = match op {
+                    0 => rx.try_recv().map_err(as_timeout).map(|m| vec![id(&m)]),
+                    1 => rx.recv_timeout(STORM_WAIT).map(|m| vec![id(&m)]),
+                    2 => rx.try_recv_many(&mut out[..n]).map_err(as_timeout).map(|k| out[..k].iter().map(id).collect()),
+                    3 => rx.recv_many_timeout(&mut out[..n], STORM_WAIT).map(|k| out[..k].iter().map(id).collect()),
                     _ => rx.recv_in_place_timeout(STORM_WAIT).map(|g| {
-                        take(&*g);
+                        let got = vec![id(&g)];
                         storm_hold(c);
                         drop(g);
+                        got
                     }),
                 };
-                match r {
-                    Ok(()) => {
-                        b.settle(c, &mut last);
-                        b.count(Board::RECV_OPS + op);
-                    }
-                    Err(RecvTimeoutError::Disconnected) => {
-                        b.settle(c, &mut last);
-                        return 0;
-                    }
-                    Err(e) => {
-                        b.error(&who, e);
-                        return 3;
-                    }
+                let r = match r {
+                    Err(RecvTimeoutError::Timeout) if op == 0 || op == 2 => Ok(Vec::new()),
+                    r => r,
+                };
+                if let Some(code) = storm_settle(b, c, op, r, &mut last) {
+                    return code;
                 }
             }
         })

@@ -483,6 +483,8 @@ impl<T: Pod> Sender<T> {
         debug_pause();
         // The first stamp last, with Release: it publishes the whole batch.
         core.stamp(tail).store(tail + 1, Ordering::Release);
+        // Published, the tail not yet moved: a death here is rolled forward by the repair.
+        debug_pause();
         let c = core.ctrl();
         c.tail.store(tail + n, Ordering::Release);
         bump(&c.send.messages, n);
@@ -506,6 +508,7 @@ impl<T: Pod> SlotWriter<'_, T> {
         let core = &*self.sender.core;
         let c = core.ctrl();
         core.stamp(self.tail).store(self.tail + 1, Ordering::Release);
+        debug_pause();
         c.tail.store(self.tail + 1, Ordering::Release);
         bump(&c.send.messages, 1);
         bump(&c.send.bytes, core.cfg.item_size);
@@ -620,6 +623,9 @@ impl<T: Pod> Receiver<T> {
             out[n] = unsafe { core.slot_ptr(i).cast::<T>().read() };
             n += 1;
         }
+        if let Some(hook) = super::receive_hook() {
+            out[..n].iter().for_each(|v| hook(bytemuck::bytes_of(v)));
+        }
         debug_pause();
         let c = core.ctrl();
         c.head.store(head + n as u64, Ordering::Release);
@@ -649,6 +655,8 @@ impl<T: Pod> std::ops::Deref for SlotReader<'_, T> {
 impl<T: Pod> Drop for SlotReader<'_, T> {
     fn drop(&mut self) {
         let core = &*self.receiver.core;
+        super::debug_taken(bytemuck::bytes_of(&**self));
+        debug_pause();
         let c = core.ctrl();
         c.head.store(self.head + 1, Ordering::Release);
         bump(&c.recv.messages, 1);
