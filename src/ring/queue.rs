@@ -284,6 +284,51 @@ impl<T: Pod> Queue<T> {
     }
 }
 
+// Deaths and the stamps
+// ---------------------
+//
+// The commit word of slot `i` is its stamp: `i + 1` (Release) once the value is written. A batch of
+// `n` slots from `tail` writes every value, stamps slots `tail + 1 .. tail + n` (Relaxed), and
+// stamps slot `tail` last (Release): that one store publishes the whole batch, and then the tail
+// index moves. A receiver takes slot `head` once its stamp says so (Acquire), and in a batch goes
+// on to `head + 1`, ... while their stamps do, stopping at the first slot that is not published;
+// it moves the head past what it took, then releases its lock. The invariants:
+//
+// (I1) Every slot in [head, tail) is published (stamp = index + 1), and slot `tail` is not.
+// (I2) Outside a live sender's critical section, no slot in the free window [tail, head + capacity)
+//      carries a current-lap stamp: each carries the previous lap's (its value was received) or 0.
+//
+// Receivers only ever read slots from `head` up to the first unpublished one, which (I1) puts at or
+// before `tail`; they never read a stamp in the free window beyond it. So the later stamps of a
+// batch in progress (beyond slot `tail`, which is unpublished until the batch commits) are never
+// trusted before the commit: a receiver that acquires the commit stamp sees them all (they were
+// stored before it in program order), and one that does not stops at `tail`.
+//
+// A death anywhere, and what it leaves:
+// - sender, in `send_slice` before the commit stamp (values and later stamps written): slot `tail`
+//   unpublished, current-lap stamps in (tail, tail + n) that nothing committed, breaking (I2).
+//   `repair_send` (run by the next sender to take the lock, before it writes anything) clears
+//   every current-lap stamp in the free window. Without that, the next publish of slot `tail`
+//   would make them reachable: a receiver would take values never committed, move the head past
+//   the tail, and values later sent there would be overwritten behind the head (lost).
+// - sender, after the commit stamp, before the tail store (`send_slice`, `SlotWriter::commit`):
+//   the batch is published; the repair rolls `tail` forward over published slots (receivers may
+//   even have taken them: then `head > tail` for a moment, which every reader of the indices
+//   allows).
+// - sender holding a `SlotWriter` (value partly written, nothing stamped): nothing to undo; the
+//   slot is rewritten by the next send.
+// - receiver, in `recv_slice` or holding a `SlotReader`, before the head store: nothing consumed;
+//   the values are still published at the head and go to the next receiver. After the head store:
+//   consumed, by this receiver (and lost with it, as any message a dead process had received).
+//   Receivers write no stamps, so `repair_recv` only checks the indices and the head's stamp.
+// - a repairer that dies mid-repair leaves the lock owner-dead again; the repair is idempotent
+//   (clearing a stale stamp twice, or rolling over the same slots, changes nothing more).
+//
+// The byte ring (records.rs) does not need the clearing: its batch also stages later headers
+// before the first, but its zero marker keeps the word at `tail` zero until a record there is
+// published, and each publish writes a new zero right after its last record, so the chain of
+// headers a receiver follows always ends at a zero before any staged leftover.
+
 /// Slot-format operations on the shared engine.
 trait Slots {
     fn stamp(&self, i: u64) -> &AtomicU64;
@@ -320,17 +365,36 @@ impl Slots for Core {
         }
     }
 
+    /// After a sender died holding the send lock (see "Deaths and the stamps" above).
     fn repair_send(&self) -> Result<(), &'static str> {
         let c = self.ctrl();
+        let cap = self.cfg.capacity;
         let (head, mut tail) = self.indices_near()?;
-        // A dead sender may have published slots (even seen them received) without moving tail.
+        // 1. A dead sender may have published slots (even seen them received) without moving
+        //    tail: roll it forward over them.
         let mut steps = 0;
-        while steps <= self.cfg.capacity && self.probe_slot(tail)? {
+        while steps <= cap && self.probe_slot(tail)? {
             tail += 1;
             steps += 1;
         }
-        if tail < head || tail - head > self.cfg.capacity {
+        if tail < head || tail - head > cap {
             return Err("recovered tail is inconsistent with the head");
+        }
+        // 2. A dead sender may have stamped the later slots of a batch whose first stamp (its
+        //    commit) it never stored: every stamp in the free window [tail, head + capacity) that
+        //    claims the current lap is such a leftover. Clear it, before any sender publishes
+        //    slot `tail` and makes the slots after it reachable. The window holds no published
+        //    value (those lie in [head, tail)), and no receiver reads past the first unpublished
+        //    slot, `tail`, so nobody reads these words meanwhile.
+        let end = head.checked_add(cap).ok_or("head index overflows")?;
+        for i in tail..end {
+            let stamp = self.stamp(i);
+            let s = stamp.load(Ordering::Relaxed);
+            if s == i.wrapping_add(1) {
+                stamp.store(0, Ordering::Relaxed);
+            } else if s != 0 && s != i.wrapping_add(1).wrapping_sub(cap) {
+                return Err("slot stamp from no possible lap");
+            }
         }
         c.tail.store(tail, Ordering::Release);
         c.send.cached.store(head, Ordering::Relaxed);
