@@ -893,4 +893,39 @@ mod tests {
         // In-place access needs the mirror, which heap memory does not have: refused, not wrong.
         assert!(matches!(tx.try_reserve(8), Err(TrySendError::Broken(..))));
     }
+
+    /// A message handed to a closure that panics is consumed (not delivered again), and the ring
+    /// stays usable: the head moved, the lock was released, not poisoned.
+    #[test]
+    fn a_panicking_closure_consumes_what_it_was_handed() {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        let ring = heap_ring(4096);
+        let tx = ring.sender().unwrap();
+        let rx = ring.receiver().unwrap();
+        for m in [&b"one"[..], b"two", b"three", b"four", b"five", b"six"] {
+            tx.try_send(m).unwrap();
+        }
+        let r = catch_unwind(AssertUnwindSafe(|| rx.try_recv_with(|_| panic!("the caller's closure panics"))));
+        assert!(r.is_err(), "the panic reaches the caller");
+        assert_eq!(rx.try_recv().unwrap(), b"two", "the message handed to the panicking closure is gone");
+        // A batch: the closure panics on its second message; the first two are consumed.
+        let mut seen = Vec::new();
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            rx.try_recv_many(10, |m| {
+                seen.push(m.to_vec());
+                assert!(seen.len() < 2, "the caller's closure panics");
+            })
+        }));
+        assert!(r.is_err());
+        assert_eq!(seen, [b"three".to_vec(), b"four".to_vec()]);
+        assert_eq!(rx.try_recv().unwrap(), b"five");
+        assert_eq!(ring.stats().received, 5, "the counters count what was consumed");
+        // The lock is free and the ring consistent for other receivers and senders.
+        let rx2 = ring.receiver().unwrap();
+        tx.try_send(b"seven").unwrap();
+        assert_eq!(rx2.try_recv().unwrap(), b"six");
+        assert_eq!(rx2.try_recv().unwrap(), b"seven");
+        assert_eq!(rx2.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(ring.used_bytes(), 0);
+    }
 }
