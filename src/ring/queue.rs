@@ -730,3 +730,198 @@ impl<T: Pod> Drop for SlotReader<'_, T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The slot ring's index, stamp and repair logic on heap memory, against a `VecDeque`. Small
+    //! enough to run under Miri:
+    //! `MIRIFLAGS=-Zmiri-isolation-error=warn-nobacktrace cargo +nightly miri test --lib ring::queue::tests`.
+
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    /// A value with a stamp-sized tail and an odd size (stride 32: 20 bytes, padding, stamp).
+    type V = [u32; 5];
+
+    fn heap_queue(slots: u64) -> Queue<V> {
+        let (_, stride) = geometry::<V>();
+        let cfg = Config {
+            format: FORMAT_SLOTS,
+            max_members: 4,
+            capacity: slots,
+            stride,
+            item_size: std::mem::size_of::<V>() as u64,
+            data_offset: data_offset(),
+            ring_id: 1,
+        };
+        Queue { core: Core::on_heap(cfg), _t: PhantomData }
+    }
+
+    fn value(n: u32) -> V {
+        [n, !n, n.wrapping_mul(0x9E37_79B9), 7, n ^ 0x5555]
+    }
+
+    #[test]
+    fn heap_queue_matches_vecdeque_through_wraps() {
+        let q = heap_queue(8);
+        let tx = q.sender().unwrap();
+        let rx = q.receiver().unwrap();
+        let mut model: VecDeque<V> = VecDeque::new();
+        let mut next = 0u32;
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let ops = if cfg!(miri) { 300 } else { 20_000 };
+        for _ in 0..ops {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k = (x >> 8) as usize % 11;
+            match x % 7 {
+                0 | 1 => match tx.try_send(value(next)) {
+                    Ok(()) => {
+                        assert!(model.len() < 8);
+                        model.push_back(value(next));
+                        next += 1;
+                    }
+                    Err(TrySendError::Full(v)) => {
+                        assert_eq!(model.len(), 8);
+                        assert_eq!(v, value(next));
+                    }
+                    Err(e) => panic!("{e}"),
+                },
+                2 => {
+                    // A batch, maybe across the end of the slots, maybe cut short by the room.
+                    let batch: Vec<V> = (0..k as u32).map(|i| value(next + i)).collect();
+                    match tx.try_send_many(&batch) {
+                        Ok(n) => {
+                            assert_eq!(n, k.min(8 - model.len()));
+                            model.extend(&batch[..n]);
+                            next += n as u32;
+                        }
+                        Err(TrySendError::Full(_)) => assert!(model.len() == 8 && k > 0),
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                3 if model.len() < 8 => {
+                    // In place; every third one dropped uncommitted (publishes nothing).
+                    let mut w = tx.reserve().unwrap();
+                    *w = value(next);
+                    if k % 3 == 0 {
+                        drop(w);
+                    } else {
+                        w.commit();
+                        model.push_back(value(next));
+                        next += 1;
+                    }
+                }
+                4 if !model.is_empty() => {
+                    let r = rx.recv_in_place().unwrap();
+                    assert_eq!(*r, model.pop_front().unwrap());
+                }
+                5 => {
+                    let mut out = [[0; 5]; 10];
+                    match rx.try_recv_many(&mut out[..k.max(1)]) {
+                        Ok(n) => {
+                            assert_eq!(n, k.max(1).min(model.len()));
+                            for v in &out[..n] {
+                                assert_eq!(*v, model.pop_front().unwrap());
+                            }
+                        }
+                        Err(TryRecvError::Empty) => assert!(model.is_empty()),
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                _ => match rx.try_recv() {
+                    Ok(v) => assert_eq!(v, model.pop_front().unwrap()),
+                    Err(TryRecvError::Empty) => assert!(model.is_empty()),
+                    Err(e) => panic!("{e}"),
+                },
+            }
+            assert_eq!(q.len(), model.len());
+        }
+        let stats = q.stats();
+        assert_eq!(stats.sent, u64::from(next));
+        assert_eq!(stats.sent - stats.received, model.len() as u64);
+    }
+
+    /// What a sender killed inside `send_slice` leaves: the batch's values, and the stamps of its
+    /// later slots, but not its first stamp (the commit). Written as `send_slice` writes them.
+    fn die_inside_a_batch(q: &Queue<V>, values: &[V]) {
+        let core = &*q.core;
+        let tail = core.ctrl().tail.load(Ordering::Relaxed);
+        for (k, v) in values.iter().enumerate() {
+            let i = tail + k as u64;
+            // SAFETY: test-only: slot `i` is free (the caller leaves room) and nobody else uses the
+            // queue meanwhile; aligned for V, at least size_of::<V>() long.
+            unsafe { core.slot_ptr(i).cast::<V>().write(*v) };
+            if k > 0 {
+                core.stamp(i).store(i + 1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A sender died inside a batch, after stamping its later slots: the repair clears those
+    /// stamps, so the next values sent are received, and the dead batch's never are.
+    #[test]
+    fn repair_after_a_dead_sender_clears_the_stamps_of_its_uncommitted_batch() {
+        let q = heap_queue(8);
+        let tx = q.sender().unwrap();
+        let rx = q.receiver().unwrap();
+        // Move the indices so that the dead batch wraps around the end of the slots.
+        for n in 0..6 {
+            tx.try_send(value(n)).unwrap();
+            assert_eq!(rx.try_recv().unwrap(), value(n));
+        }
+        let dead: Vec<V> = (100..105).map(value).collect();
+        die_inside_a_batch(&q, &dead);
+        // The next holder of the send lock finds its owner dead and repairs.
+        q.core.repair_send().unwrap();
+        for slot in 7..11 {
+            assert_eq!(q.core.stamp(slot).load(Ordering::Relaxed), 0, "stale stamp of slot {slot} cleared");
+        }
+        tx.try_send(value(6)).unwrap();
+        let mut out = [[0; 5]; 8];
+        assert_eq!(rx.try_recv_many(&mut out).unwrap(), 1, "only the committed value is published");
+        assert_eq!(out[0], value(6));
+        tx.try_send_many(&[value(7), value(8)]).unwrap();
+        assert_eq!(rx.try_recv_many(&mut out).unwrap(), 2);
+        assert_eq!(out[..2], [value(7), value(8)]);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(q.len(), 0);
+    }
+
+    /// A sender died after its batch's commit stamp, before moving the tail (a receiver even took
+    /// part of it): the repair rolls the tail forward over the published slots.
+    #[test]
+    fn repair_after_a_dead_sender_rolls_a_committed_batch_forward() {
+        let q = heap_queue(4);
+        let tx = q.sender().unwrap();
+        let rx = q.receiver().unwrap();
+        for n in 0..3 {
+            tx.try_send(value(n)).unwrap();
+            assert_eq!(rx.try_recv().unwrap(), value(n));
+        }
+        let core = &*q.core;
+        die_inside_a_batch(&q, &[value(3), value(4), value(5)]);
+        core.stamp(3).store(4, Ordering::Release); // the commit, then death
+        assert_eq!(rx.try_recv().unwrap(), value(3), "published, so receivable before the repair");
+        core.repair_send().unwrap();
+        assert_eq!(core.ctrl().tail.load(Ordering::Relaxed), 6);
+        assert_eq!(q.len(), 2);
+        tx.try_send(value(6)).unwrap();
+        let mut out = [[0; 5]; 4];
+        assert_eq!(rx.try_recv_many(&mut out).unwrap(), 3);
+        assert_eq!(out[..3], [value(4), value(5), value(6)]);
+    }
+
+    /// A stamp from no possible lap in the free window is corruption, found by the repair.
+    #[test]
+    fn repair_reports_an_impossible_stamp() {
+        let q = heap_queue(4);
+        q.core.stamp(2).store(1234, Ordering::Relaxed);
+        assert_eq!(q.core.repair_send(), Err("slot stamp from no possible lap"));
+        q.core.stamp(2).store(0, Ordering::Relaxed);
+        assert_eq!(q.core.repair_send(), Ok(()));
+        assert_eq!(q.core.repair_recv(), Ok(()));
+    }
+}
