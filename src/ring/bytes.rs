@@ -894,6 +894,40 @@ mod tests {
         assert!(matches!(tx.try_reserve(8), Err(TrySendError::Broken(..))));
     }
 
+    /// What a sender killed inside a batch leaves in the byte ring (payloads and the staged headers
+    /// of its later records, not the first header, the commit) is never received: the zero
+    /// marker at the tail ends the chain of headers before any of it, whatever lengths the next
+    /// messages have. The same for an in-place reservation dropped after writing junk that looks
+    /// like headers.
+    #[test]
+    fn leftovers_of_a_dead_batch_are_never_received() {
+        let ring = heap_ring(4096);
+        let tx = ring.sender().unwrap();
+        let rx = ring.receiver().unwrap();
+        let core = &*ring.core;
+        for len in [0usize, 1, 8, 24, 40] {
+            tx.try_send(vec![9u8; 100]).unwrap();
+            assert_eq!(rx.try_recv().unwrap(), vec![9u8; 100]);
+            // The dead batch: records of 16 bytes from the tail, headers staged from the second on.
+            let tail = core.ctrl().tail.load(Ordering::Relaxed);
+            for k in 1..6u64 {
+                let at = tail + k * record_size(16);
+                // SAFETY: test-only: free space beyond the tail, nobody else uses the ring.
+                unsafe { core.write_bytes(at + 8, &[7u8; 16]) };
+                core.stage_record(at, 16);
+            }
+            core.repair_bytes_send().unwrap();
+            assert_eq!(core.ctrl().tail.load(Ordering::Relaxed), tail, "nothing was published");
+            let msg = vec![len as u8; len];
+            tx.try_send(&msg).unwrap();
+            let mut got = Vec::new();
+            assert_eq!(rx.try_recv_many(16, |m| got.push(m.to_vec())).unwrap(), 1);
+            assert_eq!(got, [msg]);
+            assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+            assert_eq!(ring.used_bytes(), 0);
+        }
+    }
+
     /// A message handed to a closure that panics is consumed (not delivered again), and the ring
     /// stays usable: the head moved, the lock was released, not poisoned.
     #[test]
