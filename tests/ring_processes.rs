@@ -270,13 +270,16 @@ fn storm_taken(bytes: &[u8]) {
 }
 
 /// Runs the storm: `producer(slot)` and `consumer(slot)` fork a child; `holders()` says which pids
-/// hold the send and the receive lock. Checks the invariants and prints the figures.
+/// hold the send and the receive lock; `kinds` is how many kinds of operation each side has (each
+/// must have run). Checks the invariants and prints the figures.
 fn storm(
     name: &str,
     board: &Board,
     producer: &dyn Fn(usize) -> common::Child,
     consumer: &dyn Fn(usize) -> common::Child,
     holders: &dyn Fn() -> (Option<u32>, Option<u32>),
+    stats: &dyn Fn() -> ringpool::ring::Stats,
+    kinds: (usize, usize),
 ) {
     let mut producers: Vec<_> = (0..STORM_SLOTS).map(|p| Some(producer(p))).collect();
     let mut consumers: Vec<_> = (0..STORM_SLOTS).map(|c| Some(consumer(c))).collect();
@@ -348,14 +351,17 @@ fn storm(
         }
     }
     let ops = |base: usize| (0..OPS).map(|i| board.load(base + i)).collect::<Vec<_>>();
+    let stats = stats();
     eprintln!(
         "{name} storm: {STORM_KILLS} kills ({kills_in_lock} inside a lock, {consumer_kills} of consumers) in {:?}; \
          {checked} committed messages checked, {received} received, {} duplicates, {} out of order, \
          {invented} never sent, {in_killed_hands} consumed by killed consumers, {lost} lost; \
-         operations done: send {:?}, receive {:?}",
+         lock recoveries: {} send, {} receive; operations done: send {:?}, receive {:?}",
         started.elapsed(),
         board.load(Board::DUP),
         board.load(Board::ORDER),
+        stats.send_recoveries,
+        stats.recv_recoveries,
         ops(Board::SEND_OPS),
         ops(Board::RECV_OPS),
     );
@@ -365,6 +371,11 @@ fn storm(
     assert_eq!(invented, 0, "{name}: messages received that were never sent");
     assert_eq!(lost, 0, "{name}: sent messages lost that no killed consumer held");
     assert!(kills_in_lock > 0, "{name}: no kill landed inside a critical section");
+    assert!(stats.send_recoveries + stats.recv_recoveries > 0, "{name}: locks were never recovered: {stats:?}");
+    for (side, base, n) in [("send", Board::SEND_OPS, kinds.0), ("receive", Board::RECV_OPS, kinds.1)] {
+        let done = ops(base);
+        assert!(done[..n].iter().all(|&d| d > 0), "{name}: a {side} operation never ran: {done:?}");
+    }
     assert!(checked > 0);
 }
 
@@ -550,10 +561,7 @@ fn sigkill_storm_ring() {
             }
         })
     };
-    storm("ring", b, &producer, &consumer, &|| ring.debug_lock_holders());
-    let stats = ring.stats();
-    eprintln!("ring: {stats:?}");
-    assert!(stats.send_recoveries + stats.recv_recoveries > 0, "locks were never recovered: {stats:?}");
+    storm("ring", b, &producer, &consumer, &|| ring.debug_lock_holders(), &|| ring.stats(), (6, 6));
 }
 
 /// A queue message: an identity and a check of it.
@@ -671,10 +679,7 @@ fn sigkill_storm_queue() {
             }
         })
     };
-    storm("queue", b, &producer, &consumer, &|| queue.debug_lock_holders());
-    let stats = queue.stats();
-    eprintln!("queue: {stats:?}");
-    assert!(stats.send_recoveries + stats.recv_recoveries > 0, "locks were never recovered: {stats:?}");
+    storm("queue", b, &producer, &consumer, &|| queue.debug_lock_holders(), &|| queue.stats(), (5, 6));
 }
 
 /// A 500 ms receive timeout on an empty ring returns Timeout after at least 500 ms, 100 times in a
