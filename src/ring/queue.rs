@@ -374,7 +374,7 @@ impl Slots for Core {
         //    tail: roll it forward over them.
         let mut steps = 0;
         while steps <= cap && self.probe_slot(tail)? {
-            tail += 1;
+            tail = tail.checked_add(1).ok_or("tail index overflows")?;
             steps += 1;
         }
         if tail < head || tail - head > cap {
@@ -630,7 +630,9 @@ impl<T: Pod> Receiver<T> {
         self.recv_slice(out, Wait::timeout(timeout)).map_err(Fail::recv_timeout)
     }
 
-    /// Waits for a value and lends it in place; it leaves the queue when the guard drops.
+    /// Waits for a value and lends it in place; it leaves the queue when the guard drops (also
+    /// when a panic's unwinding drops it: a value handed out is consumed). If this process dies
+    /// holding the guard, the value stays in the queue for the next receiver.
     pub fn recv_in_place(&self) -> Result<SlotReader<'_, T>, RecvError> {
         self.lock_value(Wait::Forever)
             .map(|(guard, head)| SlotReader { receiver: self, guard: Some(guard), head })
