@@ -405,6 +405,8 @@ impl Sender {
         unsafe { core.write_bytes(tail + 8, msg) };
         debug_pause();
         core.publish_record(tail, msg.len());
+        // Published, the tail not yet moved: a death here is rolled forward by the repair.
+        debug_pause();
         let c = core.ctrl();
         c.tail.store(tail + record_size(msg.len()), Ordering::Release);
         bump(&c.send.messages, 1);
@@ -455,6 +457,7 @@ impl Sender {
         // The marker after the last record, then the first header: its Release publishes all.
         core.word_at(at & core.mask).store(0, Ordering::Relaxed);
         core.word_at(tail & core.mask).store(super::records::header(tail, first.len()), Ordering::Release);
+        debug_pause();
         c.tail.store(at, Ordering::Release);
         bump(&c.send.messages, n as u64);
         bump(&c.send.bytes, bytes);
@@ -513,6 +516,7 @@ impl WriteGuard<'_> {
             unsafe { core.write_bytes(self.tail + 8, &self.staged[..len]) };
         }
         core.publish_record(self.tail, len);
+        debug_pause();
         c.tail.store(self.tail + record_size(len), Ordering::Release);
         bump(&c.send.messages, 1);
         bump(&c.send.bytes, len as u64);
@@ -577,6 +581,11 @@ impl Receiver {
 
     /// Hands the next message to `f` where it lies in the ring (no copy), then removes it.
     /// Other receivers wait while `f` runs.
+    ///
+    /// The message is consumed once it is handed to `f`: if `f` panics, the panic goes on to the
+    /// caller, the message is gone (never delivered again, as a received message is the
+    /// receiver's in crossbeam-channel too), and the ring is left consistent and unlocked (not
+    /// poisoned). Copy what you must keep before doing anything that can panic.
     pub fn recv_with<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
         self.recv_one(Wait::Forever, f).map_err(Fail::recv)
     }
@@ -593,6 +602,10 @@ impl Receiver {
 
     /// Waits for at least one message, then hands up to `max` to `f` in place under one lock hold.
     /// Answers how many.
+    ///
+    /// Each message is consumed once it is handed to `f`: if `f` panics, the messages it was
+    /// handed, the one it panicked on included, are gone, the rest stay in the ring, and the ring
+    /// is left consistent and unlocked (see [`recv_with`](Self::recv_with)).
     pub fn recv_many(&self, max: usize, f: impl FnMut(&[u8])) -> Result<usize, RecvError> {
         self.recv_batch(max, Wait::Forever, f).map_err(Fail::recv)
     }
@@ -614,7 +627,8 @@ impl Receiver {
 
     /// Waits for a message and lends it in place; it leaves the ring when the guard drops. Other
     /// receivers wait meanwhile. If this process dies holding the guard, the message stays in the
-    /// ring for the next receiver.
+    /// ring for the next receiver; if the guard is dropped by a panic's unwinding, the message is
+    /// consumed, as with [`recv_with`](Self::recv_with).
     pub fn recv_in_place(&self) -> Result<ReadGuard<'_>, RecvError> {
         self.in_place(Wait::Forever).map_err(Fail::recv)
     }
@@ -654,25 +668,23 @@ impl Receiver {
     fn recv_one<R>(&self, wait: Wait, f: impl FnOnce(&[u8]) -> R) -> Result<R, Fail> {
         let core = &*self.core;
         let (guard, head, len) = self.lock_with_record(wait)?;
-        let r = if core.mirrored {
+        let mut tmp = Vec::new();
+        let msg = if core.mirrored {
             // SAFETY: the record at `head` is published (its header was acquired) and we hold the
             // receive lock, so until we move the head no sender writes these bytes and no other
             // receiver moves past them. With the mirror, head + 8 + len < 2 capacity is mapped.
-            let msg = unsafe { std::slice::from_raw_parts(core.at(head + 8), len) };
-            f(msg)
+            unsafe { std::slice::from_raw_parts(core.at(head + 8), len) }
         } else {
-            let mut tmp = vec![0u8; len];
+            tmp.resize(len, 0);
             // SAFETY: as above; the copy handles the wrap.
             unsafe { core.read_bytes(head + 8, &mut tmp) };
-            f(&tmp)
+            &tmp[..]
         };
-        debug_pause();
-        let c = core.ctrl();
-        c.head.store(head + record_size(len), Ordering::Release);
-        bump(&c.recv.messages, 1);
-        bump(&c.recv.bytes, len as u64);
-        core.unlock_and_notify(guard, &c.not_full, u32::MAX);
-        Ok(r)
+        // From here on the message is taken: `done` moves the head past it and releases the lock
+        // when it drops, after `f` returns or while `f` unwinds.
+        let mut done = Taking::new(core, guard, head);
+        done.take(msg);
+        Ok(f(msg))
     }
 
     fn recv_batch(&self, max: usize, wait: Wait, mut f: impl FnMut(&[u8])) -> Result<usize, Fail> {
@@ -680,39 +692,32 @@ impl Receiver {
             return Ok(0);
         }
         let core = &*self.core;
-        let (guard, mut head, mut len) = self.lock_with_record(wait)?;
-        let (mut n, mut bytes) = (0usize, 0u64);
+        let (guard, head, mut len) = self.lock_with_record(wait)?;
+        let mut done = Taking::new(core, guard, head);
         let mut tmp = Vec::new();
         loop {
-            if core.mirrored {
+            let msg = if core.mirrored {
                 // SAFETY: as in recv_one: a published record under the receive lock.
-                let msg = unsafe { std::slice::from_raw_parts(core.at(head + 8), len) };
-                f(msg);
+                unsafe { std::slice::from_raw_parts(core.at(done.head + 8), len) }
             } else {
                 tmp.resize(len, 0);
                 // SAFETY: as in recv_one.
-                unsafe { core.read_bytes(head + 8, &mut tmp) };
-                f(&tmp);
-            }
-            head += record_size(len);
-            n += 1;
-            bytes += len as u64;
-            if n == max || bytes >= BATCH_BYTES {
+                unsafe { core.read_bytes(done.head + 8, &mut tmp) };
+                &tmp[..]
+            };
+            // Taken before `f` sees it: a panic in `f` consumes it (and the ones before it).
+            done.take(msg);
+            f(msg);
+            if done.n == max || done.bytes >= BATCH_BYTES {
                 break;
             }
-            match core.probe_record(head) {
+            match core.probe_record(done.head) {
                 Ok(Some(l)) => len = l,
                 // The end of what is published (or garbage, which the next receive reports).
                 _ => break,
             }
         }
-        debug_pause();
-        let c = core.ctrl();
-        c.head.store(head, Ordering::Release);
-        bump(&c.recv.messages, n as u64);
-        bump(&c.recv.bytes, bytes);
-        core.unlock_and_notify(guard, &c.not_full, u32::MAX);
-        Ok(n)
+        Ok(done.n)
     }
 
     fn in_place(&self, wait: Wait) -> Result<ReadGuard<'_>, Fail> {
@@ -721,6 +726,53 @@ impl Receiver {
         }
         let (guard, head, len) = self.lock_with_record(wait)?;
         Ok(ReadGuard { receiver: self, guard: Some(guard), head, len })
+    }
+}
+
+/// The messages one receive call has taken, under the receive lock. Dropping it moves the head
+/// past them and releases the lock: after the caller's closure returns, and also while it unwinds
+/// from a panic, so a message handed to the caller is consumed exactly once whatever the closure
+/// does (as in crossbeam-channel: a received message is the receiver's), and the lock is released
+/// normally (not poisoned: the ring is consistent).
+struct Taking<'a> {
+    core: &'a Core,
+    guard: Option<RobustMutexGuard<'a>>,
+    hook: Option<fn(&[u8])>,
+    /// The index after the last message taken.
+    head: u64,
+    n: usize,
+    bytes: u64,
+}
+
+impl<'a> Taking<'a> {
+    #[inline(always)]
+    fn new(core: &'a Core, guard: RobustMutexGuard<'a>, head: u64) -> Taking<'a> {
+        Taking { core, guard: Some(guard), hook: super::receive_hook(), head, n: 0, bytes: 0 }
+    }
+
+    /// Takes the record at `self.head`, whose payload is `msg`.
+    #[inline(always)]
+    fn take(&mut self, msg: &[u8]) {
+        if let Some(hook) = self.hook {
+            hook(msg);
+        }
+        self.head += record_size(msg.len());
+        self.n += 1;
+        self.bytes += msg.len() as u64;
+    }
+}
+
+impl Drop for Taking<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        debug_pause();
+        let c = self.core.ctrl();
+        c.head.store(self.head, Ordering::Release);
+        bump(&c.recv.messages, self.n as u64);
+        bump(&c.recv.bytes, self.bytes);
+        if let Some(g) = self.guard.take() {
+            self.core.unlock_and_notify(g, &c.not_full, u32::MAX);
+        }
     }
 }
 
@@ -746,6 +798,8 @@ impl std::ops::Deref for ReadGuard<'_> {
 impl Drop for ReadGuard<'_> {
     fn drop(&mut self) {
         let core = &*self.receiver.core;
+        super::debug_taken(self);
+        debug_pause();
         let c = core.ctrl();
         c.head.store(self.head + record_size(self.len), Ordering::Release);
         bump(&c.recv.messages, 1);
@@ -838,5 +892,73 @@ mod tests {
         }
         // In-place access needs the mirror, which heap memory does not have: refused, not wrong.
         assert!(matches!(tx.try_reserve(8), Err(TrySendError::Broken(..))));
+    }
+
+    /// What a sender killed inside a batch leaves in the byte ring (payloads and the staged headers
+    /// of its later records, not the first header, the commit) is never received: the zero
+    /// marker at the tail ends the chain of headers before any of it, whatever lengths the next
+    /// messages have. The same for an in-place reservation dropped after writing junk that looks
+    /// like headers.
+    #[test]
+    fn leftovers_of_a_dead_batch_are_never_received() {
+        let ring = heap_ring(4096);
+        let tx = ring.sender().unwrap();
+        let rx = ring.receiver().unwrap();
+        let core = &*ring.core;
+        for len in [0usize, 1, 8, 24, 40] {
+            tx.try_send(vec![9u8; 100]).unwrap();
+            assert_eq!(rx.try_recv().unwrap(), vec![9u8; 100]);
+            // The dead batch: records of 16 bytes from the tail, headers staged from the second on.
+            let tail = core.ctrl().tail.load(Ordering::Relaxed);
+            for k in 1..6u64 {
+                let at = tail + k * record_size(16);
+                // SAFETY: test-only: free space beyond the tail, nobody else uses the ring.
+                unsafe { core.write_bytes(at + 8, &[7u8; 16]) };
+                core.stage_record(at, 16);
+            }
+            core.repair_bytes_send().unwrap();
+            assert_eq!(core.ctrl().tail.load(Ordering::Relaxed), tail, "nothing was published");
+            let msg = vec![len as u8; len];
+            tx.try_send(&msg).unwrap();
+            let mut got = Vec::new();
+            assert_eq!(rx.try_recv_many(16, |m| got.push(m.to_vec())).unwrap(), 1);
+            assert_eq!(got, [msg]);
+            assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+            assert_eq!(ring.used_bytes(), 0);
+        }
+    }
+
+    /// A message handed to a closure that panics is consumed (not delivered again), and the ring
+    /// stays usable: the head moved, the lock was released, not poisoned.
+    #[test]
+    fn a_panicking_closure_consumes_what_it_was_handed() {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        let ring = heap_ring(4096);
+        let tx = ring.sender().unwrap();
+        let rx = ring.receiver().unwrap();
+        for m in [&b"one"[..], b"two", b"three", b"four", b"five", b"six"] {
+            tx.try_send(m).unwrap();
+        }
+        let r = catch_unwind(AssertUnwindSafe(|| rx.try_recv_with(|_| panic!("the caller's closure panics"))));
+        assert!(r.is_err(), "the panic reaches the caller");
+        assert_eq!(rx.try_recv().unwrap(), b"two", "the message handed to the panicking closure is gone");
+        // A batch: the closure panics on its second message; the first two are consumed.
+        let mut seen = Vec::new();
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            rx.try_recv_many(10, |m| {
+                seen.push(m.to_vec());
+                assert!(seen.len() < 2, "the caller's closure panics");
+            })
+        }));
+        assert!(r.is_err());
+        assert_eq!(seen, [b"three".to_vec(), b"four".to_vec()]);
+        assert_eq!(rx.try_recv().unwrap(), b"five");
+        assert_eq!(ring.stats().received, 5, "the counters count what was consumed");
+        // The lock is free (not poisoned) and the ring consistent.
+        tx.try_send(b"seven").unwrap();
+        assert_eq!(rx.try_recv().unwrap(), b"six");
+        assert_eq!(rx.try_recv().unwrap(), b"seven");
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(ring.used_bytes(), 0);
     }
 }

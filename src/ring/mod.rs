@@ -101,6 +101,44 @@ pub fn set_pause_in_critical_section(pause: Option<Duration>) {
     PAUSE_NS.store(ns, Ordering::Relaxed);
 }
 
+/// A receive hook: see [`set_receive_hook`].
+type ReceiveHook = fn(&[u8]);
+
+/// The hook set by [`set_receive_hook`], and whether there is one (one relaxed load when not).
+static RECEIVE_HOOK: std::sync::Mutex<Option<ReceiveHook>> = std::sync::Mutex::new(None);
+static HOOKED: AtomicU64 = AtomicU64::new(0);
+
+/// Test support: makes every receive of this process call `hook` with the bytes of each message it
+/// takes (a byte-ring message, or a slot's value), under the receive lock, right before the head
+/// moves past it (and before the pause of [`set_pause_in_critical_section`]). A process killed at
+/// any moment has then reported exactly the messages it consumed (and possibly some that stay in
+/// the ring for the next receiver): what the SIGKILL storm counts as "in hand". `None` turns it
+/// off. Costs one relaxed load per receive when off.
+#[doc(hidden)]
+pub fn set_receive_hook(hook: Option<ReceiveHook>) {
+    *RECEIVE_HOOK.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = hook;
+    HOOKED.store(u64::from(hook.is_some()), Ordering::Relaxed);
+}
+
+/// The receive hook, if one is set (see [`set_receive_hook`]).
+#[inline(always)]
+pub(crate) fn receive_hook() -> Option<ReceiveHook> {
+    if HOOKED.load(Ordering::Relaxed) == 0 { None } else { receive_hook_slow() }
+}
+
+#[cold]
+fn receive_hook_slow() -> Option<ReceiveHook> {
+    *RECEIVE_HOOK.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Calls the receive hook, if any, on one taken message.
+#[inline(always)]
+pub(crate) fn debug_taken(msg: &[u8]) {
+    if let Some(hook) = receive_hook() {
+        hook(msg);
+    }
+}
+
 #[inline(always)]
 pub(crate) fn debug_pause() {
     let ns = PAUSE_NS.load(Ordering::Relaxed);

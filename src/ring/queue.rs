@@ -265,6 +265,14 @@ impl<T: Pod> Queue<T> {
         Stats::of(&self.core)
     }
 
+    /// Pids holding the send and the receive lock right now (a snapshot, for tests and
+    /// diagnostics).
+    #[doc(hidden)]
+    pub fn debug_lock_holders(&self) -> (Option<u32>, Option<u32>) {
+        let c = self.core.ctrl();
+        (c.send.lock.holder(), c.recv.lock.holder())
+    }
+
     /// The underlying segment's descriptor.
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.core.segment_fd()
@@ -275,6 +283,51 @@ impl<T: Pod> Queue<T> {
         self.core.ctrl().head.load(Ordering::Acquire)
     }
 }
+
+// Deaths and the stamps
+// ---------------------
+//
+// The commit word of slot `i` is its stamp: `i + 1` (Release) once the value is written. A batch of
+// `n` slots from `tail` writes every value, stamps slots `tail + 1 .. tail + n` (Relaxed), and
+// stamps slot `tail` last (Release): that one store publishes the whole batch, and then the tail
+// index moves. A receiver takes slot `head` once its stamp says so (Acquire), and in a batch goes
+// on to `head + 1`, ... while their stamps do, stopping at the first slot that is not published;
+// it moves the head past what it took, then releases its lock. The invariants:
+//
+// (I1) Every slot in [head, tail) is published (stamp = index + 1), and slot `tail` is not.
+// (I2) Outside a live sender's critical section, no slot in the free window [tail, head + capacity)
+//      carries a current-lap stamp: each carries the previous lap's (its value was received) or 0.
+//
+// Receivers only ever read slots from `head` up to the first unpublished one, which (I1) puts at or
+// before `tail`; they never read a stamp in the free window beyond it. So the later stamps of a
+// batch in progress (beyond slot `tail`, which is unpublished until the batch commits) are never
+// trusted before the commit: a receiver that acquires the commit stamp sees them all (they were
+// stored before it in program order), and one that does not stops at `tail`.
+//
+// A death anywhere, and what it leaves:
+// - sender, in `send_slice` before the commit stamp (values and later stamps written): slot `tail`
+//   unpublished, current-lap stamps in (tail, tail + n) that nothing committed, breaking (I2).
+//   `repair_send` (run by the next sender to take the lock, before it writes anything) clears
+//   every current-lap stamp in the free window. Without that, the next publish of slot `tail`
+//   would make them reachable: a receiver would take values never committed, move the head past
+//   the tail, and values later sent there would be overwritten behind the head (lost).
+// - sender, after the commit stamp, before the tail store (`send_slice`, `SlotWriter::commit`):
+//   the batch is published; the repair rolls `tail` forward over published slots (receivers may
+//   even have taken them: then `head > tail` for a moment, which every reader of the indices
+//   allows).
+// - sender holding a `SlotWriter` (value partly written, nothing stamped): nothing to undo; the
+//   slot is rewritten by the next send.
+// - receiver, in `recv_slice` or holding a `SlotReader`, before the head store: nothing consumed;
+//   the values are still published at the head and go to the next receiver. After the head store:
+//   consumed, by this receiver (and lost with it, as any message a dead process had received).
+//   Receivers write no stamps, so `repair_recv` only checks the indices and the head's stamp.
+// - a repairer that dies mid-repair leaves the lock owner-dead again; the repair is idempotent
+//   (clearing a stale stamp twice, or rolling over the same slots, changes nothing more).
+//
+// The byte ring (records.rs) does not need the clearing: its batch also stages later headers
+// before the first, but its zero marker keeps the word at `tail` zero until a record there is
+// published, and each publish writes a new zero right after its last record, so the chain of
+// headers a receiver follows always ends at a zero before any staged leftover.
 
 /// Slot-format operations on the shared engine.
 trait Slots {
@@ -312,17 +365,36 @@ impl Slots for Core {
         }
     }
 
+    /// After a sender died holding the send lock (see "Deaths and the stamps" above).
     fn repair_send(&self) -> Result<(), &'static str> {
         let c = self.ctrl();
+        let cap = self.cfg.capacity;
         let (head, mut tail) = self.indices_near()?;
-        // A dead sender may have published slots (even seen them received) without moving tail.
+        // 1. A dead sender may have published slots (even seen them received) without moving
+        //    tail: roll it forward over them.
         let mut steps = 0;
-        while steps <= self.cfg.capacity && self.probe_slot(tail)? {
-            tail += 1;
+        while steps <= cap && self.probe_slot(tail)? {
+            tail = tail.checked_add(1).ok_or("tail index overflows")?;
             steps += 1;
         }
-        if tail < head || tail - head > self.cfg.capacity {
+        if tail < head || tail - head > cap {
             return Err("recovered tail is inconsistent with the head");
+        }
+        // 2. A dead sender may have stamped the later slots of a batch whose first stamp (its
+        //    commit) it never stored: every stamp in the free window [tail, head + capacity) that
+        //    claims the current lap is such a leftover. Clear it, before any sender publishes
+        //    slot `tail` and makes the slots after it reachable. The window holds no published
+        //    value (those lie in [head, tail)), and no receiver reads past the first unpublished
+        //    slot, `tail`, so nobody reads these words meanwhile.
+        let end = head.checked_add(cap).ok_or("head index overflows")?;
+        for i in tail..end {
+            let stamp = self.stamp(i);
+            let s = stamp.load(Ordering::Relaxed);
+            if s == i.wrapping_add(1) {
+                stamp.store(0, Ordering::Relaxed);
+            } else if s != 0 && s != i.wrapping_add(1).wrapping_sub(cap) {
+                return Err("slot stamp from no possible lap");
+            }
         }
         c.tail.store(tail, Ordering::Release);
         c.send.cached.store(head, Ordering::Relaxed);
@@ -475,6 +547,8 @@ impl<T: Pod> Sender<T> {
         debug_pause();
         // The first stamp last, with Release: it publishes the whole batch.
         core.stamp(tail).store(tail + 1, Ordering::Release);
+        // Published, the tail not yet moved: a death here is rolled forward by the repair.
+        debug_pause();
         let c = core.ctrl();
         c.tail.store(tail + n, Ordering::Release);
         bump(&c.send.messages, n);
@@ -498,6 +572,7 @@ impl<T: Pod> SlotWriter<'_, T> {
         let core = &*self.sender.core;
         let c = core.ctrl();
         core.stamp(self.tail).store(self.tail + 1, Ordering::Release);
+        debug_pause();
         c.tail.store(self.tail + 1, Ordering::Release);
         bump(&c.send.messages, 1);
         bump(&c.send.bytes, core.cfg.item_size);
@@ -555,7 +630,9 @@ impl<T: Pod> Receiver<T> {
         self.recv_slice(out, Wait::timeout(timeout)).map_err(Fail::recv_timeout)
     }
 
-    /// Waits for a value and lends it in place; it leaves the queue when the guard drops.
+    /// Waits for a value and lends it in place; it leaves the queue when the guard drops (also
+    /// when a panic's unwinding drops it: a value handed out is consumed). If this process dies
+    /// holding the guard, the value stays in the queue for the next receiver.
     pub fn recv_in_place(&self) -> Result<SlotReader<'_, T>, RecvError> {
         self.lock_value(Wait::Forever)
             .map(|(guard, head)| SlotReader { receiver: self, guard: Some(guard), head })
@@ -612,6 +689,9 @@ impl<T: Pod> Receiver<T> {
             out[n] = unsafe { core.slot_ptr(i).cast::<T>().read() };
             n += 1;
         }
+        if let Some(hook) = super::receive_hook() {
+            out[..n].iter().for_each(|v| hook(bytemuck::bytes_of(v)));
+        }
         debug_pause();
         let c = core.ctrl();
         c.head.store(head + n as u64, Ordering::Release);
@@ -641,6 +721,8 @@ impl<T: Pod> std::ops::Deref for SlotReader<'_, T> {
 impl<T: Pod> Drop for SlotReader<'_, T> {
     fn drop(&mut self) {
         let core = &*self.receiver.core;
+        super::debug_taken(bytemuck::bytes_of(&**self));
+        debug_pause();
         let c = core.ctrl();
         c.head.store(self.head + 1, Ordering::Release);
         bump(&c.recv.messages, 1);
@@ -648,5 +730,200 @@ impl<T: Pod> Drop for SlotReader<'_, T> {
         if let Some(g) = self.guard.take() {
             core.unlock_and_notify(g, &c.not_full, u32::MAX);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The slot ring's index, stamp and repair logic on heap memory, against a `VecDeque`. Small
+    //! enough to run under Miri:
+    //! `MIRIFLAGS=-Zmiri-isolation-error=warn-nobacktrace cargo +nightly miri test --lib ring::queue::tests`.
+
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    /// A value with a stamp-sized tail and an odd size (stride 32: 20 bytes, padding, stamp).
+    type V = [u32; 5];
+
+    fn heap_queue(slots: u64) -> Queue<V> {
+        let (_, stride) = geometry::<V>();
+        let cfg = Config {
+            format: FORMAT_SLOTS,
+            max_members: 4,
+            capacity: slots,
+            stride,
+            item_size: std::mem::size_of::<V>() as u64,
+            data_offset: data_offset(),
+            ring_id: 1,
+        };
+        Queue { core: Core::on_heap(cfg), _t: PhantomData }
+    }
+
+    fn value(n: u32) -> V {
+        [n, !n, n.wrapping_mul(0x9E37_79B9), 7, n ^ 0x5555]
+    }
+
+    #[test]
+    fn heap_queue_matches_vecdeque_through_wraps() {
+        let q = heap_queue(8);
+        let tx = q.sender().unwrap();
+        let rx = q.receiver().unwrap();
+        let mut model: VecDeque<V> = VecDeque::new();
+        let mut next = 0u32;
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let ops = if cfg!(miri) { 300 } else { 20_000 };
+        for _ in 0..ops {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k = (x >> 8) as usize % 11;
+            match x % 7 {
+                0 | 1 => match tx.try_send(value(next)) {
+                    Ok(()) => {
+                        assert!(model.len() < 8);
+                        model.push_back(value(next));
+                        next += 1;
+                    }
+                    Err(TrySendError::Full(v)) => {
+                        assert_eq!(model.len(), 8);
+                        assert_eq!(v, value(next));
+                    }
+                    Err(e) => panic!("{e}"),
+                },
+                2 => {
+                    // A batch, maybe across the end of the slots, maybe cut short by the room.
+                    let batch: Vec<V> = (0..k as u32).map(|i| value(next + i)).collect();
+                    match tx.try_send_many(&batch) {
+                        Ok(n) => {
+                            assert_eq!(n, k.min(8 - model.len()));
+                            model.extend(&batch[..n]);
+                            next += n as u32;
+                        }
+                        Err(TrySendError::Full(_)) => assert!(model.len() == 8 && k > 0),
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                3 if model.len() < 8 => {
+                    // In place; every third one dropped uncommitted (publishes nothing).
+                    let mut w = tx.reserve().unwrap();
+                    *w = value(next);
+                    if k % 3 == 0 {
+                        drop(w);
+                    } else {
+                        w.commit();
+                        model.push_back(value(next));
+                        next += 1;
+                    }
+                }
+                4 if !model.is_empty() => {
+                    let r = rx.recv_in_place().unwrap();
+                    assert_eq!(*r, model.pop_front().unwrap());
+                }
+                5 => {
+                    let mut out = [[0; 5]; 10];
+                    match rx.try_recv_many(&mut out[..k.max(1)]) {
+                        Ok(n) => {
+                            assert_eq!(n, k.max(1).min(model.len()));
+                            for v in &out[..n] {
+                                assert_eq!(*v, model.pop_front().unwrap());
+                            }
+                        }
+                        Err(TryRecvError::Empty) => assert!(model.is_empty()),
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                _ => match rx.try_recv() {
+                    Ok(v) => assert_eq!(v, model.pop_front().unwrap()),
+                    Err(TryRecvError::Empty) => assert!(model.is_empty()),
+                    Err(e) => panic!("{e}"),
+                },
+            }
+            assert_eq!(q.len(), model.len());
+        }
+        let stats = q.stats();
+        assert_eq!(stats.sent, u64::from(next));
+        assert_eq!(stats.sent - stats.received, model.len() as u64);
+    }
+
+    /// What a sender killed inside `send_slice` leaves: the batch's values, and the stamps of its
+    /// later slots, but not its first stamp (the commit). Written as `send_slice` writes them.
+    fn die_inside_a_batch(q: &Queue<V>, values: &[V]) {
+        let core = &*q.core;
+        let tail = core.ctrl().tail.load(Ordering::Relaxed);
+        for (k, v) in values.iter().enumerate() {
+            let i = tail + k as u64;
+            // SAFETY: test-only: slot `i` is free (the caller leaves room) and nobody else uses the
+            // queue meanwhile; aligned for V, at least size_of::<V>() long.
+            unsafe { core.slot_ptr(i).cast::<V>().write(*v) };
+            if k > 0 {
+                core.stamp(i).store(i + 1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A sender died inside a batch, after stamping its later slots: the repair clears those
+    /// stamps, so the next values sent are received, and the dead batch's never are.
+    #[test]
+    fn repair_after_a_dead_sender_clears_the_stamps_of_its_uncommitted_batch() {
+        let q = heap_queue(8);
+        let tx = q.sender().unwrap();
+        let rx = q.receiver().unwrap();
+        // Move the indices so that the dead batch wraps around the end of the slots.
+        for n in 0..6 {
+            tx.try_send(value(n)).unwrap();
+            assert_eq!(rx.try_recv().unwrap(), value(n));
+        }
+        let dead: Vec<V> = (100..105).map(value).collect();
+        die_inside_a_batch(&q, &dead);
+        // The next holder of the send lock finds its owner dead and repairs.
+        q.core.repair_send().unwrap();
+        for slot in 7..11 {
+            assert_eq!(q.core.stamp(slot).load(Ordering::Relaxed), 0, "stale stamp of slot {slot} cleared");
+        }
+        tx.try_send(value(6)).unwrap();
+        let mut out = [[0; 5]; 8];
+        assert_eq!(rx.try_recv_many(&mut out).unwrap(), 1, "only the committed value is published");
+        assert_eq!(out[0], value(6));
+        tx.try_send_many(&[value(7), value(8)]).unwrap();
+        assert_eq!(rx.try_recv_many(&mut out).unwrap(), 2);
+        assert_eq!(out[..2], [value(7), value(8)]);
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(q.len(), 0);
+    }
+
+    /// A sender died after its batch's commit stamp, before moving the tail (a receiver even took
+    /// part of it): the repair rolls the tail forward over the published slots.
+    #[test]
+    fn repair_after_a_dead_sender_rolls_a_committed_batch_forward() {
+        let q = heap_queue(4);
+        let tx = q.sender().unwrap();
+        let rx = q.receiver().unwrap();
+        for n in 0..3 {
+            tx.try_send(value(n)).unwrap();
+            assert_eq!(rx.try_recv().unwrap(), value(n));
+        }
+        let core = &*q.core;
+        die_inside_a_batch(&q, &[value(3), value(4), value(5)]);
+        core.stamp(3).store(4, Ordering::Release); // the commit, then death
+        assert_eq!(rx.try_recv().unwrap(), value(3), "published, so receivable before the repair");
+        core.repair_send().unwrap();
+        assert_eq!(core.ctrl().tail.load(Ordering::Relaxed), 6);
+        assert_eq!(q.len(), 2);
+        tx.try_send(value(6)).unwrap();
+        let mut out = [[0; 5]; 4];
+        assert_eq!(rx.try_recv_many(&mut out).unwrap(), 3);
+        assert_eq!(out[..3], [value(4), value(5), value(6)]);
+    }
+
+    /// A stamp from no possible lap in the free window is corruption, found by the repair.
+    #[test]
+    fn repair_reports_an_impossible_stamp() {
+        let q = heap_queue(4);
+        q.core.stamp(2).store(1234, Ordering::Relaxed);
+        assert_eq!(q.core.repair_send(), Err("slot stamp from no possible lap"));
+        q.core.stamp(2).store(0, Ordering::Relaxed);
+        assert_eq!(q.core.repair_send(), Ok(()));
+        assert_eq!(q.core.repair_recv(), Ok(()));
     }
 }

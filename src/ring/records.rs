@@ -225,21 +225,23 @@ unsafe fn copy_bytes(src: *const u8, dst: *mut u8, len: usize) {
 }
 
 /// Asks the CPU to bring the cache line holding `p` into this core's cache for writing. A hint:
-/// `PREFETCHW` on x86-64 CPUs that have it (checked once), nothing elsewhere.
+/// `PREFETCHW` on x86-64 CPUs that have it (checked once), nothing elsewhere (nor under Miri,
+/// which runs neither CPUID nor inline assembly).
 #[inline(always)]
 pub(crate) fn prefetch_write(p: *const u8) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
     if has_prefetchw() {
         // SAFETY: PREFETCHW is a hint: it never faults, changes no register or memory, and is only
         // issued on CPUs that report it (has_prefetchw).
         unsafe { std::arch::asm!("prefetchw [{p}]", p = in(reg) p, options(nostack, preserves_flags, readonly)) };
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
     let _ = p;
 }
 
 /// Whether the CPU has PREFETCHW (AMD's 3DNow! prefetch, Intel's PRFCHW), checked once.
 #[cfg(target_arch = "x86_64")]
+#[cfg_attr(miri, allow(dead_code, reason = "Miri runs no CPUID"))]
 fn has_prefetchw() -> bool {
     use crate::sys::atomic::AtomicU8;
     static HAS: AtomicU8 = AtomicU8::new(0);
