@@ -296,7 +296,12 @@ fn cases(target: Target, (total_len, payload_len): (u64, u64)) -> Vec<Case> {
     out.extend(one("config.max_members", At::Payload(4), 4, boundary(4, 256), &|v| {
         if (1..=256).contains(&v) { Expect::Survive } else { Expect::OpenRefused }
     }));
-    out.extend(one("config.capacity", At::Payload(8), 8, boundary(8, cap), &refused));
+    // A slot count whose slots fit the same pages cannot be told from the creator's: it is
+    // consistent (and harmless); any other is refused.
+    out.extend(one("config.capacity", At::Payload(8), 8, boundary(8, cap), &|v| {
+        let same_pages = v.is_power_of_two() && v.checked_mul(stride).is_some_and(|b| b.div_ceil(PAGE) == 1);
+        if target == Target::Queue && same_pages { Expect::Survive } else { Expect::OpenRefused }
+    }));
     out.extend(one("config.stride", At::Payload(16), 8, boundary(8, stride), &refused));
     out.extend(one("config.item_size", At::Payload(24), 8, boundary(8, item), &refused));
     out.extend(one("config.data_offset", At::Payload(32), 8, boundary(8, PAGE), &refused));

@@ -249,7 +249,8 @@ impl Ring {
     /// Bytes in use right now, headers and padding included (a snapshot).
     pub fn used_bytes(&self) -> usize {
         let c = self.core.ctrl();
-        c.tail.load(Ordering::Relaxed).saturating_sub(c.head.load(Ordering::Relaxed)) as usize
+        let used = c.tail.load(Ordering::Relaxed).saturating_sub(c.head.load(Ordering::Relaxed));
+        used.min(self.core.cfg.capacity) as usize
     }
 
     /// Counters since the ring was created.
@@ -386,11 +387,12 @@ impl Sender {
         Ring { core: self.core.clone() }
     }
 
-    /// Takes the send lock with room for `need` bytes. Returns the guard and the tail.
+    /// Takes the send lock with room for `need` bytes. Returns the guard, the tail and the free
+    /// bytes (at least `need`, at most the capacity; `tail + capacity` does not wrap).
     #[inline]
-    fn lock_with_room(&self, need: u64, wait: Wait) -> Result<(RobustMutexGuard<'_>, u64), Fail> {
+    fn lock_with_room(&self, need: u64, wait: Wait) -> Result<(RobustMutexGuard<'_>, u64, u64), Fail> {
         let core = &*self.core;
-        core.lock_for_send(self.spin, wait, need, need, || core.repair_bytes_send()).map(|(g, tail, _)| (g, tail))
+        core.lock_for_send(self.spin, wait, need, need, || core.repair_bytes_send())
     }
 
     #[inline]
@@ -399,7 +401,7 @@ impl Sender {
         if msg.len() as u64 > core.cfg.item_size {
             return Err(Fail::TooLarge);
         }
-        let (guard, tail) = self.lock_with_room(room_needed(msg.len()), wait)?;
+        let (guard, tail, _) = self.lock_with_room(room_needed(msg.len()), wait)?;
         // SAFETY: `tail + 8 .. tail + 8 + len` is inside the room just checked against the head,
         // beyond the published tail, and we hold the send lock: no one else reads or writes it.
         unsafe { core.write_bytes(tail + 8, msg) };
@@ -419,13 +421,16 @@ impl Sender {
         if first.len() as u64 > core.cfg.item_size {
             return Err(Fail::TooLarge);
         }
-        let (guard, tail) = self.lock_with_room(room_needed(first.len()), wait)?;
+        let (guard, tail, free) = self.lock_with_room(room_needed(first.len()), wait)?;
         let c = core.ctrl();
         let cap = core.cfg.capacity;
-        let mut head = c.send.cached.load(Ordering::Relaxed);
+        // The end of the room that is ours: `tail + free <= head + capacity`, checked under the
+        // lock (no wrap: lock_for_send bounds the tail). It only moves forward as receivers read.
+        let mut end = tail + free;
         // Take the batch's lines back from the receivers' cores together (within our free room).
-        let want: u64 = msgs.iter().take(64).map(|m| room_needed(m.as_ref().len())).sum();
-        core.prefetch_for_write(tail, tail + want.min(head + cap - tail));
+        // The caller's lengths are clamped before summing: only what can fit matters.
+        let want = msgs.iter().take(64).fold(0u64, |sum, m| sum.saturating_add(room_needed(m.as_ref().len().min(cap as usize))));
+        core.prefetch_for_write(tail, tail + want.min(free));
         // SAFETY: as in send_one: room for the first record was checked under the send lock.
         unsafe { core.write_bytes(tail + 8, first) };
         let mut at = tail + record_size(first.len());
@@ -435,11 +440,21 @@ impl Sender {
             if m.len() as u64 > core.cfg.item_size || bytes + m.len() as u64 > BATCH_BYTES {
                 break;
             }
-            if at + room_needed(m.len()) - head > cap {
-                // The cached head may be stale: look at the real one before giving up.
-                head = c.head.load(Ordering::Acquire);
-                c.send.cached.store(head, Ordering::Relaxed);
-                if at + room_needed(m.len()) - head > cap {
+            // at <= end <= tail + capacity, and the room is at most the capacity: no wrap.
+            let room = room_needed(m.len());
+            if at + room > end {
+                // The cached head may be stale: look at the real one before giving up. Under
+                // the send lock it lies between the previous head and our tail, or the ring is
+                // garbage (then stop here; the next operation reports it).
+                let head = c.head.load(Ordering::Acquire);
+                match tail.checked_sub(head) {
+                    Some(used) if used <= cap && head + cap >= end => {
+                        c.send.cached.store(head, Ordering::Relaxed);
+                        end = head + cap;
+                    }
+                    _ => break,
+                }
+                if at + room > end {
                     break;
                 }
             }
@@ -470,7 +485,7 @@ impl Sender {
         if !core.mirrored {
             return Err(Fail::Broken(Broken::Corrupted("in-place access needs a mirrored ring")));
         }
-        let (guard, tail) = self.lock_with_room(room_needed(len), wait)?;
+        let (guard, tail, _) = self.lock_with_room(room_needed(len), wait)?;
         Ok(WriteGuard { sender: self, guard: Some(guard), tail, len, staged: [0; STAGED] })
     }
 }
@@ -681,6 +696,7 @@ impl Receiver {
         }
         let core = &*self.core;
         let (guard, mut head, mut len) = self.lock_with_record(wait)?;
+        let start = head;
         let (mut n, mut bytes) = (0usize, 0u64);
         let mut tmp = Vec::new();
         loop {
@@ -701,7 +717,9 @@ impl Receiver {
                 break;
             }
             match core.probe_record(head) {
-                Ok(Some(l)) => len = l,
+                // One batch never walks more than a capacity: what lies between head and tail
+                // (forged headers with stamps of a later lap included) is at most that much.
+                Ok(Some(l)) if head - start + record_size(l) <= core.cfg.capacity => len = l,
                 // The end of what is published (or garbage, which the next receive reports).
                 _ => break,
             }

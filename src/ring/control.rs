@@ -137,10 +137,30 @@ pub(crate) fn data_offset() -> u64 {
     (std::mem::size_of::<Control>() as u64).div_ceil(page) * page
 }
 
+/// Bytes a byte ring's largest message leaves free: its 8-byte header and the 8-byte zero marker
+/// after it (see `records.rs`).
+pub(crate) const RECORD_OVERHEAD: u64 = 16;
+
 impl Config {
-    /// Checks a config read from shared memory against what this build could have written.
+    /// Checks a config read from shared memory against what this build could have written, for a
+    /// ring in a segment whose payload is `payload_len` bytes with a mirrored tail of `mirror_len`.
     /// Everything later indexes with the checked copy, never with shared memory.
+    ///
+    /// Every value here may be forged: each sum and product is checked (no wrap in release, no
+    /// panic in debug), and the geometry must be exactly what a creator of this build writes.
     pub(crate) fn validate(&self, payload_len: u64, mirror_len: u64) -> Result<(), &'static str> {
+        if self.format == FORMAT_BYTES && mirror_len != self.capacity {
+            return Err("byte ring geometry is inconsistent");
+        }
+        if self.format == FORMAT_SLOTS && mirror_len != 0 {
+            return Err("slot geometry is inconsistent");
+        }
+        self.validate_unmirrored(payload_len)
+    }
+
+    /// [`validate`](Self::validate) without the mirror: for rings in plain memory (heap-backed
+    /// rings of the tests and the fuzz targets).
+    pub(crate) fn validate_unmirrored(&self, payload_len: u64) -> Result<(), &'static str> {
         if self.max_members == 0 || self.max_members as usize > MAX_MEMBERS {
             return Err("member table size out of range");
         }
@@ -152,24 +172,38 @@ impl Config {
         }
         let data_len = match self.format {
             FORMAT_BYTES => {
-                if self.stride != 8 || self.item_size + 16 > self.capacity || mirror_len != self.capacity {
+                // The creator writes exactly `capacity - 16`: a larger item size would let a
+                // record length run past the data region (and its mirror).
+                if self.stride != 8 || self.capacity.checked_sub(RECORD_OVERHEAD) != Some(self.item_size) {
                     return Err("byte ring geometry is inconsistent");
                 }
                 self.capacity
             }
             FORMAT_SLOTS => {
-                let stamp_at = self.item_size.div_ceil(8) * 8;
-                if self.stride < stamp_at + 8 || self.stride % 8 != 0 || mirror_len != 0 {
+                let min_stride = self.slot_stamp_at().and_then(|at| at.checked_add(8)).ok_or("slot geometry overflows")?;
+                if self.item_size == 0 || self.stride < min_stride || self.stride % 8 != 0 {
                     return Err("slot geometry is inconsistent");
                 }
                 self.capacity.checked_mul(self.stride).ok_or("slot region overflows")?
             }
             _ => return Err("unknown record format"),
         };
-        match self.data_offset.checked_add(data_len) {
-            Some(end) if end <= payload_len => Ok(()),
-            _ => Err("data region extends past the segment"),
+        let end = self.data_offset.checked_add(data_len).ok_or("data region overflows")?;
+        if end > payload_len {
+            return Err("data region extends past the segment");
         }
+        // A creator sizes the payload to the data region, rounded up to whole pages.
+        let page = crate::sys::page_size() as u64;
+        if end.div_ceil(page).checked_mul(page) != Some(payload_len) {
+            return Err("segment is larger than its ring");
+        }
+        Ok(())
+    }
+
+    /// Slot rings: where the stamp sits in a slot (the item size rounded up to 8), or `None` if
+    /// that overflows. Validated configs always answer `Some`.
+    pub(crate) fn slot_stamp_at(&self) -> Option<u64> {
+        self.item_size.div_ceil(8).checked_mul(8)
     }
 }
 

@@ -277,6 +277,9 @@ impl Core {
         let c = self.ctrl();
         let head = c.head.load(Ordering::Acquire);
         let tail = c.tail.load(Ordering::Acquire);
+        if !self.index_ok(head) || !self.index_ok(tail) {
+            return Err("ring index is at the end of its range");
+        }
         if tail.abs_diff(head) > self.cfg.capacity {
             return Err("head and tail are more than a capacity apart");
         }
@@ -286,11 +289,30 @@ impl Core {
         Ok((head, tail))
     }
 
+    /// Whether an index read from shared memory leaves room for the arithmetic done on it: one
+    /// operation moves an index by at most a capacity (plus a record's zero marker), so an index
+    /// at most [`Core::index_limit`] never wraps. Indices grow by the bytes (or slots) ever moved,
+    /// so only a forged index comes near: 2^64 bytes take decades at memory bandwidth.
+    #[inline(always)]
+    pub(crate) fn index_ok(&self, i: u64) -> bool {
+        i <= self.index_limit()
+    }
+
+    /// The largest index this ring's arithmetic accepts (see [`Core::index_ok`]).
+    #[inline(always)]
+    pub(crate) fn index_limit(&self) -> u64 {
+        u64::MAX - self.cfg.capacity.saturating_mul(4).saturating_add(64).min(u64::MAX >> 1)
+    }
+
     // ----- the two sides' entry loops, shared by both record formats -------------------------
 
     /// Takes the send lock with room for at least `need` units (bytes or slots); the cached head is
     /// refreshed when `want` units do not fit it. Answers the guard, the tail and the free units.
     /// Fails with `Disconnected` once every receiver is gone, `WouldBlock` for `Wait::Try`.
+    ///
+    /// `need` and `want` are at most the capacity (callers clamp them). The tail, the head and the
+    /// cached head are read from shared memory and checked before any arithmetic: the answer
+    /// satisfies `free <= capacity` and `tail + capacity` does not wrap.
     #[inline]
     pub(crate) fn lock_for_send(
         &self,
@@ -302,6 +324,7 @@ impl Core {
     ) -> Result<(RobustMutexGuard<'_>, u64, u64), Fail> {
         let c = self.ctrl();
         let cap = self.cfg.capacity;
+        let corrupted = |reason| Fail::Broken(Broken::Corrupted(reason));
         self.ensure_registered().map_err(|_| Fail::Disconnected)?;
         loop {
             if self.receivers_maybe_gone() && self.peers_gone(Role::Receiver, false) {
@@ -309,18 +332,27 @@ impl Core {
             }
             let guard = self.lock_side(&c.send, spin, wait, &repair)?;
             let tail = c.tail.load(Ordering::Relaxed);
+            if !self.index_ok(tail) {
+                return Err(corrupted("ring index is at the end of its range"));
+            }
             if self.cfg.format != super::control::FORMAT_SLOTS && tail % 8 != 0 {
-                return Err(Fail::Broken(Broken::Corrupted("ring index is not on a record boundary")));
+                return Err(corrupted("ring index is not on a record boundary"));
             }
-            let mut head = c.send.cached.load(Ordering::Relaxed);
-            if tail.wrapping_add(want.max(need)).wrapping_sub(head) > cap {
-                head = c.head.load(Ordering::Acquire);
-                if head > tail || tail - head > cap {
-                    return Err(Fail::Broken(Broken::Corrupted("head and tail are inconsistent")));
+            // Units in use by the cached head; it is only a hint, trusted when it is consistent.
+            let cached = tail.checked_sub(c.send.cached.load(Ordering::Relaxed)).filter(|&u| u <= cap);
+            let used = match cached {
+                Some(used) if want.max(need) <= cap - used => used,
+                _ => {
+                    let head = c.head.load(Ordering::Acquire);
+                    let used = tail
+                        .checked_sub(head)
+                        .filter(|&u| u <= cap)
+                        .ok_or(corrupted("head and tail are inconsistent"))?;
+                    c.send.cached.store(head, Ordering::Relaxed);
+                    used
                 }
-                c.send.cached.store(head, Ordering::Relaxed);
-            }
-            let free = cap - (tail - head);
+            };
+            let free = cap - used;
             if free >= need {
                 return Ok((guard, tail, free));
             }
@@ -355,6 +387,9 @@ impl Core {
         loop {
             let guard = self.lock_side(&c.recv, spin, wait, &repair)?;
             let head = c.head.load(Ordering::Relaxed);
+            if !self.index_ok(head) {
+                return corrupted("ring index is at the end of its range");
+            }
             match probe(head) {
                 Ok(Some(x)) => return Ok((guard, head, x)),
                 // The first empty look in a call does not read the senders' tail line (reading it

@@ -252,7 +252,8 @@ impl<T: Pod> Queue<T> {
     /// Values in the queue right now (a snapshot).
     pub fn len(&self) -> usize {
         let c = self.core.ctrl();
-        c.tail.load(Ordering::Relaxed).saturating_sub(c.head.load(Ordering::Relaxed)) as usize
+        let len = c.tail.load(Ordering::Relaxed).saturating_sub(c.head.load(Ordering::Relaxed));
+        len.min(self.core.cfg.capacity) as usize
     }
 
     /// Whether the queue is empty right now (a snapshot).
@@ -295,8 +296,10 @@ impl Slots for Core {
 
     #[inline(always)]
     fn stamp(&self, i: u64) -> &AtomicU64 {
-        let stamp_at = self.cfg.item_size.div_ceil(8) * 8;
-        self.word_at((i & self.mask) * self.cfg.stride + stamp_at)
+        // A validated config has `stamp_at + 8 <= stride` and `capacity * stride` within the data
+        // region, so none of this wraps; wrapping ops keep a bug from becoming a debug panic.
+        let stamp_at = self.cfg.item_size.div_ceil(8).wrapping_mul(8);
+        self.word_at(((i & self.mask).wrapping_mul(self.cfg.stride)).wrapping_add(stamp_at))
     }
 
     /// Whether slot `i` holds a published value; an impossible stamp is an error.
