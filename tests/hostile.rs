@@ -16,7 +16,8 @@ use std::time::Duration;
 use common::{leftovers, spawn, unique_name};
 use nix::sys::wait::WaitStatus;
 use ringpool::ring::{RecvTimeoutError, TryRecvError, TrySendError};
-use ringpool::{Queue, Ring};
+use ringpool::segment::{Fingerprint, SegmentBuilder, SegmentKind};
+use ringpool::{OpenMode, Queue, Ring, SegmentError};
 
 /// The header page's size, and where the payload starts.
 const PAGE: u64 = 4096;
@@ -504,4 +505,144 @@ fn forged_byte_ring_fields_never_kill_a_reader() {
 #[test]
 fn forged_queue_fields_never_kill_a_reader() {
     run_all(Target::Queue);
+}
+
+// ----- who may hand us a segment ------------------------------------------------------------
+
+/// Gives the file at `path` to uid 65534 (nobody); false if this process may not (not root).
+fn give_away(path: &str) -> bool {
+    match std::os::unix::fs::chown(path, Some(65534), None) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!("skipping: cannot chown {path} (not root): {e}");
+            false
+        }
+        Err(e) => panic!("chown {path}: {e}"),
+    }
+}
+
+fn ours() -> u32 {
+    // SAFETY: geteuid has no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+fn assert_foreign(e: SegmentError) {
+    let text = e.to_string();
+    match e {
+        SegmentError::ForeignOwner { owner, ours: us, .. } => {
+            assert_eq!((owner, us), (65534, ours()), "{text}");
+            assert!(text.contains("65534") && text.contains("allow_foreign_owner"), "{text}");
+        }
+        other => panic!("expected ForeignOwner, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_segment_owned_by_another_user_is_refused_unless_the_builder_opts_in() {
+    let name = unique_name("hostile-owner");
+    let ring = Ring::builder().capacity(4096).create(&name).unwrap();
+    let qname = unique_name("hostile-owner");
+    let queue = Queue::<u64>::builder().slots(16).create(&qname).unwrap();
+    if !give_away(&format!("/dev/shm/{name}")) || !give_away(&format!("/dev/shm/{qname}")) {
+        return;
+    }
+    assert_foreign(Ring::builder().open(&name).unwrap_err());
+    assert_foreign(Ring::builder().open_or_create(&name).unwrap_err());
+    assert_foreign(Queue::<u64>::builder().open(&qname).unwrap_err());
+    assert_foreign(
+        SegmentBuilder::new(SegmentKind::Ring, Fingerprint::bytes())
+            .mode(OpenMode::OpenExisting)
+            .named(&name, |_| Ok(()))
+            .unwrap_err(),
+    );
+    // Opted in: opened and usable.
+    let opened = Ring::builder().allow_foreign_owner().open(&name).unwrap();
+    let (tx, rx) = (ring.sender().unwrap(), opened.receiver().unwrap());
+    tx.send(MSG).unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), MSG);
+    let q = Queue::<u64>::builder().allow_foreign_owner().open(&qname).unwrap();
+    queue.sender().unwrap().send(7).unwrap();
+    assert_eq!(q.receiver().unwrap().recv_timeout(Duration::from_secs(5)).unwrap(), 7);
+    // A file segment too.
+    let path = std::env::temp_dir().join(unique_name("hostile-owner-file"));
+    let made = Ring::builder().capacity(4096).file(&path, OpenMode::CreateNew).unwrap();
+    if give_away(path.to_str().unwrap()) {
+        assert_foreign(Ring::builder().file(&path, OpenMode::OpenExisting).unwrap_err());
+        Ring::builder().allow_foreign_owner().file(&path, OpenMode::OpenExisting).unwrap();
+    }
+    drop((made, opened, q, ring, queue));
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_symlink_at_a_file_segment_path_is_refused() {
+    let dir = std::env::temp_dir().join(unique_name("hostile-link"));
+    std::fs::create_dir(&dir).unwrap();
+    let target = dir.join("target");
+    let link = dir.join("link");
+    let ring = Ring::builder().capacity(4096).file(&target, OpenMode::CreateNew).unwrap();
+    let queue_target = dir.join("queue");
+    let queue = Queue::<u64>::builder().slots(16).file(&queue_target, OpenMode::CreateNew).unwrap();
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    for mode in [OpenMode::OpenExisting, OpenMode::OpenOrCreate] {
+        match Ring::builder().file(&link, mode) {
+            Err(SegmentError::Symlink(p)) => assert_eq!(p, link),
+            other => panic!("{mode:?}: a planted link was followed: {other:?}"),
+        }
+    }
+    assert!(matches!(Ring::builder().file(&link, OpenMode::CreateNew), Err(SegmentError::AlreadyExists(_))));
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&queue_target, &link).unwrap();
+    let e = Queue::<u64>::builder().file(&link, OpenMode::OpenExisting).unwrap_err();
+    assert!(matches!(e, SegmentError::Symlink(_)), "{e:?}");
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    // The link's target is untouched and still works.
+    let tx = ring.sender().unwrap();
+    tx.send(MSG).unwrap();
+    assert_eq!(ring.receiver().unwrap().recv_timeout(Duration::from_secs(5)).unwrap(), MSG);
+    drop((tx, ring, queue));
+    std::fs::remove_file(&link).unwrap();
+    std::fs::remove_dir(&dir).unwrap();
+}
+
+/// An anonymous segment's size is sealed: a holder's ftruncate fails, in the creator and in a
+/// forked child, and nobody dies of SIGBUS.
+#[test]
+fn an_anonymous_ring_cannot_be_resized_by_any_holder() {
+    let ring = Ring::builder().capacity(4096).anonymous().unwrap();
+    let queue = Queue::<u64>::builder().slots(16).anonymous().unwrap();
+    let size = |fd: std::os::fd::BorrowedFd<'_>| nix::sys::stat::fstat(fd).map(|st| st.st_size).unwrap();
+    let before = size(ring.fd());
+    let rx = ring.receiver().unwrap();
+    let tx = ring.sender().unwrap();
+    tx.send(MSG).unwrap();
+    let qtx = queue.sender().unwrap();
+    qtx.send(5).unwrap();
+    let (ring2, queue2) = (ring.clone(), queue.clone());
+    let child = spawn(move || {
+        let rx = ring2.receiver().unwrap();
+        let qrx = queue2.receiver().unwrap();
+        for fd in [ring2.fd(), queue2.fd()] {
+            for len in [0, 4096, 1 << 30] {
+                if nix::unistd::ftruncate(fd, len) != Err(nix::errno::Errno::EPERM) {
+                    return 1;
+                }
+            }
+        }
+        // Every page is still there.
+        if rx.recv_timeout(Duration::from_secs(5)) != Ok(MSG.to_vec())
+            || qrx.recv_timeout(Duration::from_secs(5)) != Ok(5)
+        {
+            return 2;
+        }
+        0
+    });
+    match child.wait(Duration::from_secs(30)) {
+        WaitStatus::Exited(_, 0) => {}
+        other => panic!("child: {other:?}"),
+    }
+    assert_eq!(nix::unistd::ftruncate(ring.fd(), 0), Err(nix::errno::Errno::EPERM));
+    assert_eq!(size(ring.fd()), before);
+    tx.send(MSG).unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), MSG);
 }

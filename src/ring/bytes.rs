@@ -36,6 +36,7 @@ pub struct RingBuilder {
     max_members: usize,
     permissions: u32,
     open_timeout: Duration,
+    allow_foreign_owner: bool,
 }
 
 impl Default for RingBuilder {
@@ -46,6 +47,7 @@ impl Default for RingBuilder {
             max_members: MAX_MEMBERS,
             permissions: 0o600,
             open_timeout: Duration::from_secs(2),
+            allow_foreign_owner: false,
         }
     }
 }
@@ -87,6 +89,14 @@ impl RingBuilder {
         self
     }
 
+    /// Opens a named or file segment owned by another user (refused by default with
+    /// [`SegmentError::ForeignOwner`]: whoever creates a name first controls what is in it).
+    /// See [`SegmentBuilder::allow_foreign_owner`].
+    pub fn allow_foreign_owner(mut self) -> Self {
+        self.allow_foreign_owner = true;
+        self
+    }
+
     /// Creates the named ring `/dev/shm/<name>`; fails if the name is taken.
     pub fn create(&self, name: &str) -> Result<Ring, SegmentError> {
         self.named(name, OpenMode::CreateNew)
@@ -122,7 +132,8 @@ impl RingBuilder {
         self.wrap(seg)
     }
 
-    /// Creates or opens a ring in a file, per `mode`.
+    /// Creates or opens a ring in a file, per `mode`. A symbolic link at `path` is refused
+    /// ([`SegmentError::Symlink`]), not followed.
     pub fn file(&self, path: impl AsRef<Path>, mode: OpenMode) -> Result<Ring, SegmentError> {
         let cfg = self.config()?;
         let seg = self.segment_builder(&cfg).mode(mode).file(path, |u| init(u, &cfg))?;
@@ -157,11 +168,12 @@ impl RingBuilder {
     }
 
     fn segment_builder(&self, cfg: &Config) -> SegmentBuilder {
-        SegmentBuilder::new(SegmentKind::Ring, Fingerprint::bytes())
+        let b = SegmentBuilder::new(SegmentKind::Ring, Fingerprint::bytes())
             .payload_len((cfg.data_offset + cfg.capacity) as usize)
             .mirror_tail(cfg.capacity as usize)
             .permissions(self.permissions)
-            .open_timeout(self.open_timeout)
+            .open_timeout(self.open_timeout);
+        if self.allow_foreign_owner { b.allow_foreign_owner() } else { b }
     }
 
     fn wrap(&self, seg: Segment) -> Result<Ring, SegmentError> {
@@ -429,7 +441,10 @@ impl Sender {
         let mut end = tail + free;
         // Take the batch's lines back from the receivers' cores together (within our free room).
         // The caller's lengths are clamped before summing: only what can fit matters.
-        let want = msgs.iter().take(64).fold(0u64, |sum, m| sum.saturating_add(room_needed(m.as_ref().len().min(cap as usize))));
+        let want = msgs
+            .iter()
+            .take(64)
+            .fold(0u64, |sum, m| sum.saturating_add(room_needed(m.as_ref().len().min(cap as usize))));
         core.prefetch_for_write(tail, tail + want.min(free));
         // SAFETY: as in send_one: room for the first record was checked under the send lock.
         unsafe { core.write_bytes(tail + 8, first) };

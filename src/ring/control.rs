@@ -180,7 +180,8 @@ impl Config {
                 self.capacity
             }
             FORMAT_SLOTS => {
-                let min_stride = self.slot_stamp_at().and_then(|at| at.checked_add(8)).ok_or("slot geometry overflows")?;
+                let min_stride =
+                    self.slot_stamp_at().and_then(|at| at.checked_add(8)).ok_or("slot geometry overflows")?;
                 if self.item_size == 0 || self.stride < min_stride || self.stride % 8 != 0 {
                     return Err("slot geometry is inconsistent");
                 }

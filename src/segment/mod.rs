@@ -120,6 +120,30 @@ pub enum SegmentError {
     /// which robustness rests on, would be meaningless between the two.
     #[error("segment was created in another pid namespace; processes sharing it must share one")]
     ForeignPidNamespace,
+    /// The segment's file belongs to another user. `/dev/shm` names are global: whoever creates
+    /// a name first decides what is in it, so by default a segment is only opened when its file
+    /// is owned by this process's effective uid. If that other user is trusted, opt in with
+    /// `allow_foreign_owner()` on the builder ([`SegmentBuilder::allow_foreign_owner`],
+    /// `RingBuilder::allow_foreign_owner`, `QueueBuilder::allow_foreign_owner`).
+    #[error(
+        "segment {name:?} is owned by uid {owner}, not by this process's uid {ours}; if that user is trusted, \
+         open it with `.allow_foreign_owner()` on the builder"
+    )]
+    ForeignOwner {
+        /// The segment's name or path.
+        name: String,
+        /// The uid that owns the segment's file.
+        owner: u32,
+        /// This process's effective uid.
+        ours: u32,
+    },
+    /// A file segment's path is a symbolic link. Links there are not followed (one planted at
+    /// the path could point the segment at any file the caller may write): give the file's own
+    /// path.
+    #[error(
+        "{0:?} is a symbolic link; ringpool does not follow a link at a segment's path (give the target's own path)"
+    )]
+    Symlink(PathBuf),
     /// A system call failed.
     #[error("{op} failed: {source}")]
     Os {
@@ -178,6 +202,7 @@ pub struct SegmentBuilder {
     mode: OpenMode,
     open_timeout: Duration,
     permissions: u32,
+    allow_foreign_owner: bool,
 }
 
 /// Pointer to the payload and its length, handed to a creator's initializer before the segment is
@@ -216,6 +241,7 @@ impl SegmentBuilder {
             mode: OpenMode::CreateNew,
             open_timeout: Duration::from_secs(2),
             permissions: 0o600,
+            allow_foreign_owner: false,
         }
     }
 
@@ -251,6 +277,15 @@ impl SegmentBuilder {
         self
     }
 
+    /// Opens named and file segments whose file is owned by another user. By default such a
+    /// segment is refused with [`SegmentError::ForeignOwner`]: `/dev/shm` names are global, and
+    /// whoever creates a name first controls the segment's contents. Opening a segment from a
+    /// descriptor ([`from_fd`](Self::from_fd)) is not checked: the descriptor was handed over.
+    pub fn allow_foreign_owner(mut self) -> Self {
+        self.allow_foreign_owner = true;
+        self
+    }
+
     /// Creates or opens (per [`mode`](Self::mode)) the named segment `/dev/shm/<name>`.
     /// `init` runs only if this call creates it, on zeroed memory, before anyone can open it.
     pub fn named(
@@ -281,7 +316,10 @@ impl SegmentBuilder {
         self.open_path_like(Backend::File(path.to_owned()), init, |create| {
             use std::os::unix::fs::OpenOptionsExt;
             let mut o = std::fs::OpenOptions::new();
-            o.read(true).write(true).mode(self.permissions);
+            // O_NOFOLLOW: a symbolic link planted at the path is refused, not followed (it could
+            // point the segment at any file the caller may write). O_CREAT | O_EXCL never
+            // follows one either. Links in the directories above the last component are followed.
+            o.read(true).write(true).mode(self.permissions).custom_flags(libc::O_NOFOLLOW);
             if create {
                 o.create_new(true);
             }
@@ -293,7 +331,8 @@ impl SegmentBuilder {
     /// descriptor of it does, is inherited by forked children, and can be passed to a re-executed
     /// one ([`Segment::fd`], [`SegmentBuilder::from_fd`]).
     pub fn anonymous(&self, init: impl FnOnce(&Uninit) -> Result<(), SegmentError>) -> Result<Segment, SegmentError> {
-        let fd = nix::sys::memfd::memfd_create(c"ringpool", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        use nix::sys::memfd::MFdFlags;
+        let fd = nix::sys::memfd::memfd_create(c"ringpool", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
             .map_err(SegmentError::os("memfd_create"))?;
         self.create_on(fd, Backend::Anonymous, init)
     }
@@ -318,7 +357,7 @@ impl SegmentBuilder {
             OpenMode::OpenExisting => match open(false) {
                 Ok(fd) => self.open_on(fd, backend),
                 Err(Errno::ENOENT) => Err(SegmentError::NotFound(label)),
-                Err(e) => Err(SegmentError::Os { op: "open", source: e }),
+                Err(e) => Err(open_error(&backend, e)),
             },
             OpenMode::CreateNew => match open(true) {
                 Ok(fd) => self.create_on(fd, backend, init),
@@ -364,7 +403,7 @@ impl SegmentBuilder {
                             break;
                         }
                         Err(Errno::ENOENT) => continue,
-                        Err(e) => return Err(SegmentError::Os { op: "open", source: e }),
+                        Err(e) => return Err(open_error(&backend, e)),
                     }
                 }
                 match got {
@@ -401,7 +440,7 @@ impl SegmentBuilder {
         init: impl FnOnce(&Uninit) -> Result<(), SegmentError>,
     ) -> Result<Segment, SegmentError> {
         // From here on, any failure must remove what we created.
-        let result = self.create_inner(&fd, init);
+        let result = self.create_inner(&fd, matches!(backend, Backend::Anonymous), init);
         match result {
             Ok((map, fields)) => {
                 let ident = file_identity(fd.as_fd());
@@ -417,6 +456,7 @@ impl SegmentBuilder {
     fn create_inner(
         &self,
         fd: &OwnedFd,
+        seal: bool,
         init: impl FnOnce(&Uninit) -> Result<(), SegmentError>,
     ) -> Result<(Mapping, HeaderFields), SegmentError> {
         let (page, payload_len, total) = self.layout()?;
@@ -430,6 +470,13 @@ impl SegmentBuilder {
             // Filesystems without fallocate: nothing reserved, but nothing wrong either.
             Err(Errno::EOPNOTSUPP) | Err(Errno::EINVAL) => {}
             Err(e) => return Err(SegmentError::Os { op: "posix_fallocate", source: e }),
+        }
+        if seal {
+            // A memfd's size is final from here on: any holder's ftruncate fails (EPERM) instead
+            // of leaving every mapper to die of SIGBUS on a page past the new end.
+            use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+            let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+            fcntl(fd, FcntlArg::F_ADD_SEALS(seals)).map_err(SegmentError::os("fcntl(F_ADD_SEALS)"))?;
         }
         let mirror_len = round_up(self.mirror_len as u64, page);
         let map = Mapping::new(fd.as_fd(), total as usize, (mirror_len > 0).then_some((total - mirror_len) as usize))
@@ -471,6 +518,7 @@ impl SegmentBuilder {
         // The creator may not have sized the file yet.
         let file_len = loop {
             let st = nix::sys::stat::fstat(&fd).map_err(SegmentError::os("fstat"))?;
+            self.check_owner(&backend, st.st_uid)?;
             let len = st.st_size as u64;
             if len >= page * 2 {
                 break len;
@@ -522,6 +570,32 @@ impl SegmentBuilder {
         let map = Mapping::new(fd.as_fd(), map_len as usize, mirror).map_err(SegmentError::os("mmap"))?;
         let ident = file_identity(fd.as_fd());
         Ok(Segment { map, fd, backend, created_by: None, unlink_on_drop: false, ident, fields })
+    }
+}
+
+impl SegmentBuilder {
+    /// Refuses a named or file segment owned by another user, unless the builder opted in.
+    fn check_owner(&self, backend: &Backend, owner: u32) -> Result<(), SegmentError> {
+        // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
+        let ours = unsafe { libc::geteuid() };
+        let name = match backend {
+            Backend::Named(n) => n.clone(),
+            Backend::File(p) => p.display().to_string(),
+            Backend::Anonymous => return Ok(()),
+        };
+        if owner == ours || self.allow_foreign_owner {
+            return Ok(());
+        }
+        Err(SegmentError::ForeignOwner { name, owner, ours })
+    }
+}
+
+/// The error for a failed open of an existing name: a symbolic link at a file segment's path is
+/// refused by name.
+fn open_error(backend: &Backend, e: Errno) -> SegmentError {
+    match (backend, e) {
+        (Backend::File(path), Errno::ELOOP) => SegmentError::Symlink(path.clone()),
+        _ => SegmentError::Os { op: "open", source: e },
     }
 }
 
