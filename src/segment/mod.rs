@@ -368,7 +368,15 @@ impl SegmentBuilder {
                 // Another purger may recreate the name between our unlink and our create: retry a
                 // few times, then report the name as taken.
                 for _ in 0..8 {
-                    match unlink_backend(&backend) {
+                    // Unlink what is there under its inode lock (see `unlink_if_named`), so that
+                    // a creator dropping that segment meanwhile cannot remove ours instead.
+                    let purged = match open(false) {
+                        Ok(old) => unlink_if_named(old.as_fd(), &backend).map(drop),
+                        Err(Errno::ENOENT) => Ok(()),
+                        // Not openable (a symbolic link, say): nothing of ours to protect.
+                        Err(_) => unlink_backend(&backend),
+                    };
+                    match purged {
                         Ok(()) | Err(Errno::ENOENT) => {}
                         Err(e) => return Err(SegmentError::Os { op: "unlink", source: e }),
                     }
@@ -443,11 +451,13 @@ impl SegmentBuilder {
         let result = self.create_inner(&fd, matches!(backend, Backend::Anonymous), init);
         match result {
             Ok((map, fields)) => {
-                let ident = file_identity(fd.as_fd());
-                Ok(Segment { map, fd, backend, created_by: Some(current_pid()), unlink_on_drop: true, ident, fields })
+                Ok(Segment { map, fd, backend, created_by: Some(current_pid()), unlink_on_drop: true, fields })
             }
             Err(e) => {
-                let _ = unlink_backend(&backend);
+                // Only the file we created: a purger may already have put another under the name.
+                // Failing to unlink leaves a name that `PurgeAndCreate` recovers; the creation
+                // error is the one worth reporting.
+                let _ = unlink_if_named(fd.as_fd(), &backend);
                 Err(e)
             }
         }
@@ -568,8 +578,7 @@ impl SegmentBuilder {
         let map_len = fields.payload_offset + fields.payload_len;
         let mirror = (fields.mirror_len > 0).then_some((map_len - fields.mirror_len) as usize);
         let map = Mapping::new(fd.as_fd(), map_len as usize, mirror).map_err(SegmentError::os("mmap"))?;
-        let ident = file_identity(fd.as_fd());
-        Ok(Segment { map, fd, backend, created_by: None, unlink_on_drop: false, ident, fields })
+        Ok(Segment { map, fd, backend, created_by: None, unlink_on_drop: false, fields })
     }
 }
 
@@ -610,8 +619,75 @@ fn ready_word(map: &Mapping) -> &AtomicU32 {
     unsafe { &*map.base().as_ptr().wrapping_add(READY_OFFSET).cast::<AtomicU32>() }
 }
 
-fn file_identity(fd: BorrowedFd<'_>) -> (u64, u64) {
-    nix::sys::stat::fstat(fd).map_or((0, 0), |st| (st.st_dev, st.st_ino))
+/// How long an unlinker waits for another one's inode lock before leaving the name alone. A
+/// holder keeps it for a stat and an unlink (a purger: an unlink), so only a stopped process
+/// holds it this long.
+const UNLINK_LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// Removes the name of `backend` if, and only if, it still refers to the file open as `fd`;
+/// answers whether it did.
+///
+/// There is no "unlink this inode" call, so unlinkers take turns: each holds an exclusive
+/// `flock` on the inode it means to unlink while it checks that the name refers to it and
+/// unlinks it (a dropping creator and a failed creation here, [`OpenMode::PurgeAndCreate`] on
+/// what it found). A purger that unlinked our file and made its own under the name held our
+/// inode's lock for the unlink; after it, the check here sees another inode and leaves the name.
+/// (Openers never lock; a process that unlinks by other means is not covered, nor is
+/// [`Segment::unlink`], which removes whatever has the name, as asked.)
+fn unlink_if_named(fd: BorrowedFd<'_>, backend: &Backend) -> Result<bool, Errno> {
+    let path = match backend {
+        Backend::Named(n) => Path::new("/dev/shm").join(n),
+        Backend::File(p) => p.clone(),
+        Backend::Anonymous => return Ok(false),
+    };
+    let _lock = InodeLock::exclusive(fd, UNLINK_LOCK_WAIT)?;
+    let ours = nix::sys::stat::fstat(fd)?;
+    let named = match nix::sys::stat::lstat(path.as_path()) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if (named.st_dev, named.st_ino) != (ours.st_dev, ours.st_ino) {
+        return Ok(false);
+    }
+    #[cfg(test)]
+    tests::hooks::before_unlink(backend);
+    unlink_backend(backend).map(|()| true)
+}
+
+/// An exclusive `flock` on a segment's inode, released on drop (see [`unlink_if_named`]).
+struct InodeLock<'a>(BorrowedFd<'a>);
+
+impl<'a> InodeLock<'a> {
+    fn exclusive(fd: BorrowedFd<'a>, wait: Duration) -> Result<InodeLock<'a>, Errno> {
+        use std::os::fd::AsRawFd;
+        let deadline = Deadline::after(wait);
+        loop {
+            // SAFETY: flock on a descriptor we borrow; it touches no memory.
+            let r = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            match Errno::result(r) {
+                Ok(_) => return Ok(InodeLock(fd)),
+                Err(Errno::EWOULDBLOCK) => {
+                    #[cfg(test)]
+                    tests::hooks::contended();
+                    if deadline.passed() {
+                        return Err(Errno::EWOULDBLOCK);
+                    }
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for InodeLock<'_> {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as in `exclusive`. Closing the descriptor would release it too.
+        let _ = unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
 }
 
 fn unlink_backend(backend: &Backend) -> Result<(), Errno> {
@@ -636,7 +712,6 @@ pub struct Segment {
     backend: Backend,
     created_by: Option<u32>,
     unlink_on_drop: bool,
-    ident: (u64, u64),
     fields: HeaderFields,
 }
 
@@ -717,25 +792,15 @@ impl Segment {
     pub fn exists(name: &str) -> bool {
         validate_name(name).is_ok() && Path::new("/dev/shm").join(name).exists()
     }
-
-    /// Whether the name still refers to this very segment (not a newer one made under the same
-    /// name after a purge).
-    fn name_is_ours(&self) -> bool {
-        let path = match &self.backend {
-            Backend::Named(n) => Path::new("/dev/shm").join(n),
-            Backend::File(p) => p.clone(),
-            Backend::Anonymous => return false,
-        };
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == self.ident)
-    }
 }
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        if self.unlink_on_drop && self.is_creator() && self.name_is_ours() {
-            // Nothing useful can be done about a failure here; never panic in Drop.
-            let _ = unlink_backend(&self.backend);
+        if self.unlink_on_drop && self.is_creator() {
+            // Only if the name still refers to this very segment (not a newer one made under the
+            // same name after a purge): see `unlink_if_named`. Nothing useful can be done about
+            // a failure here (the name stays, for `PurgeAndCreate`); never panic in Drop.
+            let _ = unlink_if_named(self.fd.as_fd(), &self.backend);
         }
         // `map` unmaps itself; `fd` closes itself.
     }
