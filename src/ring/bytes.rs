@@ -225,6 +225,19 @@ impl Ring {
         RingBuilder::new()
     }
 
+    /// A byte ring in heap memory, unmirrored (unit tests and the fuzz targets).
+    pub(crate) fn on_heap(cfg: Config) -> Result<Ring, &'static str> {
+        if cfg.format != FORMAT_BYTES {
+            return Err("not a byte ring");
+        }
+        Ok(Ring { core: Core::on_heap(cfg)? })
+    }
+
+    /// The engine under this ring (the fuzz targets fill its memory).
+    pub(crate) fn core(&self) -> &Core {
+        &self.core
+    }
+
     /// A new sending handle.
     pub fn sender(&self) -> Result<Sender, JoinError> {
         self.core.join_fresh(Role::Sender)?;
@@ -809,7 +822,7 @@ mod tests {
             data_offset: data_offset(),
             ring_id: 1,
         };
-        Ring { core: Core::on_heap(cfg) }
+        Ring::on_heap(cfg).unwrap()
     }
 
     #[test]

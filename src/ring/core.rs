@@ -37,30 +37,26 @@ pub(crate) enum Role {
 #[derive(Debug)]
 enum Backing {
     Segment(Segment),
-    /// Heap memory, for tests of the index logic (under Miri among others).
-    #[cfg(test)]
+    /// Heap memory, for tests of the index logic (under Miri among others) and the fuzz targets.
     Heap(#[allow(dead_code, reason = "owns the memory; freed on drop")] HeapBlock),
 }
 
-/// A zeroed, page-aligned heap block (test support).
-#[cfg(test)]
+/// A zeroed, page-aligned heap block (tests and fuzz targets).
 #[derive(Debug)]
 pub(crate) struct HeapBlock {
     ptr: NonNull<u8>,
     layout: std::alloc::Layout,
 }
 
-#[cfg(test)]
 impl HeapBlock {
-    fn new(len: usize) -> HeapBlock {
-        let layout = std::alloc::Layout::from_size_align(len.max(4096), 4096).expect("test block layout");
+    fn new(len: usize) -> Option<HeapBlock> {
+        let layout = std::alloc::Layout::from_size_align(len.max(4096), 4096).ok()?;
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        HeapBlock { ptr: NonNull::new(ptr).expect("test block allocation"), layout }
+        Some(HeapBlock { ptr: NonNull::new(ptr)?, layout })
     }
 }
 
-#[cfg(test)]
 impl Drop for HeapBlock {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with this very layout, freed once.
@@ -120,20 +116,30 @@ impl Core {
         Ok(core)
     }
 
-    /// A ring in heap memory (no mirror): for tests of the index and record logic.
-    #[cfg(test)]
-    pub(crate) fn on_heap(cfg: Config) -> Arc<Core> {
+    /// A ring in heap memory (no mirror), for tests of the index and record logic and for the
+    /// fuzz targets. The config is validated as one read from a segment would be, against a
+    /// payload sized the way a creator sizes it; `None` if it is refused or the memory cannot be
+    /// had.
+    pub(crate) fn on_heap(cfg: Config) -> Result<Arc<Core>, &'static str> {
+        let page = crate::sys::page_size() as u64;
         let data_len = match cfg.format {
-            super::control::FORMAT_SLOTS => cfg.capacity * cfg.stride,
-            _ => cfg.capacity,
+            super::control::FORMAT_SLOTS => cfg.capacity.checked_mul(cfg.stride),
+            _ => Some(cfg.capacity),
         };
-        let block = HeapBlock::new((cfg.data_offset + data_len) as usize);
+        let payload_len = data_len
+            .and_then(|d| cfg.data_offset.checked_add(d))
+            .and_then(|end| end.div_ceil(page).checked_mul(page))
+            .ok_or("ring geometry overflows")?;
+        cfg.validate_unmirrored(payload_len)?;
+        let len = usize::try_from(payload_len).map_err(|_| "ring too large for the heap")?;
+        let block = HeapBlock::new(len).ok_or("heap allocation failed")?;
         let base = block.ptr;
-        // SAFETY: test-only: the block is page-aligned, zeroed, data_offset + data_len bytes long.
+        // SAFETY: the block is page-aligned, zeroed and payload_len (> data_offset > 48) bytes
+        // long; nothing else refers to it yet.
         unsafe { base.cast::<Config>().as_ptr().write(cfg) };
-        // SAFETY: data_offset is inside the block.
+        // SAFETY: data_offset + data length <= payload_len (validated): inside the block.
         let data = unsafe { base.add(cfg.data_offset as usize) };
-        Arc::new(Core {
+        Ok(Arc::new(Core {
             ctrl: base.cast(),
             data,
             mask: cfg.capacity - 1,
@@ -142,7 +148,15 @@ impl Core {
             spin: SpinPolicy::default(),
             local: Local::default(),
             _backing: Backing::Heap(block),
-        })
+        }))
+    }
+
+    /// Length of the data region in bytes (the capacity, or the slots times their stride).
+    pub(crate) fn data_len(&self) -> u64 {
+        match self.cfg.format {
+            super::control::FORMAT_SLOTS => self.cfg.capacity * self.cfg.stride,
+            _ => self.cfg.capacity,
+        }
     }
 
     #[inline(always)]
@@ -188,8 +202,7 @@ impl Core {
     pub(crate) fn segment_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         match &self._backing {
             Backing::Segment(s) => s.fd(),
-            #[cfg(test)]
-            Backing::Heap(_) => unreachable!("heap-backed cores exist only in unit tests of the index logic"),
+            Backing::Heap(_) => unreachable!("heap-backed cores exist only in unit tests and fuzz targets"),
         }
     }
 

@@ -244,6 +244,26 @@ impl<T: Pod> Queue<T> {
         QueueBuilder::default()
     }
 
+    /// A queue of `slots` slots in heap memory (the fuzz targets).
+    pub(crate) fn on_heap(slots: u64) -> Result<Queue<T>, &'static str> {
+        let (_, stride) = geometry::<T>();
+        let cfg = Config {
+            format: FORMAT_SLOTS,
+            max_members: 4,
+            capacity: slots,
+            stride,
+            item_size: std::mem::size_of::<T>() as u64,
+            data_offset: data_offset(),
+            ring_id: 1,
+        };
+        Ok(Queue { core: Core::on_heap(cfg)?, _t: PhantomData })
+    }
+
+    /// The engine under this queue (the fuzz targets fill its memory).
+    pub(crate) fn core(&self) -> &Core {
+        &self.core
+    }
+
     /// A new sending handle.
     pub fn sender(&self) -> Result<Sender<T>, JoinError> {
         self.core.join_fresh(Role::Sender)?;
