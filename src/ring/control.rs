@@ -229,4 +229,52 @@ mod tests {
         assert_eq!(std::mem::size_of::<Member>(), 32);
         assert_eq!(data_offset() % 4096, 0);
     }
+
+    fn byte_ring(cap: u64) -> Config {
+        Config {
+            format: FORMAT_BYTES,
+            max_members: 256,
+            capacity: cap,
+            stride: 8,
+            item_size: cap - RECORD_OVERHEAD,
+            data_offset: data_offset(),
+            ring_id: 1,
+        }
+    }
+
+    /// The wrap of issue 8: an item size near u64::MAX plus the record overhead wrapped to a
+    /// small number and passed; a forged record length then read past the mapping.
+    #[test]
+    fn forged_sizes_never_wrap_into_acceptance() {
+        let cap = 4096;
+        let payload = data_offset() + cap;
+        byte_ring(cap).validate(payload, cap).unwrap();
+        for item in [u64::MAX, u64::MAX - 15, u64::MAX - 7, 1 << 63, cap - 15, cap - 17, 0] {
+            let cfg = Config { item_size: item, ..byte_ring(cap) };
+            assert!(cfg.validate(payload, cap).is_err(), "item size {item:#x} accepted");
+        }
+        assert!(byte_ring(cap).validate(payload + 4096, cap).is_err(), "payload larger than the ring");
+        assert!(byte_ring(cap).validate(payload, 0).is_err(), "mirror missing");
+        let slots = |stride: u64, item: u64, n: u64| Config {
+            format: FORMAT_SLOTS,
+            capacity: n,
+            stride,
+            item_size: item,
+            ..byte_ring(cap)
+        };
+        let page = crate::sys::page_size() as u64;
+        slots(16, 8, 16).validate(data_offset() + page, 0).unwrap();
+        for (stride, item, n) in [
+            (u64::MAX - 7, u64::MAX - 15, 16),
+            (16, u64::MAX, 16),
+            (16, u64::MAX - 7, 16),
+            (1 << 63, 8, 2),
+            (16, 9, 16),
+            (12, 4, 16),
+            (16, 0, 16),
+            (16, 8, 1 << 62),
+        ] {
+            assert!(slots(stride, item, n).validate(data_offset() + page, 0).is_err(), "{stride} {item} {n}");
+        }
+    }
 }
