@@ -18,6 +18,16 @@
 //!
 //! Only the process that created a named segment unlinks its name, and it knows itself by pid,
 //! not by a flag a forked child would inherit: a child that drops its copy leaves the name alone.
+//! It unlinks the name only while the name still refers to its own file, checked and unlinked
+//! under an exclusive `flock` of that file that every ringpool unlinker takes, so a segment that a
+//! concurrent [`OpenMode::PurgeAndCreate`] put under the name is never removed by the old creator.
+//!
+//! What an opener trusts: a named or file segment must be owned by the caller's effective uid
+//! (`/dev/shm` names are global; whoever creates a name first controls what is in it), unless
+//! the builder says [`allow_foreign_owner`](SegmentBuilder::allow_foreign_owner); a symbolic link
+//! at a file segment's path is refused; every header field is checked with checked arithmetic
+//! before it forms a length or an address. Anonymous (`memfd`) segments are sealed against
+//! shrinking and growing, so no holder can truncate them under the others' mappings (SIGBUS).
 //!
 //! Why this does not use the `shared_memory` crate: see `SAFETY.md`, "Why not shared_memory".
 
