@@ -140,6 +140,8 @@ const TAIL: u64 = 384;
 const HEAD: u64 = 512;
 const GONE: u64 = 896;
 const HIGH_WATER: u64 = 900;
+const LAST_SWEEP: u64 = 904;
+const MEMBERS: u64 = 1024;
 
 struct Forged {
     file: std::fs::File,
@@ -248,6 +250,8 @@ fn check_layout(target: Target) -> (u64, u64) {
         Target::Queue => assert_eq!(f.read(PAGE + f.data_offset + 8, 8), 1, "first stamp"),
     }
     assert_eq!(f.read(32, 8), total - PAGE, "payload length");
+    assert_eq!(f.read(PAGE + MEMBERS, 4), u64::from(std::process::id()), "the creator's member entry");
+    assert_eq!(f.read(PAGE + HIGH_WATER, 4), 1, "member table high water");
     drop(keep);
     (total, total - PAGE)
 }
@@ -316,6 +320,12 @@ fn cases(target: Target, (total_len, payload_len): (u64, u64)) -> Vec<Case> {
     out.extend(one("recv.lock", At::Payload(RECV_LOCK), 4, few(0), &survive));
     out.extend(one("membership.gone", At::Payload(GONE), 4, few(0), &survive));
     out.extend(one("membership.high_water", At::Payload(HIGH_WATER), 4, boundary(4, 1), &survive));
+    out.extend(one("membership.last_sweep", At::Payload(LAST_SWEEP), 8, few(0), &survive));
+    // The creator's member entry (entry 0): pid, handle counts, start time.
+    out.extend(one("members[0].pid", At::Payload(MEMBERS), 4, few(0), &survive));
+    out.extend(one("members[0].senders", At::Payload(MEMBERS + 4), 4, boundary(4, 0), &survive));
+    out.extend(one("members[0].receivers", At::Payload(MEMBERS + 8), 4, few(0), &survive));
+    out.extend(one("members[0].start_time", At::Payload(MEMBERS + 16), 8, few(0), &survive));
     match target {
         Target::Ring => {
             // Record headers: the first, the second, and a forged one over the zero marker after
