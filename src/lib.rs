@@ -34,6 +34,10 @@ pub use ring::queue;
 pub mod pool;
 pub mod process;
 
+#[doc(hidden)]
+#[path = "fuzz_api.rs"]
+pub mod __fuzz;
+
 pub use crate::pool::{Pool, PoolBuilder};
 pub use crate::process::{Process, current_process};
 pub use crate::ring::queue::{Queue, QueueBuilder};

@@ -36,6 +36,7 @@ pub struct RingBuilder {
     max_members: usize,
     permissions: u32,
     open_timeout: Duration,
+    allow_foreign_owner: bool,
 }
 
 impl Default for RingBuilder {
@@ -46,6 +47,7 @@ impl Default for RingBuilder {
             max_members: MAX_MEMBERS,
             permissions: 0o600,
             open_timeout: Duration::from_secs(2),
+            allow_foreign_owner: false,
         }
     }
 }
@@ -87,6 +89,14 @@ impl RingBuilder {
         self
     }
 
+    /// Opens a named or file segment owned by another user (refused by default with
+    /// [`SegmentError::ForeignOwner`]: whoever creates a name first controls what is in it).
+    /// See [`SegmentBuilder::allow_foreign_owner`].
+    pub fn allow_foreign_owner(mut self) -> Self {
+        self.allow_foreign_owner = true;
+        self
+    }
+
     /// Creates the named ring `/dev/shm/<name>`; fails if the name is taken.
     pub fn create(&self, name: &str) -> Result<Ring, SegmentError> {
         self.named(name, OpenMode::CreateNew)
@@ -122,7 +132,8 @@ impl RingBuilder {
         self.wrap(seg)
     }
 
-    /// Creates or opens a ring in a file, per `mode`.
+    /// Creates or opens a ring in a file, per `mode`. A symbolic link at `path` is refused
+    /// ([`SegmentError::Symlink`]), not followed.
     pub fn file(&self, path: impl AsRef<Path>, mode: OpenMode) -> Result<Ring, SegmentError> {
         let cfg = self.config()?;
         let seg = self.segment_builder(&cfg).mode(mode).file(path, |u| init(u, &cfg))?;
@@ -157,11 +168,12 @@ impl RingBuilder {
     }
 
     fn segment_builder(&self, cfg: &Config) -> SegmentBuilder {
-        SegmentBuilder::new(SegmentKind::Ring, Fingerprint::bytes())
+        let b = SegmentBuilder::new(SegmentKind::Ring, Fingerprint::bytes())
             .payload_len((cfg.data_offset + cfg.capacity) as usize)
             .mirror_tail(cfg.capacity as usize)
             .permissions(self.permissions)
-            .open_timeout(self.open_timeout)
+            .open_timeout(self.open_timeout);
+        if self.allow_foreign_owner { b.allow_foreign_owner() } else { b }
     }
 
     fn wrap(&self, seg: Segment) -> Result<Ring, SegmentError> {
@@ -213,6 +225,19 @@ impl Ring {
         RingBuilder::new()
     }
 
+    /// A byte ring in heap memory, unmirrored (unit tests and the fuzz targets).
+    pub(crate) fn on_heap(cfg: Config) -> Result<Ring, &'static str> {
+        if cfg.format != FORMAT_BYTES {
+            return Err("not a byte ring");
+        }
+        Ok(Ring { core: Core::on_heap(cfg)? })
+    }
+
+    /// The engine under this ring (the fuzz targets fill its memory).
+    pub(crate) fn core(&self) -> &Core {
+        &self.core
+    }
+
     /// A new sending handle.
     pub fn sender(&self) -> Result<Sender, JoinError> {
         self.core.join_fresh(Role::Sender)?;
@@ -249,7 +274,8 @@ impl Ring {
     /// Bytes in use right now, headers and padding included (a snapshot).
     pub fn used_bytes(&self) -> usize {
         let c = self.core.ctrl();
-        c.tail.load(Ordering::Relaxed).saturating_sub(c.head.load(Ordering::Relaxed)) as usize
+        let used = c.tail.load(Ordering::Relaxed).saturating_sub(c.head.load(Ordering::Relaxed));
+        used.min(self.core.cfg.capacity) as usize
     }
 
     /// Counters since the ring was created.
@@ -386,11 +412,12 @@ impl Sender {
         Ring { core: self.core.clone() }
     }
 
-    /// Takes the send lock with room for `need` bytes. Returns the guard and the tail.
+    /// Takes the send lock with room for `need` bytes. Returns the guard, the tail and the free
+    /// bytes (at least `need`, at most the capacity; `tail + capacity` does not wrap).
     #[inline]
-    fn lock_with_room(&self, need: u64, wait: Wait) -> Result<(RobustMutexGuard<'_>, u64), Fail> {
+    fn lock_with_room(&self, need: u64, wait: Wait) -> Result<(RobustMutexGuard<'_>, u64, u64), Fail> {
         let core = &*self.core;
-        core.lock_for_send(self.spin, wait, need, need, || core.repair_bytes_send()).map(|(g, tail, _)| (g, tail))
+        core.lock_for_send(self.spin, wait, need, need, || core.repair_bytes_send())
     }
 
     #[inline]
@@ -399,7 +426,7 @@ impl Sender {
         if msg.len() as u64 > core.cfg.item_size {
             return Err(Fail::TooLarge);
         }
-        let (guard, tail) = self.lock_with_room(room_needed(msg.len()), wait)?;
+        let (guard, tail, _) = self.lock_with_room(room_needed(msg.len()), wait)?;
         // SAFETY: `tail + 8 .. tail + 8 + len` is inside the room just checked against the head,
         // beyond the published tail, and we hold the send lock: no one else reads or writes it.
         unsafe { core.write_bytes(tail + 8, msg) };
@@ -421,13 +448,19 @@ impl Sender {
         if first.len() as u64 > core.cfg.item_size {
             return Err(Fail::TooLarge);
         }
-        let (guard, tail) = self.lock_with_room(room_needed(first.len()), wait)?;
+        let (guard, tail, free) = self.lock_with_room(room_needed(first.len()), wait)?;
         let c = core.ctrl();
         let cap = core.cfg.capacity;
-        let mut head = c.send.cached.load(Ordering::Relaxed);
+        // The end of the room that is ours: `tail + free <= head + capacity`, checked under the
+        // lock (no wrap: lock_for_send bounds the tail). It only moves forward as receivers read.
+        let mut end = tail + free;
         // Take the batch's lines back from the receivers' cores together (within our free room).
-        let want: u64 = msgs.iter().take(64).map(|m| room_needed(m.as_ref().len())).sum();
-        core.prefetch_for_write(tail, tail + want.min(head + cap - tail));
+        // The caller's lengths are clamped before summing: only what can fit matters.
+        let want = msgs
+            .iter()
+            .take(64)
+            .fold(0u64, |sum, m| sum.saturating_add(room_needed(m.as_ref().len().min(cap as usize))));
+        core.prefetch_for_write(tail, tail + want.min(free));
         // SAFETY: as in send_one: room for the first record was checked under the send lock.
         unsafe { core.write_bytes(tail + 8, first) };
         let mut at = tail + record_size(first.len());
@@ -437,11 +470,21 @@ impl Sender {
             if m.len() as u64 > core.cfg.item_size || bytes + m.len() as u64 > BATCH_BYTES {
                 break;
             }
-            if at + room_needed(m.len()) - head > cap {
-                // The cached head may be stale: look at the real one before giving up.
-                head = c.head.load(Ordering::Acquire);
-                c.send.cached.store(head, Ordering::Relaxed);
-                if at + room_needed(m.len()) - head > cap {
+            // at <= end <= tail + capacity, and the room is at most the capacity: no wrap.
+            let room = room_needed(m.len());
+            if at + room > end {
+                // The cached head may be stale: look at the real one before giving up. Under
+                // the send lock it lies between the previous head and our tail, or the ring is
+                // garbage (then stop here; the next operation reports it).
+                let head = c.head.load(Ordering::Acquire);
+                match tail.checked_sub(head) {
+                    Some(used) if used <= cap && head + cap >= end => {
+                        c.send.cached.store(head, Ordering::Relaxed);
+                        end = head + cap;
+                    }
+                    _ => break,
+                }
+                if at + room > end {
                     break;
                 }
             }
@@ -473,7 +516,7 @@ impl Sender {
         if !core.mirrored {
             return Err(Fail::Broken(Broken::Corrupted("in-place access needs a mirrored ring")));
         }
-        let (guard, tail) = self.lock_with_room(room_needed(len), wait)?;
+        let (guard, tail, _) = self.lock_with_room(room_needed(len), wait)?;
         Ok(WriteGuard { sender: self, guard: Some(guard), tail, len, staged: [0; STAGED] })
     }
 }
@@ -693,6 +736,7 @@ impl Receiver {
         }
         let core = &*self.core;
         let (guard, head, mut len) = self.lock_with_record(wait)?;
+        let start = head;
         let mut done = Taking::new(core, guard, head);
         let mut tmp = Vec::new();
         loop {
@@ -712,7 +756,9 @@ impl Receiver {
                 break;
             }
             match core.probe_record(done.head) {
-                Ok(Some(l)) => len = l,
+                // One batch never walks more than a capacity: what lies between head and tail
+                // (forged headers with stamps of a later lap included) is at most that much.
+                Ok(Some(l)) if done.head - start + record_size(l) <= core.cfg.capacity => len = l,
                 // The end of what is published (or garbage, which the next receive reports).
                 _ => break,
             }
@@ -830,7 +876,7 @@ mod tests {
             data_offset: data_offset(),
             ring_id: 1,
         };
-        Ring { core: Core::on_heap(cfg) }
+        Ring::on_heap(cfg).unwrap()
     }
 
     #[test]

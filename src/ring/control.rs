@@ -137,10 +137,30 @@ pub(crate) fn data_offset() -> u64 {
     (std::mem::size_of::<Control>() as u64).div_ceil(page) * page
 }
 
+/// Bytes a byte ring's largest message leaves free: its 8-byte header and the 8-byte zero marker
+/// after it (see `records.rs`).
+pub(crate) const RECORD_OVERHEAD: u64 = 16;
+
 impl Config {
-    /// Checks a config read from shared memory against what this build could have written.
+    /// Checks a config read from shared memory against what this build could have written, for a
+    /// ring in a segment whose payload is `payload_len` bytes with a mirrored tail of `mirror_len`.
     /// Everything later indexes with the checked copy, never with shared memory.
+    ///
+    /// Every value here may be forged: each sum and product is checked (no wrap in release, no
+    /// panic in debug), and the geometry must be exactly what a creator of this build writes.
     pub(crate) fn validate(&self, payload_len: u64, mirror_len: u64) -> Result<(), &'static str> {
+        if self.format == FORMAT_BYTES && mirror_len != self.capacity {
+            return Err("byte ring geometry is inconsistent");
+        }
+        if self.format == FORMAT_SLOTS && mirror_len != 0 {
+            return Err("slot geometry is inconsistent");
+        }
+        self.validate_unmirrored(payload_len)
+    }
+
+    /// [`validate`](Self::validate) without the mirror: for rings in plain memory (heap-backed
+    /// rings of the tests and the fuzz targets).
+    pub(crate) fn validate_unmirrored(&self, payload_len: u64) -> Result<(), &'static str> {
         if self.max_members == 0 || self.max_members as usize > MAX_MEMBERS {
             return Err("member table size out of range");
         }
@@ -152,24 +172,39 @@ impl Config {
         }
         let data_len = match self.format {
             FORMAT_BYTES => {
-                if self.stride != 8 || self.item_size + 16 > self.capacity || mirror_len != self.capacity {
+                // The creator writes exactly `capacity - 16`: a larger item size would let a
+                // record length run past the data region (and its mirror).
+                if self.stride != 8 || self.capacity.checked_sub(RECORD_OVERHEAD) != Some(self.item_size) {
                     return Err("byte ring geometry is inconsistent");
                 }
                 self.capacity
             }
             FORMAT_SLOTS => {
-                let stamp_at = self.item_size.div_ceil(8) * 8;
-                if self.stride < stamp_at + 8 || self.stride % 8 != 0 || mirror_len != 0 {
+                let min_stride =
+                    self.slot_stamp_at().and_then(|at| at.checked_add(8)).ok_or("slot geometry overflows")?;
+                if self.item_size == 0 || self.stride < min_stride || self.stride % 8 != 0 {
                     return Err("slot geometry is inconsistent");
                 }
                 self.capacity.checked_mul(self.stride).ok_or("slot region overflows")?
             }
             _ => return Err("unknown record format"),
         };
-        match self.data_offset.checked_add(data_len) {
-            Some(end) if end <= payload_len => Ok(()),
-            _ => Err("data region extends past the segment"),
+        let end = self.data_offset.checked_add(data_len).ok_or("data region overflows")?;
+        if end > payload_len {
+            return Err("data region extends past the segment");
         }
+        // A creator sizes the payload to the data region, rounded up to whole pages.
+        let page = crate::sys::page_size() as u64;
+        if end.div_ceil(page).checked_mul(page) != Some(payload_len) {
+            return Err("segment is larger than its ring");
+        }
+        Ok(())
+    }
+
+    /// Slot rings: where the stamp sits in a slot (the item size rounded up to 8), or `None` if
+    /// that overflows. Validated configs always answer `Some`.
+    pub(crate) fn slot_stamp_at(&self) -> Option<u64> {
+        self.item_size.div_ceil(8).checked_mul(8)
     }
 }
 
@@ -193,5 +228,53 @@ mod tests {
         }
         assert_eq!(std::mem::size_of::<Member>(), 32);
         assert_eq!(data_offset() % 4096, 0);
+    }
+
+    fn byte_ring(cap: u64) -> Config {
+        Config {
+            format: FORMAT_BYTES,
+            max_members: 256,
+            capacity: cap,
+            stride: 8,
+            item_size: cap - RECORD_OVERHEAD,
+            data_offset: data_offset(),
+            ring_id: 1,
+        }
+    }
+
+    /// The wrap of issue 8: an item size near u64::MAX plus the record overhead wrapped to a
+    /// small number and passed; a forged record length then read past the mapping.
+    #[test]
+    fn forged_sizes_never_wrap_into_acceptance() {
+        let cap = 4096;
+        let payload = data_offset() + cap;
+        byte_ring(cap).validate(payload, cap).unwrap();
+        for item in [u64::MAX, u64::MAX - 15, u64::MAX - 7, 1 << 63, cap - 15, cap - 17, 0] {
+            let cfg = Config { item_size: item, ..byte_ring(cap) };
+            assert!(cfg.validate(payload, cap).is_err(), "item size {item:#x} accepted");
+        }
+        assert!(byte_ring(cap).validate(payload + 4096, cap).is_err(), "payload larger than the ring");
+        assert!(byte_ring(cap).validate(payload, 0).is_err(), "mirror missing");
+        let slots = |stride: u64, item: u64, n: u64| Config {
+            format: FORMAT_SLOTS,
+            capacity: n,
+            stride,
+            item_size: item,
+            ..byte_ring(cap)
+        };
+        let page = crate::sys::page_size() as u64;
+        slots(16, 8, 16).validate(data_offset() + page, 0).unwrap();
+        for (stride, item, n) in [
+            (u64::MAX - 7, u64::MAX - 15, 16),
+            (16, u64::MAX, 16),
+            (16, u64::MAX - 7, 16),
+            (1 << 63, 8, 2),
+            (16, 9, 16),
+            (12, 4, 16),
+            (16, 0, 16),
+            (16, 8, 1 << 62),
+        ] {
+            assert!(slots(stride, item, n).validate(data_offset() + page, 0).is_err(), "{stride} {item} {n}");
+        }
     }
 }

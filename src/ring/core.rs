@@ -37,30 +37,26 @@ pub(crate) enum Role {
 #[derive(Debug)]
 enum Backing {
     Segment(Segment),
-    /// Heap memory, for tests of the index logic (under Miri among others).
-    #[cfg(test)]
+    /// Heap memory, for tests of the index logic (under Miri among others) and the fuzz targets.
     Heap(#[allow(dead_code, reason = "owns the memory; freed on drop")] HeapBlock),
 }
 
-/// A zeroed, page-aligned heap block (test support).
-#[cfg(test)]
+/// A zeroed, page-aligned heap block (tests and fuzz targets).
 #[derive(Debug)]
 pub(crate) struct HeapBlock {
     ptr: NonNull<u8>,
     layout: std::alloc::Layout,
 }
 
-#[cfg(test)]
 impl HeapBlock {
-    fn new(len: usize) -> HeapBlock {
-        let layout = std::alloc::Layout::from_size_align(len.max(4096), 4096).expect("test block layout");
+    fn new(len: usize) -> Option<HeapBlock> {
+        let layout = std::alloc::Layout::from_size_align(len.max(4096), 4096).ok()?;
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        HeapBlock { ptr: NonNull::new(ptr).expect("test block allocation"), layout }
+        Some(HeapBlock { ptr: NonNull::new(ptr)?, layout })
     }
 }
 
-#[cfg(test)]
 impl Drop for HeapBlock {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with this very layout, freed once.
@@ -120,20 +116,30 @@ impl Core {
         Ok(core)
     }
 
-    /// A ring in heap memory (no mirror): for tests of the index and record logic.
-    #[cfg(test)]
-    pub(crate) fn on_heap(cfg: Config) -> Arc<Core> {
+    /// A ring in heap memory (no mirror), for tests of the index and record logic and for the
+    /// fuzz targets. The config is validated as one read from a segment would be, against a
+    /// payload sized the way a creator sizes it; `None` if it is refused or the memory cannot be
+    /// had.
+    pub(crate) fn on_heap(cfg: Config) -> Result<Arc<Core>, &'static str> {
+        let page = crate::sys::page_size() as u64;
         let data_len = match cfg.format {
-            super::control::FORMAT_SLOTS => cfg.capacity * cfg.stride,
-            _ => cfg.capacity,
+            super::control::FORMAT_SLOTS => cfg.capacity.checked_mul(cfg.stride),
+            _ => Some(cfg.capacity),
         };
-        let block = HeapBlock::new((cfg.data_offset + data_len) as usize);
+        let payload_len = data_len
+            .and_then(|d| cfg.data_offset.checked_add(d))
+            .and_then(|end| end.div_ceil(page).checked_mul(page))
+            .ok_or("ring geometry overflows")?;
+        cfg.validate_unmirrored(payload_len)?;
+        let len = usize::try_from(payload_len).map_err(|_| "ring too large for the heap")?;
+        let block = HeapBlock::new(len).ok_or("heap allocation failed")?;
         let base = block.ptr;
-        // SAFETY: test-only: the block is page-aligned, zeroed, data_offset + data_len bytes long.
+        // SAFETY: the block is page-aligned, zeroed and payload_len (> data_offset > 48) bytes
+        // long; nothing else refers to it yet.
         unsafe { base.cast::<Config>().as_ptr().write(cfg) };
-        // SAFETY: data_offset is inside the block.
+        // SAFETY: data_offset + data length <= payload_len (validated): inside the block.
         let data = unsafe { base.add(cfg.data_offset as usize) };
-        Arc::new(Core {
+        Ok(Arc::new(Core {
             ctrl: base.cast(),
             data,
             mask: cfg.capacity - 1,
@@ -142,7 +148,15 @@ impl Core {
             spin: SpinPolicy::default(),
             local: Local::default(),
             _backing: Backing::Heap(block),
-        })
+        }))
+    }
+
+    /// Length of the data region in bytes (the capacity, or the slots times their stride).
+    pub(crate) fn data_len(&self) -> u64 {
+        match self.cfg.format {
+            super::control::FORMAT_SLOTS => self.cfg.capacity * self.cfg.stride,
+            _ => self.cfg.capacity,
+        }
     }
 
     #[inline(always)]
@@ -188,8 +202,7 @@ impl Core {
     pub(crate) fn segment_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         match &self._backing {
             Backing::Segment(s) => s.fd(),
-            #[cfg(test)]
-            Backing::Heap(_) => unreachable!("heap-backed cores exist only in unit tests of the index logic"),
+            Backing::Heap(_) => unreachable!("heap-backed cores exist only in unit tests and fuzz targets"),
         }
     }
 
@@ -277,6 +290,9 @@ impl Core {
         let c = self.ctrl();
         let head = c.head.load(Ordering::Acquire);
         let tail = c.tail.load(Ordering::Acquire);
+        if !self.index_ok(head) || !self.index_ok(tail) {
+            return Err("ring index is at the end of its range");
+        }
         if tail.abs_diff(head) > self.cfg.capacity {
             return Err("head and tail are more than a capacity apart");
         }
@@ -286,11 +302,30 @@ impl Core {
         Ok((head, tail))
     }
 
+    /// Whether an index read from shared memory leaves room for the arithmetic done on it: one
+    /// operation moves an index by at most a capacity (plus a record's zero marker), so an index
+    /// at most [`Core::index_limit`] never wraps. Indices grow by the bytes (or slots) ever moved,
+    /// so only a forged index comes near: 2^64 bytes take decades at memory bandwidth.
+    #[inline(always)]
+    pub(crate) fn index_ok(&self, i: u64) -> bool {
+        i <= self.index_limit()
+    }
+
+    /// The largest index this ring's arithmetic accepts (see [`Core::index_ok`]).
+    #[inline(always)]
+    pub(crate) fn index_limit(&self) -> u64 {
+        u64::MAX - self.cfg.capacity.saturating_mul(4).saturating_add(64).min(u64::MAX >> 1)
+    }
+
     // ----- the two sides' entry loops, shared by both record formats -------------------------
 
     /// Takes the send lock with room for at least `need` units (bytes or slots); the cached head is
     /// refreshed when `want` units do not fit it. Answers the guard, the tail and the free units.
     /// Fails with `Disconnected` once every receiver is gone, `WouldBlock` for `Wait::Try`.
+    ///
+    /// `need` and `want` are at most the capacity (callers clamp them). The tail, the head and the
+    /// cached head are read from shared memory and checked before any arithmetic: the answer
+    /// satisfies `free <= capacity` and `tail + capacity` does not wrap.
     #[inline]
     pub(crate) fn lock_for_send(
         &self,
@@ -302,6 +337,7 @@ impl Core {
     ) -> Result<(RobustMutexGuard<'_>, u64, u64), Fail> {
         let c = self.ctrl();
         let cap = self.cfg.capacity;
+        let corrupted = |reason| Fail::Broken(Broken::Corrupted(reason));
         self.ensure_registered().map_err(|_| Fail::Disconnected)?;
         loop {
             if self.receivers_maybe_gone() && self.peers_gone(Role::Receiver, false) {
@@ -309,18 +345,27 @@ impl Core {
             }
             let guard = self.lock_side(&c.send, spin, wait, &repair)?;
             let tail = c.tail.load(Ordering::Relaxed);
+            if !self.index_ok(tail) {
+                return Err(corrupted("ring index is at the end of its range"));
+            }
             if self.cfg.format != super::control::FORMAT_SLOTS && tail % 8 != 0 {
-                return Err(Fail::Broken(Broken::Corrupted("ring index is not on a record boundary")));
+                return Err(corrupted("ring index is not on a record boundary"));
             }
-            let mut head = c.send.cached.load(Ordering::Relaxed);
-            if tail.wrapping_add(want.max(need)).wrapping_sub(head) > cap {
-                head = c.head.load(Ordering::Acquire);
-                if head > tail || tail - head > cap {
-                    return Err(Fail::Broken(Broken::Corrupted("head and tail are inconsistent")));
+            // Units in use by the cached head; it is only a hint, trusted when it is consistent.
+            let cached = tail.checked_sub(c.send.cached.load(Ordering::Relaxed)).filter(|&u| u <= cap);
+            let used = match cached {
+                Some(used) if want.max(need) <= cap - used => used,
+                _ => {
+                    let head = c.head.load(Ordering::Acquire);
+                    let used = tail
+                        .checked_sub(head)
+                        .filter(|&u| u <= cap)
+                        .ok_or(corrupted("head and tail are inconsistent"))?;
+                    c.send.cached.store(head, Ordering::Relaxed);
+                    used
                 }
-                c.send.cached.store(head, Ordering::Relaxed);
-            }
-            let free = cap - (tail - head);
+            };
+            let free = cap - used;
             if free >= need {
                 return Ok((guard, tail, free));
             }
@@ -355,6 +400,9 @@ impl Core {
         loop {
             let guard = self.lock_side(&c.recv, spin, wait, &repair)?;
             let head = c.head.load(Ordering::Relaxed);
+            if !self.index_ok(head) {
+                return corrupted("ring index is at the end of its range");
+            }
             match probe(head) {
                 Ok(Some(x)) => return Ok((guard, head, x)),
                 // The first empty look in a call does not read the senders' tail line (reading it

@@ -39,7 +39,7 @@ pub(crate) use self::core::{Core, Role};
 pub(crate) use self::wait::Wait;
 pub use bytes::{ReadGuard, Receiver, Ring, RingBuilder, Sender, WriteGuard};
 pub(crate) use bytes::{init as init_config, ring_id};
-pub(crate) use control::{Config, FORMAT_SLOTS, MAX_MEMBERS, data_offset};
+pub(crate) use control::{Config, FORMAT_BYTES, FORMAT_SLOTS, MAX_MEMBERS, data_offset};
 pub(crate) use error::Fail;
 pub use error::{
     Broken, JoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,

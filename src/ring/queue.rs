@@ -42,6 +42,7 @@ pub struct QueueBuilder<T> {
     max_members: usize,
     permissions: u32,
     open_timeout: Duration,
+    allow_foreign_owner: bool,
     tag: Option<String>,
     _t: PhantomData<fn(T) -> T>,
 }
@@ -60,6 +61,7 @@ impl<T: Pod> Default for QueueBuilder<T> {
             max_members: MAX_MEMBERS,
             permissions: 0o600,
             open_timeout: Duration::from_secs(2),
+            allow_foreign_owner: false,
             tag: None,
             _t: PhantomData,
         }
@@ -94,6 +96,14 @@ impl<T: Pod> QueueBuilder<T> {
     /// How long an opener waits for a creator that is still initializing. Default 2 s.
     pub fn open_timeout(mut self, timeout: Duration) -> Self {
         self.open_timeout = timeout;
+        self
+    }
+
+    /// Opens a named or file segment owned by another user (refused by default with
+    /// [`SegmentError::ForeignOwner`]: whoever creates a name first controls what is in it).
+    /// See [`SegmentBuilder::allow_foreign_owner`].
+    pub fn allow_foreign_owner(mut self) -> Self {
+        self.allow_foreign_owner = true;
         self
     }
 
@@ -139,7 +149,8 @@ impl<T: Pod> QueueBuilder<T> {
         self.wrap(seg)
     }
 
-    /// Creates or opens a queue in a file, per `mode`.
+    /// Creates or opens a queue in a file, per `mode`. A symbolic link at `path` is refused
+    /// ([`SegmentError::Symlink`]), not followed.
     pub fn file(&self, path: impl AsRef<Path>, mode: OpenMode) -> Result<Queue<T>, SegmentError> {
         let cfg = self.config()?;
         let seg = self.segment_builder(&cfg).mode(mode).file(path, |u| crate::ring::init_config(u, &cfg))?;
@@ -192,10 +203,11 @@ impl<T: Pod> QueueBuilder<T> {
     }
 
     fn segment_builder(&self, cfg: &Config) -> SegmentBuilder {
-        SegmentBuilder::new(SegmentKind::Queue, self.fingerprint())
+        let b = SegmentBuilder::new(SegmentKind::Queue, self.fingerprint())
             .payload_len((cfg.data_offset + cfg.capacity * cfg.stride) as usize)
             .permissions(self.permissions)
-            .open_timeout(self.open_timeout)
+            .open_timeout(self.open_timeout);
+        if self.allow_foreign_owner { b.allow_foreign_owner() } else { b }
     }
 
     fn wrap(&self, seg: Segment) -> Result<Queue<T>, SegmentError> {
@@ -232,6 +244,26 @@ impl<T: Pod> Queue<T> {
         QueueBuilder::default()
     }
 
+    /// A queue of `slots` slots in heap memory (the fuzz targets).
+    pub(crate) fn on_heap(slots: u64) -> Result<Queue<T>, &'static str> {
+        let (_, stride) = geometry::<T>();
+        let cfg = Config {
+            format: FORMAT_SLOTS,
+            max_members: 4,
+            capacity: slots,
+            stride,
+            item_size: std::mem::size_of::<T>() as u64,
+            data_offset: data_offset(),
+            ring_id: 1,
+        };
+        Ok(Queue { core: Core::on_heap(cfg)?, _t: PhantomData })
+    }
+
+    /// The engine under this queue (the fuzz targets fill its memory).
+    pub(crate) fn core(&self) -> &Core {
+        &self.core
+    }
+
     /// A new sending handle.
     pub fn sender(&self) -> Result<Sender<T>, JoinError> {
         self.core.join_fresh(Role::Sender)?;
@@ -252,7 +284,8 @@ impl<T: Pod> Queue<T> {
     /// Values in the queue right now (a snapshot).
     pub fn len(&self) -> usize {
         let c = self.core.ctrl();
-        c.tail.load(Ordering::Relaxed).saturating_sub(c.head.load(Ordering::Relaxed)) as usize
+        let len = c.tail.load(Ordering::Relaxed).saturating_sub(c.head.load(Ordering::Relaxed));
+        len.min(self.core.cfg.capacity) as usize
     }
 
     /// Whether the queue is empty right now (a snapshot).
@@ -348,8 +381,10 @@ impl Slots for Core {
 
     #[inline(always)]
     fn stamp(&self, i: u64) -> &AtomicU64 {
-        let stamp_at = self.cfg.item_size.div_ceil(8) * 8;
-        self.word_at((i & self.mask) * self.cfg.stride + stamp_at)
+        // A validated config has `stamp_at + 8 <= stride` and `capacity * stride` within the data
+        // region, so none of this wraps; wrapping ops keep a bug from becoming a debug panic.
+        let stamp_at = self.cfg.item_size.div_ceil(8).wrapping_mul(8);
+        self.word_at(((i & self.mask).wrapping_mul(self.cfg.stride)).wrapping_add(stamp_at))
     }
 
     /// Whether slot `i` holds a published value; an impossible stamp is an error.

@@ -121,7 +121,7 @@ impl Core {
     /// per second). Only free space this sender owns is asked for.
     #[inline]
     pub(crate) fn prefetch_for_write(&self, from: u64, to: u64) {
-        let end = to.min(from + 4096);
+        let end = to.min(from.saturating_add(4096));
         let mut at = from & !63;
         while at < end {
             prefetch_write(self.at(at));

@@ -161,8 +161,12 @@ impl HeaderFields {
         if self.total_len != file_len {
             return Err(SegmentError::Corrupted { reason: "header size differs from the file's size" });
         }
-        let layout_ok = self.payload_offset % page == 0
-            && self.payload_offset >= page
+        // Exactly what a creator of this build writes: one header page, then a payload of whole
+        // pages (at least one: layers above read their own header at its start), of which the
+        // last `mirror_len` bytes may be mapped twice. Every sum is checked: all of it is forgeable.
+        let layout_ok = self.payload_offset == page
+            && self.payload_len >= page
+            && self.payload_len % page == 0
             && self.payload_offset.checked_add(self.payload_len) == Some(self.total_len)
             && self.mirror_len <= self.payload_len
             && self.mirror_len % page == 0;

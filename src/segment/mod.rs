@@ -18,6 +18,16 @@
 //!
 //! Only the process that created a named segment unlinks its name, and it knows itself by pid,
 //! not by a flag a forked child would inherit: a child that drops its copy leaves the name alone.
+//! It unlinks the name only while the name still refers to its own file, checked and unlinked
+//! under an exclusive `flock` of that file that every ringpool unlinker takes, so a segment that a
+//! concurrent [`OpenMode::PurgeAndCreate`] put under the name is never removed by the old creator.
+//!
+//! What an opener trusts: a named or file segment must be owned by the caller's effective uid
+//! (`/dev/shm` names are global; whoever creates a name first controls what is in it), unless
+//! the builder says [`allow_foreign_owner`](SegmentBuilder::allow_foreign_owner); a symbolic link
+//! at a file segment's path is refused; every header field is checked with checked arithmetic
+//! before it forms a length or an address. Anonymous (`memfd`) segments are sealed against
+//! shrinking and growing, so no holder can truncate them under the others' mappings (SIGBUS).
 //!
 //! Why this does not use the `shared_memory` crate: see `SAFETY.md`, "Why not shared_memory".
 
@@ -120,6 +130,30 @@ pub enum SegmentError {
     /// which robustness rests on, would be meaningless between the two.
     #[error("segment was created in another pid namespace; processes sharing it must share one")]
     ForeignPidNamespace,
+    /// The segment's file belongs to another user. `/dev/shm` names are global: whoever creates
+    /// a name first decides what is in it, so by default a segment is only opened when its file
+    /// is owned by this process's effective uid. If that other user is trusted, opt in with
+    /// `allow_foreign_owner()` on the builder ([`SegmentBuilder::allow_foreign_owner`],
+    /// `RingBuilder::allow_foreign_owner`, `QueueBuilder::allow_foreign_owner`).
+    #[error(
+        "segment {name:?} is owned by uid {owner}, not by this process's uid {ours}; if that user is trusted, \
+         open it with `.allow_foreign_owner()` on the builder"
+    )]
+    ForeignOwner {
+        /// The segment's name or path.
+        name: String,
+        /// The uid that owns the segment's file.
+        owner: u32,
+        /// This process's effective uid.
+        ours: u32,
+    },
+    /// A file segment's path is a symbolic link. Links there are not followed (one planted at
+    /// the path could point the segment at any file the caller may write): give the file's own
+    /// path.
+    #[error(
+        "{0:?} is a symbolic link; ringpool does not follow a link at a segment's path (give the target's own path)"
+    )]
+    Symlink(PathBuf),
     /// A system call failed.
     #[error("{op} failed: {source}")]
     Os {
@@ -178,6 +212,7 @@ pub struct SegmentBuilder {
     mode: OpenMode,
     open_timeout: Duration,
     permissions: u32,
+    allow_foreign_owner: bool,
 }
 
 /// Pointer to the payload and its length, handed to a creator's initializer before the segment is
@@ -216,6 +251,7 @@ impl SegmentBuilder {
             mode: OpenMode::CreateNew,
             open_timeout: Duration::from_secs(2),
             permissions: 0o600,
+            allow_foreign_owner: false,
         }
     }
 
@@ -251,6 +287,15 @@ impl SegmentBuilder {
         self
     }
 
+    /// Opens named and file segments whose file is owned by another user. By default such a
+    /// segment is refused with [`SegmentError::ForeignOwner`]: `/dev/shm` names are global, and
+    /// whoever creates a name first controls the segment's contents. Opening a segment from a
+    /// descriptor ([`from_fd`](Self::from_fd)) is not checked: the descriptor was handed over.
+    pub fn allow_foreign_owner(mut self) -> Self {
+        self.allow_foreign_owner = true;
+        self
+    }
+
     /// Creates or opens (per [`mode`](Self::mode)) the named segment `/dev/shm/<name>`.
     /// `init` runs only if this call creates it, on zeroed memory, before anyone can open it.
     pub fn named(
@@ -281,7 +326,10 @@ impl SegmentBuilder {
         self.open_path_like(Backend::File(path.to_owned()), init, |create| {
             use std::os::unix::fs::OpenOptionsExt;
             let mut o = std::fs::OpenOptions::new();
-            o.read(true).write(true).mode(self.permissions);
+            // O_NOFOLLOW: a symbolic link planted at the path is refused, not followed (it could
+            // point the segment at any file the caller may write). O_CREAT | O_EXCL never
+            // follows one either. Links in the directories above the last component are followed.
+            o.read(true).write(true).mode(self.permissions).custom_flags(libc::O_NOFOLLOW);
             if create {
                 o.create_new(true);
             }
@@ -293,7 +341,8 @@ impl SegmentBuilder {
     /// descriptor of it does, is inherited by forked children, and can be passed to a re-executed
     /// one ([`Segment::fd`], [`SegmentBuilder::from_fd`]).
     pub fn anonymous(&self, init: impl FnOnce(&Uninit) -> Result<(), SegmentError>) -> Result<Segment, SegmentError> {
-        let fd = nix::sys::memfd::memfd_create(c"ringpool", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        use nix::sys::memfd::MFdFlags;
+        let fd = nix::sys::memfd::memfd_create(c"ringpool", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
             .map_err(SegmentError::os("memfd_create"))?;
         self.create_on(fd, Backend::Anonymous, init)
     }
@@ -318,7 +367,7 @@ impl SegmentBuilder {
             OpenMode::OpenExisting => match open(false) {
                 Ok(fd) => self.open_on(fd, backend),
                 Err(Errno::ENOENT) => Err(SegmentError::NotFound(label)),
-                Err(e) => Err(SegmentError::Os { op: "open", source: e }),
+                Err(e) => Err(open_error(&backend, e)),
             },
             OpenMode::CreateNew => match open(true) {
                 Ok(fd) => self.create_on(fd, backend, init),
@@ -329,7 +378,15 @@ impl SegmentBuilder {
                 // Another purger may recreate the name between our unlink and our create: retry a
                 // few times, then report the name as taken.
                 for _ in 0..8 {
-                    match unlink_backend(&backend) {
+                    // Unlink what is there under its inode lock (see `unlink_if_named`), so that
+                    // a creator dropping that segment meanwhile cannot remove ours instead.
+                    let purged = match open(false) {
+                        Ok(old) => unlink_if_named(old.as_fd(), &backend).map(drop),
+                        Err(Errno::ENOENT) => Ok(()),
+                        // Not openable (a symbolic link, say): nothing of ours to protect.
+                        Err(_) => unlink_backend(&backend),
+                    };
+                    match purged {
                         Ok(()) | Err(Errno::ENOENT) => {}
                         Err(e) => return Err(SegmentError::Os { op: "unlink", source: e }),
                     }
@@ -364,7 +421,7 @@ impl SegmentBuilder {
                             break;
                         }
                         Err(Errno::ENOENT) => continue,
-                        Err(e) => return Err(SegmentError::Os { op: "open", source: e }),
+                        Err(e) => return Err(open_error(&backend, e)),
                     }
                 }
                 match got {
@@ -401,14 +458,16 @@ impl SegmentBuilder {
         init: impl FnOnce(&Uninit) -> Result<(), SegmentError>,
     ) -> Result<Segment, SegmentError> {
         // From here on, any failure must remove what we created.
-        let result = self.create_inner(&fd, init);
+        let result = self.create_inner(&fd, matches!(backend, Backend::Anonymous), init);
         match result {
             Ok((map, fields)) => {
-                let ident = file_identity(fd.as_fd());
-                Ok(Segment { map, fd, backend, created_by: Some(current_pid()), unlink_on_drop: true, ident, fields })
+                Ok(Segment { map, fd, backend, created_by: Some(current_pid()), unlink_on_drop: true, fields })
             }
             Err(e) => {
-                let _ = unlink_backend(&backend);
+                // Only the file we created: a purger may already have put another under the name.
+                // Failing to unlink leaves a name that `PurgeAndCreate` recovers; the creation
+                // error is the one worth reporting.
+                let _ = unlink_if_named(fd.as_fd(), &backend);
                 Err(e)
             }
         }
@@ -417,6 +476,7 @@ impl SegmentBuilder {
     fn create_inner(
         &self,
         fd: &OwnedFd,
+        seal: bool,
         init: impl FnOnce(&Uninit) -> Result<(), SegmentError>,
     ) -> Result<(Mapping, HeaderFields), SegmentError> {
         let (page, payload_len, total) = self.layout()?;
@@ -430,6 +490,13 @@ impl SegmentBuilder {
             // Filesystems without fallocate: nothing reserved, but nothing wrong either.
             Err(Errno::EOPNOTSUPP) | Err(Errno::EINVAL) => {}
             Err(e) => return Err(SegmentError::Os { op: "posix_fallocate", source: e }),
+        }
+        if seal {
+            // A memfd's size is final from here on: any holder's ftruncate fails (EPERM) instead
+            // of leaving every mapper to die of SIGBUS on a page past the new end.
+            use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+            let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+            fcntl(fd, FcntlArg::F_ADD_SEALS(seals)).map_err(SegmentError::os("fcntl(F_ADD_SEALS)"))?;
         }
         let mirror_len = round_up(self.mirror_len as u64, page);
         let map = Mapping::new(fd.as_fd(), total as usize, (mirror_len > 0).then_some((total - mirror_len) as usize))
@@ -471,6 +538,7 @@ impl SegmentBuilder {
         // The creator may not have sized the file yet.
         let file_len = loop {
             let st = nix::sys::stat::fstat(&fd).map_err(SegmentError::os("fstat"))?;
+            self.check_owner(&backend, st.st_uid)?;
             let len = st.st_size as u64;
             if len >= page * 2 {
                 break len;
@@ -520,8 +588,33 @@ impl SegmentBuilder {
         let map_len = fields.payload_offset + fields.payload_len;
         let mirror = (fields.mirror_len > 0).then_some((map_len - fields.mirror_len) as usize);
         let map = Mapping::new(fd.as_fd(), map_len as usize, mirror).map_err(SegmentError::os("mmap"))?;
-        let ident = file_identity(fd.as_fd());
-        Ok(Segment { map, fd, backend, created_by: None, unlink_on_drop: false, ident, fields })
+        Ok(Segment { map, fd, backend, created_by: None, unlink_on_drop: false, fields })
+    }
+}
+
+impl SegmentBuilder {
+    /// Refuses a named or file segment owned by another user, unless the builder opted in.
+    fn check_owner(&self, backend: &Backend, owner: u32) -> Result<(), SegmentError> {
+        // SAFETY: geteuid takes no arguments, touches no memory and cannot fail.
+        let ours = unsafe { libc::geteuid() };
+        let name = match backend {
+            Backend::Named(n) => n.clone(),
+            Backend::File(p) => p.display().to_string(),
+            Backend::Anonymous => return Ok(()),
+        };
+        if owner == ours || self.allow_foreign_owner {
+            return Ok(());
+        }
+        Err(SegmentError::ForeignOwner { name, owner, ours })
+    }
+}
+
+/// The error for a failed open of an existing name: a symbolic link at a file segment's path is
+/// refused by name.
+fn open_error(backend: &Backend, e: Errno) -> SegmentError {
+    match (backend, e) {
+        (Backend::File(path), Errno::ELOOP) => SegmentError::Symlink(path.clone()),
+        _ => SegmentError::Os { op: "open", source: e },
     }
 }
 
@@ -536,8 +629,75 @@ fn ready_word(map: &Mapping) -> &AtomicU32 {
     unsafe { &*map.base().as_ptr().wrapping_add(READY_OFFSET).cast::<AtomicU32>() }
 }
 
-fn file_identity(fd: BorrowedFd<'_>) -> (u64, u64) {
-    nix::sys::stat::fstat(fd).map_or((0, 0), |st| (st.st_dev, st.st_ino))
+/// How long an unlinker waits for another one's inode lock before leaving the name alone. A
+/// holder keeps it for a stat and an unlink (a purger: an unlink), so only a stopped process
+/// holds it this long.
+const UNLINK_LOCK_WAIT: Duration = Duration::from_secs(1);
+
+/// Removes the name of `backend` if, and only if, it still refers to the file open as `fd`;
+/// answers whether it did.
+///
+/// There is no "unlink this inode" call, so unlinkers take turns: each holds an exclusive
+/// `flock` on the inode it means to unlink while it checks that the name refers to it and
+/// unlinks it (a dropping creator and a failed creation here, [`OpenMode::PurgeAndCreate`] on
+/// what it found). A purger that unlinked our file and made its own under the name held our
+/// inode's lock for the unlink; after it, the check here sees another inode and leaves the name.
+/// (Openers never lock; a process that unlinks by other means is not covered, nor is
+/// [`Segment::unlink`], which removes whatever has the name, as asked.)
+fn unlink_if_named(fd: BorrowedFd<'_>, backend: &Backend) -> Result<bool, Errno> {
+    let path = match backend {
+        Backend::Named(n) => Path::new("/dev/shm").join(n),
+        Backend::File(p) => p.clone(),
+        Backend::Anonymous => return Ok(false),
+    };
+    let _lock = InodeLock::exclusive(fd, UNLINK_LOCK_WAIT)?;
+    let ours = nix::sys::stat::fstat(fd)?;
+    let named = match nix::sys::stat::lstat(path.as_path()) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if (named.st_dev, named.st_ino) != (ours.st_dev, ours.st_ino) {
+        return Ok(false);
+    }
+    #[cfg(test)]
+    tests::hooks::before_unlink(backend);
+    unlink_backend(backend).map(|()| true)
+}
+
+/// An exclusive `flock` on a segment's inode, released on drop (see [`unlink_if_named`]).
+struct InodeLock<'a>(BorrowedFd<'a>);
+
+impl<'a> InodeLock<'a> {
+    fn exclusive(fd: BorrowedFd<'a>, wait: Duration) -> Result<InodeLock<'a>, Errno> {
+        use std::os::fd::AsRawFd;
+        let deadline = Deadline::after(wait);
+        loop {
+            // SAFETY: flock on a descriptor we borrow; it touches no memory.
+            let r = unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            match Errno::result(r) {
+                Ok(_) => return Ok(InodeLock(fd)),
+                Err(Errno::EWOULDBLOCK) => {
+                    #[cfg(test)]
+                    tests::hooks::contended();
+                    if deadline.passed() {
+                        return Err(Errno::EWOULDBLOCK);
+                    }
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Drop for InodeLock<'_> {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as in `exclusive`. Closing the descriptor would release it too.
+        let _ = unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
 }
 
 fn unlink_backend(backend: &Backend) -> Result<(), Errno> {
@@ -562,7 +722,6 @@ pub struct Segment {
     backend: Backend,
     created_by: Option<u32>,
     unlink_on_drop: bool,
-    ident: (u64, u64),
     fields: HeaderFields,
 }
 
@@ -643,25 +802,15 @@ impl Segment {
     pub fn exists(name: &str) -> bool {
         validate_name(name).is_ok() && Path::new("/dev/shm").join(name).exists()
     }
-
-    /// Whether the name still refers to this very segment (not a newer one made under the same
-    /// name after a purge).
-    fn name_is_ours(&self) -> bool {
-        let path = match &self.backend {
-            Backend::Named(n) => Path::new("/dev/shm").join(n),
-            Backend::File(p) => p.clone(),
-            Backend::Anonymous => return false,
-        };
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == self.ident)
-    }
 }
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        if self.unlink_on_drop && self.is_creator() && self.name_is_ours() {
-            // Nothing useful can be done about a failure here; never panic in Drop.
-            let _ = unlink_backend(&self.backend);
+        if self.unlink_on_drop && self.is_creator() {
+            // Only if the name still refers to this very segment (not a newer one made under the
+            // same name after a purge): see `unlink_if_named`. Nothing useful can be done about
+            // a failure here (the name stays, for `PurgeAndCreate`); never panic in Drop.
+            let _ = unlink_if_named(self.fd.as_fd(), &self.backend);
         }
         // `map` unmaps itself; `fd` closes itself.
     }

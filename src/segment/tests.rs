@@ -158,3 +158,93 @@ fn an_opener_racing_the_creator_waits_for_the_ready_word() {
     });
     assert!(!Segment::exists(&name));
 }
+
+/// Test hooks inside the unlink protocol (`unlink_if_named`).
+pub(super) mod hooks {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::Backend;
+
+    type Hook = Box<dyn FnOnce() + Send>;
+    static BEFORE_UNLINK: Mutex<Option<(String, Hook)>> = Mutex::new(None);
+    /// Times an unlinker found another one's inode lock held.
+    pub(in crate::segment) static CONTENDED: AtomicUsize = AtomicUsize::new(0);
+
+    /// Runs `f` (once) when an unlinker of the named segment `name` has checked that the name is
+    /// its own and is about to unlink it.
+    pub(in crate::segment) fn set_before_unlink(name: &str, f: Hook) {
+        *BEFORE_UNLINK.lock().unwrap_or_else(|p| p.into_inner()) = Some((name.to_owned(), f));
+    }
+
+    pub(in crate::segment) fn before_unlink(backend: &Backend) {
+        let Backend::Named(name) = backend else { return };
+        let hook = {
+            let mut slot = BEFORE_UNLINK.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.as_ref().is_some_and(|(n, _)| n == name) { slot.take() } else { None }
+        };
+        if let Some((_, f)) = hook {
+            f();
+        }
+    }
+
+    pub(in crate::segment) fn contended() {
+        CONTENDED.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A creator drops its segment while a purger replaces it: at the worst moment (the creator has
+/// checked that the name is its own and is about to unlink it) the purger runs. The purger's new
+/// segment must survive the old creator's drop.
+#[test]
+fn a_dropping_creator_never_unlinks_a_purgers_new_segment() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let name = unique("droprace");
+    let first = builder().named(&name, |_| Ok(())).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let purge_name = name.clone();
+    hooks::set_before_unlink(
+        &name,
+        Box::new(move || {
+            let before = hooks::CONTENDED.load(SeqCst);
+            let purger =
+                std::thread::spawn(move || builder().mode(OpenMode::PurgeAndCreate).named(&purge_name, |_| Ok(())));
+            // Until the purger is done, or waits for the inode lock that this unlinker holds.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !purger.is_finished() && hooks::CONTENDED.load(SeqCst) == before {
+                if std::time::Instant::now() > deadline {
+                    break; // reported by the test thread: the purger neither finished nor waited
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let _ = tx.send(purger);
+        }),
+    );
+    drop(first);
+    let purger = rx.recv_timeout(Duration::from_secs(30)).expect("the hook ran");
+    let second = purger.join().expect("purger thread").expect("purge and create");
+    assert!(second.is_creator());
+    assert!(Segment::exists(&name), "the old creator's drop unlinked the purger's new segment");
+    drop(second);
+    assert!(!Segment::exists(&name));
+}
+
+/// A creation that fails removes only the file it made.
+#[test]
+fn a_failed_creation_removes_only_its_own_file() {
+    let name = unique("failrace");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let e = builder()
+        .named(&name, |_| {
+            // While we initialize, someone purges the name and creates their own segment.
+            let theirs = builder().mode(OpenMode::PurgeAndCreate).named(&name, |_| Ok(()));
+            let _ = tx.send(theirs);
+            Err(SegmentError::InvalidSize("test"))
+        })
+        .unwrap_err();
+    assert!(matches!(e, SegmentError::InvalidSize("test")));
+    let theirs = rx.recv().unwrap().expect("their creation");
+    assert!(Segment::exists(&name), "our failed creation unlinked their segment");
+    drop(theirs);
+    assert!(!Segment::exists(&name));
+}

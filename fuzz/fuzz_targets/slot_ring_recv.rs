@@ -1,0 +1,4 @@
+//! Fuzz target: see `ringpool::__fuzz::slot_ring_recv`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ringpool::__fuzz::slot_ring_recv(data));
