@@ -782,17 +782,7 @@ mod tests {
     type V = [u32; 5];
 
     fn heap_queue(slots: u64) -> Queue<V> {
-        let (_, stride) = geometry::<V>();
-        let cfg = Config {
-            format: FORMAT_SLOTS,
-            max_members: 4,
-            capacity: slots,
-            stride,
-            item_size: std::mem::size_of::<V>() as u64,
-            data_offset: data_offset(),
-            ring_id: 1,
-        };
-        Queue { core: Core::on_heap(cfg), _t: PhantomData }
+        Queue::on_heap(slots).expect("a valid heap queue")
     }
 
     fn value(n: u32) -> V {
