@@ -265,6 +265,13 @@ impl Ring {
         (c.send.lock.holder(), c.recv.lock.holder())
     }
 
+    /// Test support: makes the send (or receive) lock look held by a dead process whose pid is
+    /// now `pid`'s, a live process (pid reuse).
+    #[doc(hidden)]
+    pub fn debug_forge_dead_owner(&self, send_side: bool, pid: u32) {
+        self.core.debug_forge_dead_owner(send_side, pid)
+    }
+
     /// The underlying segment's descriptor (for passing to a re-executed child).
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.core.segment_fd()

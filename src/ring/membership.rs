@@ -339,3 +339,24 @@ pub(super) fn child_exit() {
         core.release_all();
     }
 }
+
+impl Core {
+    /// Test support: makes one side's lock look held by a process that died, whose pid is now
+    /// `pid` (a live process: a member, or the caller itself). A member-table entry is forged for
+    /// the dead owner with `pid` and a start time no live process has.
+    pub(crate) fn debug_forge_dead_owner(&self, send_side: bool, pid: u32) {
+        let c = self.ctrl();
+        let max = self.cfg.max_members as usize;
+        for (i, m) in c.members.iter().enumerate().take(max) {
+            if m.pid.compare_exchange(0, CLAIMING, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                continue;
+            }
+            m.start_time.store(1, Ordering::Relaxed);
+            m.pid.store(pid, Ordering::Release);
+            c.membership.high_water.fetch_max(i as u32 + 1, Ordering::AcqRel);
+            let side = if send_side { &c.send } else { &c.recv };
+            side.lock.debug_force_owner(pid);
+            return;
+        }
+    }
+}

@@ -223,7 +223,6 @@ impl RobustMutex {
     }
 
     /// Forces the word to "held by `pid`" (test support: a dead owner without a dead process).
-    #[cfg(test)]
     pub(crate) fn debug_force_owner(&self, pid: u32) {
         self.word.store(pid & OWNER, Ordering::Release);
     }

@@ -1,0 +1,195 @@
+//! Locks and guards against the things a process cannot prevent: a guard that crosses a fork
+//! (here by a raw `fork`, as the safe API no longer lets one cross), a recycled pid in a lock word,
+//! a process killed in the middle of joining a ring, handles inherited through a plain `fork()`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{SharedCounters, spawn};
+use ringpool::queue::Queue;
+use ringpool::sync::{RobustMutex, TryLockError};
+use ringpool::{Process, Ring};
+
+/// The deadline of every wait that should end at once.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn me() -> u32 {
+    std::process::id()
+}
+
+// ----- guards across a fork ----------------------------------------------------------------------
+
+/// A raw-forked child commits the parent's reservation (a copy of the guard, in its copy of the
+/// parent's memory) while the parent still holds it: the child's commit must not touch the ring,
+/// the lock stays the parent's, and only the parent's commit publishes.
+#[test]
+fn write_guard_committed_in_a_forked_child_changes_nothing() {
+    let ring = Ring::builder().capacity(4096).anonymous().unwrap();
+    let tx = ring.sender().unwrap();
+    let rx = ring.receiver().unwrap();
+    let mut held = Some(tx.reserve(8).unwrap());
+    held.as_mut().unwrap().copy_from_slice(b"parent!!");
+    let slot = &mut held;
+    let child = spawn(move || {
+        if let Some(mut g) = slot.take() {
+            g.copy_from_slice(b"child!!!");
+            g.commit();
+        }
+        0
+    });
+    child.join(DEADLINE);
+    assert_eq!(ring.debug_lock_holders().0, Some(me()), "the send lock must still be the parent's");
+    assert!(tx.try_send(b"intruder").is_err(), "another send got in while the parent holds the lock");
+    assert!(rx.try_recv().is_err(), "the child's commit published a record");
+    held.take().unwrap().commit();
+    assert_eq!(rx.try_recv().unwrap(), b"parent!!");
+    assert!(rx.try_recv().is_err(), "one message was sent");
+    assert!(ring.is_empty());
+}
+
+/// The same with a lent message: the child's drop of its copy of the read guard must neither
+/// consume the message nor release the receive lock.
+#[test]
+fn read_guard_dropped_in_a_forked_child_changes_nothing() {
+    let ring = Ring::builder().capacity(4096).anonymous().unwrap();
+    let tx = ring.sender().unwrap();
+    let rx = ring.receiver().unwrap();
+    tx.send(b"one").unwrap();
+    tx.send(b"two").unwrap();
+    let mut held = Some(rx.recv_in_place().unwrap());
+    let slot = &mut held;
+    let child = spawn(move || {
+        drop(slot.take());
+        0
+    });
+    child.join(DEADLINE);
+    assert_eq!(ring.debug_lock_holders().1, Some(me()), "the receive lock must still be the parent's");
+    assert!(rx.try_recv().is_err(), "another receive got in while the parent holds the lock");
+    assert_eq!(&*held.take().unwrap(), b"one");
+    assert_eq!(rx.try_recv().unwrap(), b"two");
+    assert!(rx.try_recv().is_err());
+}
+
+/// The queue's slot guards, both sides.
+#[test]
+fn slot_guards_in_a_forked_child_change_nothing() {
+    let q = Queue::<u64>::builder().slots(8).anonymous().unwrap();
+    let tx = q.sender().unwrap();
+    let rx = q.receiver().unwrap();
+
+    let mut held = Some(tx.reserve().unwrap());
+    **held.as_mut().unwrap() = 5;
+    let slot = &mut held;
+    let child = spawn(move || {
+        if let Some(mut w) = slot.take() {
+            *w = 7;
+            w.commit();
+        }
+        0
+    });
+    child.join(DEADLINE);
+    assert!(tx.try_send(9).is_err(), "another send got in while the parent holds the send lock");
+    assert!(rx.try_recv().is_err(), "the child's commit published a value");
+    held.take().unwrap().commit();
+    assert_eq!(rx.try_recv().unwrap(), 5);
+    assert!(rx.try_recv().is_err());
+
+    tx.send(1).unwrap();
+    tx.send(2).unwrap();
+    let mut lent = Some(rx.recv_in_place().unwrap());
+    let slot = &mut lent;
+    let child = spawn(move || {
+        drop(slot.take());
+        0
+    });
+    child.join(DEADLINE);
+    assert!(rx.try_recv().is_err(), "another receive got in while the parent holds the receive lock");
+    assert_eq!(**lent.as_ref().unwrap(), 1);
+    drop(lent.take());
+    assert_eq!(rx.try_recv().unwrap(), 2);
+    assert!(rx.try_recv().is_err());
+}
+
+/// A `RobustMutex` in shared memory, locked by the parent; a raw-forked child drops its copy of the
+/// guard: the lock stays held by the parent.
+#[test]
+fn robust_mutex_guard_dropped_in_a_forked_child_keeps_the_lock() {
+    let mem = SharedCounters::new(1);
+    // SAFETY: an 8-aligned, zeroed word of shared memory that lives as long as `mem`; a zeroed
+    // RobustMutex (one AtomicU32) is an unlocked mutex, and it is only used through atomics.
+    let m: &RobustMutex = unsafe { &*(mem.get(0) as *const _ as *const RobustMutex) };
+    let mut held = Some(m.try_lock().unwrap());
+    let slot = &mut held;
+    let child = spawn(move || {
+        drop(slot.take());
+        // The parent still holds the lock: the child must not get it.
+        match m.try_lock() {
+            Err(TryLockError::WouldBlock) => 0,
+            _ => 1,
+        }
+    });
+    child.join(DEADLINE);
+    assert!(m.holder().is_some(), "the child's drop released the parent's lock");
+    assert_eq!(m.try_lock().unwrap_err(), TryLockError::WouldBlock);
+    drop(held.take());
+    assert_eq!(m.holder(), None);
+    drop(m.try_lock().unwrap());
+}
+
+// ----- a recycled pid in a lock word --------------------------------------------------------------
+
+/// The send lock's owner died and its pid now belongs to a live member (the parent, which holds
+/// a receiver): a sender in a child must take the lock over, not wait for ever.
+#[test]
+fn dead_owner_whose_pid_a_live_member_now_has_is_taken_over() {
+    let ring = Ring::builder().capacity(4096).anonymous().unwrap();
+    let rx = ring.receiver().unwrap();
+    let parent = me();
+    let r = ring.clone();
+    let child = spawn(move || {
+        let tx = r.sender().unwrap();
+        r.debug_forge_dead_owner(true, parent);
+        match tx.send_timeout(b"through", Duration::from_secs(10)) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("send behind a dead owner with a reused pid: {e}");
+                1
+            }
+        }
+    });
+    child.join(DEADLINE);
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), b"through");
+    assert!(ring.stats().send_recoveries >= 1);
+}
+
+/// The dead owner's pid is now the caller's own: both sides, in turn.
+#[test]
+fn dead_owner_whose_pid_the_caller_now_has_is_taken_over() {
+    let ring = Ring::builder().capacity(4096).anonymous().unwrap();
+    let r = ring.clone();
+    let child = spawn(move || {
+        let tx = r.sender().unwrap();
+        let rx = r.receiver().unwrap();
+        r.debug_forge_dead_owner(true, me());
+        if let Err(e) = tx.send_timeout(b"mine", Duration::from_secs(10)) {
+            eprintln!("send behind a dead owner with the caller's pid: {e}");
+            return 1;
+        }
+        r.debug_forge_dead_owner(false, me());
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(m) if m == b"mine" => 0,
+            Ok(_) => 2,
+            Err(e) => {
+                eprintln!("receive behind a dead owner with the caller's pid: {e}");
+                3
+            }
+        }
+    });
+    child.join(DEADLINE);
+    let st = ring.stats();
+    assert!(st.send_recoveries >= 1 && st.recv_recoveries >= 1, "{st:?}");
+}
+
+#[allow(dead_code)]
+fn _uses(_: Process) {}
