@@ -262,7 +262,7 @@ impl Ring {
     #[doc(hidden)]
     pub fn debug_lock_holders(&self) -> (Option<u32>, Option<u32>) {
         let c = self.core.ctrl();
-        (c.send.lock.holder(), c.recv.lock.holder())
+        (self.core.lock_holder_pid(&c.send.lock), self.core.lock_holder_pid(&c.recv.lock))
     }
 
     /// Test support: makes the send (or receive) lock look held by a dead process whose pid is
@@ -511,6 +511,10 @@ impl WriteGuard<'_> {
 
     /// Publishes only the first `len` bytes (at most the reserved length).
     pub fn commit_len(mut self, len: usize) {
+        if !self.guard.as_ref().is_some_and(|g| g.held_here()) {
+            // A copy of the guard in a forked child: the lock and the ring are the parent's.
+            return;
+        }
         let len = len.min(self.len);
         let core = &*self.sender.core;
         let c = core.ctrl();
@@ -752,6 +756,10 @@ impl std::ops::Deref for ReadGuard<'_> {
 
 impl Drop for ReadGuard<'_> {
     fn drop(&mut self) {
+        if !self.guard.as_ref().is_some_and(|g| g.held_here()) {
+            // A copy of the guard in a forked child: the lock and the ring are the parent's.
+            return;
+        }
         let core = &*self.receiver.core;
         let c = core.ctrl();
         c.head.store(self.head + record_size(self.len), Ordering::Release);
