@@ -44,7 +44,7 @@ pub(super) fn check_alone() -> Result<(), StartError> {
 
 /// Forks a child that runs `f`. `kind` says whether the caller checked that it is the only thread
 /// ([`Kind::Forked`]) or took responsibility for the other threads ([`Kind::ForkedUnchecked`]).
-pub(super) fn fork(b: ProcessBuilder, f: Box<dyn FnOnce() + '_>, kind: Kind) -> Result<Process, StartError> {
+pub(super) fn fork(b: ProcessBuilder, f: Box<dyn FnOnce() + 'static>, kind: Kind) -> Result<Process, StartError> {
     wait::sweep();
     child::install_hook();
     let id = Box::new(current::next_child(b.name));

@@ -194,7 +194,7 @@ impl ProcessBuilder {
     ///
     /// Refuses with [`StartError::Threaded`] when the process runs other threads: see the
     /// [module docs](self#two-ways-to-start-a-process-fork-and-spawn).
-    pub fn fork<F: FnOnce()>(self, f: F) -> Result<Process, StartError> {
+    pub fn fork<F: FnOnce() + 'static>(self, f: F) -> Result<Process, StartError> {
         fork::check_alone()?;
         fork::fork(self, Box::new(f), child::Kind::Forked)
     }
@@ -210,7 +210,7 @@ impl ProcessBuilder {
     /// one. The global allocator must be fork-safe (the system allocator, glibc's malloc, is).
     /// ringpool's own steps in the child are safe in this setting (see `SAFETY.md`). POSIX calls
     /// anything beyond async-signal-safe functions in such a child undefined.
-    pub unsafe fn fork_unchecked<F: FnOnce()>(self, f: F) -> Result<Process, StartError> {
+    pub unsafe fn fork_unchecked<F: FnOnce() + 'static>(self, f: F) -> Result<Process, StartError> {
         fork::fork(self, Box::new(f), child::Kind::ForkedUnchecked)
     }
 
@@ -308,7 +308,21 @@ impl Process {
     /// Forks a child that runs `f`, with the default options: `ProcessBuilder::new().fork(f)`.
     /// See [`ProcessBuilder::fork`]; in a program that runs other threads this answers
     /// [`StartError::Threaded`].
-    pub fn start<F: FnOnce()>(f: F) -> Result<Process, StartError> {
+    ///
+    /// The closure is `'static`: it cannot borrow from the parent, so no lock guard
+    /// ([`WriteGuard`](crate::ring::WriteGuard), [`ReadGuard`](crate::ring::ReadGuard), the queue's
+    /// slot guards, [`RobustMutexGuard`](crate::sync::RobustMutexGuard)) borrowed from a handle
+    /// can cross into the child. (A guard that crosses anyway, through a raw `fork()` or a leaked
+    /// handle, is inert in the child: it unlocks and publishes nothing.)
+    ///
+    /// ```compile_fail,E0597
+    /// let ring = ringpool::Ring::builder().anonymous().unwrap();
+    /// let tx = ring.sender().unwrap();
+    /// let guard = tx.reserve(8).unwrap();
+    /// // Refused: the guard borrows `tx`, and the child's closure must be 'static.
+    /// let child = ringpool::Process::start(move || guard.commit());
+    /// ```
+    pub fn start<F: FnOnce() + 'static>(f: F) -> Result<Process, StartError> {
         ProcessBuilder::new().fork(f)
     }
 

@@ -24,7 +24,9 @@ use super::error::{Broken, Fail};
 use super::membership::Local;
 use super::wait::Wait;
 use crate::segment::Segment;
-use crate::sync::{Deadline, EventCount, OwnerToken, RobustMutexGuard, SpinPolicy, Spinner, store_load_barrier_after_rmw};
+use crate::sync::{
+    Deadline, EventCount, OwnerToken, RobustMutexGuard, SpinPolicy, Spinner, store_load_barrier_after_rmw,
+};
 
 /// Which side a handle is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -96,7 +96,8 @@ impl Core {
             self.register_slow(me)?;
         }
         // Written before `local.pid` (Release) by whichever thread registered.
-        OwnerToken::new(self.local.token.load(Ordering::Relaxed)).ok_or(JoinError::TooManyMembers(self.cfg.max_members as usize))
+        OwnerToken::new(self.local.token.load(Ordering::Relaxed))
+            .ok_or(JoinError::TooManyMembers(self.cfg.max_members as usize))
     }
 
     #[cold]

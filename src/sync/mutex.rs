@@ -464,7 +464,8 @@ mod tests {
         let a = OwnerToken::new(7).unwrap();
         let b = OwnerToken::new(8).unwrap();
         let stale = m.try_lock_as(a).unwrap();
-        let mut g = m.lock_as(b, SpinPolicy::park(), Some(Deadline::after(Duration::from_secs(5))), |t| t != 7).unwrap();
+        let mut g =
+            m.lock_as(b, SpinPolicy::park(), Some(Deadline::after(Duration::from_secs(5))), |t| t != 7).unwrap();
         assert!(g.owner_died());
         g.mark_consistent();
         // The owner judged dead unlocks after all: the word is b's and stays so.
