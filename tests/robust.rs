@@ -192,5 +192,33 @@ fn dead_owner_whose_pid_the_caller_now_has_is_taken_over() {
     assert!(st.send_recoveries >= 1 && st.recv_recoveries >= 1, "{st:?}");
 }
 
-#[allow(dead_code)]
-fn _uses(_: Process) {}
+// ----- member-table entries left in transition ---------------------------------------------------
+
+/// A process killed while joining (or while reaping a dead member) leaves its member-table entry
+/// in transition. With a table of two entries, one held by the parent and the other left so by a
+/// dead process, a new member must still get in (the dead process's entry is reclaimed), and the
+/// entry's phantom sender must not keep the receivers waiting.
+#[test]
+fn entries_left_in_transition_by_a_dead_process_are_reclaimed() {
+    // A pid that no process has (its child just ended and was reaped).
+    let dead = spawn(|| 0);
+    let dead_pid = dead.pid.as_raw() as u32;
+    dead.join(DEADLINE);
+    for claiming in [true, false] {
+        let ring = Ring::builder().capacity(4096).max_members(2).anonymous().unwrap();
+        let rx = ring.receiver().unwrap();
+        ring.debug_forge_transient(claiming, dead_pid);
+        let r = ring.clone();
+        let child = spawn(move || match r.sender() {
+            Ok(tx) => i32::from(tx.send(b"in").is_err()),
+            Err(e) => {
+                eprintln!("join with an entry left in transition (claiming: {claiming}): {e}");
+                2
+            }
+        });
+        child.join(DEADLINE);
+        assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), b"in");
+        // The child has ended: no sender is left, the phantom one included.
+        assert!(matches!(rx.recv_timeout(DEADLINE), Err(ringpool::ring::RecvTimeoutError::Disconnected)));
+    }
+}

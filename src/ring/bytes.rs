@@ -272,6 +272,13 @@ impl Ring {
         self.core.debug_forge_dead_owner(send_side, pid)
     }
 
+    /// Test support: leaves a member-table entry in transition by process `pid` (joining when
+    /// `claiming`, else being reaped), as a process killed in the middle would.
+    #[doc(hidden)]
+    pub fn debug_forge_transient(&self, claiming: bool, pid: u32) {
+        self.core.debug_forge_transient(claiming, pid)
+    }
+
     /// The underlying segment's descriptor (for passing to a re-executed child).
     pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.core.segment_fd()

@@ -444,4 +444,19 @@ impl Core {
             return;
         }
     }
+
+    /// Test support: leaves a free member-table entry in transition (joining when `claiming`,
+    /// else being reaped) by process `pid`, holding one sender, as a process killed in the middle
+    /// would.
+    pub(crate) fn debug_forge_transient(&self, claiming: bool, pid: u32) {
+        let c = self.ctrl();
+        let state = if claiming { CLAIMING } else { REAPING } | (pid & !TRANSIENT);
+        for (i, m) in c.members.iter().enumerate().take(self.cfg.max_members as usize) {
+            if m.pid.compare_exchange(0, state, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                m.senders.store(1, Ordering::Relaxed);
+                c.membership.high_water.fetch_max(i as u32 + 1, Ordering::AcqRel);
+                return;
+            }
+        }
+    }
 }
