@@ -4,12 +4,14 @@
 
 mod common;
 
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use common::{SharedCounters, spawn};
+use ringpool::Ring;
 use ringpool::queue::Queue;
+use ringpool::ring::{RecvTimeoutError, TryRecvError};
 use ringpool::sync::{RobustMutex, TryLockError};
-use ringpool::{Process, Ring};
 
 /// The deadline of every wait that should end at once.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -221,4 +223,45 @@ fn entries_left_in_transition_by_a_dead_process_are_reclaimed() {
         // The child has ended: no sender is left, the phantom one included.
         assert!(matches!(rx.recv_timeout(DEADLINE), Err(ringpool::ring::RecvTimeoutError::Disconnected)));
     }
+}
+
+// ----- handles inherited through a plain fork() ---------------------------------------------------
+
+/// Waits until `word` is nonzero; false after `timeout`.
+fn wait_flag(word: &std::sync::atomic::AtomicU64, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while word.load(Ordering::Acquire) == 0 {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+/// A child made by a raw `fork()` (not `Process`) inherits the parent's sender without using it.
+/// Once the child runs, the parent drops its own sender: the receiver must still see a sender
+/// (the child's, registered at the fork), not a disconnected ring; the child then sends through it.
+#[test]
+fn handles_inherited_through_a_raw_fork_are_registered_in_the_child() {
+    let ring = Ring::builder().capacity(4096).anonymous().unwrap();
+    let tx = ring.sender().unwrap();
+    let rx = ring.receiver().unwrap();
+    let flags = SharedCounters::new(2);
+    let f = &flags;
+    let child = spawn(move || {
+        f.get(0).store(1, Ordering::Release);
+        if !wait_flag(f.get(1), DEADLINE) {
+            return 1;
+        }
+        i32::from(tx.send(b"from the child").is_err()) * 2
+    });
+    assert!(wait_flag(flags.get(0), DEADLINE), "the child did not start");
+    // The test's copy of the closure (and of `tx`) went with `spawn`; the parent has no sender
+    // of its own now: only the child's inherited one is left.
+    assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)), "the child's inherited sender is not counted");
+    flags.get(1).store(1, Ordering::Release);
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), b"from the child");
+    child.join(DEADLINE);
+    assert!(matches!(rx.recv_timeout(DEADLINE), Err(RecvTimeoutError::Disconnected)));
 }

@@ -107,6 +107,17 @@ pub use current::{CurrentProcess, current_process, exit};
 pub use spawn::MAX_SPAWN_ARG;
 pub use status::{ExitStatus, JoinError, SignalError, StartError};
 
+/// In a child made by a plain `fork()` that is about to `exec` another image (for instance in a
+/// `std::process::Command::pre_exec` closure): gives up the ring memberships the child took over
+/// at the fork, so that the new image does not count as a member of the parent's rings for as
+/// long as it runs. Children started by [`Process`] (forked or spawned) need no such call.
+///
+/// Makes only atomic operations on the rings' shared memory and futex wake-ups: callable between
+/// `fork` and `exec` in a child of a threaded parent.
+pub fn before_exec() {
+    crate::sys::atfork::child_exit();
+}
+
 use crate::sync::{Deadline, current_pid};
 use crate::sys::Errno;
 

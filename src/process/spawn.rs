@@ -340,9 +340,12 @@ fn spawn_as(
     // calls are allowed. It makes only system calls (fcntl, prctl, getppid, kill) and reads the
     // vector captured here, allocated by the parent; it allocates nothing and takes no lock.
     unsafe { cmd.pre_exec(move || before_exec(&keep, expected_parent)) };
-    let child = cmd.spawn().map_err(|e| StartError::Os { op: "spawn /proc/self/exe", source: io_errno(e) })?;
+    // The child executes a new image at once: it must not join the rings whose handles the parent
+    // holds (the at-fork hooks run around the fork inside `spawn`), or it would count as a member
+    // for as long as the new image runs.
+    let child = crate::sys::atfork::with_inherit(crate::sys::atfork::Inherit::Forget, || cmd.spawn())
+        .map_err(|e| StartError::Os { op: "spawn /proc/self/exe", source: io_errno(e) })?;
     drop(write_end);
-    // No at-fork hooks here: the child executes a new image at once, so it inherits no ring handle.
     let mut p = Process::new(child.id(), id.name, StartMethod::Spawn, read_end);
     p.await_start()?;
     Ok(p)

@@ -411,12 +411,11 @@ pub(super) fn fork_child_forgetting(all: &[Weak<Core>]) {
 }
 
 /// In a forked child about to `_exit`: give up every membership at once.
+/// Allocates nothing (it may run between `fork` and `exec`): the list is walked under its lock,
+/// which no code holds while it drops a mapping.
 pub(super) fn child_exit() {
-    let all = match ALL_CORES.try_lock() {
-        Ok(all) => all.iter().filter_map(Weak::upgrade).collect::<Vec<_>>(),
-        Err(_) => return,
-    };
-    for core in all {
+    let Ok(all) = ALL_CORES.try_lock() else { return };
+    for core in all.iter().filter_map(Weak::upgrade) {
         core.release_all();
     }
 }
