@@ -364,7 +364,7 @@ impl Process {
             if reports.started || reports.refused.is_some() || reports.closed {
                 break;
             }
-            if self.reap_with(|pid, _| wait::try_reap(pid)).is_err() || self.state != State::Running {
+            if self.reap_with(wait::try_reap).is_err() || self.state != State::Running {
                 break;
             }
             if deadline.passed() {
@@ -415,7 +415,7 @@ impl Process {
         if self.state == State::Running && !self.is_ours() {
             return crate::sync::liveness::is_alive(self.pid, 0);
         }
-        if self.reap_with(|pid, _| wait::try_reap(pid)).is_err() {
+        if self.reap_with(wait::try_reap).is_err() {
             self.state = State::Lost;
         }
         self.state == State::Running
@@ -424,7 +424,7 @@ impl Process {
     /// Waits for the child to end, however long it takes, and reaps it. Answers the exit status, or
     /// [`JoinError::Panicked`] if the child panicked. Can be called again: it answers the same.
     pub fn join(&mut self) -> Result<ExitStatus, JoinError> {
-        self.reap_with(|pid, _| wait::reap_blocking(pid).map(Some))?;
+        self.reap_with(|pid, pidfd| wait::reap_blocking(pid, pidfd).map(Some))?;
         self.outcome()
     }
 
@@ -442,7 +442,7 @@ impl Process {
 
     /// [`join`](Self::join) without waiting: `Ok(None)` while the child runs.
     pub fn try_join(&mut self) -> Result<Option<ExitStatus>, JoinError> {
-        self.reap_with(|pid, _| wait::try_reap(pid))?;
+        self.reap_with(wait::try_reap)?;
         if self.state == State::Running {
             return Ok(None);
         }
@@ -547,7 +547,7 @@ impl Drop for Process {
     /// Kills a child that still runs and reaps it, waiting at most [`DROP_REAP_WAIT`]. Never blocks
     /// longer, never panics. In a process that did not start the child, does nothing.
     fn drop(&mut self) {
-        if self.is_ours() && self.reap_with(|pid, _| wait::try_reap(pid)).is_ok() && self.state == State::Running {
+        if self.is_ours() && self.reap_with(wait::try_reap).is_ok() && self.state == State::Running {
             let _ = self.kill();
             self.reap_for_drop();
         }
