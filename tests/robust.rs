@@ -265,3 +265,46 @@ fn handles_inherited_through_a_raw_fork_are_registered_in_the_child() {
     child.join(DEADLINE);
     assert!(matches!(rx.recv_timeout(DEADLINE), Err(RecvTimeoutError::Disconnected)));
 }
+
+// ----- the spawn entry point in a set-user-ID program -----------------------------------------------
+
+/// A set-user-ID copy of this very test binary (it links ringpool, so its spawn constructor runs
+/// before `main`) is started with a spawn request in its environment: it must refuse the request
+/// because it runs in secure-execution mode, not act on it. Needs root (to make a set-user-ID
+/// binary of another user) and a temp directory mounted without `nosuid`; skipped otherwise.
+#[test]
+fn a_set_user_id_program_refuses_the_spawn_request() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to make a set-user-ID binary");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("rp-test-secure-{}", me()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).unwrap();
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.join("setuid-copy");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    // Owned by "nobody", set-user-ID: run by root, the real and effective uids differ.
+    std::os::unix::fs::chown(&exe, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args(["--exact", "no-such-test"]).env("RINGPOOL_SPAWN", "v1;exe=1,2,3,4,5;anchor=0;tramp=0;entry=0;fd=2");
+    let out = common::run_with_deadline(&mut cmd, DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() && !stderr.contains("ringpool") {
+        // The kernel did not grant the set-user-ID bit (a nosuid mount, or no AT_SECURE).
+        eprintln!("skipped: the copy did not run set-user-ID ({stderr})");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(127), "{stderr}");
+    assert!(stderr.contains("secure-execution"), "the request was looked at, not refused: {stderr}");
+}
