@@ -75,7 +75,9 @@ fn waitid_pidfd(pidfd: BorrowedFd<'_>, flags: i32) -> Result<Option<i32>, Errno>
             Err(e) => return Err(e),
         }
         // SAFETY: waitid filled `info` for a child-state change (SIGCHLD layout), or left it zeroed.
-        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        let pid = unsafe { info.si_pid() };
+        // SAFETY: as above.
+        let status = unsafe { info.si_status() };
         if pid == 0 {
             return Ok(None);
         }
