@@ -106,13 +106,17 @@ pub struct RobustMutex {
 #[derive(Debug)]
 pub struct RobustMutexGuard<'a> {
     mutex: &'a RobustMutex,
-    /// The token the word holds for us.
-    token: u32,
+    /// The token the word holds for us (below 2^30), with [`RECOVERED`] and [`CONSISTENT`] in the
+    /// two bits above it (one word: the guard stays two words, as it is returned on every lock).
+    state: u32,
     /// The process that took the lock: a copy of the guard elsewhere (a forked child) is inert.
     pid: u32,
-    recovered: bool,
-    consistent: bool,
 }
+
+/// Guard state bit: the previous owner died holding the lock.
+const RECOVERED: u32 = 1 << 31;
+/// Guard state bit: the protected state is consistent (unlock, don't poison).
+const CONSISTENT: u32 = 1 << 30;
 
 impl RobustMutex {
     /// An unlocked mutex.
@@ -321,19 +325,21 @@ impl RobustMutex {
 }
 
 impl<'a> RobustMutexGuard<'a> {
+    #[inline(always)]
     fn new(mutex: &'a RobustMutex, token: u32, recovered: bool) -> Self {
-        RobustMutexGuard { mutex, token, pid: current_pid(), recovered, consistent: !recovered }
+        let flags = if recovered { RECOVERED } else { CONSISTENT };
+        RobustMutexGuard { mutex, state: (token & OWNER) | flags, pid: current_pid() }
     }
 
     /// True if the previous owner died holding the lock: the protected state may be half-changed.
     /// Repair it, then call [`mark_consistent`](Self::mark_consistent).
     pub fn owner_died(&self) -> bool {
-        self.recovered
+        self.state & RECOVERED != 0
     }
 
     /// Declares the protected state repaired. Without this, a recovered lock is poisoned on unlock.
     pub fn mark_consistent(&mut self) {
-        self.consistent = true;
+        self.state |= CONSISTENT;
     }
 
     /// Whether this guard is in the process that took the lock. A copy of a guard in a forked
@@ -351,11 +357,13 @@ impl<'a> RobustMutexGuard<'a> {
 }
 
 impl Drop for RobustMutexGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         if !self.held_here() {
             return;
         }
-        if self.consistent { self.mutex.unlock_as(self.token) } else { self.mutex.poison_as(self.token) }
+        let token = self.state & OWNER;
+        if self.state & CONSISTENT != 0 { self.mutex.unlock_as(token) } else { self.mutex.poison_as(token) }
     }
 }
 
