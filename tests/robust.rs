@@ -292,7 +292,12 @@ fn a_set_user_id_program_refuses_the_spawn_request() {
     let _cleanup = Cleanup(dir.clone());
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let exe = dir.join("setuid-copy");
-    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    {
+        // No test forks while the copy is open for writing: a forked child would hold the
+        // descriptor, and executing the copy would fail with ETXTBSY.
+        let _no_forks = common::FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    }
     // Owned by "nobody", set-user-ID: run by root, the real and effective uids differ.
     std::os::unix::fs::chown(&exe, Some(65534), Some(65534)).unwrap();
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o4755)).unwrap();
