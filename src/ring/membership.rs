@@ -459,3 +459,24 @@ impl Core {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_name_entry_and_generation_and_stay_valid() {
+        // Generations never reach 0 or GEN_MASK, so every token is a valid, unpoisoned owner.
+        assert_eq!(next_generation(0), 1);
+        assert_eq!(next_generation(GEN_MASK - 2), GEN_MASK - 1);
+        assert_eq!(next_generation(GEN_MASK - 1), 1, "wraps past the largest");
+        assert_eq!(next_generation(u32::MAX), 1, "garbage in the shared word");
+        let last = token_of(MAX_MEMBERS - 1, GEN_MASK - 1).unwrap();
+        assert_eq!(last.get(), OwnerToken::MAX);
+        assert_eq!(token_parts(last.get()), (MAX_MEMBERS - 1, GEN_MASK - 1));
+        assert!(token_of(MAX_MEMBERS, 1).is_none());
+        let t = token_of(3, 7).unwrap();
+        assert_eq!(token_parts(t.get()), (3, 7));
+        assert_ne!(t, token_of(3, 8).unwrap(), "a new claim of the entry is a new owner");
+    }
+}
