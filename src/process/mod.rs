@@ -205,6 +205,10 @@ impl ProcessBuilder {
     ///
     /// Refuses with [`StartError::Threaded`] when the process runs other threads: see the
     /// [module docs](self#two-ways-to-start-a-process-fork-and-spawn).
+    ///
+    /// `f` is `'static`: nothing it captures borrows from the parent, so no lock guard of a ring,
+    /// a queue or a [`RobustMutex`](crate::sync::RobustMutex) can cross into the child (see
+    /// [`Process::start`]).
     pub fn fork<F: FnOnce() + 'static>(self, f: F) -> Result<Process, StartError> {
         fork::check_alone()?;
         fork::fork(self, Box::new(f), child::Kind::Forked)
