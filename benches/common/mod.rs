@@ -87,7 +87,7 @@ impl Peer {
         cpu: Option<usize>,
         reply_spin: SpinPolicy,
         announce_ready: bool,
-        mut work: impl FnMut(u64) -> u64,
+        mut work: impl FnMut(u64) -> u64 + 'static,
     ) -> Peer {
         let name = name.into();
         let command_queue = Queue::<u64>::builder().slots(16).anonymous().expect("command queue");

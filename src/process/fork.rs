@@ -3,10 +3,10 @@
 //!
 //! ```text
 //! parent                                   child
-//! atfork::prepare()
+//! atfork::Forking::begin()       (the at-fork handlers run inside fork())
 //! lock stdout, flush; lock stderr
-//! fork() ---------------------------------> Prepared::in_child()         (first thing)
-//! Prepared::in_parent()                    unlock stderr, stdout
+//! fork() ---------------------------------> Forking::in_child()          (first thing)
+//! Forking::in_parent()                     unlock stderr, stdout
 //! unlock stderr, stdout                    PR_SET_PDEATHSIG, getppid check
 //! wait for "started" (or the child's end)  identity, report channel
 //!                          <-------------- "started"
@@ -44,7 +44,7 @@ pub(super) fn check_alone() -> Result<(), StartError> {
 
 /// Forks a child that runs `f`. `kind` says whether the caller checked that it is the only thread
 /// ([`Kind::Forked`]) or took responsibility for the other threads ([`Kind::ForkedUnchecked`]).
-pub(super) fn fork(b: ProcessBuilder, f: Box<dyn FnOnce() + '_>, kind: Kind) -> Result<Process, StartError> {
+pub(super) fn fork(b: ProcessBuilder, f: Box<dyn FnOnce() + 'static>, kind: Kind) -> Result<Process, StartError> {
     wait::sweep();
     child::install_hook();
     let id = Box::new(current::next_child(b.name));
@@ -53,7 +53,7 @@ pub(super) fn fork(b: ProcessBuilder, f: Box<dyn FnOnce() + '_>, kind: Kind) -> 
     let parent = current_pid();
     let expected_parent = b.die_with_parent.then_some(parent);
 
-    let guard = atfork::prepare();
+    let guard = atfork::Forking::begin(if b.keep_ring_handles { Inherit::Keep } else { Inherit::Forget });
     // Held across the fork, so that in the child they are held by the child's own (only) thread,
     // not by a thread that does not exist there; flushed, so the child does not print the parent's
     // buffered output again.
@@ -70,7 +70,7 @@ pub(super) fn fork(b: ProcessBuilder, f: Box<dyn FnOnce() + '_>, kind: Kind) -> 
     let forked = unsafe { nix::unistd::fork() };
     match forked {
         Ok(ForkResult::Child) => {
-            guard.in_child(if b.keep_ring_handles { Inherit::Keep } else { Inherit::Forget });
+            guard.in_child();
             drop(err);
             drop(out);
             drop(read_end);

@@ -107,6 +107,17 @@ pub use current::{CurrentProcess, current_process, exit};
 pub use spawn::MAX_SPAWN_ARG;
 pub use status::{ExitStatus, JoinError, SignalError, StartError};
 
+/// In a child made by a plain `fork()` that is about to `exec` another image (for instance in a
+/// `std::process::Command::pre_exec` closure): gives up the ring memberships the child took over
+/// at the fork, so that the new image does not count as a member of the parent's rings for as
+/// long as it runs. Children started by [`Process`] (forked or spawned) need no such call.
+///
+/// Makes only atomic operations on the rings' shared memory and futex wake-ups: callable between
+/// `fork` and `exec` in a child of a threaded parent.
+pub fn before_exec() {
+    crate::sys::atfork::child_exit();
+}
+
 use crate::sync::{Deadline, current_pid};
 use crate::sys::Errno;
 
@@ -194,7 +205,11 @@ impl ProcessBuilder {
     ///
     /// Refuses with [`StartError::Threaded`] when the process runs other threads: see the
     /// [module docs](self#two-ways-to-start-a-process-fork-and-spawn).
-    pub fn fork<F: FnOnce()>(self, f: F) -> Result<Process, StartError> {
+    ///
+    /// `f` is `'static`: nothing it captures borrows from the parent, so no lock guard of a ring,
+    /// a queue or a [`RobustMutex`](crate::sync::RobustMutex) can cross into the child (see
+    /// [`Process::start`]).
+    pub fn fork<F: FnOnce() + 'static>(self, f: F) -> Result<Process, StartError> {
         fork::check_alone()?;
         fork::fork(self, Box::new(f), child::Kind::Forked)
     }
@@ -210,7 +225,7 @@ impl ProcessBuilder {
     /// one. The global allocator must be fork-safe (the system allocator, glibc's malloc, is).
     /// ringpool's own steps in the child are safe in this setting (see `SAFETY.md`). POSIX calls
     /// anything beyond async-signal-safe functions in such a child undefined.
-    pub unsafe fn fork_unchecked<F: FnOnce()>(self, f: F) -> Result<Process, StartError> {
+    pub unsafe fn fork_unchecked<F: FnOnce() + 'static>(self, f: F) -> Result<Process, StartError> {
         fork::fork(self, Box::new(f), child::Kind::ForkedUnchecked)
     }
 
@@ -308,7 +323,21 @@ impl Process {
     /// Forks a child that runs `f`, with the default options: `ProcessBuilder::new().fork(f)`.
     /// See [`ProcessBuilder::fork`]; in a program that runs other threads this answers
     /// [`StartError::Threaded`].
-    pub fn start<F: FnOnce()>(f: F) -> Result<Process, StartError> {
+    ///
+    /// The closure is `'static`: it cannot borrow from the parent, so no lock guard
+    /// ([`WriteGuard`](crate::ring::WriteGuard), [`ReadGuard`](crate::ring::ReadGuard), the queue's
+    /// slot guards, [`RobustMutexGuard`](crate::sync::RobustMutexGuard)) borrowed from a handle
+    /// can cross into the child. (A guard that crosses anyway, through a raw `fork()` or a leaked
+    /// handle, is inert in the child: it unlocks and publishes nothing.)
+    ///
+    /// ```compile_fail,E0597
+    /// let ring = ringpool::Ring::builder().anonymous().unwrap();
+    /// let tx = ring.sender().unwrap();
+    /// let guard = tx.reserve(8).unwrap();
+    /// // Refused: the guard borrows `tx`, and the child's closure must be 'static.
+    /// let child = ringpool::Process::start(move || guard.commit());
+    /// ```
+    pub fn start<F: FnOnce() + 'static>(f: F) -> Result<Process, StartError> {
         ProcessBuilder::new().fork(f)
     }
 
@@ -339,7 +368,7 @@ impl Process {
             if reports.started || reports.refused.is_some() || reports.closed {
                 break;
             }
-            if self.reap_with(|pid, _| wait::try_reap(pid)).is_err() || self.state != State::Running {
+            if self.reap_with(wait::try_reap).is_err() || self.state != State::Running {
                 break;
             }
             if deadline.passed() {
@@ -390,7 +419,7 @@ impl Process {
         if self.state == State::Running && !self.is_ours() {
             return crate::sync::liveness::is_alive(self.pid, 0);
         }
-        if self.reap_with(|pid, _| wait::try_reap(pid)).is_err() {
+        if self.reap_with(wait::try_reap).is_err() {
             self.state = State::Lost;
         }
         self.state == State::Running
@@ -399,7 +428,7 @@ impl Process {
     /// Waits for the child to end, however long it takes, and reaps it. Answers the exit status, or
     /// [`JoinError::Panicked`] if the child panicked. Can be called again: it answers the same.
     pub fn join(&mut self) -> Result<ExitStatus, JoinError> {
-        self.reap_with(|pid, _| wait::reap_blocking(pid).map(Some))?;
+        self.reap_with(|pid, pidfd| wait::reap_blocking(pid, pidfd).map(Some))?;
         self.outcome()
     }
 
@@ -417,7 +446,7 @@ impl Process {
 
     /// [`join`](Self::join) without waiting: `Ok(None)` while the child runs.
     pub fn try_join(&mut self) -> Result<Option<ExitStatus>, JoinError> {
-        self.reap_with(|pid, _| wait::try_reap(pid))?;
+        self.reap_with(wait::try_reap)?;
         if self.state == State::Running {
             return Ok(None);
         }
@@ -522,7 +551,7 @@ impl Drop for Process {
     /// Kills a child that still runs and reaps it, waiting at most [`DROP_REAP_WAIT`]. Never blocks
     /// longer, never panics. In a process that did not start the child, does nothing.
     fn drop(&mut self) {
-        if self.is_ours() && self.reap_with(|pid, _| wait::try_reap(pid)).is_ok() && self.state == State::Running {
+        if self.is_ours() && self.reap_with(wait::try_reap).is_ok() && self.state == State::Running {
             let _ = self.kill();
             self.reap_for_drop();
         }

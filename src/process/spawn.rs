@@ -340,9 +340,12 @@ fn spawn_as(
     // calls are allowed. It makes only system calls (fcntl, prctl, getppid, kill) and reads the
     // vector captured here, allocated by the parent; it allocates nothing and takes no lock.
     unsafe { cmd.pre_exec(move || before_exec(&keep, expected_parent)) };
-    let child = cmd.spawn().map_err(|e| StartError::Os { op: "spawn /proc/self/exe", source: io_errno(e) })?;
+    // The child executes a new image at once: it must not join the rings whose handles the parent
+    // holds (the at-fork hooks run around the fork inside `spawn`), or it would count as a member
+    // for as long as the new image runs.
+    let child = crate::sys::atfork::with_inherit(crate::sys::atfork::Inherit::Forget, || cmd.spawn())
+        .map_err(|e| StartError::Os { op: "spawn /proc/self/exe", source: io_errno(e) })?;
     drop(write_end);
-    // No at-fork hooks here: the child executes a new image at once, so it inherits no ring handle.
     let mut p = Process::new(child.id(), id.name, StartMethod::Spawn, read_end);
     p.await_start()?;
     Ok(p)
@@ -375,12 +378,29 @@ extern "C" fn spawned_child_main() {
     let Some(request) = std::env::var_os(ENV) else {
         return;
     };
+    if secure_execution() {
+        // A setuid/setgid (or file-capability) program: its environment is the unprivileged
+        // caller's, so the request (a function to run, a descriptor to write to) is not obeyed.
+        // The request is not passed on to `main` either: this exits, as a refused request does.
+        let msg = b"ringpool: a spawn request (RINGPOOL_SPAWN) is refused in a secure-execution (setuid) process\n";
+        // SAFETY: write(2) of a static buffer, valid for its length, to stderr.
+        let _ = unsafe { libc::write(libc::STDERR_FILENO, msg.as_ptr().cast(), msg.len()) };
+        // SAFETY: _exit ends the process at once; nothing of Rust's runtime has started yet.
+        unsafe { libc::_exit(127) }
+    }
     // A panic of ringpool's own code must not unwind into the C runtime.
     match std::panic::catch_unwind(move || run_request(request)) {
         // The request is for another copy of ringpool in this binary: its constructor takes it.
         Ok(NotOurs) => {}
         Err(_) => current::exit_now(127),
     }
+}
+
+/// Whether this process runs in secure-execution mode (`AT_SECURE`: set-user-ID or set-group-ID,
+/// or file capabilities): then the environment came from a less privileged caller.
+fn secure_execution() -> bool {
+    // SAFETY: getauxval reads this process's auxiliary vector; it has no preconditions.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
 }
 
 /// What [`run_request`] answers when it returns at all.
@@ -560,5 +580,11 @@ garbage
         let b = ProcessBuilder::new().start_method(StartMethod::Spawn);
         let e = b.spawn_raw(|_| {}, &big, &[]).unwrap_err();
         assert!(matches!(e, StartError::ArgTooLarge { .. }), "{e}");
+    }
+
+    #[test]
+    fn this_test_process_is_not_in_secure_execution() {
+        // The refusal itself needs a set-user-ID binary: see tests/robust.rs.
+        assert!(!secure_execution());
     }
 }

@@ -5,6 +5,13 @@
 //! falls back to `waitpid(WNOHANG)` at growing intervals. Either way the deadline is a
 //! [`Deadline`] on the monotonic clock, and "timed out" is only answered once it has passed.
 //!
+//! Reaping goes through the pidfd too (`waitid(P_PIDFD)`, Linux 5.4+): it reaps that very process
+//! or nothing, whereas `waitpid(pid)` on a child that someone else already reaped (a
+//! `waitpid(-1)` elsewhere in the program) would reap whichever later child of ours was handed the
+//! recycled pid. Where there is no pidfd, or the kernel refuses `P_PIDFD` (5.3 has `pidfd_open`
+//! but not `P_PIDFD`: `EINVAL`), `waitpid(pid)` is used: it is exact as long as nobody else reaps
+//! our children, which is the rule of the [module docs](super#no-zombies).
+//!
 //! Signals go through the pidfd when there is one (`pidfd_send_signal`), so they can never reach a
 //! stranger that inherited a recycled pid. Without one, `kill(pid)` is still safe as long as the
 //! child has not been reaped: a zombie keeps its pid.
@@ -47,15 +54,62 @@ fn waitpid(pid: u32, flags: i32) -> Result<Option<i32>, Errno> {
     }
 }
 
+/// Whether the kernel refused `waitid(P_PIDFD)` once (then it is not asked again).
+static NO_PIDFD_WAIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `waitid(P_PIDFD, pidfd, WEXITED | flags)`, retried on EINTR, answered as a `waitpid` status word.
+/// `Ok(None)`: still running (with `WNOHANG`). `Err(EINVAL)`: the kernel has no `P_PIDFD`.
+fn waitid_pidfd(pidfd: BorrowedFd<'_>, flags: i32) -> Result<Option<i32>, Errno> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: siginfo_t is plain old data; all zeroes is a valid value (and `si_pid == 0` is
+        // how WNOHANG says "nothing ended").
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is a live, writable siginfo_t for the duration of the call; the pidfd is
+        // a live descriptor borrowed for it.
+        let res =
+            unsafe { libc::waitid(libc::P_PIDFD, pidfd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED | flags) };
+        match cvt(res) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+        // SAFETY: waitid filled `info` for a child-state change (SIGCHLD layout), or left it zeroed.
+        let pid = unsafe { info.si_pid() };
+        // SAFETY: as above.
+        let status = unsafe { info.si_status() };
+        if pid == 0 {
+            return Ok(None);
+        }
+        return Ok(Some(match info.si_code {
+            libc::CLD_EXITED => (status & 0xff) << 8,
+            libc::CLD_DUMPED => (status & 0x7f) | 0x80,
+            _ => status & 0x7f,
+        }));
+    }
+}
+
+/// Reaps the child `pid` (with its pidfd, when there is one) if it has ended, with `flags` for
+/// `waitpid`/`waitid` (`WNOHANG` or 0). Returns the raw status word.
+fn reap(pid: u32, pidfd: Option<BorrowedFd<'_>>, flags: i32) -> Result<Option<i32>, Errno> {
+    if let Some(fd) = pidfd.filter(|_| !NO_PIDFD_WAIT.load(Ordering::Relaxed)) {
+        match waitid_pidfd(fd, flags) {
+            Err(Errno::EINVAL) => NO_PIDFD_WAIT.store(true, Ordering::Relaxed),
+            other => return other,
+        }
+    }
+    waitpid(pid, flags)
+}
+
 /// Reaps `pid` if it has ended. Returns the raw status word.
-pub(crate) fn try_reap(pid: u32) -> Result<Option<i32>, Errno> {
-    waitpid(pid, libc::WNOHANG)
+pub(crate) fn try_reap(pid: u32, pidfd: Option<BorrowedFd<'_>>) -> Result<Option<i32>, Errno> {
+    reap(pid, pidfd, libc::WNOHANG)
 }
 
 /// Waits until `pid` ends, however long that takes, and reaps it.
-pub(crate) fn reap_blocking(pid: u32) -> Result<i32, Errno> {
+pub(crate) fn reap_blocking(pid: u32, pidfd: Option<BorrowedFd<'_>>) -> Result<i32, Errno> {
     loop {
-        if let Some(status) = waitpid(pid, 0)? {
+        if let Some(status) = reap(pid, pidfd, 0)? {
             return Ok(status);
         }
     }
@@ -66,7 +120,7 @@ pub(crate) fn reap_blocking(pid: u32) -> Result<i32, Errno> {
 pub(crate) fn reap_until(pid: u32, pidfd: Option<BorrowedFd<'_>>, deadline: Deadline) -> Result<Option<i32>, Errno> {
     let mut nap = FIRST_NAP;
     loop {
-        if let Some(status) = try_reap(pid)? {
+        if let Some(status) = try_reap(pid, pidfd)? {
             return Ok(Some(status));
         }
         if deadline.passed() {
@@ -148,7 +202,7 @@ pub(crate) fn reap_later(pid: u32) -> bool {
 pub(crate) fn sweep() {
     for slot in &UNREAPED {
         let pid = slot.load(Ordering::Acquire);
-        if pid > 0 && !matches!(try_reap(pid as u32), Ok(None)) {
+        if pid > 0 && !matches!(try_reap(pid as u32, None), Ok(None)) {
             let _ = slot.compare_exchange(pid, 0, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
@@ -194,7 +248,7 @@ mod tests {
                 status.map(ExitStatus::from_wait_status),
                 Some(Some(ExitStatus::Signaled { signal: 9, core_dumped: false }))
             );
-            assert_eq!(try_reap(pid), Err(Errno::ECHILD), "reaped once");
+            assert_eq!(try_reap(pid, None), Err(Errno::ECHILD), "reaped once");
         }
     }
 
@@ -214,12 +268,42 @@ mod tests {
             sweep();
         }
         assert!(!remembered(), "the killed child was not swept");
-        assert_eq!(try_reap(pid), Err(Errno::ECHILD), "and it was reaped");
+        assert_eq!(try_reap(pid, None), Err(Errno::ECHILD), "and it was reaped");
     }
 
     #[test]
     fn signalling_and_reaping_a_missing_child() {
         // Not a child of this test process, whether or not such a pid exists.
-        assert_eq!(try_reap(0x3f_fffe), Err(Errno::ECHILD));
+        assert_eq!(try_reap(0x3f_fffe, None), Err(Errno::ECHILD));
+    }
+
+    /// The handle's pid now names another child of ours (its own child was reaped by someone
+    /// else, and the pid handed on): reaping through the pidfd must not reap that other child.
+    #[test]
+    fn a_reap_through_the_pidfd_never_reaps_a_child_with_the_recycled_pid() {
+        let first = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let first_pid = first.id();
+        drop(first);
+        let Some(first_fd) = pidfd_open(first_pid) else {
+            eprintln!("no pidfd on this kernel: waitpid(pid) is the only way, nothing to check");
+            return;
+        };
+        // Someone else reaps the first child.
+        send_signal(first_pid, None, libc::SIGKILL).unwrap();
+        assert!(waitpid(first_pid, 0).unwrap().is_some());
+        // A second child plays the one that got the recycled pid: ended, not reaped.
+        let second = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+        let second_pid = second.id();
+        drop(second);
+        let second_fd = pidfd_open(second_pid).unwrap();
+        send_signal(second_pid, Some(second_fd.as_fd()), libc::SIGKILL).unwrap();
+        assert!(poll_readable(&[second_fd.as_fd()], Some(Deadline::after(Duration::from_secs(10)))).unwrap());
+        // The handle of the first child, holding the second's pid and the first's pidfd.
+        let r = try_reap(second_pid, Some(first_fd.as_fd()));
+        assert!(matches!(r, Err(Errno::ECHILD) | Ok(None)), "{r:?}");
+        assert!(
+            waitpid(second_pid, libc::WNOHANG).unwrap().is_some(),
+            "the other child was reaped through a handle that is not its own"
+        );
     }
 }

@@ -288,7 +288,21 @@ impl Ring {
     #[doc(hidden)]
     pub fn debug_lock_holders(&self) -> (Option<u32>, Option<u32>) {
         let c = self.core.ctrl();
-        (c.send.lock.holder(), c.recv.lock.holder())
+        (self.core.lock_holder_pid(&c.send.lock), self.core.lock_holder_pid(&c.recv.lock))
+    }
+
+    /// Test support: makes the send (or receive) lock look held by a dead process whose pid is
+    /// now `pid`'s, a live process (pid reuse).
+    #[doc(hidden)]
+    pub fn debug_forge_dead_owner(&self, send_side: bool, pid: u32) {
+        self.core.debug_forge_dead_owner(send_side, pid)
+    }
+
+    /// Test support: leaves a member-table entry in transition by process `pid` (joining when
+    /// `claiming`, else being reaped), as a process killed in the middle would.
+    #[doc(hidden)]
+    pub fn debug_forge_transient(&self, claiming: bool, pid: u32) {
+        self.core.debug_forge_transient(claiming, pid)
     }
 
     /// The underlying segment's descriptor (for passing to a re-executed child).
@@ -550,6 +564,10 @@ impl WriteGuard<'_> {
 
     /// Publishes only the first `len` bytes (at most the reserved length).
     pub fn commit_len(mut self, len: usize) {
+        if !self.guard.as_ref().is_some_and(|g| g.held_here()) {
+            // A copy of the guard in a forked child: the lock and the ring are the parent's.
+            return;
+        }
         let len = len.min(self.len);
         let core = &*self.sender.core;
         let c = core.ctrl();
@@ -843,6 +861,10 @@ impl std::ops::Deref for ReadGuard<'_> {
 
 impl Drop for ReadGuard<'_> {
     fn drop(&mut self) {
+        if !self.guard.as_ref().is_some_and(|g| g.held_here()) {
+            // A copy of the guard in a forked child: the lock and the ring are the parent's.
+            return;
+        }
         let core = &*self.receiver.core;
         super::debug_taken(self);
         debug_pause();

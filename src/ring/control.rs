@@ -100,19 +100,24 @@ pub(crate) struct MembershipHeader {
 #[repr(C)]
 #[derive(Debug, Default)]
 pub(crate) struct Member {
-    /// 0: free. [`CLAIMING`]/[`REAPING`]: in transition. Else the member's pid.
+    /// 0: free. [`CLAIMING`]` | pid` / [`REAPING`]` | pid`: in transition by process `pid`, which a
+    /// sweep reclaims once that process is dead. Else the member's pid.
     pub pid: AtomicU32,
     pub senders: AtomicU32,
     pub receivers: AtomicU32,
-    _pad: u32,
+    /// Bumped on every claim of the entry (never 0): with the entry's index, the lock owner token
+    /// of the member (pid reuse cannot fool it, see `ring/membership.rs`).
+    pub generation: AtomicU32,
     pub start_time: AtomicU64,
     _pad2: u64,
 }
 
-/// An entry being filled in by a joining process.
-pub(crate) const CLAIMING: u32 = u32::MAX;
-/// An entry being cleared by the process that found its owner dead.
-pub(crate) const REAPING: u32 = u32::MAX - 1;
+/// Flag of an entry being filled in by a joining process (or the test hook's forgery).
+pub(crate) const CLAIMING: u32 = 1 << 31;
+/// Flag of an entry being cleared by the process that found its owner dead.
+pub(crate) const REAPING: u32 = 1 << 30;
+/// Either transient flag; the rest of the word is the pid of the process in the transition.
+pub(crate) const TRANSIENT: u32 = CLAIMING | REAPING;
 
 /// The whole control block.
 #[repr(C)]

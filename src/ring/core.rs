@@ -24,7 +24,9 @@ use super::error::{Broken, Fail};
 use super::membership::Local;
 use super::wait::Wait;
 use crate::segment::Segment;
-use crate::sync::{Deadline, EventCount, RobustMutexGuard, SpinPolicy, Spinner, store_load_barrier_after_rmw};
+use crate::sync::{
+    Deadline, EventCount, OwnerToken, RobustMutexGuard, SpinPolicy, Spinner, store_load_barrier_after_rmw,
+};
 
 /// Which side a handle is on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,7 +215,9 @@ impl Core {
 
     // ----- locking -------------------------------------------------------------------------
 
-    /// Takes one side's lock, recovering it from a dead owner with `repair`.
+    /// Takes one side's lock, recovering it from a dead owner with `repair`. The lock word names
+    /// this process by its member-table token (entry and generation), which pid reuse cannot
+    /// fool: see `membership.rs`.
     #[inline]
     pub(crate) fn lock_side<'a>(
         &'a self,
@@ -222,9 +226,10 @@ impl Core {
         wait: Wait,
         repair: impl FnOnce() -> Result<(), &'static str>,
     ) -> Result<RobustMutexGuard<'a>, Fail> {
+        let token = self.owner_token().map_err(|_| Fail::Disconnected)?;
         let guard = match wait {
-            Wait::Try => self.try_lock_side(side)?,
-            _ => side.lock.lock_with(spin, wait.deadline(), |pid| self.member_alive(pid)).map_err(|e| match e {
+            Wait::Try => self.try_lock_side(side, token)?,
+            _ => side.lock.lock_as(token, spin, wait.deadline(), |t| self.member_alive(t)).map_err(|e| match e {
                 crate::sync::LockError::Timeout => Fail::Timeout,
                 crate::sync::LockError::Poisoned => Fail::Broken(Broken::Poisoned),
             })?,
@@ -232,11 +237,11 @@ impl Core {
         if guard.owner_died() { self.recovered(side, guard, repair) } else { Ok(guard) }
     }
 
-    fn try_lock_side<'a>(&'a self, side: &'a Side) -> Result<RobustMutexGuard<'a>, Fail> {
+    fn try_lock_side<'a>(&'a self, side: &'a Side, token: OwnerToken) -> Result<RobustMutexGuard<'a>, Fail> {
         // Another member may be inside a short critical section: spin a little for it.
         let mut spinner = Spinner::new(SpinPolicy::spin_for(Duration::from_micros(2)));
         loop {
-            match side.lock.try_lock() {
+            match side.lock.try_lock_as(token) {
                 Ok(g) => return Ok(g),
                 Err(crate::sync::TryLockError::Poisoned) => return Err(Fail::Broken(Broken::Poisoned)),
                 Err(crate::sync::TryLockError::WouldBlock) => {}
@@ -247,10 +252,10 @@ impl Core {
         }
         // Still held: by a live member holding an in-place guard, or by a dead one.
         match side.lock.holder() {
-            Some(pid) if !self.member_alive(pid) => side
+            Some(owner) if owner != token.get() && !self.member_alive(owner) => side
                 .lock
-                .lock_with(SpinPolicy::park(), Some(Deadline::after(Duration::from_millis(100))), |p| {
-                    self.member_alive(p)
+                .lock_as(token, SpinPolicy::park(), Some(Deadline::after(Duration::from_millis(100))), |t| {
+                    self.member_alive(t)
                 })
                 .map_err(|_| Fail::WouldBlock),
             _ => Err(Fail::WouldBlock),

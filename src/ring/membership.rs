@@ -1,13 +1,24 @@
 //! Membership: which processes hold handles of a ring, per side, found dead by pid and start
 //! time and reaped for them; the registry of this process's mapped rings, for `fork`.
+//!
+//! A member's entry also names it as a lock owner: the ring's locks hold an [`OwnerToken`] made of
+//! the entry's index and the entry's generation (bumped on every claim), never a bare pid. A
+//! holder is alive while its entry still has that generation and the entry's pid with its start
+//! time runs: a dead owner whose pid was handed to another process (even to the waiter itself)
+//! is seen dead, because its entry's start time no longer matches, or its entry was reaped and
+//! claimed again under a new generation. Every thread of a process uses its entry's token.
+//!
+//! An entry in transition (`CLAIMING | pid`, `REAPING | pid`) names the process making the
+//! transition; a sweep reclaims it once that process is dead (a process killed in the middle of
+//! joining or reaping would otherwise leak the entry for ever).
 
 use crate::sys::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use super::control::{CLAIMING, MAX_MEMBERS, REAPING};
+use super::control::{CLAIMING, MAX_MEMBERS, Member, REAPING, TRANSIENT};
 use super::core::{Core, Role};
 use super::error::JoinError;
-use crate::sync::{current_pid, liveness};
+use crate::sync::{OwnerToken, RobustMutex, current_pid, liveness};
 
 /// How often, at most, one process sweeps the member table for dead processes (ring-wide).
 const SWEEP_INTERVAL_NS: u64 = 20_000_000;
@@ -15,6 +26,30 @@ const SWEEP_INTERVAL_NS: u64 = 20_000_000;
 /// Bits of `MembershipHeader::gone`... kept in `Control::membership` as flags.
 const SENDERS_GONE: u32 = 1;
 const RECEIVERS_GONE: u32 = 2;
+
+/// Bits of an owner token that hold the entry's generation; the entry's index sits above them.
+const GEN_BITS: u32 = 22;
+const GEN_MASK: u32 = (1 << GEN_BITS) - 1;
+
+/// The generation after `g`: in `1..GEN_MASK`, so that a token is never 0 and the largest one
+/// (index 255) stays below the poisoned word.
+fn next_generation(g: u32) -> u32 {
+    match (g & GEN_MASK) + 1 {
+        n if n >= GEN_MASK => 1,
+        n => n,
+    }
+}
+
+/// The lock owner token of entry `slot` in generation `generation`.
+fn token_of(slot: usize, generation: u32) -> Option<OwnerToken> {
+    let slot = u32::try_from(slot).ok().filter(|&s| (s as usize) < MAX_MEMBERS)?;
+    OwnerToken::new((slot << GEN_BITS) | (generation & GEN_MASK))
+}
+
+/// The entry index and generation a token names.
+fn token_parts(token: u32) -> (usize, u32) {
+    ((token >> GEN_BITS) as usize, token & GEN_MASK)
+}
 
 /// This process's view of its membership in one mapped ring.
 #[derive(Debug, Default)]
@@ -25,6 +60,8 @@ pub(crate) struct Local {
     /// that has not registered yet. 0: not registered.
     pid: AtomicU32,
     slot: AtomicU32,
+    /// Our lock owner token (see the module docs), valid with `pid`.
+    token: AtomicU32,
     senders: AtomicU32,
     receivers: AtomicU32,
 }
@@ -49,6 +86,18 @@ impl Core {
             return Ok(self.local.slot.load(Ordering::Relaxed) as usize);
         }
         self.register_slow(me)
+    }
+
+    /// This process's lock owner token in this ring (registering first if needed).
+    #[inline]
+    pub(crate) fn owner_token(&self) -> Result<OwnerToken, JoinError> {
+        let me = current_pid();
+        if self.local.pid.load(Ordering::Acquire) != me {
+            self.register_slow(me)?;
+        }
+        // Written before `local.pid` (Release) by whichever thread registered.
+        OwnerToken::new(self.local.token.load(Ordering::Relaxed))
+            .ok_or(JoinError::TooManyMembers(self.cfg.max_members as usize))
     }
 
     #[cold]
@@ -76,15 +125,23 @@ impl Core {
         let receivers = self.local.receivers.load(Ordering::Relaxed);
         for pass in 0..2 {
             for (i, m) in c.members.iter().enumerate().take(max) {
-                if m.pid.compare_exchange(0, CLAIMING, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                // The transient word names us: a sweep reclaims the entry if we die before the end.
+                if m.pid.compare_exchange(0, CLAIMING | me, Ordering::Acquire, Ordering::Relaxed).is_err() {
                     continue;
                 }
+                c.membership.high_water.fetch_max(i as u32 + 1, Ordering::AcqRel);
+                let generation = next_generation(m.generation.load(Ordering::Relaxed));
+                let Some(token) = token_of(i, generation) else {
+                    m.pid.store(0, Ordering::Release);
+                    continue;
+                };
+                m.generation.store(generation, Ordering::Relaxed);
                 m.start_time.store(liveness::own_start_time(), Ordering::Relaxed);
                 m.senders.store(senders, Ordering::Relaxed);
                 m.receivers.store(receivers, Ordering::Relaxed);
                 m.pid.store(me, Ordering::Release);
-                c.membership.high_water.fetch_max(i as u32 + 1, Ordering::AcqRel);
                 self.local.slot.store(i as u32, Ordering::Relaxed);
+                self.local.token.store(token.get(), Ordering::Relaxed);
                 self.local.pid.store(me, Ordering::Release);
                 if senders > 0 {
                     self.clear_gone(SENDERS_GONE);
@@ -185,7 +242,7 @@ impl Core {
         let mut n = 0u32;
         for m in &c.members[..hw] {
             let pid = m.pid.load(Ordering::Acquire);
-            if pid == 0 || pid == REAPING {
+            if pid == 0 || pid & REAPING != 0 {
                 continue;
             }
             n = n.saturating_add(match role {
@@ -229,15 +286,23 @@ impl Core {
         }
         let hw = (c.membership.high_water.load(Ordering::Acquire) as usize).min(self.cfg.max_members as usize);
         let (mut senders, mut receivers) = (false, false);
+        let me = current_pid();
         for m in &c.members[..hw] {
             let pid = m.pid.load(Ordering::Acquire);
-            if pid == 0 || pid == CLAIMING || pid == REAPING {
+            if pid == 0 {
                 continue;
             }
-            if liveness::is_alive(pid, m.start_time.load(Ordering::Relaxed)) {
+            let alive = if pid & TRANSIENT != 0 {
+                // In transition by the process the low bits name: by pid alone (its start time is
+                // not recorded yet); a recycled pid only delays the reclaim until that one ends.
+                liveness::is_alive(pid & !TRANSIENT, 0)
+            } else {
+                liveness::is_alive(pid, m.start_time.load(Ordering::Relaxed))
+            };
+            if alive {
                 continue;
             }
-            if m.pid.compare_exchange(pid, REAPING, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            if m.pid.compare_exchange(pid, REAPING | me, Ordering::AcqRel, Ordering::Relaxed).is_err() {
                 continue;
             }
             senders |= m.senders.swap(0, Ordering::AcqRel) > 0;
@@ -252,15 +317,31 @@ impl Core {
         }
     }
 
-    /// Whether the process `pid`, found holding a lock, is a live member. A pid that is not in
-    /// the member table at all is not a legitimate holder (every locker registers first).
-    pub(super) fn member_alive(&self, pid: u32) -> bool {
-        let c = self.ctrl();
-        let hw = (c.membership.high_water.load(Ordering::Acquire) as usize).min(self.cfg.max_members as usize);
-        c.members[..hw]
-            .iter()
-            .filter(|m| m.pid.load(Ordering::Acquire) == pid)
-            .any(|m| liveness::is_alive(pid, m.start_time.load(Ordering::Relaxed)))
+    /// Whether the owner `token`, found holding a lock, is a live member: its entry still has the
+    /// token's generation, and the entry's pid with its start time runs. A token that names no
+    /// such entry is not a legitimate holder (every locker registers first).
+    pub(super) fn member_alive(&self, token: u32) -> bool {
+        self.holder_entry(token).is_some_and(|(m, pid)| liveness::is_alive(pid, m.start_time.load(Ordering::Relaxed)))
+    }
+
+    /// The entry and pid of the member that `token` names, if the entry is still that member's.
+    fn holder_entry(&self, token: u32) -> Option<(&Member, u32)> {
+        let (slot, generation) = token_parts(token);
+        if slot >= self.cfg.max_members as usize {
+            return None;
+        }
+        let m = self.ctrl().members.get(slot)?;
+        let pid = m.pid.load(Ordering::Acquire);
+        // A free entry, or one in transition: the member that held the lock has left or died.
+        if pid == 0 || pid & TRANSIENT != 0 || m.generation.load(Ordering::Acquire) != generation {
+            return None;
+        }
+        Some((m, pid))
+    }
+
+    /// The pid of the member holding `lock`, if any (a snapshot, for tests and diagnostics).
+    pub(crate) fn lock_holder_pid(&self, lock: &RobustMutex) -> Option<u32> {
+        self.holder_entry(lock.holder()?).map(|(_, pid)| pid)
     }
 
     /// Drops every membership this process holds in this ring (used by a forked child about to
@@ -330,12 +411,72 @@ pub(super) fn fork_child_forgetting(all: &[Weak<Core>]) {
 }
 
 /// In a forked child about to `_exit`: give up every membership at once.
+/// Allocates nothing (it may run between `fork` and `exec`): the list is walked under its lock,
+/// which no code holds while it drops a mapping.
 pub(super) fn child_exit() {
-    let all = match ALL_CORES.try_lock() {
-        Ok(all) => all.iter().filter_map(Weak::upgrade).collect::<Vec<_>>(),
-        Err(_) => return,
-    };
-    for core in all {
+    let Ok(all) = ALL_CORES.try_lock() else { return };
+    for core in all.iter().filter_map(Weak::upgrade) {
         core.release_all();
+    }
+}
+
+impl Core {
+    /// Test support: makes one side's lock look held by a process that died, whose pid is now
+    /// `pid` (a live process: a member, or the caller itself). A member-table entry is forged for
+    /// the dead owner with `pid` and a start time no live process has.
+    pub(crate) fn debug_forge_dead_owner(&self, send_side: bool, pid: u32) {
+        let c = self.ctrl();
+        let max = self.cfg.max_members as usize;
+        for (i, m) in c.members.iter().enumerate().take(max) {
+            if m.pid.compare_exchange(0, CLAIMING | pid, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                continue;
+            }
+            c.membership.high_water.fetch_max(i as u32 + 1, Ordering::AcqRel);
+            let generation = next_generation(m.generation.load(Ordering::Relaxed));
+            m.generation.store(generation, Ordering::Relaxed);
+            m.start_time.store(1, Ordering::Relaxed);
+            m.pid.store(pid, Ordering::Release);
+            let side = if send_side { &c.send } else { &c.recv };
+            if let Some(token) = token_of(i, generation) {
+                side.lock.debug_force_owner(token.get());
+            }
+            return;
+        }
+    }
+
+    /// Test support: leaves a free member-table entry in transition (joining when `claiming`,
+    /// else being reaped) by process `pid`, holding one sender, as a process killed in the middle
+    /// would.
+    pub(crate) fn debug_forge_transient(&self, claiming: bool, pid: u32) {
+        let c = self.ctrl();
+        let state = if claiming { CLAIMING } else { REAPING } | (pid & !TRANSIENT);
+        for (i, m) in c.members.iter().enumerate().take(self.cfg.max_members as usize) {
+            if m.pid.compare_exchange(0, state, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                m.senders.store(1, Ordering::Relaxed);
+                c.membership.high_water.fetch_max(i as u32 + 1, Ordering::AcqRel);
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_name_entry_and_generation_and_stay_valid() {
+        // Generations never reach 0 or GEN_MASK, so every token is a valid, unpoisoned owner.
+        assert_eq!(next_generation(0), 1);
+        assert_eq!(next_generation(GEN_MASK - 2), GEN_MASK - 1);
+        assert_eq!(next_generation(GEN_MASK - 1), 1, "wraps past the largest");
+        assert_eq!(next_generation(u32::MAX), 1, "garbage in the shared word");
+        let last = token_of(MAX_MEMBERS - 1, GEN_MASK - 1).unwrap();
+        assert_eq!(last.get(), OwnerToken::MAX);
+        assert_eq!(token_parts(last.get()), (MAX_MEMBERS - 1, GEN_MASK - 1));
+        assert!(token_of(MAX_MEMBERS, 1).is_none());
+        let t = token_of(3, 7).unwrap();
+        assert_eq!(token_parts(t.get()), (3, 7));
+        assert_ne!(t, token_of(3, 8).unwrap(), "a new claim of the entry is a new owner");
     }
 }

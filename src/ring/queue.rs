@@ -604,6 +604,10 @@ pub struct SlotWriter<'a, T: Pod> {
 impl<T: Pod> SlotWriter<'_, T> {
     /// Publishes the value written in the slot.
     pub fn commit(mut self) {
+        if !self.guard.as_ref().is_some_and(|g| g.held_here()) {
+            // A copy of the guard in a forked child: the lock and the ring are the parent's.
+            return;
+        }
         let core = &*self.sender.core;
         let c = core.ctrl();
         core.stamp(self.tail).store(self.tail + 1, Ordering::Release);
@@ -755,6 +759,10 @@ impl<T: Pod> std::ops::Deref for SlotReader<'_, T> {
 
 impl<T: Pod> Drop for SlotReader<'_, T> {
     fn drop(&mut self) {
+        if !self.guard.as_ref().is_some_and(|g| g.held_here()) {
+            // A copy of the guard in a forked child: the lock and the ring are the parent's.
+            return;
+        }
         let core = &*self.receiver.core;
         super::debug_taken(bytemuck::bytes_of(&**self));
         debug_pause();

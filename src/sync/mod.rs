@@ -18,7 +18,7 @@ mod spin;
 pub use crate::sys::liveness;
 pub use crate::sys::{current_pid, fork_generation};
 pub use event::{EventCount, WaitKey, store_load_barrier_after_rmw};
-pub use mutex::{LockError, RobustMutex, RobustMutexGuard, TryLockError};
+pub use mutex::{LockError, OwnerToken, RobustMutex, RobustMutexGuard, TryLockError};
 pub use spin::SpinPolicy;
 pub(crate) use spin::Spinner;
 

@@ -5,17 +5,28 @@
 //! | value | meaning |
 //! | --- | --- |
 //! | `0` | free |
-//! | `pid` | held by process `pid`, nobody asleep |
-//! | `pid \| WAITERS` | held, and somebody may be asleep on the word |
+//! | `owner` | held by the holder of [`OwnerToken`] `owner`, nobody asleep |
+//! | `owner \| WAITERS` | held, and somebody may be asleep on the word |
 //! | `POISONED` | a recovered owner gave up: the protected state cannot be trusted |
 //!
-//! Uncontended, locking is one compare-and-swap and unlocking one swap: no system call. A contended
-//! locker spins for a bounded time, then sleeps on the word in slices; between slices it asks
-//! whether the owner is still alive, and if it is not, takes the lock over and is told so
-//! ([`RobustMutexGuard::owner_died`]). Like a POSIX robust mutex, the new owner must then repair the
-//! protected state and call [`RobustMutexGuard::mark_consistent`]; if it unlocks without doing so
-//! (or cannot repair), the mutex becomes poisoned and every later lock fails with
+//! Who an owner is, the word does not say: the locker passes an [`OwnerToken`] and a liveness
+//! question for tokens. The plain forms ([`RobustMutex::lock`], [`RobustMutex::try_lock`]) use the
+//! caller's pid, which pid reuse can fool (a dead owner's pid handed to a live process keeps the
+//! lock held for ever); the ring uses a token pid reuse cannot fool (its member-table entry plus a
+//! generation, see `ring/membership.rs`). All threads of a process use the same token: they
+//! exclude each other through the word, and never take the lock over from each other.
+//!
+//! Uncontended, locking is one compare-and-swap and unlocking one compare-and-swap: no system
+//! call. A contended locker spins for a bounded time, then sleeps on the word in slices; between
+//! slices it asks whether the owner is still alive, and if it is not, takes the lock over and is
+//! told so ([`RobustMutexGuard::owner_died`]). Like a POSIX robust mutex, the new owner must then
+//! repair the protected state and call [`RobustMutexGuard::mark_consistent`]; if it unlocks without
+//! doing so (or cannot repair), the mutex becomes poisoned and every later lock fails with
 //! [`LockError::Poisoned`] instead of handing out a broken state.
+//!
+//! A guard acts only in the process that took the lock: a copy of it in a forked child (made by a
+//! raw `fork()`, since the safe API does not let a guard cross) unlocks nothing, and an unlock
+//! changes the word only while the word still names the guard's token.
 //!
 //! Why not glibc's robust `pthread_mutex_t` or raw_sync's mutex: see `SAFETY.md`, "Why our own lock".
 
@@ -23,17 +34,43 @@ use crate::sys::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::spin::{SpinPolicy, Spinner};
-use crate::sys::liveness::PID_MAX;
-use crate::sys::{Deadline, FutexWait, futex_wait, futex_wake};
+use crate::sys::{Deadline, FutexWait, current_pid, futex_wait, futex_wake};
 
 const WAITERS: u32 = 1 << 30;
 const OWNER: u32 = WAITERS - 1;
-/// The owner field of a poisoned mutex: all ones, never a valid pid (pids stay below 2^22).
+/// The owner field of a poisoned mutex: all ones, never a valid token.
 const POISONED: u32 = OWNER;
 
 /// First park slice; doubles up to [`MAX_SLICE`]. Between slices the owner's liveness is checked.
 const FIRST_SLICE: Duration = Duration::from_millis(1);
 const MAX_SLICE: Duration = Duration::from_millis(50);
+
+/// Who holds a [`RobustMutex`], as its word records it: a value in `1..2^30 - 1`. A process's pid
+/// is one ([`OwnerToken::pid`]); the ring uses its member-table entry and a generation instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OwnerToken(u32);
+
+impl OwnerToken {
+    /// The largest token value.
+    pub const MAX: u32 = POISONED - 1;
+
+    /// A token from its value; `None` for 0 and values above [`OwnerToken::MAX`].
+    pub const fn new(value: u32) -> Option<OwnerToken> {
+        if value == 0 || value > Self::MAX { None } else { Some(OwnerToken(value)) }
+    }
+
+    /// This process's pid as a token (what [`RobustMutex::lock`] uses).
+    #[inline]
+    pub fn pid() -> OwnerToken {
+        // Pids are below 2^22 (PID_MAX_LIMIT), far below MAX, and never 0.
+        OwnerToken(current_pid())
+    }
+
+    /// The value the lock word holds.
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+}
 
 /// Why a lock could not be taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -64,14 +101,22 @@ pub struct RobustMutex {
     word: AtomicU32,
 }
 
-/// Proof of holding a [`RobustMutex`]; unlocks on drop.
+/// Proof of holding a [`RobustMutex`]; unlocks on drop, in the process that locked only.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 #[derive(Debug)]
 pub struct RobustMutexGuard<'a> {
     mutex: &'a RobustMutex,
-    recovered: bool,
-    consistent: bool,
+    /// The token the word holds for us (below 2^30), with [`RECOVERED`] and [`CONSISTENT`] in the
+    /// two bits above it (one word: the guard stays two words, as it is returned on every lock).
+    state: u32,
+    /// The process that took the lock: a copy of the guard elsewhere (a forked child) is inert.
+    pid: u32,
 }
+
+/// Guard state bit: the previous owner died holding the lock.
+const RECOVERED: u32 = 1 << 31;
+/// Guard state bit: the protected state is consistent (unlock, don't poison).
+const CONSISTENT: u32 = 1 << 30;
 
 impl RobustMutex {
     /// An unlocked mutex.
@@ -79,20 +124,28 @@ impl RobustMutex {
         RobustMutex { word: AtomicU32::new(0) }
     }
 
-    /// Takes the lock if it is free, without waiting. A lock whose owner is dead is not taken
-    /// over here (that needs a liveness check, which only the waiting forms make).
+    /// Takes the lock for this process (by pid) if it is free, without waiting. A lock whose
+    /// owner is dead is not taken over here (that needs a liveness check, which only the waiting
+    /// forms make).
     #[inline]
     pub fn try_lock(&self) -> Result<RobustMutexGuard<'_>, TryLockError> {
-        let me = crate::sys::current_pid();
-        match self.word.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
-            Ok(_) => Ok(RobustMutexGuard::new(self, false)),
+        self.try_lock_as(OwnerToken::pid())
+    }
+
+    /// [`try_lock`](Self::try_lock) under the caller's own token.
+    #[inline]
+    pub fn try_lock_as(&self, token: OwnerToken) -> Result<RobustMutexGuard<'_>, TryLockError> {
+        match self.word.compare_exchange(0, token.0, Ordering::AcqRel, Ordering::Relaxed) {
+            Ok(_) => Ok(RobustMutexGuard::new(self, token.0, false)),
             Err(w) if w & OWNER == POISONED => Err(TryLockError::Poisoned),
             Err(_) => Err(TryLockError::WouldBlock),
         }
     }
 
-    /// Takes the lock, waiting until `deadline` (`None`: for ever). A dead owner is detected by
-    /// [`crate::sys::liveness::is_alive`] on its pid.
+    /// Takes the lock for this process (by pid), waiting until `deadline` (`None`: for ever). A
+    /// dead owner is detected by [`crate::sys::liveness::is_alive`] on its pid. A dead owner whose
+    /// pid was handed to a live process cannot be told from that process: lockers that need to see
+    /// through pid reuse use [`lock_as`](Self::lock_as) with a token of their own.
     pub fn lock(&self, spin: SpinPolicy, deadline: Option<Deadline>) -> Result<RobustMutexGuard<'_>, LockError> {
         self.lock_with(spin, deadline, |pid| crate::sys::liveness::is_alive(pid, 0))
     }
@@ -106,11 +159,24 @@ impl RobustMutex {
         deadline: Option<Deadline>,
         owner_alive: impl FnMut(u32) -> bool,
     ) -> Result<RobustMutexGuard<'_>, LockError> {
-        let me = crate::sys::current_pid();
-        if self.word.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-            return Ok(RobustMutexGuard::new(self, false));
+        self.lock_as(OwnerToken::pid(), spin, deadline, owner_alive)
+    }
+
+    /// Takes the lock under `token`, waiting until `deadline`, asking `owner_alive(token)` whether
+    /// another token's holder still lives. A holder with the caller's own token (another thread
+    /// of the same owner) is waited for, never taken over from.
+    #[inline]
+    pub fn lock_as(
+        &self,
+        token: OwnerToken,
+        spin: SpinPolicy,
+        deadline: Option<Deadline>,
+        owner_alive: impl FnMut(u32) -> bool,
+    ) -> Result<RobustMutexGuard<'_>, LockError> {
+        if self.word.compare_exchange(0, token.0, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            return Ok(RobustMutexGuard::new(self, token.0, false));
         }
-        self.lock_slow(me, spin, deadline, owner_alive)
+        self.lock_slow(token.0, spin, deadline, owner_alive)
     }
 
     #[cold]
@@ -128,8 +194,8 @@ impl RobustMutex {
         loop {
             let w = self.word.load(Ordering::Relaxed);
             if w == 0 {
-                if self.word.compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                    return Ok(RobustMutexGuard::new(self, false));
+                if self.word.compare_exchange_weak(0, me, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                    return Ok(RobustMutexGuard::new(self, me, false));
                 }
                 continue;
             }
@@ -146,8 +212,8 @@ impl RobustMutex {
             let w = self.word.load(Ordering::Relaxed);
             if w == 0 {
                 // We may have sleepers behind us: keep the WAITERS bit so our unlock wakes one.
-                if self.word.compare_exchange(0, me | WAITERS, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                    return Ok(RobustMutexGuard::new(self, false));
+                if self.word.compare_exchange(0, me | WAITERS, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                    return Ok(RobustMutexGuard::new(self, me, false));
                 }
                 continue;
             }
@@ -155,7 +221,7 @@ impl RobustMutex {
             if owner == POISONED {
                 return Err(LockError::Poisoned);
             }
-            if w & !(OWNER | WAITERS) != 0 || owner >= PID_MAX {
+            if w & !(OWNER | WAITERS) != 0 {
                 // Not a word this code ever writes: garbage. Treat it as a dead owner; the caller's
                 // repair validates everything the lock protects.
                 if let Some(g) = self.take_over(w, me) {
@@ -177,8 +243,11 @@ impl RobustMutex {
                 if deadline.is_some_and(|d| d.passed()) {
                     return Err(LockError::Timeout);
                 }
-                // A whole slice without the lock changing hands: is the owner still there?
-                let now = self.word.load(Ordering::Relaxed);
+                // A whole slice without the lock changing hands: is the owner still there? Our own
+                // token is another thread of ours: alive by definition, waited for.
+                // Acquire: pairs with the owner's locking CAS (AcqRel), so that whatever the owner
+                // published before it locked (its member-table entry) is seen by `owner_alive`.
+                let now = self.word.load(Ordering::Acquire);
                 if now & OWNER == owner && owner != me && !owner_alive(owner) {
                     if let Some(g) = self.take_over(now, me) {
                         return Ok(g);
@@ -192,16 +261,17 @@ impl RobustMutex {
     /// Replaces a dead owner's word `seen` by ours; the guard reports the recovery.
     fn take_over(&self, seen: u32, me: u32) -> Option<RobustMutexGuard<'_>> {
         self.word
-            .compare_exchange(seen, me | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(seen, me | WAITERS, Ordering::AcqRel, Ordering::Relaxed)
             .ok()
-            .map(|_| RobustMutexGuard::new(self, true))
+            .map(|_| RobustMutexGuard::new(self, me, true))
     }
 
-    /// The pid of the current holder, if any (a snapshot, for diagnostics).
+    /// The token of the current holder, if any (a snapshot, for diagnostics): the holder's pid for
+    /// lockers by pid.
     pub fn holder(&self) -> Option<u32> {
         match self.word.load(Ordering::Relaxed) & OWNER {
             0 | POISONED => None,
-            pid => Some(pid),
+            token => Some(token),
         }
     }
 
@@ -210,56 +280,97 @@ impl RobustMutex {
         self.word.load(Ordering::Relaxed) & OWNER == POISONED
     }
 
-    fn unlock(&self) {
-        let prev = self.word.swap(0, Ordering::Release);
-        if prev & WAITERS != 0 {
-            futex_wake(&self.word, 1);
+    /// Frees the word if it still names `token` (it may not: a locker that found us dead took over).
+    #[inline]
+    fn unlock_as(&self, token: u32) {
+        if self.word.compare_exchange(token, 0, Ordering::Release, Ordering::Relaxed).is_ok() {
+            return;
+        }
+        self.unlock_slow(token);
+    }
+
+    #[cold]
+    fn unlock_slow(&self, token: u32) {
+        let mut w = self.word.load(Ordering::Relaxed);
+        while w & OWNER == token {
+            match self.word.compare_exchange_weak(w, 0, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => {
+                    if w & WAITERS != 0 {
+                        futex_wake(&self.word, 1);
+                    }
+                    return;
+                }
+                Err(now) => w = now,
+            }
         }
     }
 
-    fn poison(&self) {
-        self.word.swap(POISONED, Ordering::Release);
-        futex_wake(&self.word, u32::MAX);
+    fn poison_as(&self, token: u32) {
+        let mut w = self.word.load(Ordering::Relaxed);
+        while w & OWNER == token {
+            match self.word.compare_exchange_weak(w, POISONED, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => {
+                    futex_wake(&self.word, u32::MAX);
+                    return;
+                }
+                Err(now) => w = now,
+            }
+        }
     }
 
-    /// Forces the word to "held by `pid`" (test support: a dead owner without a dead process).
-    #[cfg(test)]
-    pub(crate) fn debug_force_owner(&self, pid: u32) {
-        self.word.store(pid & OWNER, Ordering::Release);
+    /// Forces the word to "held by `owner`" (test support: a dead owner without a dead process).
+    pub(crate) fn debug_force_owner(&self, owner: u32) {
+        self.word.store(owner & OWNER, Ordering::Release);
     }
 }
 
 impl<'a> RobustMutexGuard<'a> {
-    fn new(mutex: &'a RobustMutex, recovered: bool) -> Self {
-        RobustMutexGuard { mutex, recovered, consistent: !recovered }
+    #[inline(always)]
+    fn new(mutex: &'a RobustMutex, token: u32, recovered: bool) -> Self {
+        let flags = if recovered { RECOVERED } else { CONSISTENT };
+        RobustMutexGuard { mutex, state: (token & OWNER) | flags, pid: current_pid() }
     }
 
     /// True if the previous owner died holding the lock: the protected state may be half-changed.
     /// Repair it, then call [`mark_consistent`](Self::mark_consistent).
     pub fn owner_died(&self) -> bool {
-        self.recovered
+        self.state & RECOVERED != 0
     }
 
     /// Declares the protected state repaired. Without this, a recovered lock is poisoned on unlock.
     pub fn mark_consistent(&mut self) {
-        self.consistent = true;
+        self.state |= CONSISTENT;
     }
 
-    /// Releases the lock and answers whether a wake-up was needed. Equivalent to dropping the guard.
+    /// Whether this guard is in the process that took the lock. A copy of a guard in a forked
+    /// child answers false: the lock is its parent's, and the copy must not touch what it protects
+    /// (dropping the copy does nothing).
+    #[inline]
+    pub fn held_here(&self) -> bool {
+        self.pid == current_pid()
+    }
+
+    /// Releases the lock. Equivalent to dropping the guard.
     pub fn unlock(self) {
         drop(self)
     }
 }
 
 impl Drop for RobustMutexGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
-        if self.consistent { self.mutex.unlock() } else { self.mutex.poison() }
+        if !self.held_here() {
+            return;
+        }
+        let token = self.state & OWNER;
+        if self.state & CONSISTENT != 0 { self.mutex.unlock_as(token) } else { self.mutex.poison_as(token) }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::liveness::PID_MAX;
 
     #[test]
     fn lock_unlock_and_try_lock() {
@@ -330,5 +441,53 @@ mod tests {
             }
         });
         assert_eq!(counter.load(Ordering::Relaxed), 40_000);
+    }
+
+    #[test]
+    fn threads_sharing_a_token_exclude_each_other_and_never_take_over() {
+        let m = RobustMutex::new();
+        let token = OwnerToken::new(OwnerToken::MAX).unwrap();
+        let counter = AtomicU32::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..5_000 {
+                        // Everyone is "dead" to this liveness question: only the own-token rule
+                        // keeps a thread from taking the lock over from a sibling.
+                        let g = m.lock_as(token, SpinPolicy::park(), None, |_| false).unwrap();
+                        assert!(!g.owner_died());
+                        let v = counter.load(Ordering::Relaxed);
+                        std::thread::yield_now();
+                        counter.store(v + 1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        assert_eq!(counter.load(Ordering::Relaxed), 20_000);
+    }
+
+    #[test]
+    fn a_dead_token_is_taken_over_and_its_late_unlock_changes_nothing() {
+        let m = RobustMutex::new();
+        let a = OwnerToken::new(7).unwrap();
+        let b = OwnerToken::new(8).unwrap();
+        let stale = m.try_lock_as(a).unwrap();
+        let mut g =
+            m.lock_as(b, SpinPolicy::park(), Some(Deadline::after(Duration::from_secs(5))), |t| t != 7).unwrap();
+        assert!(g.owner_died());
+        g.mark_consistent();
+        // The owner judged dead unlocks after all: the word is b's and stays so.
+        drop(stale);
+        assert_eq!(m.holder(), Some(8));
+        drop(g);
+        assert_eq!(m.holder(), None);
+    }
+
+    #[test]
+    fn tokens_are_bounded() {
+        assert!(OwnerToken::new(0).is_none());
+        assert!(OwnerToken::new(POISONED).is_none());
+        assert_eq!(OwnerToken::new(OwnerToken::MAX).map(OwnerToken::get), Some(POISONED - 1));
+        assert_eq!(OwnerToken::pid().get(), std::process::id());
     }
 }

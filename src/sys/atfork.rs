@@ -3,17 +3,41 @@
 //! The process layer forks; the ring layer must act around every fork (register its inherited
 //! handles in the child, or forget them) and when a forked child ends. So that the process layer
 //! need not know the ring layer (and no layer reaches up), the ring registers an [`AtFork`] here
-//! once, and the process layer calls [`prepare`] before `fork()`, then
-//! [`Prepared::in_child`] or [`Prepared::in_parent`], and [`child_exit`] before a child's `_exit`.
+//! once, and [`child_exit`] is called before a forked child's `_exit`.
+//!
+//! The hooks run around **every** `fork()` of the process, ringpool's or not: the first
+//! registration installs a `pthread_atfork` triple (prepare, parent, child) that runs them, so a
+//! child made by a plain `fork()` (libc, nix, a library) registers the ring handles it inherits
+//! just as a [`crate::process`] child does. Where the triple cannot be installed (`ENOMEM`), the
+//! process layer runs the hooks itself around its own forks ([`Forking`]), and a plain fork's child
+//! registers its inherited handles on their first use instead.
+//!
+//! What the child handler may do: it runs in the child of a possibly threaded parent, where only
+//! the forking thread exists. It takes no lock that another thread could have held (the list of
+//! hooks and the ring layer's list of mappings are taken by `prepare`, in the forking thread, and
+//! handed over to the child); it reads a thread-local cell that the forking thread filled; the
+//! ring layer's part makes atomic operations on shared memory, reads `/proc/self/stat` through
+//! `open`/`read` into a stack buffer, and may `futex`-wake. The heap is used only to free what
+//! `prepare` allocated, which glibc allows there (its `fork` resets the allocator's locks in the
+//! child before the child handlers run).
+//!
+//! A child that will `exec` at once should not join the rings it inherits: ringpool's own spawn
+//! forgets them ([`Inherit::Forget`] through [`with_inherit`]); other code that forks and execs
+//! (a `std::process::Command` with `pre_exec`) can call [`child_exit`] (public as
+//! `ringpool::process::before_exec`) in the child before `exec`.
 
+use std::cell::{Cell, RefCell};
 use std::sync::Mutex;
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What a forked child does with the handles it inherited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Inherit {
     /// Keep them: the child is a member of every ring it holds a handle of.
     Keep,
-    /// Forget them without touching shared memory (a pool worker, which opens what it needs).
+    /// Forget them without touching shared memory (a pool worker, which opens what it needs, or
+    /// a child that will exec).
     Forget,
 }
 
@@ -37,10 +61,120 @@ pub(crate) trait ForkSide {
 
 static HOOKS: Mutex<Vec<&'static dyn AtFork>> = Mutex::new(Vec::new());
 
-/// Registers a layer's fork hooks (once per layer: callers guard with a `Once`).
+/// Whether the `pthread_atfork` triple runs the hooks around every fork.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// What `prepare` made, from the forking thread's `prepare` handler to its parent or child
+    /// handler (the child's only thread is the copy of the forking thread).
+    static PENDING: RefCell<Option<Prepared>> = const { RefCell::new(None) };
+    /// What the next fork of this thread does with inherited handles: [`Inherit::Keep`] unless a
+    /// caller says otherwise through [`with_inherit`].
+    static MODE: Cell<Inherit> = const { Cell::new(Inherit::Keep) };
+}
+
+extern "C" fn prepare_handler() {
+    // Nothing here may unwind: a panic out of an extern "C" fn aborts.
+    let prepared = std::panic::catch_unwind(prepare);
+    if let Ok(p) = prepared {
+        let _ = PENDING.try_with(|cell| {
+            if let Ok(mut slot) = cell.try_borrow_mut() {
+                *slot = Some(p);
+            }
+        });
+    }
+}
+
+fn take_pending() -> Option<Prepared> {
+    PENDING.try_with(|cell| cell.try_borrow_mut().ok().and_then(|mut slot| slot.take())).ok().flatten()
+}
+
+extern "C" fn parent_handler() {
+    if let Some(p) = take_pending() {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.in_parent()));
+    }
+}
+
+extern "C" fn child_handler() {
+    let inherit = MODE.try_with(|m| m.replace(Inherit::Keep)).unwrap_or(Inherit::Keep);
+    if let Some(p) = take_pending() {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.in_child(inherit)));
+    } else {
+        super::pid::refresh_after_fork();
+    }
+}
+
+/// Registers a layer's fork hooks (once per layer: callers guard with a `Once`). The first
+/// registration installs the `pthread_atfork` handlers that run them around every fork.
 pub(crate) fn register(hooks: &'static dyn AtFork) {
     if let Ok(mut all) = HOOKS.lock() {
         all.push(hooks);
+    }
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // The pid cache's own child handler first (it is registered on the first pid query):
+        // handlers run in registration order in the child.
+        let _ = super::current_pid();
+        #[cfg(not(miri))]
+        {
+            // SAFETY: the three handlers are `extern "C" fn`s with static lifetime that never
+            // unwind (each catches panics); what they do in the child is argued in the module
+            // docs. pthread_atfork fails only with ENOMEM: then the process layer runs the hooks
+            // itself around its forks (see `Forking`).
+            let rc = unsafe { libc::pthread_atfork(Some(prepare_handler), Some(parent_handler), Some(child_handler)) };
+            INSTALLED.store(rc == 0, Ordering::Release);
+        }
+    });
+}
+
+/// Runs `f` (which forks) with this thread's forks treating inherited handles as `inherit` says.
+pub(crate) fn with_inherit<R>(inherit: Inherit, f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let _ = MODE.try_with(|m| m.set(Inherit::Keep));
+        }
+    }
+    let _ = MODE.try_with(|m| m.set(inherit));
+    let _reset = Reset;
+    f()
+}
+
+/// Held by the forking thread across one `fork()` of the process layer: arranges for the hooks to
+/// run (by the `pthread_atfork` handlers, or by hand where they could not be installed).
+#[must_use = "call in_child() in the child and in_parent() in the parent"]
+#[derive(Debug)]
+pub(crate) struct Forking {
+    inherit: Inherit,
+    by_hand: Option<Prepared>,
+}
+
+impl Forking {
+    /// Before `fork()`, in the parent.
+    pub(crate) fn begin(inherit: Inherit) -> Forking {
+        if INSTALLED.load(Ordering::Acquire) {
+            let _ = MODE.try_with(|m| m.set(inherit));
+            Forking { inherit, by_hand: None }
+        } else {
+            Forking { inherit, by_hand: Some(prepare()) }
+        }
+    }
+
+    /// First thing in the child (the handlers already ran, unless they are not installed).
+    pub(crate) fn in_child(self) {
+        let _ = MODE.try_with(|m| m.set(Inherit::Keep));
+        match self.by_hand {
+            Some(p) => p.in_child(self.inherit),
+            None => super::pid::refresh_after_fork(),
+        }
+    }
+
+    /// In the parent once `fork()` returned.
+    pub(crate) fn in_parent(self) {
+        let _ = MODE.try_with(|m| m.set(Inherit::Keep));
+        if let Some(p) = self.by_hand {
+            p.in_parent();
+        }
     }
 }
 
@@ -79,14 +213,12 @@ impl Prepared {
     }
 }
 
-/// In a forked child about to `_exit`: every layer gives up what the child holds. Skips the hooks
-/// if their list is locked (by a thread that does not exist in this child).
+/// In a forked child about to `_exit` (or `exec`): every layer gives up what the child holds.
+/// Skips the hooks if their list is locked (by a thread that does not exist in this child).
+/// Allocates nothing: it may run between `fork` and `exec`.
 pub(crate) fn child_exit() {
-    let hooks: Vec<&'static dyn AtFork> = match HOOKS.try_lock() {
-        Ok(h) => h.clone(),
-        Err(_) => return,
-    };
-    for h in hooks {
+    let Ok(hooks) = HOOKS.try_lock() else { return };
+    for h in hooks.iter() {
         h.child_exit();
     }
 }

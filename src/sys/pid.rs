@@ -50,7 +50,8 @@ static NO_CACHE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::
 /// Refreshes the cache in a child created by a raw `fork` that might have bypassed the handler
 /// (a `clone` or `vfork` issued by hand). [`crate::process`] calls it first thing in every child.
 pub(crate) fn refresh_after_fork() {
-    after_fork_in_child();
+    // Only the cache: the fork was counted by the handler (when it is installed).
+    PID.store(0, Ordering::Relaxed);
 }
 
 /// How many times this process image has been forked into a child, seen from the child.

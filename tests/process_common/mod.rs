@@ -21,7 +21,7 @@ pub fn lock() -> MutexGuard<'static, ()> {
 
 /// Forks a child that runs `f`. The test harness runs several threads, so the checked
 /// `Process::start` refuses here; the caller holds [`lock`].
-pub fn fork(f: impl FnOnce()) -> Process {
+pub fn fork(f: impl FnOnce() + 'static) -> Process {
     // SAFETY: the caller holds `lock()`, so the harness's other test threads are blocked on it and
     // hold no lock; libtest's main thread waits for results. The children in these tests only use
     // pipes, sleep, ringpool and the system allocator (glibc's malloc, which is fork-safe).
