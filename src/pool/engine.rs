@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytemuck::Pod;
 
 use super::error::{PoolError, TaskError};
+use super::faults::FaultPoint;
 use super::slots::{self, CANCELLED, DONE, FAILED, QUEUED, RUNNING, SlotDesc, Slots};
 use super::task::ITEM_OK;
 use super::worker::{self, WorkerArg};
@@ -47,6 +48,7 @@ pub(crate) struct Settings {
     pub slots: usize,
     pub slot_bytes: usize,
     pub spin: SpinPolicy,
+    pub faults: super::faults::FaultPlan,
 }
 
 /// Sizes and alignments of a task's input and output.
@@ -252,6 +254,7 @@ impl Engine {
                 errors: self.errors.clone(),
                 max_tasks: self.settings.max_tasks,
                 init: self.settings.init,
+                faults: self.settings.faults,
             };
             // SAFETY: `fork_now` found this thread to be the process's only one, and since then
             // this thread started none (the pool starts no thread): the child inherits no lock
@@ -276,6 +279,7 @@ impl Engine {
             has_init: u32::from(self.settings.init.is_some()),
             _pad: 0,
             spin_ns: u64::try_from(self.settings.spin.budget().as_nanos()).unwrap_or(u64::MAX),
+            faults: self.settings.faults,
         };
         let fds = [self.slots.fd(), self.tasks.fd(), self.results.fd(), self.errors.fd()];
         let process =
@@ -686,6 +690,7 @@ impl Engine {
             let still_queued = !inf.sent || inf.queue_index >= head;
             match slots::stage(w) {
                 RUNNING if slots::owner(w) == pid => {
+                    self.settings.faults.parent_at(FaultPoint::ParentSettle);
                     if still_queued {
                         // It died inside the claim: the message will be handed out again.
                         let _ = self.slots.transition(slot, w, slots::word(QUEUED, 0));
@@ -715,6 +720,7 @@ impl Engine {
             if inf.job != job {
                 continue;
             }
+            self.settings.faults.parent_at(FaultPoint::ParentCancel);
             if self.slots.transition(slot, slots::word(QUEUED, 0), slots::word(CANCELLED, 0)) {
                 self.fail_items(job, inf.first, inf.count, &TaskError::Cancelled);
                 if !inf.sent {

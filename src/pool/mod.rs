@@ -44,6 +44,7 @@
 
 mod engine;
 mod error;
+mod faults;
 mod future;
 mod slots;
 mod task;
@@ -55,6 +56,8 @@ use bytemuck::Pod;
 
 pub use engine::PoolStats;
 pub use error::{MapError, PoolError, TaskError, TaskFailures, WaitError};
+#[doc(hidden)]
+pub use faults::{FAULT_POINTS, FaultPlan, FaultPoint};
 pub use future::{AsCompleted, Future, as_completed, wait};
 pub use task::{ByRef, ByValue, TaskFn};
 
@@ -76,6 +79,7 @@ pub struct PoolBuilder {
     slots: Option<usize>,
     slot_bytes: usize,
     spin: SpinPolicy,
+    faults: FaultPlan,
 }
 
 impl Default for PoolBuilder {
@@ -89,6 +93,7 @@ impl Default for PoolBuilder {
             slots: None,
             slot_bytes: 16 * 1024,
             spin: SpinPolicy::default(),
+            faults: FaultPlan::none(),
         }
     }
 }
@@ -153,6 +158,13 @@ impl PoolBuilder {
         self
     }
 
+    /// Injects faults at the steps of the slot protocol (the pool's own stress tests).
+    #[doc(hidden)]
+    pub fn fault_plan(mut self, plan: FaultPlan) -> Self {
+        self.faults = plan;
+        self
+    }
+
     /// Creates the pool's shared memory and starts its workers.
     pub fn build(mut self) -> Result<Pool, PoolError> {
         if self.workers == 0 {
@@ -183,6 +195,7 @@ impl PoolBuilder {
             slots,
             slot_bytes,
             spin: self.spin,
+            faults: self.faults,
         };
         let engine = Engine::new(settings)?;
         Ok(Pool { shared: Arc::new(Shared { engine: Mutex::new(engine) }) })

@@ -5,6 +5,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 use bytemuck::{Pod, Zeroable};
 
+use super::faults::{FaultPlan, FaultPoint};
 use super::slots::{self, CANCELLED, QUEUED, RUNNING, Slots};
 use super::task::{self, ChunkCtx};
 use crate::ring::queue::Queue;
@@ -45,6 +46,8 @@ pub(crate) struct WorkerArg {
     pub _pad: u32,
     /// Spin budget in nanoseconds.
     pub spin_ns: u64,
+    /// Faults to inject (tests only; all zero otherwise).
+    pub faults: FaultPlan,
 }
 
 /// What a forked worker inherits, mapped already.
@@ -55,6 +58,7 @@ pub(crate) struct Setup {
     pub errors: Ring,
     pub max_tasks: u64,
     pub init: Option<crate::process::code::CodeOffset>,
+    pub faults: FaultPlan,
 }
 
 /// A forked worker's body: the pool's memory is mapped already (inherited); the ring handles
@@ -66,7 +70,7 @@ pub(crate) fn run_forked(setup: Setup) {
             None => crate::process::exit(EXIT_BAD_CODE),
         }
     }
-    let code = serve(&setup.slots, &setup.tasks, &setup.results, &setup.errors, setup.max_tasks);
+    let code = serve(&setup.slots, &setup.tasks, &setup.results, &setup.errors, setup.max_tasks, &setup.faults);
     if code != 0 {
         crate::process::exit(code);
     }
@@ -103,7 +107,7 @@ pub(crate) fn start(arg: &[u8]) {
             None => crate::process::exit(EXIT_BAD_CODE),
         }
     }
-    let code = serve(&slots, &tasks, &results, &errors, arg.max_tasks);
+    let code = serve(&slots, &tasks, &results, &errors, arg.max_tasks, &arg.faults);
     if code != 0 {
         crate::process::exit(code);
     }
@@ -119,7 +123,14 @@ enum Claim {
     Stale,
 }
 
-fn serve(slots: &Slots, tasks: &Queue<u64>, results: &Queue<u64>, errors: &Ring, max_tasks: u64) -> i32 {
+fn serve(
+    slots: &Slots,
+    tasks: &Queue<u64>,
+    results: &Queue<u64>,
+    errors: &Ring,
+    max_tasks: u64,
+    faults: &FaultPlan,
+) -> i32 {
     let (Ok(rx), Ok(tx), Ok(etx)) = (tasks.receiver(), results.sender(), errors.sender()) else {
         return EXIT_BAD_SETUP;
     };
@@ -132,7 +143,11 @@ fn serve(slots: &Slots, tasks: &Queue<u64>, results: &Queue<u64>, errors: &Ring,
         let (msg, claim) = match rx.recv_in_place() {
             Ok(guard) => {
                 let msg = *guard;
-                let claim = claim(slots, msg, me);
+                faults.worker_at(FaultPoint::Received);
+                let claim = claim(slots, msg, me, faults);
+                if matches!(claim, Claim::Run) {
+                    faults.worker_at(FaultPoint::Claimed);
+                }
                 drop(guard);
                 (msg, claim)
             }
@@ -148,7 +163,7 @@ fn serve(slots: &Slots, tasks: &Queue<u64>, results: &Queue<u64>, errors: &Ring,
                 }
                 continue;
             }
-            Claim::Run => {}
+            Claim::Run => faults.worker_at(FaultPoint::Committed),
         }
         let desc = slots.read_desc(slot);
         let ran = if desc.seq != seq || !desc.fits(slots.data_len()) {
@@ -190,7 +205,9 @@ fn serve(slots: &Slots, tasks: &Queue<u64>, results: &Queue<u64>, errors: &Ring,
             // Leave every item's status as "not run": the parent reports it.
             return EXIT_BAD_CODE;
         }
+        faults.worker_at(FaultPoint::Ran);
         slots.state(slot).store(slots::word(slots::DONE, me), Ordering::Release);
+        faults.worker_at(FaultPoint::Done);
         if tx.send(msg).is_err() {
             return EXIT_BROKEN;
         }
@@ -200,7 +217,7 @@ fn serve(slots: &Slots, tasks: &Queue<u64>, results: &Queue<u64>, errors: &Ring,
 }
 
 /// Claims the slot named by `msg` for `me`, inside the task queue's receive critical section.
-fn claim(slots: &Slots, msg: u64, me: u32) -> Claim {
+fn claim(slots: &Slots, msg: u64, me: u32, faults: &FaultPlan) -> Claim {
     let (slot, seq) = split(msg);
     if slot >= slots.count || slots.read_desc(slot).seq != seq {
         return Claim::Stale;
@@ -208,15 +225,17 @@ fn claim(slots: &Slots, msg: u64, me: u32) -> Claim {
     let w = slots.state(slot).load(Ordering::Acquire);
     match slots::stage(w) {
         QUEUED => {
+            faults.worker_at(FaultPoint::BeforeClaim);
             if slots.transition(slot, w, slots::word(RUNNING, me)) {
                 Claim::Run
             } else {
-                claim(slots, msg, me)
+                claim(slots, msg, me, faults)
             }
         }
         // Claimed by a worker that died inside this same critical section (the message was
         // handed out again): take it over.
         RUNNING if slots::owner(w) != me => {
+            faults.worker_at(FaultPoint::BeforeTakeover);
             if slots.transition(slot, w, slots::word(RUNNING, me)) {
                 Claim::Run
             } else {
