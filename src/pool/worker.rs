@@ -121,6 +121,9 @@ enum Claim {
     Cancelled,
     /// A message about a slot that moved on: ignore.
     Stale,
+    /// The slot's state keeps changing under us (scribbled memory): leave without consuming the
+    /// message, so that it is handed to the next worker.
+    GiveUp,
 }
 
 fn serve(
@@ -145,8 +148,17 @@ fn serve(
                 let msg = *guard;
                 faults.worker_at(FaultPoint::Received);
                 let claim = claim(slots, msg, me, faults);
-                if matches!(claim, Claim::Run) {
-                    faults.worker_at(FaultPoint::Claimed);
+                match claim {
+                    Claim::Run => faults.worker_at(FaultPoint::Claimed),
+                    Claim::GiveUp => {
+                        // Dying inside the section hands the message on (the queue repairs a dead
+                        // receiver's hold by delivering the same message again). A plain exit
+                        // would leave the queue while holding its lock: die as a crash does.
+                        std::mem::forget(guard);
+                        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+                        return EXIT_BROKEN;
+                    }
+                    Claim::Cancelled | Claim::Stale => {}
                 }
                 drop(guard);
                 (msg, claim)
@@ -156,7 +168,7 @@ fn serve(
         };
         let (slot, seq) = split(msg);
         match claim {
-            Claim::Stale => continue,
+            Claim::Stale | Claim::GiveUp => continue,
             Claim::Cancelled => {
                 if tx.send(msg).is_err() {
                     return EXIT_BROKEN;
@@ -217,32 +229,38 @@ fn serve(
 }
 
 /// Claims the slot named by `msg` for `me`, inside the task queue's receive critical section.
+///
+/// Holding the message inside the section is what makes every answer but [`Claim::Stale`] final:
+/// while this worker holds it, the only other writer of the slot's state is the parent, and the
+/// parent only moves it `RUNNING(dead)` -> `QUEUED` (the previous holder died in this same
+/// section) and `QUEUED` -> `CANCELLED`. So a failed compare-and-swap means "look again", never
+/// "someone else has it": giving up there would drop the only message for a slot that still waits
+/// for it (the pool's defect 5). See the state machine in the `slots` module.
 fn claim(slots: &Slots, msg: u64, me: u32, faults: &FaultPlan) -> Claim {
+    /// Far more changes than the protocol can make while we hold the message (two): only
+    /// memory scribbled by something else could get here.
+    const MAX_TRIES: u32 = 1000;
     let (slot, seq) = split(msg);
     if slot >= slots.count || slots.read_desc(slot).seq != seq {
         return Claim::Stale;
     }
-    let w = slots.state(slot).load(Ordering::Acquire);
-    match slots::stage(w) {
-        QUEUED => {
-            faults.worker_at(FaultPoint::BeforeClaim);
-            if slots.transition(slot, w, slots::word(RUNNING, me)) {
-                Claim::Run
-            } else {
-                claim(slots, msg, me, faults)
-            }
+    for _ in 0..MAX_TRIES {
+        let w = slots.state(slot).load(Ordering::Acquire);
+        match slots::stage(w) {
+            QUEUED => faults.worker_at(FaultPoint::BeforeClaim),
+            // Claimed by a worker that died inside this same critical section (the message was
+            // handed out again), before the parent noticed: take it over. It never ran the task:
+            // a worker runs a task only after the message left the queue.
+            RUNNING => faults.worker_at(FaultPoint::BeforeTakeover),
+            CANCELLED => return Claim::Cancelled,
+            // FREE, DONE, FAILED: the slot's generation moved on (cannot happen while the
+            // generation matches and we hold its message, but nobody waits for it then).
+            _ => return Claim::Stale,
         }
-        // Claimed by a worker that died inside this same critical section (the message was
-        // handed out again): take it over.
-        RUNNING if slots::owner(w) != me => {
-            faults.worker_at(FaultPoint::BeforeTakeover);
-            if slots.transition(slot, w, slots::word(RUNNING, me)) {
-                Claim::Run
-            } else {
-                Claim::Stale
-            }
+        if slots.transition(slot, w, slots::word(RUNNING, me)) {
+            return Claim::Run;
         }
-        CANCELLED => Claim::Cancelled,
-        _ => Claim::Stale,
+        // The parent reset or cancelled it meanwhile: look again.
     }
+    Claim::GiveUp
 }

@@ -1,0 +1,132 @@
+//! The pool against a SIGKILL at every step of its slot protocol, a pool built on a thread that
+//! ends, a parent killed under its workers, nested use, and careless builder settings.
+//!
+//! The harness runs several threads, so pools built here spawn their workers (re-executing this
+//! test binary). Every wait has a deadline: a hang fails the test instead of stalling the run.
+
+mod common;
+mod process_common;
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytemuck::{Pod, Zeroable};
+use ringpool::Pool;
+use ringpool::pool::{FaultPlan, FaultPoint, MapError, TaskError};
+
+/// Runs `f` on a thread and waits at most `limit` for its answer; a hang or a panic fails the test.
+fn within<T: Send + 'static>(limit: Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => v,
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: no answer within {limit:?}: hung"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what}: the thread panicked"),
+    }
+}
+
+/// One task input of the run-counting task: which test run, which item.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct Item {
+    tag: u64,
+    i: u64,
+}
+
+/// Where the workers of test process `parent` record the runs of run `tag`.
+fn runs_path(parent: u32, tag: u64) -> PathBuf {
+    std::env::temp_dir().join(format!("ringpool-pool-runs-{parent}-{tag}"))
+}
+
+/// Records that it ran (an 8-byte append to a file named by the test process and the run), then
+/// answers `3i + 1`.
+fn counted(x: &Item) -> u64 {
+    let path = runs_path(std::os::unix::process::parent_id(), x.tag);
+    if let Ok(mut f) = OpenOptions::new().append(true).create(true).open(path) {
+        let _ = f.write_all(&x.i.to_le_bytes());
+    }
+    x.i * 3 + 1
+}
+
+/// How many times each of `n` items ran, from the runs file.
+fn runs_of(path: &PathBuf, n: usize) -> Vec<u32> {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let mut runs = vec![0u32; n];
+    for c in bytes.chunks_exact(8) {
+        let i = u64::from_le_bytes(c.try_into().expect("8 bytes")) as usize;
+        assert!(i < n, "a run of an item that was never submitted: {i}");
+        runs[i] += 1;
+    }
+    runs
+}
+
+/// Defect 5 and its class: workers SIGKILLed at every step of the claim and the run, with pauses
+/// that widen each race (a takeover's compare-and-swap against the parent's reset of the same
+/// slot, above all). Every map completes within its deadline; every item is its right result or
+/// `WorkerDied`, never missing; no task runs twice; the pool's drop completes too.
+#[test]
+fn every_item_settles_once_under_kills_at_every_step() {
+    use FaultPoint::*;
+    let ms = Duration::from_millis;
+    let plans = [
+        ("die on receipt", FaultPlan::none().die(Received, 100)),
+        ("die before the claim", FaultPlan::none().die(BeforeClaim, 100).pause(BeforeClaim, ms(1))),
+        ("die claimed, slow takeover", FaultPlan::none().die(Claimed, 150).pause(BeforeTakeover, ms(30))),
+        ("die claimed, slow settle", FaultPlan::none().die(Claimed, 150).pause(ParentSettle, ms(5))),
+        ("die after commit", FaultPlan::none().die(Committed, 100)),
+        ("die after running", FaultPlan::none().die(Ran, 100)),
+        ("die after done", FaultPlan::none().die(Done, 100)),
+        (
+            "die anywhere",
+            FaultPlan::none()
+                .die(Received, 30)
+                .die(Claimed, 50)
+                .die(Committed, 30)
+                .die(Ran, 30)
+                .die(Done, 30)
+                .pause(BeforeTakeover, ms(10))
+                .pause(ParentSettle, ms(2)),
+        ),
+    ];
+    let n: u64 = 300;
+    let mut deaths = 0;
+    for (tag, (name, plan)) in plans.into_iter().enumerate() {
+        let tag = tag as u64;
+        let path = runs_path(std::process::id(), tag);
+        let _ = std::fs::remove_file(&path);
+        let (out, died) = within(Duration::from_secs(60), name, move || {
+            let pool = Pool::builder().workers(3).chunk_size(2).fault_plan(plan).build().expect("pool");
+            let out = pool.map(counted, (0..n).map(|i| Item { tag, i }));
+            let died = pool.stats().workers_died;
+            drop(pool);
+            (out, died)
+        });
+        eprintln!("{name}: {died} workers died");
+        deaths += died;
+        let results: Vec<Result<u64, TaskError>> = match out {
+            Ok(v) => v.into_iter().map(Ok).collect(),
+            Err(MapError::Tasks(f)) => f.into_results(),
+            Err(e) => panic!("{name}: the map failed as a whole: {e}"),
+        };
+        assert_eq!(results.len(), n as usize, "{name}: every item has an outcome");
+        let runs = runs_of(&path, n as usize);
+        let _ = std::fs::remove_file(&path);
+        for (i, (r, &ran)) in results.iter().zip(&runs).enumerate() {
+            assert!(ran <= 1, "{name}: item {i} ran {ran} times");
+            match r {
+                Ok(v) => {
+                    assert_eq!(*v, 3 * i as u64 + 1, "{name}: item {i}");
+                    assert_eq!(ran, 1, "{name}: item {i} has a result but never ran");
+                }
+                Err(TaskError::WorkerDied { .. }) => {}
+                Err(e) => panic!("{name}: item {i}: unexpected {e}"),
+            }
+        }
+    }
+    assert!(deaths > 0, "the plans killed no worker: the test tested nothing");
+}
