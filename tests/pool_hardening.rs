@@ -130,3 +130,66 @@ fn every_item_settles_once_under_kills_at_every_step() {
     }
     assert!(deaths > 0, "the plans killed no worker: the test tested nothing");
 }
+
+fn square(x: &u64) -> u64 {
+    x * x
+}
+
+fn add_one(x: &u64) -> u64 {
+    x + 1
+}
+
+/// Defect 7: a map whose inputs come from an `imap` of the same pool. The outer map pulls its
+/// input iterator, which needs the pool to make progress: it must not be pulled under the pool's
+/// lock.
+#[test]
+fn nested_map_over_imap_completes() {
+    let out = within(Duration::from_secs(60), "map over imap", || {
+        let pool = Pool::new(2).expect("pool");
+        let inner = pool.imap(add_one, 0..500u64).expect("imap").map(|r| r.expect("inner task"));
+        let out = pool.map(square, inner).expect("outer map");
+        // And the other way round: an imap fed by a map's results, and a map inside an iterator
+        // adapter of another map.
+        let again: Vec<u64> =
+            pool.imap(square, pool.map(add_one, 0..50u64).expect("map")).expect("imap").map(Result::unwrap).collect();
+        let inside = pool.map(square, (0..20u64).map(|i| pool.map(add_one, [i]).expect("inner map")[0])).expect("map");
+        (out, again, inside)
+    });
+    assert_eq!(out.0, (0..500u64).map(|i| (i + 1) * (i + 1)).collect::<Vec<_>>());
+    assert_eq!(out.1, (0..50u64).map(|i| (i + 1) * (i + 1)).collect::<Vec<_>>());
+    assert_eq!(out.2, (0..20u64).map(|i| (i + 1) * (i + 1)).collect::<Vec<_>>());
+}
+
+/// Defect 7: a map whose input iterator blocks (here: until the test opens a gate) does not stall
+/// another thread's map on the same pool.
+#[test]
+fn a_blocked_input_iterator_does_not_stall_another_map() {
+    let pool = std::sync::Arc::new(Pool::new(2).expect("pool"));
+    let (gate_tx, gate_rx) = mpsc::channel::<()>();
+    let (entered_tx, entered_rx) = mpsc::channel::<()>();
+    let slow = {
+        let pool = pool.clone();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            let inputs = (0..10u64).map(move |i| {
+                if i == 5 && !sent {
+                    sent = true;
+                    let _ = entered_tx.send(());
+                    // Blocks until the test opens the gate (or gives up and drops it).
+                    let _ = gate_rx.recv();
+                }
+                i
+            });
+            pool.map(square, inputs)
+        })
+    };
+    entered_rx.recv_timeout(Duration::from_secs(30)).expect("the slow map pulled its inputs");
+    let other = {
+        let pool = pool.clone();
+        within(Duration::from_secs(30), "a map beside a blocked input iterator", move || pool.map(add_one, 0..100u64))
+    };
+    assert_eq!(other.expect("other map"), (1..101u64).collect::<Vec<_>>());
+    drop(gate_tx);
+    let slow = slow.join().expect("slow map thread");
+    assert_eq!(slow.expect("slow map"), (0..10u64).map(|i| i * i).collect::<Vec<_>>());
+}

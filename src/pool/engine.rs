@@ -288,6 +288,11 @@ impl Engine {
         Ok(())
     }
 
+    /// Slots free right now.
+    pub(crate) fn free_slots(&self) -> usize {
+        self.free.len()
+    }
+
     /// Pids of the running workers.
     pub(crate) fn worker_pids(&self) -> Vec<u32> {
         self.workers.iter().map(|w| w.process.pid()).collect()

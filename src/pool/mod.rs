@@ -40,7 +40,9 @@
 //! # Concurrency
 //!
 //! A `Pool` may be shared between threads (`Send + Sync`); its operations take turns on one lock.
-//! A [`Future`] can be waited on from any thread.
+//! A [`Future`] can be waited on from any thread. None of the caller's code runs under that lock:
+//! an input iterator is pulled outside it, so it may be slow, block, or use the same pool (a `map`
+//! over an [`imap`](Pool::imap) of the same pool works) without stalling anyone else.
 
 mod engine;
 mod error;
@@ -208,8 +210,9 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Engine> {
-        // A panic while the lock was held (a user's input iterator, say) leaves the engine
-        // consistent: every step of it completes or is undone before user code runs.
+        // No caller's code runs under this lock (input iterators are pulled outside it, and task
+        // inputs and results are `Pod`: no destructor, no clone); a panic of the pool's own code
+        // under it leaves the engine as consistent as any other return.
         self.engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -224,8 +227,12 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let e = self.shared.lock();
-        f.debug_struct("Pool").field("workers", &e.worker_pids()).field("stats", &e.stats).finish()
+        // Copied out first: the formatter may be the caller's code, which may use this pool.
+        let (workers, stats) = {
+            let e = self.shared.lock();
+            (e.worker_pids(), e.stats)
+        };
+        f.debug_struct("Pool").field("workers", &workers).field("stats", &stats).finish()
     }
 }
 
@@ -401,7 +408,8 @@ impl Pool {
         self.shared.lock().stats
     }
 
-    /// Dispatches everything and waits for every result.
+    /// Dispatches everything and waits for every result. The input iterator is pulled only
+    /// while the engine lock is not held (see [`Feeder`]).
     fn run_to_end<T, R, M, F>(&self, inputs: impl IntoIterator<Item = T>) -> Result<Box<MapSink<R>>, PoolError>
     where
         T: Pod,
@@ -410,38 +418,119 @@ impl Pool {
     {
         let tramp = task::chunk_offset::<F, T, R, M>()?;
         let types = Types::of::<T, R>();
-        let mut iter = inputs.into_iter();
+        let iter = inputs.into_iter();
         let (lo, hi) = iter.size_hint();
         let mut e = self.shared.lock();
         e.check_open()?;
         let chunk = e.chunk_size((Some(lo) == hi).then_some(lo), types)?;
         let job = e.new_job(Box::new(MapSink::<R> { values: Vec::with_capacity(lo), failures: Vec::new() }));
-        let mut next = 0;
-        let mut exhausted = false;
-        let outcome = loop {
-            while !exhausted {
-                match e.dispatch_from(job, tramp, types, next, &mut iter, chunk) {
-                    Dispatch::Sent(n) => next += n,
-                    Dispatch::NoSlot => break,
-                    Dispatch::Exhausted => exhausted = true,
-                }
-            }
-            if let Err(err) = e.flush() {
-                break Err(err);
-            }
-            if exhausted && e.remaining(job) == 0 {
-                break Ok(());
-            }
-            if let Err(err) = e.pump(PUMP_WAIT) {
-                break Err(err);
-            }
-        };
-        let sink = e.take_job(job);
         drop(e);
+        // If the input iterator panics, the job goes with the unwinding (abandoned if items run).
+        let mut owned = OwnedJob { shared: &self.shared, job: Some(job) };
+        let mut feed = Feeder::new(iter, job, tramp, types, chunk);
+        let outcome = loop {
+            let want = {
+                let mut e = self.shared.lock();
+                let want = feed.dispatch(&mut e);
+                if let Err(err) = e.flush() {
+                    break Err(err);
+                }
+                if want == 0 {
+                    if feed.done() && e.remaining(job) == 0 {
+                        break Ok(());
+                    }
+                    if let Err(err) = e.pump(PUMP_WAIT) {
+                        break Err(err);
+                    }
+                }
+                want
+            };
+            // The caller's code, without the lock.
+            feed.pull(want);
+        };
+        owned.job = None;
+        let sink = self.shared.lock().take_job(job);
         outcome?;
         let mut sink = sink.and_then(|s| s.into_any().downcast::<MapSink<R>>().ok()).ok_or(PoolError::Closed)?;
-        sink.values.truncate(next);
+        sink.values.truncate(feed.next);
         Ok(sink)
+    }
+}
+
+/// A job that is dropped (abandoned, if items still run) when this goes: the unwinding path of a
+/// map whose input iterator panicked.
+struct OwnedJob<'a> {
+    shared: &'a Shared,
+    job: Option<usize>,
+}
+
+impl Drop for OwnedJob<'_> {
+    fn drop(&mut self) {
+        if let Some(job) = self.job.take() {
+            self.shared.lock().drop_job(job);
+        }
+    }
+}
+
+/// Feeds a job from the caller's input iterator.
+///
+/// The iterator is the caller's code: it may be slow, block, or use this very pool (a map over an
+/// `imap` of the same pool). So it is never pulled under the engine lock, and while it is pulled
+/// this feeder holds no slot either (the iterator may need every slot to make progress). Each
+/// round takes, under the lock, as many buffered items as the free slots hold, then, without the
+/// lock, pulls as many items as the slots that were free could take; the buffer never holds more.
+struct Feeder<I: Iterator> {
+    inputs: I,
+    buffer: std::collections::VecDeque<I::Item>,
+    /// The iterator ended.
+    exhausted: bool,
+    /// Index of the next item to dispatch (items dispatched so far).
+    next: usize,
+    job: usize,
+    tramp: crate::process::code::CodeOffset,
+    types: Types,
+    chunk: usize,
+}
+
+impl<I> Feeder<I>
+where
+    I: Iterator,
+    I::Item: Pod,
+{
+    fn new(inputs: I, job: usize, tramp: crate::process::code::CodeOffset, types: Types, chunk: usize) -> Self {
+        Feeder { inputs, buffer: Default::default(), exhausted: false, next: 0, job, tramp, types, chunk }
+    }
+
+    /// Under the lock: dispatches buffered items into free slots. Answers how many items to pull
+    /// next: none while items wait in the buffer, once the iterator ended, or when no slot is free.
+    fn dispatch(&mut self, e: &mut Engine) -> usize {
+        while !self.buffer.is_empty() {
+            let buffer = &mut self.buffer;
+            let mut items = std::iter::from_fn(|| buffer.pop_front());
+            match e.dispatch_from(self.job, self.tramp, self.types, self.next, &mut items, self.chunk) {
+                Dispatch::Sent(n) => self.next += n,
+                Dispatch::NoSlot | Dispatch::Exhausted => break,
+            }
+        }
+        if self.buffer.is_empty() && !self.exhausted { e.free_slots().saturating_mul(self.chunk) } else { 0 }
+    }
+
+    /// Without the lock: pulls up to `n` items into the buffer.
+    fn pull(&mut self, n: usize) {
+        for _ in 0..n {
+            match self.inputs.next() {
+                Some(t) => self.buffer.push_back(t),
+                None => {
+                    self.exhausted = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Every item pulled and dispatched.
+    fn done(&self) -> bool {
+        self.exhausted && self.buffer.is_empty()
     }
 }
 
@@ -455,15 +544,10 @@ impl Drop for Pool {
 }
 
 /// Shared by the two lazy iterators: a job fed from an input iterator as slots free up.
-struct Stream<'p, I> {
+struct Stream<'p, I: Iterator> {
     pool: &'p Pool,
     job: Option<usize>,
-    inputs: I,
-    tramp: crate::process::code::CodeOffset,
-    types: Types,
-    chunk: usize,
-    next: usize,
-    exhausted: bool,
+    feed: Feeder<I>,
 }
 
 impl<'p, I> Stream<'p, I>
@@ -484,42 +568,44 @@ where
         let chunk = e.chunk_size((Some(lo) == hi).then_some(lo), types)?;
         let job = e.new_job(sink);
         drop(e);
-        Ok(Stream { pool, job: Some(job), tramp, types, chunk, next: 0, exhausted: false, inputs })
+        Ok(Stream { pool, job: Some(job), feed: Feeder::new(inputs, job, tramp, types, chunk) })
     }
 
-    /// Feeds free slots, then waits a little for results. Answers false when nothing is left.
+    /// Feeds free slots, then waits a little for results, until `take` finds something in the
+    /// sink. Answers `None` when nothing is left. The input iterator is pulled without the lock.
     fn step<S: Sink + 'static, X>(
         &mut self,
         mut take: impl FnMut(&mut S) -> Option<X>,
     ) -> Option<Result<X, PoolError>> {
         let job = self.job?;
-        let mut e = self.pool.shared.lock();
         loop {
-            if let Some(x) = e.sink::<S>(job).and_then(&mut take) {
-                return Some(Ok(x));
-            }
-            while !self.exhausted {
-                match e.dispatch_from(job, self.tramp, self.types, self.next, &mut self.inputs, self.chunk) {
-                    Dispatch::Sent(n) => self.next += n,
-                    Dispatch::NoSlot => break,
-                    Dispatch::Exhausted => self.exhausted = true,
+            let want = {
+                let mut e = self.pool.shared.lock();
+                if let Some(x) = e.sink::<S>(job).and_then(&mut take) {
+                    return Some(Ok(x));
                 }
-            }
-            if let Err(err) = e.flush() {
-                return Some(Err(err));
-            }
-            if self.exhausted && e.remaining(job) == 0 {
-                // Everything delivered; one last look at the sink.
-                return e.sink::<S>(job).and_then(&mut take).map(Ok);
-            }
-            if let Err(err) = e.pump(PUMP_WAIT) {
-                return Some(Err(err));
-            }
+                let want = self.feed.dispatch(&mut e);
+                if let Err(err) = e.flush() {
+                    return Some(Err(err));
+                }
+                if want == 0 {
+                    if self.feed.done() && e.remaining(job) == 0 {
+                        // Everything delivered; one last look at the sink.
+                        return e.sink::<S>(job).and_then(&mut take).map(Ok);
+                    }
+                    if let Err(err) = e.pump(PUMP_WAIT) {
+                        return Some(Err(err));
+                    }
+                }
+                want
+            };
+            // The caller's code, without the lock.
+            self.feed.pull(want);
         }
     }
 }
 
-impl<I> Drop for Stream<'_, I> {
+impl<I: Iterator> Drop for Stream<'_, I> {
     fn drop(&mut self) {
         if let Some(job) = self.job {
             self.pool.shared.lock().drop_job(job);
@@ -615,7 +701,7 @@ pub(crate) fn for_each_item<R: Pod>(c: &Chunk<'_>, mut f: impl FnMut(usize, Resu
 }
 
 /// The iterator of [`Pool::imap`]: results in input order.
-pub struct Imap<'p, R, I> {
+pub struct Imap<'p, R, I: Iterator> {
     stream: Stream<'p, I>,
     _r: std::marker::PhantomData<fn() -> R>,
 }
@@ -638,7 +724,7 @@ impl<R: Pod + Send, I: Iterator<Item: Pod>> Iterator for Imap<'_, R, I> {
 }
 
 /// The iterator of [`Pool::imap_unordered`]: `(input index, result)` in completion order.
-pub struct ImapUnordered<'p, R, I> {
+pub struct ImapUnordered<'p, R, I: Iterator> {
     stream: Stream<'p, I>,
     _r: std::marker::PhantomData<fn() -> R>,
 }
