@@ -193,3 +193,105 @@ fn a_blocked_input_iterator_does_not_stall_another_map() {
     let slow = slow.join().expect("slow map thread");
     assert_eq!(slow.expect("slow map"), (0..10u64).map(|i| i * i).collect::<Vec<_>>());
 }
+
+fn my_pid(_: &u64) -> u64 {
+    u64::from(std::process::id())
+}
+
+/// How a worker watches its parent: `1000 * (death signal set by PR_SET_PDEATHSIG) + 10 * (armed
+/// watch descriptors: those that signal SIGKILL to this process) + (those of them close-on-exec)`.
+fn watch_state(_: &u64) -> u64 {
+    let mut sig: libc::c_int = 0;
+    // SAFETY: PR_GET_PDEATHSIG writes one int through the pointer, which points at `sig`.
+    unsafe { libc::prctl(libc::PR_GET_PDEATHSIG, &mut sig as *mut libc::c_int) };
+    let (mut armed, mut cloexec) = (0u64, 0u64);
+    for fd in std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+    {
+        // SAFETY: fcntl queries on descriptors of this process (F_GETSIG is 11 on Linux).
+        unsafe {
+            if libc::fcntl(fd, 11) == libc::SIGKILL && libc::fcntl(fd, libc::F_GETOWN) == libc::getpid() {
+                armed += 1;
+                if libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0 {
+                    cloexec += 1;
+                }
+            }
+        }
+    }
+    1000 * sig as u64 + 10 * armed + cloexec
+}
+
+/// Defect 6: a pool built and used on a thread that then ends keeps its workers: the workers
+/// die with the parent process, not with the thread that started them. Later maps from the main
+/// thread succeed with the same workers, none killed.
+#[test]
+fn a_pool_built_on_a_thread_that_ends_keeps_its_workers() {
+    let _l = process_common::lock();
+    let pool = std::thread::spawn(|| {
+        let pool = Pool::new(3).expect("pool");
+        assert_eq!(pool.map(square, 0..60u64).expect("map on the building thread").len(), 60);
+        pool
+    })
+    .join()
+    .expect("building thread");
+    let pids = pool.worker_pids();
+    let strays: Vec<_> = pids.iter().map(|&p| process_common::Stray::new(p)).collect();
+    for round in 0..5 {
+        let out = pool.map(square, 0..60u64).unwrap_or_else(|e| panic!("map {round} from main: {e}"));
+        assert_eq!(out, (0..60u64).map(|i| i * i).collect::<Vec<_>>());
+    }
+    // Workers are still the first three, alive, and none died.
+    let ran_on: std::collections::HashSet<u64> = pool.map(my_pid, 0..200u64).expect("map").into_iter().collect();
+    for s in &strays {
+        assert!(s.is_alive(), "worker {} was killed when the building thread ended", s.pid);
+    }
+    assert!(ran_on.iter().all(|p| pids.contains(&(*p as u32))), "tasks ran on replacements: {ran_on:?} vs {pids:?}");
+    assert_eq!(pool.stats().workers_died, 0, "workers died: {:?}", pool.stats());
+    // They watch the parent process, not a thread: no PR_SET_PDEATHSIG, one armed watch
+    // descriptor, close-on-exec (they were re-executed: it crossed the exec, then was closed to
+    // the programs they run).
+    for s in pool.map(watch_state, 0..30u64).expect("map") {
+        assert_eq!(s, 11, "worker watch state {s} (1000 * pdeathsig + 10 * armed + close-on-exec)");
+    }
+    drop(pool);
+    process_common::assert_no_zombies();
+}
+
+/// Defect 6, the other half: when the parent *process* dies (SIGKILL: no destructor runs), its
+/// workers die too, within a deadline. The parent here is a forked intermediate process that
+/// builds a pool (forked workers, and spawned ones; on its main thread, and on a helper thread
+/// that then ends), reports its workers' pids, and waits to be killed.
+#[test]
+fn workers_die_with_their_parent_process() {
+    use ringpool::pool::StartMethod;
+    for (method, on_thread) in
+        [(StartMethod::Fork, false), (StartMethod::Spawn, false), (StartMethod::Spawn, true), (StartMethod::Auto, true)]
+    {
+        let what = format!("{method:?} workers, pool built on a helper thread: {on_thread}");
+        let _l = process_common::lock();
+        let (rx, tx) = process_common::pipe();
+        let mut parent = process_common::fork(move || {
+            let build = move || {
+                let pool = Pool::builder().workers(3).start_method(method).build().expect("pool");
+                assert_eq!(pool.map(square, 0..30u64).expect("map").len(), 30);
+                pool
+            };
+            let pool = if on_thread { std::thread::spawn(build).join().expect("thread") } else { build() };
+            let pids: Vec<String> = pool.worker_pids().iter().map(u32::to_string).collect();
+            process_common::send_line(&tx, &pids.join(" "));
+            process_common::sleep_forever();
+        });
+        let line = process_common::recv_line(std::os::fd::AsFd::as_fd(&rx), Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{what}: the intermediate reported no workers"));
+        let workers: Vec<process_common::Stray> =
+            line.split_whitespace().map(|p| process_common::Stray::new(p.parse().expect("pid"))).collect();
+        assert_eq!(workers.len(), 3, "{what}: {line}");
+        assert!(workers.iter().all(|w| w.is_alive()), "{what}: a worker is already dead before the parent");
+        parent.kill().expect("kill the intermediate");
+        let _ = parent.join_timeout(Duration::from_secs(10));
+        let gone = process_common::wait_for(Duration::from_secs(20), || workers.iter().all(|w| !w.is_alive()));
+        let alive: Vec<u32> = workers.iter().filter(|w| w.is_alive()).map(|w| w.pid).collect();
+        assert!(gone, "{what}: workers {alive:?} outlived their parent process");
+    }
+}
