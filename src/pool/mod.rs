@@ -48,6 +48,7 @@ mod engine;
 mod error;
 mod faults;
 mod future;
+mod panics;
 mod slots;
 mod task;
 mod worker;

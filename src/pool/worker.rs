@@ -138,7 +138,7 @@ fn serve(
         return EXIT_BAD_SETUP;
     };
     let me = current_pid();
-    crate::process::capture_task_panics(true);
+    super::panics::capture_task_panics(true);
     let mut done = 0u64;
     while max_tasks == 0 || done < max_tasks {
         // Claim inside the task queue's receive critical section: if this process dies before the

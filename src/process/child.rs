@@ -26,7 +26,7 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::panic::{self, AssertUnwindSafe, PanicHookInfo};
 use std::sync::Once;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
 use super::current::{self, Identity};
 use super::report;
@@ -53,23 +53,40 @@ static REPORTED: AtomicBool = AtomicBool::new(false);
 thread_local! {
     /// True on the thread that runs the child's main function: its panic is the child's panic.
     static RUNNER: Cell<bool> = const { Cell::new(false) };
-    /// True while a pool worker runs tasks on this thread: a panic is a task's, caught and
-    /// handed to the pool's parent as that task's error, not the process's.
-    static CAPTURING: Cell<bool> = const { Cell::new(false) };
-    /// The text of the last captured panic ("message (at location)").
-    static CAPTURED: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Turns task-panic capture on or off for this thread (see [`take_captured_panic`]). While on,
-/// a panic is neither reported to the parent as the process's panic nor printed: its text is
-/// kept for the pool, which catches the unwind and fails only that task.
-pub(crate) fn capture_task_panics(on: bool) {
-    let _ = CAPTURING.try_with(|c| c.set(on));
+/// A function the panic hook asks first, on the panicking thread: `true` means "this panic is
+/// mine" (an upper layer catches its unwind and reports it its own way), and the hook neither
+/// reports it to the parent as the process's panic nor prints it. Upper layers register them
+/// ([`register_panic_claimer`]); this layer knows nothing of what they claim.
+pub(crate) type PanicClaimer = fn(&PanicHookInfo<'_>) -> bool;
+
+/// Registered claimers, as function addresses (0: empty). Lock-free, because the hook may run in
+/// a child forked from a threaded parent, where a lock could be held by a thread that is gone.
+static CLAIMERS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+
+/// Registers a [`PanicClaimer`] (an upper layer does, once: callers guard with a `Once`; the same
+/// function twice is kept once). Answers false when the registry is full.
+pub(crate) fn register_panic_claimer(claimer: PanicClaimer) -> bool {
+    let addr = claimer as usize;
+    for slot in &CLAIMERS {
+        match slot.compare_exchange(0, addr, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
+            Err(existing) if existing == addr => return true,
+            Err(_) => {}
+        }
+    }
+    false
 }
 
-/// The text of the panic captured last on this thread, if any (taken: a second call gets `None`).
-pub(crate) fn take_captured_panic() -> Option<String> {
-    CAPTURED.try_with(|c| c.borrow_mut().take()).ok().flatten()
+/// Whether a registered claimer takes this panic.
+fn claimed(info: &PanicHookInfo<'_>) -> bool {
+    CLAIMERS.iter().any(|slot| {
+        let addr = slot.load(Ordering::Acquire);
+        // SAFETY: a nonzero entry was stored by `register_panic_claimer` from a `PanicClaimer`
+        // of this process image (entries are never removed, and `exec` clears them with the image).
+        addr != 0 && unsafe { std::mem::transmute::<usize, PanicClaimer>(addr) }(info)
+    })
 }
 
 fn kind() -> Kind {
@@ -97,13 +114,7 @@ pub(crate) fn install_hook() {
 type Hook = Box<dyn Fn(&PanicHookInfo<'_>) + Sync + Send + 'static>;
 
 fn hook(info: &PanicHookInfo<'_>, wrapped: &Hook) {
-    if CAPTURING.try_with(Cell::get).unwrap_or(false) {
-        let message = payload_text(info.payload());
-        let text = match info.location() {
-            Some(loc) => format!("{message} (at {loc})"),
-            None => message.to_owned(),
-        };
-        let _ = CAPTURED.try_with(|c| *c.borrow_mut() = Some(text));
+    if claimed(info) {
         return;
     }
     let kind = kind();
@@ -128,7 +139,7 @@ fn hook(info: &PanicHookInfo<'_>, wrapped: &Hook) {
 }
 
 /// A panic payload as text, the way the default hook shows it.
-fn payload_text(payload: &(dyn std::any::Any + Send)) -> &str {
+pub(crate) fn payload_text(payload: &(dyn std::any::Any + Send)) -> &str {
     match payload.downcast_ref::<&str>() {
         Some(s) => s,
         None => payload.downcast_ref::<String>().map_or("Box<dyn Any>", String::as_str),

@@ -105,7 +105,7 @@ mod wait;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-pub(crate) use child::{capture_task_panics, take_captured_panic};
+pub(crate) use child::{payload_text, register_panic_claimer};
 pub use current::{CurrentProcess, current_process, exit};
 pub use spawn::MAX_SPAWN_ARG;
 pub use status::{ExitStatus, JoinError, SignalError, StartError};
