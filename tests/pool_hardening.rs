@@ -295,3 +295,90 @@ fn workers_die_with_their_parent_process() {
         assert!(gone, "{what}: workers {alive:?} outlived their parent process");
     }
 }
+
+/// Lesser defect: careless builder values answer an error, never a panic (debug builds checked
+/// `slot_bytes(usize::MAX)` with an overflow panic).
+#[test]
+fn builder_extremes_answer_errors_not_panics() {
+    let bad: Vec<(&str, ringpool::PoolBuilder)> = vec![
+        ("workers(usize::MAX)", Pool::builder().workers(usize::MAX)),
+        ("workers(1025)", Pool::builder().workers(1025)),
+        ("slots(0)", Pool::builder().workers(1).slots(0)),
+        ("slots(usize::MAX)", Pool::builder().workers(1).slots(usize::MAX)),
+        ("slot_bytes(0)", Pool::builder().workers(1).slot_bytes(0)),
+        ("slot_bytes(1)", Pool::builder().workers(1).slot_bytes(1)),
+        ("slot_bytes(usize::MAX)", Pool::builder().workers(1).slot_bytes(usize::MAX)),
+        ("slot_bytes(usize::MAX - 62)", Pool::builder().workers(1).slot_bytes(usize::MAX - 62)),
+        ("slot_bytes(1 GiB + 1)", Pool::builder().workers(1).slot_bytes((1 << 30) + 1)),
+        ("chunk_size(0)", Pool::builder().workers(1).chunk_size(0)),
+    ];
+    for (what, b) in bad {
+        let r = std::panic::catch_unwind(move || b.build());
+        match r {
+            Ok(Ok(_)) => panic!("{what}: built a pool"),
+            Ok(Err(e)) => eprintln!("{what}: {e}"),
+            Err(_) => panic!("{what}: panicked"),
+        }
+    }
+}
+
+/// Every `PoolBuilder` setter at its boundaries: a value out of range answers
+/// `PoolError::OutOfRange` naming the setting, the value and the limit; a value in range builds a
+/// pool that computes right.
+#[test]
+fn every_builder_setting_at_its_boundaries() {
+    use ringpool::pool::{MAX_SLOT_BYTES, MAX_SLOTS, MAX_WORKERS, MIN_SLOT_BYTES, PoolError, StartMethod};
+    use ringpool::sync::SpinPolicy;
+    let refused: Vec<(&str, u128, ringpool::PoolBuilder)> = vec![
+        ("workers", (MAX_WORKERS + 1) as u128, Pool::builder().workers(MAX_WORKERS + 1)),
+        ("workers", usize::MAX as u128, Pool::builder().workers(usize::MAX)),
+        ("chunk_size", 0, Pool::builder().workers(1).chunk_size(0)),
+        ("slots", 0, Pool::builder().workers(1).slots(0)),
+        ("slots", (MAX_SLOTS + 1) as u128, Pool::builder().workers(1).slots(MAX_SLOTS + 1)),
+        ("slots", usize::MAX as u128, Pool::builder().workers(1).slots(usize::MAX)),
+        ("slot_bytes", 0, Pool::builder().workers(1).slot_bytes(0)),
+        ("slot_bytes", 1, Pool::builder().workers(1).slot_bytes(1)),
+        ("slot_bytes", (MIN_SLOT_BYTES - 1) as u128, Pool::builder().workers(1).slot_bytes(MIN_SLOT_BYTES - 1)),
+        ("slot_bytes", (MAX_SLOT_BYTES + 1) as u128, Pool::builder().workers(1).slot_bytes(MAX_SLOT_BYTES + 1)),
+        ("slot_bytes", usize::MAX as u128 - 62, Pool::builder().workers(1).slot_bytes(usize::MAX - 62)),
+        ("slot_bytes", usize::MAX as u128, Pool::builder().workers(1).slot_bytes(usize::MAX)),
+    ];
+    for (setting, value, b) in refused {
+        match b.build() {
+            Err(PoolError::OutOfRange { setting: s, value: v, limit }) => {
+                assert_eq!((s, v), (setting, value));
+                let text = PoolError::OutOfRange { setting: s, value: v, limit }.to_string();
+                assert!(text.contains(setting) && text.contains(&value.to_string()) && text.contains(limit), "{text}");
+            }
+            Err(e) => panic!("{setting}({value}): {e}, not OutOfRange"),
+            Ok(_) => panic!("{setting}({value}): built a pool"),
+        }
+    }
+    // The fork start method from the threaded test harness: a typed refusal, not a panic.
+    assert!(matches!(Pool::builder().workers(1).start_method(StartMethod::Fork).build(), Err(PoolError::Start(_))));
+
+    let accepted: Vec<(&str, ringpool::PoolBuilder)> = vec![
+        ("workers(0): one per core", Pool::builder().workers(0)),
+        ("workers(1)", Pool::builder().workers(1)),
+        ("chunk_size(1)", Pool::builder().workers(1).chunk_size(1)),
+        ("chunk_size(usize::MAX): a slot's worth", Pool::builder().workers(1).chunk_size(usize::MAX)),
+        ("max_tasks_per_worker(0): never", Pool::builder().workers(1).max_tasks_per_worker(0)),
+        ("max_tasks_per_worker(1)", Pool::builder().workers(1).max_tasks_per_worker(1)),
+        ("max_tasks_per_worker(u64::MAX)", Pool::builder().workers(1).max_tasks_per_worker(u64::MAX)),
+        ("slots(1)", Pool::builder().workers(1).slots(1)),
+        ("slot_bytes(MIN)", Pool::builder().workers(1).slot_bytes(MIN_SLOT_BYTES)),
+        ("slot_bytes(MIN + 1): rounded up", Pool::builder().workers(1).slot_bytes(MIN_SLOT_BYTES + 1)),
+        ("slot_bytes(MIN) with slots(1)", Pool::builder().workers(1).slots(1).slot_bytes(MIN_SLOT_BYTES)),
+        ("spin park", Pool::builder().workers(1).spin(SpinPolicy::park())),
+        ("spin busy (Duration::MAX)", Pool::builder().workers(1).spin(SpinPolicy::busy())),
+        ("spawn", Pool::builder().workers(1).start_method(StartMethod::Spawn)),
+        ("auto", Pool::builder().workers(1).start_method(StartMethod::Auto)),
+    ];
+    for (what, b) in accepted {
+        let out = within(Duration::from_secs(60), what, move || {
+            let pool = b.build().unwrap_or_else(|e| panic!("{what}: {e}"));
+            pool.map(add_one, 0..40u64)
+        });
+        assert_eq!(out.unwrap_or_else(|e| panic!("{what}: {e}")), (1..41u64).collect::<Vec<_>>(), "{what}");
+    }
+}

@@ -70,6 +70,15 @@ use task::ITEM_OK;
 pub use crate::process::StartMethod;
 use crate::sync::SpinPolicy;
 
+/// The most workers a pool may have.
+pub const MAX_WORKERS: usize = 1024;
+/// The most slots a pool may have.
+pub const MAX_SLOTS: usize = 1 << 20;
+/// The smallest slot: its 64-byte header and 64 bytes of data.
+pub const MIN_SLOT_BYTES: usize = slots::SLOT_HEADER + 64;
+/// The largest slot.
+pub const MAX_SLOT_BYTES: usize = 1 << 30;
+
 /// How to build a [`Pool`].
 #[derive(Clone, Debug)]
 pub struct PoolBuilder {
@@ -107,14 +116,15 @@ impl PoolBuilder {
         PoolBuilder::default()
     }
 
-    /// Number of worker processes (default, or 0: the number of cores).
+    /// Number of worker processes (default, or 0: the number of cores), at most [`MAX_WORKERS`].
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
         self
     }
 
-    /// Tasks per chunk (one slot, one message each way). Default: about four chunks per worker,
-    /// as Python does, bounded by what a slot holds.
+    /// Tasks per chunk (one slot, one message each way), at least 1; a larger value than a slot
+    /// holds for a task's types means a slot's worth. Default: about four chunks per worker, as
+    /// Python does, bounded by what a slot holds.
     pub fn chunk_size(mut self, n: usize) -> Self {
         self.chunk_size = Some(n);
         self
@@ -129,7 +139,7 @@ impl PoolBuilder {
     }
 
     /// Retires and replaces a worker after it ran this many tasks (it finishes its chunk first).
-    /// Default: never.
+    /// Default (and 0): never.
     pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
         self.max_tasks = n;
         self
@@ -142,14 +152,16 @@ impl PoolBuilder {
         self
     }
 
-    /// Number of task slots: chunks in flight at once. Default: 4 per worker, at least 16.
+    /// Number of task slots: chunks in flight at once, 1 ..= [`MAX_SLOTS`]. Default: 4 per
+    /// worker, at least 16.
     pub fn slots(mut self, n: usize) -> Self {
         self.slots = Some(n);
         self
     }
 
-    /// Bytes per slot (its header included); a chunk's inputs, outputs and a status byte per
-    /// task must fit. Default 16 KiB.
+    /// Bytes per slot (its header included), [`MIN_SLOT_BYTES`] ..= [`MAX_SLOT_BYTES`], rounded up
+    /// to a multiple of 64; a chunk's inputs, outputs and a status byte per task must fit.
+    /// Default 16 KiB.
     pub fn slot_bytes(mut self, n: usize) -> Self {
         self.slot_bytes = n;
         self
@@ -170,20 +182,25 @@ impl PoolBuilder {
 
     /// Creates the pool's shared memory and starts its workers.
     pub fn build(mut self) -> Result<Pool, PoolError> {
+        let out_of_range = |setting, value: u128, limit| Err(PoolError::OutOfRange { setting, value, limit });
         if self.workers == 0 {
-            self.workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+            self.workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS);
         }
-        if self.workers > 1024 {
-            return Err(PoolError::InvalidSetting("workers must be 1..=1024"));
+        if self.workers > MAX_WORKERS {
+            return out_of_range("workers", self.workers as u128, "0 (one per core) or 1..=1024");
+        }
+        if self.chunk_size == Some(0) {
+            return out_of_range("chunk_size", 0, "at least 1");
         }
         let slots = self.slots.unwrap_or((self.workers * 4).max(16));
-        if slots == 0 || slots > 1 << 20 {
-            return Err(PoolError::InvalidSetting("slots must be 1..=1048576"));
+        if !(1..=MAX_SLOTS).contains(&slots) {
+            return out_of_range("slots", slots as u128, "1..=1048576");
         }
+        if !(MIN_SLOT_BYTES..=MAX_SLOT_BYTES).contains(&self.slot_bytes) {
+            return out_of_range("slot_bytes", self.slot_bytes as u128, "128..=1073741824 (1 GiB)");
+        }
+        // At most MAX_SLOT_BYTES, a multiple of 64: no overflow.
         let slot_bytes = self.slot_bytes.div_ceil(64) * 64;
-        if !(slots::SLOT_HEADER + 64..=1 << 30).contains(&slot_bytes) {
-            return Err(PoolError::InvalidSetting("slot_bytes must be 128 bytes ..= 1 GiB"));
-        }
         let init = match self.init {
             None => None,
             Some(Ok(off)) => Some(off),

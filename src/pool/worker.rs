@@ -223,7 +223,7 @@ fn serve(
         if tx.send(msg).is_err() {
             return EXIT_BROKEN;
         }
-        done += u64::from(desc.count.max(1));
+        done = done.saturating_add(u64::from(desc.count.max(1)));
     }
     0
 }
