@@ -171,14 +171,13 @@ fn a_blocked_input_iterator_does_not_stall_another_map() {
         let pool = pool.clone();
         std::thread::spawn(move || {
             let mut sent = false;
-            let inputs = (0..10u64).map(move |i| {
+            let inputs = (0..10u64).inspect(move |&i| {
                 if i == 5 && !sent {
                     sent = true;
                     let _ = entered_tx.send(());
                     // Blocks until the test opens the gate (or gives up and drops it).
                     let _ = gate_rx.recv();
                 }
-                i
             });
             pool.map(square, inputs)
         })
@@ -198,6 +197,13 @@ fn my_pid(_: &u64) -> u64 {
     u64::from(std::process::id())
 }
 
+/// fcntl(2) query `cmd` (no argument) on `fd`.
+fn fcntl_query(fd: i32, cmd: libc::c_int) -> libc::c_int {
+    // SAFETY: the query commands used here read a descriptor's flags, owner or signal: no memory
+    // is involved; a closed descriptor just fails.
+    unsafe { libc::fcntl(fd, cmd) }
+}
+
 /// How a worker watches its parent: `1000 * (death signal set by PR_SET_PDEATHSIG) + 10 * (armed
 /// watch descriptors: those that signal SIGKILL to this process) + (those of them close-on-exec)`.
 fn watch_state(_: &u64) -> u64 {
@@ -209,13 +215,12 @@ fn watch_state(_: &u64) -> u64 {
         .expect("/proc/self/fd")
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
     {
-        // SAFETY: fcntl queries on descriptors of this process (F_GETSIG is 11 on Linux).
-        unsafe {
-            if libc::fcntl(fd, 11) == libc::SIGKILL && libc::fcntl(fd, libc::F_GETOWN) == libc::getpid() {
-                armed += 1;
-                if libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0 {
-                    cloexec += 1;
-                }
+        // F_GETSIG is 11 on Linux.
+        if fcntl_query(fd, 11) == libc::SIGKILL && fcntl_query(fd, libc::F_GETOWN) == std::process::id() as libc::c_int
+        {
+            armed += 1;
+            if fcntl_query(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0 {
+                cloexec += 1;
             }
         }
     }

@@ -187,9 +187,8 @@ pub(crate) fn write_stderr(bytes: &[u8]) {
 pub(crate) fn enter(kind: Kind, id: Box<Identity>, channel: Option<OwnedFd>, expected_parent: Option<u32>) {
     if let Some(parent) = expected_parent {
         if let Some(fd) = die_with_parent(parent) {
-            // SAFETY: fcntl(2) flag change on the watch descriptor just armed: a forked child
-            // keeps it, the programs it runs do not.
-            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            // A forked child keeps the armed watch; the programs it runs do not.
+            fcntl_int(fd, libc::F_SETFD, libc::FD_CLOEXEC);
         }
     }
     if kind == Kind::Spawned {
@@ -354,19 +353,23 @@ fn arm_watch(fd: i32) -> Option<i32> {
     if own < 0 {
         return None;
     }
-    // SAFETY: fcntl(2) on our own descriptor: set its owner (this process), the signal sent to
-    // the owner (SIGKILL), then enable that signal (O_ASYNC). No memory is involved.
-    let ok = unsafe {
-        libc::fcntl(own, libc::F_SETOWN, libc::getpid()) == 0
-            && libc::fcntl(own, F_SETSIG, libc::SIGKILL) == 0
-            && libc::fcntl(own, libc::F_SETFL, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_ASYNC) == 0
-    };
+    // Its owner (this process), the signal sent to the owner (SIGKILL), then that signal on.
+    let ok = fcntl_int(own, libc::F_SETOWN, nix::unistd::getpid().as_raw()) == 0
+        && fcntl_int(own, F_SETSIG, libc::SIGKILL) == 0
+        && fcntl_int(own, libc::F_SETFL, libc::O_RDONLY | libc::O_NONBLOCK | libc::O_ASYNC) == 0;
     if !ok {
         // SAFETY: close(2) of the descriptor opened above.
         unsafe { libc::close(own) };
         return None;
     }
     Some(own)
+}
+
+/// fcntl(2) with an integer argument (ignored by the commands that take none). Async-signal-safe.
+fn fcntl_int(fd: i32, cmd: libc::c_int, arg: libc::c_int) -> libc::c_int {
+    // SAFETY: the commands used here read or change a descriptor's flags, owner or signal, with
+    // an integer argument: no memory is involved. A descriptor that is not open just fails.
+    unsafe { libc::fcntl(fd, cmd, arg) }
 }
 
 /// Whether the watch pipe has no writer left (the parent process is gone).
@@ -384,14 +387,11 @@ fn keep_watch_to_ourselves() {
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
     let me = nix::unistd::getpid().as_raw();
     for fd in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
-        // SAFETY: fcntl(2) queries and a flag change on a descriptor of this process; a number
-        // closed meanwhile (the directory's own) just fails.
-        unsafe {
-            if libc::fcntl(fd, F_GETSIG) == libc::SIGKILL && libc::fcntl(fd, libc::F_GETOWN) == me {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags >= 0 {
-                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
-                }
+        // A number closed meanwhile (the directory's own) just fails.
+        if fcntl_int(fd, F_GETSIG, 0) == libc::SIGKILL && fcntl_int(fd, libc::F_GETOWN, 0) == me {
+            let flags = fcntl_int(fd, libc::F_GETFD, 0);
+            if flags >= 0 {
+                fcntl_int(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
             }
         }
     }
