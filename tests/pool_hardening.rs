@@ -131,6 +131,58 @@ fn every_item_settles_once_under_kills_at_every_step() {
     assert!(deaths > 0, "the plans killed no worker: the test tested nothing");
 }
 
+/// The same with futures, half of them cancelled while workers die at each step: a cancelled task
+/// never runs; every other one is its right result or `WorkerDied`, run at most once; every
+/// future settles within the deadline.
+#[test]
+fn futures_and_cancels_settle_once_under_kills() {
+    use FaultPoint::*;
+    let ms = Duration::from_millis;
+    let plans = [
+        (
+            "die claimed, slow takeover, slow cancel",
+            FaultPlan::none().die(Claimed, 150).pause(BeforeTakeover, ms(10)).pause(ParentCancel, ms(1)),
+        ),
+        ("die on receipt, slow claim", FaultPlan::none().die(Received, 100).pause(BeforeClaim, ms(1))),
+        ("die after commit or done", FaultPlan::none().die(Committed, 60).die(Done, 60)),
+    ];
+    let n: u64 = 150;
+    for (k, (name, plan)) in plans.into_iter().enumerate() {
+        let tag = 100 + k as u64;
+        let path = runs_path(std::process::id(), tag);
+        let _ = std::fs::remove_file(&path);
+        let outcomes = within(Duration::from_secs(60), name, move || {
+            let pool = Pool::builder().workers(2).slots(8).fault_plan(plan).build().expect("pool");
+            let futures: Vec<_> = (0..n).map(|i| pool.submit(counted, Item { tag, i }).expect("submit")).collect();
+            let cancelled: Vec<bool> = futures.iter().enumerate().map(|(i, f)| i % 2 == 1 && f.cancel()).collect();
+            let results: Vec<Result<u64, TaskError>> = futures.iter().map(|f| f.wait()).collect();
+            drop(futures);
+            drop(pool);
+            (cancelled, results)
+        });
+        let runs = runs_of(&path, n as usize);
+        let _ = std::fs::remove_file(&path);
+        let (cancelled, results) = outcomes;
+        assert!(cancelled.iter().any(|&c| c), "{name}: no cancel took effect: the test tested nothing");
+        for (i, ((c, r), &ran)) in cancelled.iter().zip(&results).zip(&runs).enumerate() {
+            assert!(ran <= 1, "{name}: task {i} ran {ran} times");
+            match r {
+                Err(TaskError::Cancelled) => {
+                    assert!(*c, "{name}: task {i} reports Cancelled, but its cancel answered false");
+                    assert_eq!(ran, 0, "{name}: task {i} was cancelled and ran anyway");
+                }
+                _ if *c => panic!("{name}: task {i} was cancelled but settled as {r:?}"),
+                Ok(v) => {
+                    assert_eq!(*v, 3 * i as u64 + 1, "{name}: task {i}");
+                    assert_eq!(ran, 1, "{name}: task {i} has a result but never ran");
+                }
+                Err(TaskError::WorkerDied { .. }) => {}
+                Err(e) => panic!("{name}: task {i}: unexpected {e}"),
+            }
+        }
+    }
+}
+
 fn square(x: &u64) -> u64 {
     x * x
 }
