@@ -439,3 +439,39 @@ fn every_builder_setting_at_its_boundaries() {
         assert_eq!(out.unwrap_or_else(|e| panic!("{what}: {e}")), (1..41u64).collect::<Vec<_>>(), "{what}");
     }
 }
+
+/// Defect 6 for any `Process`: a child started from a thread that then ends (and is gone from
+/// `/proc/self/task`, so a thread-bound death signal would have been sent) still answers.
+#[test]
+fn a_process_started_on_a_thread_that_ends_lives_on() {
+    let _l = process_common::lock();
+    let (to_child_r, to_child_w) = process_common::pipe();
+    let (from_child_r, from_child_w) = process_common::pipe();
+    let (mut child, tid) = std::thread::spawn(move || {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let child = process_common::fork(move || {
+            while let Some(line) =
+                process_common::recv_line(std::os::fd::AsFd::as_fd(&to_child_r), Duration::from_secs(60))
+            {
+                if line == "quit" {
+                    break;
+                }
+                process_common::send_line(&from_child_w, &format!("re: {line}"));
+            }
+        });
+        (child, tid)
+    })
+    .join()
+    .expect("starting thread");
+    let thread_gone = process_common::wait_for(Duration::from_secs(20), || {
+        !std::path::Path::new(&format!("/proc/self/task/{tid}")).exists()
+    });
+    assert!(thread_gone, "the starting thread {tid} is still listed");
+    process_common::send_line(&to_child_w, "ping");
+    let answer = process_common::recv_line(std::os::fd::AsFd::as_fd(&from_child_r), Duration::from_secs(20));
+    assert_eq!(answer.as_deref(), Some("re: ping"), "the child died with the thread that started it");
+    process_common::send_line(&to_child_w, "quit");
+    let status = child.join_timeout(Duration::from_secs(20)).expect("child ends when told");
+    assert!(status.success(), "{status}");
+}
