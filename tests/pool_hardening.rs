@@ -475,3 +475,21 @@ fn a_process_started_on_a_thread_that_ends_lives_on() {
     let status = child.join_timeout(Duration::from_secs(20)).expect("child ends when told");
     assert!(status.success(), "{status}");
 }
+
+/// An input iterator that panics (outside the pool's lock) leaves the pool usable, for maps and
+/// for streams alike, and its drop completes.
+#[test]
+fn a_panicking_input_iterator_leaves_the_pool_usable() {
+    let out = within(Duration::from_secs(60), "maps after a panicking iterator", || {
+        let pool = Pool::new(2).expect("pool");
+        let bad = || (0..1000u64).inspect(|&i| assert!(i != 700, "input iterator gives up"));
+        let mapped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pool.map(square, bad())));
+        assert!(mapped.is_err(), "the iterator's panic reaches the caller");
+        let streamed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pool.imap_unordered(square, bad()).expect("imap").count()
+        }));
+        assert!(streamed.is_err(), "the iterator's panic reaches the caller");
+        pool.map(add_one, 0..100u64).expect("map after the panics")
+    });
+    assert_eq!(out, (1..101u64).collect::<Vec<_>>());
+}
