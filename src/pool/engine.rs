@@ -10,7 +10,12 @@
 //! claim's critical section, so the message is handed out again) goes back to `QUEUED`; a slot it
 //! finished but did not announce is delivered; a slot it was running fails with
 //! [`TaskError::WorkerDied`]. The parent is the only sender on the task queue, so "still in the
-//! queue" is simply "queued at an index at or past the queue's head".
+//! queue" is simply "queued at an index at or past the queue's head". The whole state machine of a
+//! slot, with who moves it when and why no message is dropped while its slot waits for it, is in
+//! the `slots` module.
+//!
+//! No caller's code runs under the engine's lock: the callers in `mod.rs` pull input iterators
+//! outside it (their `Feeder`), and everything else the engine touches is `Pod`.
 
 use crate::sys::atomic::Ordering;
 use std::any::Any;
