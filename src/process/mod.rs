@@ -66,7 +66,8 @@
 //! kernel for SIGKILL when its end of that pipe hangs up, then checks that the parent did not end
 //! before the request took effect. A process that `fork`s by other means than ringpool while
 //! another of its threads starts a child does not disturb this (an at-fork handler closes the write
-//! end in every forked child).
+//! end in every forked child). A parent that closes descriptors it did not open (`close_range`,
+//! closing "every fd above 2") closes that write end too, and its children die then.
 //!
 //! # Panics
 //!
