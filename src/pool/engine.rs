@@ -10,7 +10,12 @@
 //! claim's critical section, so the message is handed out again) goes back to `QUEUED`; a slot it
 //! finished but did not announce is delivered; a slot it was running fails with
 //! [`TaskError::WorkerDied`]. The parent is the only sender on the task queue, so "still in the
-//! queue" is simply "queued at an index at or past the queue's head".
+//! queue" is simply "queued at an index at or past the queue's head". The whole state machine of a
+//! slot, with who moves it when and why no message is dropped while its slot waits for it, is in
+//! the `slots` module.
+//!
+//! No caller's code runs under the engine's lock: the callers in `mod.rs` pull input iterators
+//! outside it (their `Feeder`), and everything else the engine touches is `Pod`.
 
 use crate::sys::atomic::Ordering;
 use std::any::Any;
@@ -20,6 +25,7 @@ use std::time::{Duration, Instant};
 use bytemuck::Pod;
 
 use super::error::{PoolError, TaskError};
+use super::faults::FaultPoint;
 use super::slots::{self, CANCELLED, DONE, FAILED, QUEUED, RUNNING, SlotDesc, Slots};
 use super::task::ITEM_OK;
 use super::worker::{self, WorkerArg};
@@ -47,6 +53,7 @@ pub(crate) struct Settings {
     pub slots: usize,
     pub slot_bytes: usize,
     pub spin: SpinPolicy,
+    pub faults: super::faults::FaultPlan,
 }
 
 /// Sizes and alignments of a task's input and output.
@@ -252,6 +259,7 @@ impl Engine {
                 errors: self.errors.clone(),
                 max_tasks: self.settings.max_tasks,
                 init: self.settings.init,
+                faults: self.settings.faults,
             };
             // SAFETY: `fork_now` found this thread to be the process's only one, and since then
             // this thread started none (the pool starts no thread): the child inherits no lock
@@ -276,12 +284,18 @@ impl Engine {
             has_init: u32::from(self.settings.init.is_some()),
             _pad: 0,
             spin_ns: u64::try_from(self.settings.spin.budget().as_nanos()).unwrap_or(u64::MAX),
+            faults: self.settings.faults,
         };
         let fds = [self.slots.fd(), self.tasks.fd(), self.results.fd(), self.errors.fd()];
         let process =
             builder.start_method(StartMethod::Spawn).spawn_raw(worker::start, bytemuck::bytes_of(&arg), &fds)?;
         self.workers.push(Worker { process });
         Ok(())
+    }
+
+    /// Slots free right now.
+    pub(crate) fn free_slots(&self) -> usize {
+        self.free.len()
     }
 
     /// Pids of the running workers.
@@ -686,6 +700,7 @@ impl Engine {
             let still_queued = !inf.sent || inf.queue_index >= head;
             match slots::stage(w) {
                 RUNNING if slots::owner(w) == pid => {
+                    self.settings.faults.parent_at(FaultPoint::ParentSettle);
                     if still_queued {
                         // It died inside the claim: the message will be handed out again.
                         let _ = self.slots.transition(slot, w, slots::word(QUEUED, 0));
@@ -715,6 +730,7 @@ impl Engine {
             if inf.job != job {
                 continue;
             }
+            self.settings.faults.parent_at(FaultPoint::ParentCancel);
             if self.slots.transition(slot, slots::word(QUEUED, 0), slots::word(CANCELLED, 0)) {
                 self.fail_items(job, inf.first, inf.count, &TaskError::Cancelled);
                 if !inf.sent {

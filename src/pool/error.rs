@@ -72,9 +72,21 @@ pub enum PoolError {
     /// An input or output type with an alignment above 64 bytes.
     #[error("task types aligned to more than 64 bytes are not supported")]
     AlignmentTooLarge,
-    /// A builder setting is out of range.
+    /// A builder setting is invalid (one that is not a number: see [`OutOfRange`] for those).
+    ///
+    /// [`OutOfRange`]: PoolError::OutOfRange
     #[error("invalid pool setting: {0}")]
     InvalidSetting(&'static str),
+    /// A builder setting's value is outside what the pool accepts.
+    #[error("pool setting {setting}({value}) is out of range: {limit}")]
+    OutOfRange {
+        /// The builder method, as named in [`PoolBuilder`](super::PoolBuilder).
+        setting: &'static str,
+        /// The value given.
+        value: u128,
+        /// What is accepted.
+        limit: &'static str,
+    },
 }
 
 /// Why a `map` did not give every result.

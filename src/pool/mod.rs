@@ -40,11 +40,15 @@
 //! # Concurrency
 //!
 //! A `Pool` may be shared between threads (`Send + Sync`); its operations take turns on one lock.
-//! A [`Future`] can be waited on from any thread.
+//! A [`Future`] can be waited on from any thread. None of the caller's code runs under that lock:
+//! an input iterator is pulled outside it, so it may be slow, block, or use the same pool (a `map`
+//! over an [`imap`](Pool::imap) of the same pool works) without stalling anyone else.
 
 mod engine;
 mod error;
+mod faults;
 mod future;
+mod panics;
 mod slots;
 mod task;
 mod worker;
@@ -55,6 +59,8 @@ use bytemuck::Pod;
 
 pub use engine::PoolStats;
 pub use error::{MapError, PoolError, TaskError, TaskFailures, WaitError};
+#[doc(hidden)]
+pub use faults::{FAULT_POINTS, FaultPlan, FaultPoint};
 pub use future::{AsCompleted, Future, as_completed, wait};
 pub use task::{ByRef, ByValue, TaskFn};
 
@@ -63,6 +69,15 @@ use task::ITEM_OK;
 
 pub use crate::process::StartMethod;
 use crate::sync::SpinPolicy;
+
+/// The most workers a pool may have.
+pub const MAX_WORKERS: usize = 1024;
+/// The most slots a pool may have.
+pub const MAX_SLOTS: usize = 1 << 20;
+/// The smallest slot: its 64-byte header and 64 bytes of data.
+pub const MIN_SLOT_BYTES: usize = slots::SLOT_HEADER + 64;
+/// The largest slot.
+pub const MAX_SLOT_BYTES: usize = 1 << 30;
 
 /// How to build a [`Pool`].
 #[derive(Clone, Debug)]
@@ -76,6 +91,7 @@ pub struct PoolBuilder {
     slots: Option<usize>,
     slot_bytes: usize,
     spin: SpinPolicy,
+    faults: FaultPlan,
 }
 
 impl Default for PoolBuilder {
@@ -89,6 +105,7 @@ impl Default for PoolBuilder {
             slots: None,
             slot_bytes: 16 * 1024,
             spin: SpinPolicy::default(),
+            faults: FaultPlan::none(),
         }
     }
 }
@@ -99,14 +116,15 @@ impl PoolBuilder {
         PoolBuilder::default()
     }
 
-    /// Number of worker processes (default, or 0: the number of cores).
+    /// Number of worker processes (default, or 0: the number of cores), at most [`MAX_WORKERS`].
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n;
         self
     }
 
-    /// Tasks per chunk (one slot, one message each way). Default: about four chunks per worker,
-    /// as Python does, bounded by what a slot holds.
+    /// Tasks per chunk (one slot, one message each way), at least 1; a larger value than a slot
+    /// holds for a task's types means a slot's worth. Default: about four chunks per worker, as
+    /// Python does, bounded by what a slot holds.
     pub fn chunk_size(mut self, n: usize) -> Self {
         self.chunk_size = Some(n);
         self
@@ -121,7 +139,7 @@ impl PoolBuilder {
     }
 
     /// Retires and replaces a worker after it ran this many tasks (it finishes its chunk first).
-    /// Default: never.
+    /// Default (and 0): never.
     pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
         self.max_tasks = n;
         self
@@ -134,14 +152,16 @@ impl PoolBuilder {
         self
     }
 
-    /// Number of task slots: chunks in flight at once. Default: 4 per worker, at least 16.
+    /// Number of task slots: chunks in flight at once, 1 ..= [`MAX_SLOTS`]. Default: 4 per
+    /// worker, at least 16.
     pub fn slots(mut self, n: usize) -> Self {
         self.slots = Some(n);
         self
     }
 
-    /// Bytes per slot (its header included); a chunk's inputs, outputs and a status byte per
-    /// task must fit. Default 16 KiB.
+    /// Bytes per slot (its header included), [`MIN_SLOT_BYTES`] ..= [`MAX_SLOT_BYTES`], rounded up
+    /// to a multiple of 64; a chunk's inputs, outputs and a status byte per task must fit.
+    /// Default 16 KiB.
     pub fn slot_bytes(mut self, n: usize) -> Self {
         self.slot_bytes = n;
         self
@@ -153,22 +173,34 @@ impl PoolBuilder {
         self
     }
 
+    /// Injects faults at the steps of the slot protocol (the pool's own stress tests).
+    #[doc(hidden)]
+    pub fn fault_plan(mut self, plan: FaultPlan) -> Self {
+        self.faults = plan;
+        self
+    }
+
     /// Creates the pool's shared memory and starts its workers.
     pub fn build(mut self) -> Result<Pool, PoolError> {
+        let out_of_range = |setting, value: u128, limit| Err(PoolError::OutOfRange { setting, value, limit });
         if self.workers == 0 {
-            self.workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+            self.workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_WORKERS);
         }
-        if self.workers > 1024 {
-            return Err(PoolError::InvalidSetting("workers must be 1..=1024"));
+        if self.workers > MAX_WORKERS {
+            return out_of_range("workers", self.workers as u128, "0 (one per core) or 1..=1024");
+        }
+        if self.chunk_size == Some(0) {
+            return out_of_range("chunk_size", 0, "at least 1");
         }
         let slots = self.slots.unwrap_or((self.workers * 4).max(16));
-        if slots == 0 || slots > 1 << 20 {
-            return Err(PoolError::InvalidSetting("slots must be 1..=1048576"));
+        if !(1..=MAX_SLOTS).contains(&slots) {
+            return out_of_range("slots", slots as u128, "1..=1048576");
         }
+        if !(MIN_SLOT_BYTES..=MAX_SLOT_BYTES).contains(&self.slot_bytes) {
+            return out_of_range("slot_bytes", self.slot_bytes as u128, "128..=1073741824 (1 GiB)");
+        }
+        // At most MAX_SLOT_BYTES, a multiple of 64: no overflow.
         let slot_bytes = self.slot_bytes.div_ceil(64) * 64;
-        if !(slots::SLOT_HEADER + 64..=1 << 30).contains(&slot_bytes) {
-            return Err(PoolError::InvalidSetting("slot_bytes must be 128 bytes ..= 1 GiB"));
-        }
         let init = match self.init {
             None => None,
             Some(Ok(off)) => Some(off),
@@ -183,6 +215,7 @@ impl PoolBuilder {
             slots,
             slot_bytes,
             spin: self.spin,
+            faults: self.faults,
         };
         let engine = Engine::new(settings)?;
         Ok(Pool { shared: Arc::new(Shared { engine: Mutex::new(engine) }) })
@@ -195,8 +228,9 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Engine> {
-        // A panic while the lock was held (a user's input iterator, say) leaves the engine
-        // consistent: every step of it completes or is undone before user code runs.
+        // No caller's code runs under this lock (input iterators are pulled outside it, and task
+        // inputs and results are `Pod`: no destructor, no clone); a panic of the pool's own code
+        // under it leaves the engine as consistent as any other return.
         self.engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -211,8 +245,12 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let e = self.shared.lock();
-        f.debug_struct("Pool").field("workers", &e.worker_pids()).field("stats", &e.stats).finish()
+        // Copied out first: the formatter may be the caller's code, which may use this pool.
+        let (workers, stats) = {
+            let e = self.shared.lock();
+            (e.worker_pids(), e.stats)
+        };
+        f.debug_struct("Pool").field("workers", &workers).field("stats", &stats).finish()
     }
 }
 
@@ -388,7 +426,8 @@ impl Pool {
         self.shared.lock().stats
     }
 
-    /// Dispatches everything and waits for every result.
+    /// Dispatches everything and waits for every result. The input iterator is pulled only
+    /// while the engine lock is not held (see [`Feeder`]).
     fn run_to_end<T, R, M, F>(&self, inputs: impl IntoIterator<Item = T>) -> Result<Box<MapSink<R>>, PoolError>
     where
         T: Pod,
@@ -397,38 +436,119 @@ impl Pool {
     {
         let tramp = task::chunk_offset::<F, T, R, M>()?;
         let types = Types::of::<T, R>();
-        let mut iter = inputs.into_iter();
+        let iter = inputs.into_iter();
         let (lo, hi) = iter.size_hint();
         let mut e = self.shared.lock();
         e.check_open()?;
         let chunk = e.chunk_size((Some(lo) == hi).then_some(lo), types)?;
         let job = e.new_job(Box::new(MapSink::<R> { values: Vec::with_capacity(lo), failures: Vec::new() }));
-        let mut next = 0;
-        let mut exhausted = false;
-        let outcome = loop {
-            while !exhausted {
-                match e.dispatch_from(job, tramp, types, next, &mut iter, chunk) {
-                    Dispatch::Sent(n) => next += n,
-                    Dispatch::NoSlot => break,
-                    Dispatch::Exhausted => exhausted = true,
-                }
-            }
-            if let Err(err) = e.flush() {
-                break Err(err);
-            }
-            if exhausted && e.remaining(job) == 0 {
-                break Ok(());
-            }
-            if let Err(err) = e.pump(PUMP_WAIT) {
-                break Err(err);
-            }
-        };
-        let sink = e.take_job(job);
         drop(e);
+        // If the input iterator panics, the job goes with the unwinding (abandoned if items run).
+        let mut owned = OwnedJob { shared: &self.shared, job: Some(job) };
+        let mut feed = Feeder::new(iter, job, tramp, types, chunk);
+        let outcome = loop {
+            let want = {
+                let mut e = self.shared.lock();
+                let want = feed.dispatch(&mut e);
+                if let Err(err) = e.flush() {
+                    break Err(err);
+                }
+                if want == 0 {
+                    if feed.done() && e.remaining(job) == 0 {
+                        break Ok(());
+                    }
+                    if let Err(err) = e.pump(PUMP_WAIT) {
+                        break Err(err);
+                    }
+                }
+                want
+            };
+            // The caller's code, without the lock.
+            feed.pull(want);
+        };
+        owned.job = None;
+        let sink = self.shared.lock().take_job(job);
         outcome?;
         let mut sink = sink.and_then(|s| s.into_any().downcast::<MapSink<R>>().ok()).ok_or(PoolError::Closed)?;
-        sink.values.truncate(next);
+        sink.values.truncate(feed.next);
         Ok(sink)
+    }
+}
+
+/// A job that is dropped (abandoned, if items still run) when this goes: the unwinding path of a
+/// map whose input iterator panicked.
+struct OwnedJob<'a> {
+    shared: &'a Shared,
+    job: Option<usize>,
+}
+
+impl Drop for OwnedJob<'_> {
+    fn drop(&mut self) {
+        if let Some(job) = self.job.take() {
+            self.shared.lock().drop_job(job);
+        }
+    }
+}
+
+/// Feeds a job from the caller's input iterator.
+///
+/// The iterator is the caller's code: it may be slow, block, or use this very pool (a map over an
+/// `imap` of the same pool). So it is never pulled under the engine lock, and while it is pulled
+/// this feeder holds no slot either (the iterator may need every slot to make progress). Each
+/// round takes, under the lock, as many buffered items as the free slots hold, then, without the
+/// lock, pulls as many items as the slots that were free could take; the buffer never holds more.
+struct Feeder<I: Iterator> {
+    inputs: I,
+    buffer: std::collections::VecDeque<I::Item>,
+    /// The iterator ended.
+    exhausted: bool,
+    /// Index of the next item to dispatch (items dispatched so far).
+    next: usize,
+    job: usize,
+    tramp: crate::process::code::CodeOffset,
+    types: Types,
+    chunk: usize,
+}
+
+impl<I> Feeder<I>
+where
+    I: Iterator,
+    I::Item: Pod,
+{
+    fn new(inputs: I, job: usize, tramp: crate::process::code::CodeOffset, types: Types, chunk: usize) -> Self {
+        Feeder { inputs, buffer: Default::default(), exhausted: false, next: 0, job, tramp, types, chunk }
+    }
+
+    /// Under the lock: dispatches buffered items into free slots. Answers how many items to pull
+    /// next: none while items wait in the buffer, once the iterator ended, or when no slot is free.
+    fn dispatch(&mut self, e: &mut Engine) -> usize {
+        while !self.buffer.is_empty() {
+            let buffer = &mut self.buffer;
+            let mut items = std::iter::from_fn(|| buffer.pop_front());
+            match e.dispatch_from(self.job, self.tramp, self.types, self.next, &mut items, self.chunk) {
+                Dispatch::Sent(n) => self.next += n,
+                Dispatch::NoSlot | Dispatch::Exhausted => break,
+            }
+        }
+        if self.buffer.is_empty() && !self.exhausted { e.free_slots().saturating_mul(self.chunk) } else { 0 }
+    }
+
+    /// Without the lock: pulls up to `n` items into the buffer.
+    fn pull(&mut self, n: usize) {
+        for _ in 0..n {
+            match self.inputs.next() {
+                Some(t) => self.buffer.push_back(t),
+                None => {
+                    self.exhausted = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Every item pulled and dispatched.
+    fn done(&self) -> bool {
+        self.exhausted && self.buffer.is_empty()
     }
 }
 
@@ -442,15 +562,10 @@ impl Drop for Pool {
 }
 
 /// Shared by the two lazy iterators: a job fed from an input iterator as slots free up.
-struct Stream<'p, I> {
+struct Stream<'p, I: Iterator> {
     pool: &'p Pool,
     job: Option<usize>,
-    inputs: I,
-    tramp: crate::process::code::CodeOffset,
-    types: Types,
-    chunk: usize,
-    next: usize,
-    exhausted: bool,
+    feed: Feeder<I>,
 }
 
 impl<'p, I> Stream<'p, I>
@@ -471,42 +586,44 @@ where
         let chunk = e.chunk_size((Some(lo) == hi).then_some(lo), types)?;
         let job = e.new_job(sink);
         drop(e);
-        Ok(Stream { pool, job: Some(job), tramp, types, chunk, next: 0, exhausted: false, inputs })
+        Ok(Stream { pool, job: Some(job), feed: Feeder::new(inputs, job, tramp, types, chunk) })
     }
 
-    /// Feeds free slots, then waits a little for results. Answers false when nothing is left.
+    /// Feeds free slots, then waits a little for results, until `take` finds something in the
+    /// sink. Answers `None` when nothing is left. The input iterator is pulled without the lock.
     fn step<S: Sink + 'static, X>(
         &mut self,
         mut take: impl FnMut(&mut S) -> Option<X>,
     ) -> Option<Result<X, PoolError>> {
         let job = self.job?;
-        let mut e = self.pool.shared.lock();
         loop {
-            if let Some(x) = e.sink::<S>(job).and_then(&mut take) {
-                return Some(Ok(x));
-            }
-            while !self.exhausted {
-                match e.dispatch_from(job, self.tramp, self.types, self.next, &mut self.inputs, self.chunk) {
-                    Dispatch::Sent(n) => self.next += n,
-                    Dispatch::NoSlot => break,
-                    Dispatch::Exhausted => self.exhausted = true,
+            let want = {
+                let mut e = self.pool.shared.lock();
+                if let Some(x) = e.sink::<S>(job).and_then(&mut take) {
+                    return Some(Ok(x));
                 }
-            }
-            if let Err(err) = e.flush() {
-                return Some(Err(err));
-            }
-            if self.exhausted && e.remaining(job) == 0 {
-                // Everything delivered; one last look at the sink.
-                return e.sink::<S>(job).and_then(&mut take).map(Ok);
-            }
-            if let Err(err) = e.pump(PUMP_WAIT) {
-                return Some(Err(err));
-            }
+                let want = self.feed.dispatch(&mut e);
+                if let Err(err) = e.flush() {
+                    return Some(Err(err));
+                }
+                if want == 0 {
+                    if self.feed.done() && e.remaining(job) == 0 {
+                        // Everything delivered; one last look at the sink.
+                        return e.sink::<S>(job).and_then(&mut take).map(Ok);
+                    }
+                    if let Err(err) = e.pump(PUMP_WAIT) {
+                        return Some(Err(err));
+                    }
+                }
+                want
+            };
+            // The caller's code, without the lock.
+            self.feed.pull(want);
         }
     }
 }
 
-impl<I> Drop for Stream<'_, I> {
+impl<I: Iterator> Drop for Stream<'_, I> {
     fn drop(&mut self) {
         if let Some(job) = self.job {
             self.pool.shared.lock().drop_job(job);
@@ -602,7 +719,7 @@ pub(crate) fn for_each_item<R: Pod>(c: &Chunk<'_>, mut f: impl FnMut(usize, Resu
 }
 
 /// The iterator of [`Pool::imap`]: results in input order.
-pub struct Imap<'p, R, I> {
+pub struct Imap<'p, R, I: Iterator> {
     stream: Stream<'p, I>,
     _r: std::marker::PhantomData<fn() -> R>,
 }
@@ -625,7 +742,7 @@ impl<R: Pod + Send, I: Iterator<Item: Pod>> Iterator for Imap<'_, R, I> {
 }
 
 /// The iterator of [`Pool::imap_unordered`]: `(input index, result)` in completion order.
-pub struct ImapUnordered<'p, R, I> {
+pub struct ImapUnordered<'p, R, I: Iterator> {
     stream: Stream<'p, I>,
     _r: std::marker::PhantomData<fn() -> R>,
 }

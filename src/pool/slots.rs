@@ -15,6 +15,37 @@
 //! | `RUNNING(pid)` | worker, inside the task queue's receive critical section | claimed |
 //! | `DONE(pid)` | worker | outputs written (the result message follows) |
 //! | `CANCELLED` | parent, from `QUEUED` only | the worker that pops it skips it and acknowledges |
+//! | `FAILED` | parent, from `RUNNING(dead)` | its worker died after taking the message |
+//!
+//! # The state machine
+//!
+//! Every task message carries the slot's generation (`SlotDesc::seq`, bumped each time the slot
+//! is queued); a worker ignores a message whose generation is not the slot's. The parent writes a
+//! slot's descriptor and inputs only while it is `FREE`, and frees it only once its message has
+//! left the task queue (so at most one message per slot is ever in the queue). "The message is in
+//! the queue" below means: at an index at or past the queue's head (the parent is its only
+//! sender); a worker holding it inside the receive critical section has not moved the head, and
+//! if that worker dies the queue hands the same message to the next receiver.
+//!
+//! | from | to | who, when | what guarantees the message |
+//! | --- | --- | --- | --- |
+//! | `FREE` | `QUEUED` | parent: queue a chunk (descriptor, inputs, then the state, then the message) | it is sent next |
+//! | `QUEUED` | `RUNNING(w)` | worker `w`, holding the message inside the section (compare-and-swap) | `w` leaves the section, consuming it, then runs the chunk |
+//! | `RUNNING(d)` | `RUNNING(w)` | worker `w`, holding the message that dead `d` held inside the section (takeover) | as above; `d` never ran it (a run starts only after the message is consumed) |
+//! | `RUNNING(d)` | `QUEUED` | parent, `d` dead and the message still in the queue (it died inside the section) | the message is handed out again; whoever gets it claims `QUEUED` |
+//! | `RUNNING(d)` | `FAILED` -> `FREE` | parent, `d` dead and the message consumed | items `d` finished are delivered, the rest fail with `WorkerDied` |
+//! | `RUNNING(w)` | `DONE(w)` | worker, outputs written | the result message follows |
+//! | `DONE(w)` | `FREE` | parent: the result message, or `w` dead before sending it | delivered once (the generation check drops a late duplicate) |
+//! | `QUEUED` | `CANCELLED` | parent, `cancel` (compare-and-swap) | the worker that gets the message acknowledges it |
+//! | `CANCELLED` | `FREE` | parent: the acknowledgement, or the message consumed by a worker that died | (items were failed at cancel time) |
+//!
+//! The one race this table has to survive: a worker inside the section reads `RUNNING(d)` and
+//! the parent resets it to `QUEUED` before the worker's compare-and-swap. The worker must then look
+//! again, not drop the message: it holds the only message the slot waits for. Likewise a claim of
+//! `QUEUED` that loses to a cancel looks again and finds `CANCELLED`. While a worker holds a
+//! message, only these two parent moves can change the slot, so a worker's claim ends after at
+//! most three looks. `tests/pool_hardening.rs` kills workers at every step of this (with
+//! `FaultPlan`) and checks that every item settles exactly once.
 
 use crate::sys::atomic::{AtomicU64, Ordering};
 

@@ -137,7 +137,8 @@ where
             Err(payload) => {
                 // SAFETY: as above.
                 unsafe { ctx.status.wrapping_add(i).write(ITEM_PANICKED) };
-                let text = crate::process::take_captured_panic().unwrap_or_else(|| panic_text(&*payload));
+                let text = super::panics::take_captured_panic()
+                    .unwrap_or_else(|| crate::process::payload_text(&*payload).to_owned());
                 // The payload's destructor is user code that could panic in turn: forget it.
                 std::mem::forget(payload);
                 (ctx.on_panic)(i, text);
@@ -158,13 +159,6 @@ pub(crate) fn run_init<F: Fn() + Copy + Send + Sync + 'static>() {
     // SAFETY: zero-sized (asserted), a function item or non-capturing closure.
     let f: F = unsafe { conjure::<F>() };
     f()
-}
-
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    match payload.downcast_ref::<&str>() {
-        Some(s) => (*s).to_owned(),
-        None => payload.downcast_ref::<String>().cloned().unwrap_or_else(|| "Box<dyn Any>".to_owned()),
-    }
 }
 
 /// The code offset of the trampoline for `F`.

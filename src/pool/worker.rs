@@ -5,6 +5,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 
 use bytemuck::{Pod, Zeroable};
 
+use super::faults::{FaultPlan, FaultPoint};
 use super::slots::{self, CANCELLED, QUEUED, RUNNING, Slots};
 use super::task::{self, ChunkCtx};
 use crate::ring::queue::Queue;
@@ -45,6 +46,8 @@ pub(crate) struct WorkerArg {
     pub _pad: u32,
     /// Spin budget in nanoseconds.
     pub spin_ns: u64,
+    /// Faults to inject (tests only; all zero otherwise).
+    pub faults: FaultPlan,
 }
 
 /// What a forked worker inherits, mapped already.
@@ -55,6 +58,7 @@ pub(crate) struct Setup {
     pub errors: Ring,
     pub max_tasks: u64,
     pub init: Option<crate::process::code::CodeOffset>,
+    pub faults: FaultPlan,
 }
 
 /// A forked worker's body: the pool's memory is mapped already (inherited); the ring handles
@@ -66,7 +70,7 @@ pub(crate) fn run_forked(setup: Setup) {
             None => crate::process::exit(EXIT_BAD_CODE),
         }
     }
-    let code = serve(&setup.slots, &setup.tasks, &setup.results, &setup.errors, setup.max_tasks);
+    let code = serve(&setup.slots, &setup.tasks, &setup.results, &setup.errors, setup.max_tasks, &setup.faults);
     if code != 0 {
         crate::process::exit(code);
     }
@@ -103,7 +107,7 @@ pub(crate) fn start(arg: &[u8]) {
             None => crate::process::exit(EXIT_BAD_CODE),
         }
     }
-    let code = serve(&slots, &tasks, &results, &errors, arg.max_tasks);
+    let code = serve(&slots, &tasks, &results, &errors, arg.max_tasks, &arg.faults);
     if code != 0 {
         crate::process::exit(code);
     }
@@ -117,14 +121,24 @@ enum Claim {
     Cancelled,
     /// A message about a slot that moved on: ignore.
     Stale,
+    /// The slot's state keeps changing under us (scribbled memory): leave without consuming the
+    /// message, so that it is handed to the next worker.
+    GiveUp,
 }
 
-fn serve(slots: &Slots, tasks: &Queue<u64>, results: &Queue<u64>, errors: &Ring, max_tasks: u64) -> i32 {
+fn serve(
+    slots: &Slots,
+    tasks: &Queue<u64>,
+    results: &Queue<u64>,
+    errors: &Ring,
+    max_tasks: u64,
+    faults: &FaultPlan,
+) -> i32 {
     let (Ok(rx), Ok(tx), Ok(etx)) = (tasks.receiver(), results.sender(), errors.sender()) else {
         return EXIT_BAD_SETUP;
     };
     let me = current_pid();
-    crate::process::capture_task_panics(true);
+    super::panics::capture_task_panics(true);
     let mut done = 0u64;
     while max_tasks == 0 || done < max_tasks {
         // Claim inside the task queue's receive critical section: if this process dies before the
@@ -132,7 +146,20 @@ fn serve(slots: &Slots, tasks: &Queue<u64>, results: &Queue<u64>, errors: &Ring,
         let (msg, claim) = match rx.recv_in_place() {
             Ok(guard) => {
                 let msg = *guard;
-                let claim = claim(slots, msg, me);
+                faults.worker_at(FaultPoint::Received);
+                let claim = claim(slots, msg, me, faults);
+                match claim {
+                    Claim::Run => faults.worker_at(FaultPoint::Claimed),
+                    Claim::GiveUp => {
+                        // Dying inside the section hands the message on (the queue repairs a dead
+                        // receiver's hold by delivering the same message again). A plain exit
+                        // would leave the queue while holding its lock: die as a crash does.
+                        std::mem::forget(guard);
+                        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+                        return EXIT_BROKEN;
+                    }
+                    Claim::Cancelled | Claim::Stale => {}
+                }
                 drop(guard);
                 (msg, claim)
             }
@@ -141,14 +168,14 @@ fn serve(slots: &Slots, tasks: &Queue<u64>, results: &Queue<u64>, errors: &Ring,
         };
         let (slot, seq) = split(msg);
         match claim {
-            Claim::Stale => continue,
+            Claim::Stale | Claim::GiveUp => continue,
             Claim::Cancelled => {
                 if tx.send(msg).is_err() {
                     return EXIT_BROKEN;
                 }
                 continue;
             }
-            Claim::Run => {}
+            Claim::Run => faults.worker_at(FaultPoint::Committed),
         }
         let desc = slots.read_desc(slot);
         let ran = if desc.seq != seq || !desc.fits(slots.data_len()) {
@@ -190,40 +217,50 @@ fn serve(slots: &Slots, tasks: &Queue<u64>, results: &Queue<u64>, errors: &Ring,
             // Leave every item's status as "not run": the parent reports it.
             return EXIT_BAD_CODE;
         }
+        faults.worker_at(FaultPoint::Ran);
         slots.state(slot).store(slots::word(slots::DONE, me), Ordering::Release);
+        faults.worker_at(FaultPoint::Done);
         if tx.send(msg).is_err() {
             return EXIT_BROKEN;
         }
-        done += u64::from(desc.count.max(1));
+        done = done.saturating_add(u64::from(desc.count.max(1)));
     }
     0
 }
 
 /// Claims the slot named by `msg` for `me`, inside the task queue's receive critical section.
-fn claim(slots: &Slots, msg: u64, me: u32) -> Claim {
+///
+/// Holding the message inside the section is what makes every answer but [`Claim::Stale`] final:
+/// while this worker holds it, the only other writer of the slot's state is the parent, and the
+/// parent only moves it `RUNNING(dead)` -> `QUEUED` (the previous holder died in this same
+/// section) and `QUEUED` -> `CANCELLED`. So a failed compare-and-swap means "look again", never
+/// "someone else has it": giving up there would drop the only message for a slot that still waits
+/// for it (the pool's defect 5). See the state machine in the `slots` module.
+fn claim(slots: &Slots, msg: u64, me: u32, faults: &FaultPlan) -> Claim {
+    /// Far more changes than the protocol can make while we hold the message (two): only
+    /// memory scribbled by something else could get here.
+    const MAX_TRIES: u32 = 1000;
     let (slot, seq) = split(msg);
     if slot >= slots.count || slots.read_desc(slot).seq != seq {
         return Claim::Stale;
     }
-    let w = slots.state(slot).load(Ordering::Acquire);
-    match slots::stage(w) {
-        QUEUED => {
-            if slots.transition(slot, w, slots::word(RUNNING, me)) {
-                Claim::Run
-            } else {
-                claim(slots, msg, me)
-            }
+    for _ in 0..MAX_TRIES {
+        let w = slots.state(slot).load(Ordering::Acquire);
+        match slots::stage(w) {
+            QUEUED => faults.worker_at(FaultPoint::BeforeClaim),
+            // Claimed by a worker that died inside this same critical section (the message was
+            // handed out again), before the parent noticed: take it over. It never ran the task:
+            // a worker runs a task only after the message left the queue.
+            RUNNING => faults.worker_at(FaultPoint::BeforeTakeover),
+            CANCELLED => return Claim::Cancelled,
+            // FREE, DONE, FAILED: the slot's generation moved on (cannot happen while the
+            // generation matches and we hold its message, but nobody waits for it then).
+            _ => return Claim::Stale,
         }
-        // Claimed by a worker that died inside this same critical section (the message was
-        // handed out again): take it over.
-        RUNNING if slots::owner(w) != me => {
-            if slots.transition(slot, w, slots::word(RUNNING, me)) {
-                Claim::Run
-            } else {
-                Claim::Stale
-            }
+        if slots.transition(slot, w, slots::word(RUNNING, me)) {
+            return Claim::Run;
         }
-        CANCELLED => Claim::Cancelled,
-        _ => Claim::Stale,
+        // The parent reset or cancelled it meanwhile: look again.
     }
+    Claim::GiveUp
 }

@@ -7,7 +7,7 @@
 //! lock stdout, flush; lock stderr
 //! fork() ---------------------------------> Forking::in_child()          (first thing)
 //! Forking::in_parent()                     unlock stderr, stdout
-//! unlock stderr, stdout                    PR_SET_PDEATHSIG, getppid check
+//! unlock stderr, stdout                    parent-death watch, getppid check
 //! wait for "started" (or the child's end)  identity, report channel
 //!                          <-------------- "started"
 //! drop the parent's copy of the closure    run the closure under catch_unwind
@@ -47,6 +47,9 @@ pub(super) fn check_alone() -> Result<(), StartError> {
 pub(super) fn fork(b: ProcessBuilder, f: Box<dyn FnOnce() + 'static>, kind: Kind) -> Result<Process, StartError> {
     wait::sweep();
     child::install_hook();
+    if b.die_with_parent {
+        child::prepare_watch().map_err(|source| StartError::Os { op: "pipe2 (parent-death watch)", source })?;
+    }
     let id = Box::new(current::next_child(b.name));
     let name = id.name.clone();
     let (read_end, write_end) = report::channel().map_err(|source| StartError::Os { op: "pipe2", source })?;

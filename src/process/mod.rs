@@ -58,12 +58,16 @@
 //!
 //! # Children die with their parent
 //!
-//! Unless [`ProcessBuilder::die_with_parent`] is set to false, a child asks the kernel for SIGKILL
-//! when its parent dies (`PR_SET_PDEATHSIG`), then checks that the parent did not die before the
-//! request took effect. Caveat: Linux ties this to the parent's **thread** that started the child,
-//! not to the whole parent: a child started from a short-lived thread is killed when that thread
-//! ends. Start long-lived children from a long-lived thread (such as `main`'s), or let them outlive
-//! their parent.
+//! Unless [`ProcessBuilder::die_with_parent`] is set to false, a child is killed (SIGKILL) when its
+//! parent **process** ends, however it ends, and also if the parent `exec`s another program. A
+//! thread of the parent ending kills no child: a child started from a short-lived thread lives on.
+//! (Linux's `PR_SET_PDEATHSIG` follows the parent's *thread*; ringpool uses it only as a fallback
+//! when `/proc` is missing.) How: the parent holds the only write end of a pipe; the child asks the
+//! kernel for SIGKILL when its end of that pipe hangs up, then checks that the parent did not end
+//! before the request took effect. A process that `fork`s by other means than ringpool while
+//! another of its threads starts a child does not disturb this (an at-fork handler closes the write
+//! end in every forked child). A parent that closes descriptors it did not open (`close_range`,
+//! closing "every fd above 2") closes that write end too, and its children die then.
 //!
 //! # Panics
 //!
@@ -102,7 +106,7 @@ mod wait;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-pub(crate) use child::{capture_task_panics, take_captured_panic};
+pub(crate) use child::{payload_text, register_panic_claimer};
 pub use current::{CurrentProcess, current_process, exit};
 pub use spawn::MAX_SPAWN_ARG;
 pub use status::{ExitStatus, JoinError, SignalError, StartError};
@@ -182,8 +186,9 @@ impl ProcessBuilder {
         self
     }
 
-    /// Whether the child is killed (SIGKILL) when its parent dies. Default: true. See the
-    /// [module docs](self#children-die-with-their-parent) for the caveat about threads.
+    /// Whether the child is killed (SIGKILL) when its parent process ends. Default: true. See the
+    /// [module docs](self#children-die-with-their-parent) for how (a thread of the parent ending
+    /// does not kill it).
     pub fn die_with_parent(mut self, yes: bool) -> Self {
         self.die_with_parent = yes;
         self

@@ -315,6 +315,9 @@ fn spawn_as(
     std::hint::black_box(&SPAWN_CONSTRUCTOR);
     wait::sweep();
     child::install_hook();
+    if b.die_with_parent {
+        child::prepare_watch().map_err(|source| StartError::Os { op: "pipe2 (parent-death watch)", source })?;
+    }
 
     let id = current::next_child(b.name);
     let (read_end, write_end) = report::channel().map_err(|source| StartError::Os { op: "pipe2", source })?;
@@ -337,7 +340,7 @@ fn spawn_as(
     keep.push(write_end.as_raw_fd());
     let expected_parent = b.die_with_parent.then_some(current_pid());
     // SAFETY: the closure runs in the child between fork and exec, where only async-signal-safe
-    // calls are allowed. It makes only system calls (fcntl, prctl, getppid, kill) and reads the
+    // calls are allowed. It makes only system calls (fcntl, open, close, poll, prctl, getppid, kill) and reads the
     // vector captured here, allocated by the parent; it allocates nothing and takes no lock.
     unsafe { cmd.pre_exec(move || before_exec(&keep, expected_parent)) };
     // The child executes a new image at once: it must not join the rings whose handles the parent
@@ -361,7 +364,8 @@ fn before_exec(keep: &[RawFd], expected_parent: Option<u32>) -> std::io::Result<
         cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) })?;
     }
     if let Some(parent) = expected_parent {
-        child::die_with_parent(parent);
+        // The armed descriptor crosses the exec (the spawned child makes it close-on-exec then).
+        let _ = child::die_with_parent(parent);
     }
     Ok(())
 }
