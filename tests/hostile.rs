@@ -16,7 +16,7 @@ use std::time::Duration;
 use common::{leftovers, spawn, unique_name};
 use nix::sys::wait::WaitStatus;
 use ringpool::ring::{RecvTimeoutError, TryRecvError, TrySendError};
-use ringpool::segment::{Fingerprint, SegmentBuilder, SegmentKind};
+use ringpool::segment::{Fingerprint, LAYOUT_VERSION, SegmentBuilder, SegmentKind};
 use ringpool::{OpenMode, Queue, Ring, SegmentError};
 
 /// The header page's size, and where the payload starts.
@@ -224,7 +224,7 @@ fn check_layout(target: Target) -> (u64, u64) {
     let keep = make(target, &name);
     let f = open_file(&name);
     assert_eq!(f.read(0, 8), u64::from_le_bytes(*b"RINGPOOL"));
-    assert_eq!(f.read(8, 4), 1, "layout version");
+    assert_eq!(f.read(8, 4), u64::from(LAYOUT_VERSION), "layout version");
     assert_eq!(f.read(24, 8), PAGE, "payload offset");
     let total = f.file.metadata().unwrap().len();
     assert_eq!(f.read(16, 8), total, "total length");
@@ -277,7 +277,7 @@ fn cases(target: Target, (total_len, payload_len): (u64, u64)) -> Vec<Case> {
     let mirror = if target == Target::Ring { CAP } else { 0 };
     // The segment header, resealed: every field that says what or where is checked.
     out.extend(one("magic (unsealed)", At::Raw(0), 8, few(u64::from_le_bytes(*b"RINGPOOL")), &refused));
-    out.extend(one("version", At::Header(8), 4, boundary(4, 1), &refused));
+    out.extend(one("version", At::Header(8), 4, boundary(4, u64::from(LAYOUT_VERSION)), &refused));
     out.extend(one("kind", At::Header(12), 4, boundary(4, kind), &refused));
     out.extend(one("total_len", At::Header(16), 8, boundary(8, total_len), &refused));
     out.extend(one("payload_offset", At::Header(24), 8, boundary(8, PAGE), &refused));

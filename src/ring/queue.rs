@@ -303,7 +303,7 @@ impl<T: Pod> Queue<T> {
     #[doc(hidden)]
     pub fn debug_lock_holders(&self) -> (Option<u32>, Option<u32>) {
         let c = self.core.ctrl();
-        (c.send.lock.holder(), c.recv.lock.holder())
+        (self.core.lock_holder_pid(&c.send.lock), self.core.lock_holder_pid(&c.recv.lock))
     }
 
     /// The underlying segment's descriptor.
