@@ -65,19 +65,8 @@ fn item() -> impl Strategy<Value = Item> {
             any::<u128>(),
         ),
     )
-        .prop_map(|((id, name, values, flag), (maybe, outcome), (pair, shape, shapes), (nested, letter, wide))| Item {
-            id,
-            name,
-            values,
-            flag,
-            maybe,
-            outcome,
-            pair,
-            shape,
-            shapes,
-            nested,
-            letter,
-            wide,
+        .prop_map(|((id, name, values, flag), (maybe, outcome), (pair, shape, shapes), (nested, letter, wide))| {
+            Item { id, name, values, flag, maybe, outcome, pair, shape, shapes, nested, letter, wide }
         })
 }
 
