@@ -112,9 +112,13 @@ use crate::sync::SpinPolicy;
 /// alignment up to it holds at the record's real address.
 const ALIGN_SPAN: u64 = 4096;
 
-/// Extra room reserved over a measured size: the padding a value needs can differ by up to its
-/// largest alignment when the record lands at another offset.
-const SLACK: usize = 64;
+/// Extra room reserved over a measured or last-sent size: the padding a value needs can differ by
+/// up to its largest alignment (16 for every rkyv primitive) when the record lands at another
+/// offset. Kept small so that small values stay within the byte ring's staged reservations.
+const SLACK: usize = 16;
+
+/// The first reservation's guess for what a value holds out of line (strings, vectors).
+const FIRST_GUESS: usize = 64;
 
 /// The error type rkyv reports with here (a boxed error with a message).
 pub type RkyvError = rancor::Error;
@@ -613,7 +617,7 @@ enum Until {
 impl<T: Archivable> TypedSender<T> {
     fn new(inner: Sender) -> TypedSender<T> {
         let max = inner.ring().max_message_len();
-        let first = std::mem::size_of::<Archived<T>>().saturating_add(SLACK).min(max);
+        let first = std::mem::size_of::<Archived<T>>().saturating_add(FIRST_GUESS).min(max);
         TypedSender { inner, max, hint: AtomicUsize::new(first), _t: PhantomData }
     }
 
@@ -621,18 +625,33 @@ impl<T: Archivable> TypedSender<T> {
     /// if every receiver is gone, if its archive is larger than the ring's largest message, if its
     /// `Serialize` fails, or if the ring is broken.
     pub fn send(&self, value: T) -> Result<(), TypedSendError<T>> {
-        self.send_until(value, Until::Forever)
+        self.send_until(&value, Until::Forever).map_err(|f| f.with(value))
     }
 
     /// [`send`](Self::send) if there is room now.
     pub fn try_send(&self, value: T) -> Result<(), TypedSendError<T>> {
-        self.send_until(value, Until::Now)
+        self.send_until(&value, Until::Now).map_err(|f| f.with(value))
     }
 
     /// [`send`](Self::send), waiting at most `timeout` for room.
     pub fn send_timeout(&self, value: T, timeout: Duration) -> Result<(), TypedSendError<T>> {
-        let deadline = Instant::now().checked_add(timeout);
-        self.send_until(value, deadline.map_or(Until::Forever, Until::Deadline))
+        self.send_until(&value, until(timeout)).map_err(|f| f.with(value))
+    }
+
+    /// Archives a borrowed value (the caller keeps it: no clone to send the same value twice, or
+    /// to reuse its allocations). The error holds `()` where [`send`](Self::send)'s holds the value.
+    pub fn send_ref(&self, value: &T) -> Result<(), TypedSendError<()>> {
+        self.send_until(value, Until::Forever).map_err(|f| f.with(()))
+    }
+
+    /// [`send_ref`](Self::send_ref) if there is room now.
+    pub fn try_send_ref(&self, value: &T) -> Result<(), TypedSendError<()>> {
+        self.send_until(value, Until::Now).map_err(|f| f.with(()))
+    }
+
+    /// [`send_ref`](Self::send_ref), waiting at most `timeout` for room.
+    pub fn send_ref_timeout(&self, value: &T, timeout: Duration) -> Result<(), TypedSendError<()>> {
+        self.send_until(value, until(timeout)).map_err(|f| f.with(()))
     }
 
     /// Sets how many bytes the next send reserves first (clamped to the largest message). A
@@ -677,39 +696,32 @@ impl<T: Archivable> TypedSender<T> {
         }
     }
 
-    fn send_until(&self, value: T, until: Until) -> Result<(), TypedSendError<T>> {
+    fn send_until(&self, value: &T, until: Until) -> Result<(), Fail> {
         let mut want = self.hint.load(Ordering::Relaxed).min(self.max);
         // Each pass either publishes or learns the exact size at the offset it got; a second
         // overflow needs the record to land at an offset whose padding outgrows SLACK.
         for _ in 0..8 {
-            let mut guard = match self.reserve(want, until) {
-                Ok(g) => g,
-                Err(f) => return Err(f.with(value)),
-            };
+            let mut guard = self.reserve(want, until)?;
             let base = (guard.ring_index() % ALIGN_SPAN) as usize;
-            match write_into(&value, &mut guard, base) {
+            match write_into(value, &mut guard, base) {
                 Written::Done(n) => {
                     guard.commit_len(n);
                     self.learn(n);
                     return Ok(());
                 }
-                Written::Failed(reason) => return Err(TypedSendError::Serialize { value, reason }),
+                Written::Failed(reason) => return Err(Fail::Serialize(reason)),
                 Written::Overflow => {
                     // Nothing is published: the guard drops uncommitted.
                     drop(guard);
-                    let size = match measure(&value, base) {
-                        Ok(n) => n,
-                        Err(reason) => return Err(TypedSendError::Serialize { value, reason }),
-                    };
+                    let size = measure(value, base).map_err(Fail::Serialize)?;
                     if size > self.max {
-                        return Err(TypedSendError::TooLarge { value, size, max: self.max });
+                        return Err(Fail::TooLarge { size, max: self.max });
                     }
                     want = size.saturating_add(SLACK).min(self.max);
                 }
             }
         }
-        let reason = "the archive's size kept changing with its offset in the ring".to_owned();
-        Err(TypedSendError::Serialize { value, reason })
+        Err(Fail::Serialize("the archive's size kept changing with its offset in the ring".to_owned()))
     }
 
     /// Next first reservation: the size just sent plus slack, or the last hint decayed by an
@@ -724,12 +736,18 @@ impl<T: Archivable> TypedSender<T> {
     }
 }
 
-/// Internal outcome of a failed reservation.
+fn until(timeout: Duration) -> Until {
+    Instant::now().checked_add(timeout).map_or(Until::Forever, Until::Deadline)
+}
+
+/// Internal outcome of a failed send, without the value.
 enum Fail {
     Full,
     Timeout,
     Disconnected,
     Broken(Broken),
+    TooLarge { size: usize, max: usize },
+    Serialize(String),
 }
 
 impl Fail {
@@ -739,6 +757,8 @@ impl Fail {
             Fail::Timeout => TypedSendError::Timeout(value),
             Fail::Disconnected => TypedSendError::Disconnected(value),
             Fail::Broken(b) => TypedSendError::Broken(value, b),
+            Fail::TooLarge { size, max } => TypedSendError::TooLarge { value, size, max },
+            Fail::Serialize(reason) => TypedSendError::Serialize { value, reason },
         }
     }
 }
