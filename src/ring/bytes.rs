@@ -174,6 +174,7 @@ impl RingBuilder {
 
     /// Hook for typed rings (`ring::archive`): makes the segment with `make` from this builder's
     /// segment builder, under the fingerprint `fp` instead of untyped bytes', and wraps it.
+    #[cfg(feature = "archive")]
     pub(crate) fn make_typed(
         &self,
         fp: Fingerprint,
@@ -540,6 +541,7 @@ impl WriteGuard<'_> {
     /// Hook for `ring::archive`: the ring index of the reserved bytes' first byte. The data region
     /// is page-aligned, so its value modulo the page size is the bytes' address modulo the page
     /// size, in every process, staged or not.
+    #[cfg(feature = "archive")]
     pub(crate) fn ring_index(&self) -> u64 {
         self.tail + 8
     }
