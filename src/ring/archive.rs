@@ -3,7 +3,7 @@
 //! [`Ring`], written straight into the ring and read where it lies, validated before use.
 //! Behind the default feature `archive`.
 //!
-//! ```no_run
+//! ```
 //! use ringpool::ring::archive::{TypedRing, rkyv};
 //!
 //! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
