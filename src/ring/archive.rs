@@ -391,13 +391,13 @@ impl From<RecvTimeoutError> for TypedRecvError {
 
 /// How to create or open a [`TypedRing`]: a [`RingBuilder`] plus the type's fingerprint.
 #[derive(Debug)]
-pub struct TypedRingBuilder<T> {
+pub struct TypedRingBuilder<T: Archivable> {
     inner: RingBuilder,
     tag: Option<String>,
     _t: PhantomData<fn(T) -> T>,
 }
 
-impl<T> Clone for TypedRingBuilder<T> {
+impl<T: Archivable> Clone for TypedRingBuilder<T> {
     fn clone(&self) -> Self {
         TypedRingBuilder { inner: self.inner.clone(), tag: self.tag.clone(), _t: PhantomData }
     }
@@ -520,12 +520,12 @@ fn rkyv_format() -> String {
 /// A ring of archived `T` values between processes: a byte [`Ring`] whose messages are rkyv
 /// archives, written in place and validated on receipt. See the [module docs](self).
 #[derive(Debug)]
-pub struct TypedRing<T> {
+pub struct TypedRing<T: Archivable> {
     ring: Ring,
     _t: PhantomData<fn(T) -> T>,
 }
 
-impl<T> Clone for TypedRing<T> {
+impl<T: Archivable> Clone for TypedRing<T> {
     fn clone(&self) -> Self {
         TypedRing { ring: self.ring.clone(), _t: PhantomData }
     }
@@ -587,7 +587,7 @@ impl<T: Archivable> TypedRing<T> {
 
 /// The sending side of a [`TypedRing`]. Each counts as one sender of the ring.
 #[derive(Debug)]
-pub struct TypedSender<T> {
+pub struct TypedSender<T: Archivable> {
     inner: Sender,
     max: usize,
     /// Bytes to reserve first: learnt from the sizes sent (local memory, not shared).
@@ -595,7 +595,7 @@ pub struct TypedSender<T> {
     _t: PhantomData<fn(T)>,
 }
 
-impl<T> Clone for TypedSender<T> {
+impl<T: Archivable> Clone for TypedSender<T> {
     fn clone(&self) -> Self {
         TypedSender {
             inner: self.inner.clone(),
@@ -767,12 +767,12 @@ impl Fail {
 
 /// The receiving side of a [`TypedRing`]. Each counts as one receiver of the ring.
 #[derive(Debug)]
-pub struct TypedReceiver<T> {
+pub struct TypedReceiver<T: Archivable> {
     inner: Receiver,
     _t: PhantomData<fn() -> T>,
 }
 
-impl<T> Clone for TypedReceiver<T> {
+impl<T: Archivable> Clone for TypedReceiver<T> {
     fn clone(&self) -> Self {
         TypedReceiver { inner: self.inner.clone(), _t: PhantomData }
     }
