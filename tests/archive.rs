@@ -340,3 +340,35 @@ fn a_named_typed_ring_knows_its_type() {
     }
     assert!(leftovers().iter().all(|n| n != &name), "{name} left in /dev/shm");
 }
+
+/// A receiver killed (SIGKILL) while it holds a value in place leaves it in the ring: the next
+/// receiver gets that very value, then the next, and the receive lock is taken over.
+#[test]
+fn a_value_held_in_place_by_a_killed_receiver_goes_to_the_next_receiver() {
+    let _g = lock();
+    let ring = TypedRing::<(String, Vec<u32>)>::builder().capacity(4096).anonymous().unwrap();
+    let tx = ring.sender().unwrap();
+    tx.send(("first".into(), vec![1, 2, 3])).unwrap();
+    tx.send(("second".into(), vec![4])).unwrap();
+    let (read_end, write_end) = process_common::pipe();
+    let mut child = {
+        let ring = ring.clone();
+        fork(move || {
+            let rx = ring.receiver().unwrap();
+            let held = rx.recv_archived_timeout(LONG).unwrap();
+            process_common::send_line(&write_end, &format!("holding {}", held.0));
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+    use std::os::fd::AsFd;
+    let line = process_common::recv_line(read_end.as_fd(), LONG);
+    assert_eq!(line.as_deref(), Some("holding first"));
+    child.kill().unwrap();
+    assert!(exit_of(child).signal().is_some());
+    let rx = ring.receiver().unwrap();
+    assert_eq!(rx.recv_timeout(LONG).unwrap(), ("first".to_owned(), vec![1, 2, 3]));
+    assert_eq!(rx.recv_timeout(LONG).unwrap(), ("second".to_owned(), vec![4]));
+    assert!(ring.stats().recv_recoveries >= 1, "{:?}", ring.stats());
+}
