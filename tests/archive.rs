@@ -11,7 +11,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use ringpool::SegmentError;
 use ringpool::process::ExitStatus;
-use ringpool::ring::archive::{TypedRecvError, TypedRing, TypedSendError, rkyv};
+use ringpool::ring::archive::{TypedQueue, TypedRecvError, TypedRing, TypedSendError, rkyv};
 
 use common::{Rng, leftovers, unique_name};
 use process_common::{fork, lock};
@@ -371,4 +371,159 @@ fn a_value_held_in_place_by_a_killed_receiver_goes_to_the_next_receiver() {
     assert_eq!(rx.recv_timeout(LONG).unwrap(), ("first".to_owned(), vec![1, 2, 3]));
     assert_eq!(rx.recv_timeout(LONG).unwrap(), ("second".to_owned(), vec![4]));
     assert!(ring.stats().recv_recoveries >= 1, "{:?}", ring.stats());
+}
+
+// ----- TypedQueue: archived values in fixed slots -------------------------------------------------
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// The same random nested values through 4 KiB slots of a `TypedQueue`, to a forked child and
+    /// back: exact, in order. The stride (4104 bytes) puts consecutive slots at 8 and 0 modulo 16.
+    #[test]
+    fn random_nested_values_round_trip_exactly_through_typed_queue_slots(items in proptest::collection::vec(item(), 1..24)) {
+        let _g = lock();
+        let there = TypedQueue::<Item, 4096>::builder().slots(4).anonymous().unwrap();
+        let back = TypedQueue::<Item, 4096>::builder().slots(4).anonymous().unwrap();
+        let n = items.len();
+        let child = {
+            let (there, back) = (there.clone(), back.clone());
+            fork(move || {
+                let rx = there.receiver().unwrap();
+                let tx = back.sender().unwrap();
+                for i in 0..n {
+                    let value = if i % 2 == 0 {
+                        rx.recv_timeout(LONG).unwrap()
+                    } else {
+                        rx.recv_archived_timeout(LONG).unwrap().deserialize().unwrap()
+                    };
+                    tx.send_timeout(value, LONG).unwrap();
+                }
+            })
+        };
+        let tx = there.sender().unwrap();
+        let rx = back.receiver().unwrap();
+        let mut got = Vec::new();
+        for it in &items {
+            tx.send_timeout(it.clone(), LONG).unwrap();
+            while let Ok(v) = rx.try_recv() {
+                got.push(v);
+            }
+        }
+        while got.len() < n {
+            got.push(rx.recv_timeout(LONG).unwrap());
+        }
+        prop_assert_eq!(exit_of(child), ExitStatus::Code(0));
+        prop_assert_eq!(&got, &items);
+        prop_assert!(matches!(rx.recv_timeout(LONG), Err(TypedRecvError::Disconnected)));
+    }
+}
+
+/// Raw slots from a peer (random bytes, impossible length fields, truncated or flipped archives)
+/// are `Invalid` in a forked receiver that exits normally; valid values among them arrive exact.
+#[test]
+fn garbage_in_typed_queue_slots_is_an_error_in_a_child_that_never_dies_by_a_signal() {
+    let _g = lock();
+    let q = TypedQueue::<Item, 512>::builder().slots(16).anonymous().unwrap();
+    let verdicts = TypedRing::<(u32, u32, u32)>::builder().capacity(4096).anonymous().unwrap();
+    const ROUNDS: u32 = 300;
+    let child = {
+        let (q, verdicts) = (q.clone(), verdicts.clone());
+        fork(move || {
+            let rx = q.receiver().unwrap();
+            let out = verdicts.sender().unwrap();
+            let (mut valid, mut invalid, mut other) = (0u32, 0u32, 0u32);
+            loop {
+                match rx.recv_timeout(LONG) {
+                    Ok(v) if v.name == "valid" => valid += 1,
+                    Ok(_) => other += 1,
+                    Err(TypedRecvError::Invalid { .. }) => invalid += 1,
+                    Err(TypedRecvError::Disconnected) => break,
+                    Err(e) => panic!("unexpected: {e}"),
+                }
+            }
+            out.send((valid, invalid, other)).unwrap();
+        })
+    };
+    let good = Item {
+        id: 1,
+        name: "valid".into(),
+        values: vec![1, 2, 3],
+        flag: true,
+        maybe: None,
+        outcome: Ok(1),
+        pair: (9, "p".into()),
+        shape: Shape::Bytes(vec![1, 2, 3]),
+        shapes: vec![Shape::Empty],
+        nested: vec![],
+        letter: 'q',
+        wide: u128::MAX,
+    };
+    let archive = rkyv::to_bytes::<rkyv::rancor::Error>(&good).unwrap().to_vec();
+    {
+        let tx = q.sender().unwrap();
+        let raw = q.as_slots().sender().unwrap();
+        let mut r = Rng(0x51_07_5EED);
+        for round in 0..ROUNDS {
+            let mut slot = [0u8; 512];
+            match round % 5 {
+                0 => slot.iter_mut().for_each(|b| *b = r.next() as u8),
+                1 => {
+                    // A length field past the slot.
+                    slot[..8].copy_from_slice(&(600 + r.below(1 << 40)).to_le_bytes());
+                }
+                2 => {
+                    let cut = r.below(archive.len() as u64) as usize;
+                    slot[..8].copy_from_slice(&(cut as u64).to_le_bytes());
+                    slot[8..8 + cut].copy_from_slice(&archive[..cut]);
+                }
+                3 => {
+                    slot[..8].copy_from_slice(&(archive.len() as u64).to_le_bytes());
+                    slot[8..8 + archive.len()].copy_from_slice(&archive);
+                    let at = 8 + r.below(archive.len() as u64) as usize;
+                    slot[at] ^= 1 << r.below(8);
+                }
+                _ => {
+                    tx.send_timeout(good.clone(), LONG).unwrap();
+                    continue;
+                }
+            }
+            raw.send_timeout(slot, LONG).unwrap();
+        }
+    }
+    assert_eq!(exit_of(child), ExitStatus::Code(0), "the receiving child must end normally, not by a signal");
+    let (valid, invalid, other) = verdicts.receiver().unwrap().recv_timeout(LONG).unwrap();
+    assert_eq!(valid + invalid + other, ROUNDS, "every slot answered once");
+    assert!(invalid >= 2 * ROUNDS / 5, "valid {valid}, invalid {invalid}, other {other}");
+    assert!(valid >= ROUNDS / 5, "valid {valid}, invalid {invalid}, other {other}");
+}
+
+/// A value whose archive outgrows a slot is refused with both sizes and handed back; nothing is
+/// published; try_send on full slots is `Full`.
+#[test]
+fn a_value_larger_than_a_typed_queue_slot_is_refused_with_both_sizes() {
+    let q = TypedQueue::<Vec<String>, 64>::builder().slots(2).anonymous().unwrap();
+    assert_eq!(q.max_message_len(), 56);
+    let tx = q.sender().unwrap();
+    let rx = q.receiver().unwrap();
+    let big = vec!["x".repeat(100)];
+    match tx.send(big.clone()) {
+        Err(TypedSendError::TooLarge { value, size, max }) => {
+            assert_eq!(value, big);
+            assert!(size > 100, "{size}");
+            assert_eq!(max, 56);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(q.is_empty());
+    let small = vec!["fits".to_owned()];
+    tx.send(small.clone()).unwrap();
+    tx.send(small.clone()).unwrap();
+    assert!(matches!(tx.try_send(small.clone()), Err(TypedSendError::Full(v)) if v == small));
+    assert!(matches!(tx.send_timeout(small.clone(), Duration::from_millis(20)), Err(TypedSendError::Timeout(_))));
+    assert_eq!(rx.recv_archived_timeout(LONG).unwrap()[0], "fits");
+    assert_eq!(rx.try_recv().unwrap(), small);
+    assert!(matches!(rx.try_recv(), Err(TypedRecvError::Empty)));
+    drop(tx);
+    assert!(matches!(rx.recv(), Err(TypedRecvError::Disconnected)));
 }

@@ -44,7 +44,9 @@
 //! - **Ordinary Rust types.** `#[derive(Archive, Serialize, Deserialize)]` on the user's own types,
 //!   no schema files or code generation (Cap'n Proto and FlatBuffers need both).
 //!
-//! `Pod` types keep their own fast path, [`Queue`](crate::Queue), untouched.
+//! `Pod` types keep their own fast path, [`Queue`](crate::Queue), untouched. For archived values in
+//! fixed slots (a bounded count rather than bounded bytes), [`TypedQueue<T, N>`](TypedQueue) keeps
+//! each archive in an `N`-byte slot of a `Queue<[u8; N]>`, with the same placement and validation.
 //!
 //! # What a message is
 //!
@@ -93,6 +95,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub use rkyv;
+pub use slots::{ArchivedSlot, TypedQueue, TypedQueueBuilder, TypedQueueReceiver, TypedQueueSender};
+
+mod slots;
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
@@ -206,6 +211,28 @@ impl<E: rancor::Source> Writer<E> for ArchiveWriter<'_> {
                 self.overflowed.set(true);
                 Err(E::new(Overflow { room: self.out.len() }))
             }
+        }
+    }
+}
+
+/// A handle's own rkyv arena (scratch space for serializing), taken out while a send serializes.
+struct Scratch(Cell<Option<Arena>>);
+
+impl Scratch {
+    fn new() -> Scratch {
+        Scratch(Cell::new(Some(Arena::new())))
+    }
+
+    /// Runs `f` with the handle's arena, or rkyv's thread-local one if the handle's is out (a
+    /// `Serialize` that sends on this very handle, or a send that panicked).
+    fn with<R>(&self, f: impl FnOnce(&mut Arena) -> R) -> R {
+        match self.0.take() {
+            Some(mut arena) => {
+                let r = f(&mut arena);
+                self.0.set(Some(arena));
+                r
+            }
+            None => rkyv::util::with_arena(f),
         }
     }
 }
@@ -596,8 +623,8 @@ pub struct TypedSender<T: Archivable> {
     max: usize,
     /// Bytes to reserve first: learnt from the sizes sent (local memory, not shared).
     hint: AtomicUsize,
-    /// rkyv's scratch space (taken out while a send serializes).
-    arena: Cell<Option<Arena>>,
+    /// rkyv's scratch space.
+    scratch: Scratch,
     _t: PhantomData<fn(T)>,
 }
 
@@ -613,7 +640,7 @@ impl<T: Archivable> Clone for TypedSender<T> {
             inner: self.inner.clone(),
             max: self.max,
             hint: AtomicUsize::new(self.hint.load(Ordering::Relaxed)),
-            arena: Cell::new(Some(Arena::new())),
+            scratch: Scratch::new(),
             _t: PhantomData,
         }
     }
@@ -631,20 +658,7 @@ impl<T: Archivable> TypedSender<T> {
     fn new(inner: Sender) -> TypedSender<T> {
         let max = inner.ring().max_message_len();
         let first = std::mem::size_of::<Archived<T>>().saturating_add(FIRST_GUESS).min(max);
-        TypedSender { inner, max, hint: AtomicUsize::new(first), arena: Cell::new(Some(Arena::new())), _t: PhantomData }
-    }
-
-    /// Runs `f` with this handle's arena, or rkyv's thread-local one if the handle's is out (a
-    /// `Serialize` that sends on this very handle, or a send that panicked).
-    fn with_arena<R>(&self, f: impl FnOnce(&mut Arena) -> R) -> R {
-        match self.arena.take() {
-            Some(mut arena) => {
-                let r = f(&mut arena);
-                self.arena.set(Some(arena));
-                r
-            }
-            None => rkyv::util::with_arena(f),
-        }
+        TypedSender { inner, max, hint: AtomicUsize::new(first), scratch: Scratch::new(), _t: PhantomData }
     }
 
     /// Archives `value` straight into the ring, waiting for room. Fails, handing the value back,
@@ -729,7 +743,7 @@ impl<T: Archivable> TypedSender<T> {
         for _ in 0..8 {
             let mut guard = self.reserve(want, until)?;
             let base = (guard.ring_index() % ALIGN_SPAN) as usize;
-            match self.with_arena(|arena| write_into(value, &mut guard, base, arena)) {
+            match self.scratch.with(|arena| write_into(value, &mut guard, base, arena)) {
                 Written::Done(n) => {
                     guard.commit_len(n);
                     self.learn(n);
@@ -739,7 +753,7 @@ impl<T: Archivable> TypedSender<T> {
                 Written::Overflow => {
                     // Nothing is published: the guard drops uncommitted.
                     drop(guard);
-                    let size = self.with_arena(|arena| measure(value, base, arena)).map_err(Fail::Serialize)?;
+                    let size = self.scratch.with(|arena| measure(value, base, arena)).map_err(Fail::Serialize)?;
                     if size > self.max {
                         return Err(Fail::TooLarge { size, max: self.max });
                     }
