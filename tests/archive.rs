@@ -463,7 +463,7 @@ fn garbage_in_typed_queue_slots_is_an_error_in_a_child_that_never_dies_by_a_sign
     {
         let tx = q.sender().unwrap();
         let raw = q.as_slots().sender().unwrap();
-        let mut r = Rng(0x51_07_5EED);
+        let mut r = Rng(0x5107_5EED);
         for round in 0..ROUNDS {
             let mut slot = [0u8; 512];
             match round % 5 {

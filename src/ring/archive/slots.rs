@@ -120,7 +120,15 @@ where
     }
 }
 
-/// A queue of archived `T` values in fixed `N`-byte slots. See the [module docs](self).
+/// A queue of archived `T` values in the fixed `N`-byte slots of a [`Queue`]`<[u8; N]>`, written in
+/// place and validated on receipt: for when a bounded count of values matters more than packing
+/// them (a [`TypedRing`](super::TypedRing) packs variable sizes into its bytes).
+///
+/// A slot holds the archive's length (8 bytes, little-endian), then the archive, positioned for the
+/// address it has in the mapping as in the ring (see the [module docs](super)). The largest archive
+/// a slot takes is `N - 8`. `N` is a size for which `[u8; N]` is `Pod` (bytemuck: up to 32, and 48,
+/// 64, 96, 128, 256, 512, 1024, 2048, 4096). The receiver checks the length field against the slot
+/// before it validates the archive.
 #[derive(Debug)]
 pub struct TypedQueue<T: Archivable, const N: usize>
 where
