@@ -4,7 +4,7 @@
 //!
 //! # Running
 //!
-//! - `cargo bench --bench archive` (3 benchmarks of 2 s warm-up and 6 s measurement);
+//! - `cargo bench --bench archive` (4 benchmarks of 2 s warm-up and 6 s measurement);
 //! - a fast pass: `cargo bench --bench archive -- --quick`;
 //! - a smoke test, one iteration each: `cargo test --release --bench archive`.
 //!
@@ -22,7 +22,9 @@
 //! - `typed_ring/owned`: the consumer deserializes an owned `Msg` (`recv`: validation, then a
 //!   `String` allocation per message);
 //! - `typed_ring/in_place_4KiB_ring`: in place through a ring of 4 KiB instead of 1 MiB (the
-//!   sender waits for room more often).
+//!   sender waits for room more often);
+//! - `typed_ring/queue_in_place`: through a [`TypedQueue`] of 1024 slots of 128 bytes instead, read
+//!   in place.
 //!
 //! Throughput is messages per second (criterion's `elem/s`); the bench also prints msgs/s per row.
 //! Timing is as in `benches/ring.rs`: from the first send until the consumer reports that it has
@@ -36,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use common::{Peer, cpu, pin};
 use criterion::{BenchmarkId, Criterion, Throughput};
-use ringpool::ring::archive::{TypedRing, TypedSender, rkyv};
+use ringpool::ring::archive::{TypedQueue, TypedQueueSender, TypedRing, TypedSender, rkyv};
 use ringpool::sync::SpinPolicy;
 
 /// A 64-byte struct holding a short string.
@@ -88,8 +90,35 @@ fn check_owned(m: &Msg, seq: u64, want: &mut Msg) {
     assert!(m == want, "consumer: message {seq} is wrong: {m:?}");
 }
 
+/// Which path a benchmark takes.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// A 1 MiB typed ring, read in place.
+    RingInPlace,
+    /// A 1 MiB typed ring, deserialized.
+    RingOwned,
+    /// A 4 KiB typed ring, read in place.
+    SmallRing,
+    /// A typed queue of 1024 slots of 128 bytes, read in place.
+    QueueInPlace,
+}
+
+enum Tx {
+    Ring(TypedSender<Msg>),
+    Queue(TypedQueueSender<Msg, 128>),
+}
+
+impl Tx {
+    fn send_ref(&self, m: &Msg) -> bool {
+        match self {
+            Tx::Ring(tx) => tx.send_ref(m).is_ok(),
+            Tx::Queue(tx) => tx.send_ref(m).is_ok(),
+        }
+    }
+}
+
 struct OneWay {
-    tx: TypedSender<Msg>,
+    tx: Tx,
     peer: Peer,
     msg: Msg,
     seq: u64,
@@ -98,30 +127,53 @@ struct OneWay {
 }
 
 impl OneWay {
-    fn new(capacity: usize, owned: bool, label: &'static str) -> OneWay {
-        let ring = TypedRing::<Msg>::builder().capacity(capacity).anonymous().expect("typed ring");
-        let tx = ring.sender().expect("sender");
-        let rx = ring.receiver().expect("receiver");
+    fn new(kind: Kind, label: &'static str) -> OneWay {
         let mut expected = 0u64;
-        let peer = Peer::start(format!("consumer-{label}"), cpu(1), SpinPolicy::busy(), true, move |n| {
-            let mut digits = String::with_capacity(16);
-            let mut want = Msg { seq: 0, a: 0, b: 0, e: 0, c: 0, d: 0, name: String::with_capacity(16) };
-            for _ in 0..n {
-                if owned {
-                    match rx.recv() {
-                        Ok(m) => check_owned(&m, expected, &mut want),
-                        Err(e) => panic!("consumer: recv: {e}"),
+        let mut digits = String::with_capacity(16);
+        let mut want = Msg { seq: 0, a: 0, b: 0, e: 0, c: 0, d: 0, name: String::with_capacity(16) };
+        let (tx, peer) = match kind {
+            Kind::RingInPlace | Kind::RingOwned | Kind::SmallRing => {
+                let capacity = if matches!(kind, Kind::SmallRing) { 4096 } else { 1 << 20 };
+                let ring = TypedRing::<Msg>::builder().capacity(capacity).anonymous().expect("typed ring");
+                let tx = ring.sender().expect("sender");
+                let rx = ring.receiver().expect("receiver");
+                let owned = matches!(kind, Kind::RingOwned);
+                let peer = Peer::start(format!("consumer-{label}"), cpu(1), SpinPolicy::busy(), true, move |n| {
+                    for _ in 0..n {
+                        if owned {
+                            match rx.recv() {
+                                Ok(m) => check_owned(&m, expected, &mut want),
+                                Err(e) => panic!("consumer: recv: {e}"),
+                            }
+                        } else {
+                            match rx.recv_archived() {
+                                Ok(m) => check_archived(&m, expected, &mut digits),
+                                Err(e) => panic!("consumer: recv_archived: {e}"),
+                            }
+                        }
+                        expected += 1;
                     }
-                } else {
-                    match rx.recv_archived() {
-                        Ok(m) => check_archived(&m, expected, &mut digits),
-                        Err(e) => panic!("consumer: recv_archived: {e}"),
-                    }
-                }
-                expected += 1;
+                    expected
+                });
+                (Tx::Ring(tx), peer)
             }
-            expected
-        });
+            Kind::QueueInPlace => {
+                let q = TypedQueue::<Msg, 128>::builder().slots(1024).anonymous().expect("typed queue");
+                let tx = q.sender().expect("sender");
+                let rx = q.receiver().expect("receiver");
+                let peer = Peer::start(format!("consumer-{label}"), cpu(1), SpinPolicy::busy(), true, move |n| {
+                    for _ in 0..n {
+                        match rx.recv_archived() {
+                            Ok(m) => check_archived(&m, expected, &mut digits),
+                            Err(e) => panic!("consumer: recv_archived: {e}"),
+                        }
+                        expected += 1;
+                    }
+                    expected
+                });
+                (Tx::Queue(tx), peer)
+            }
+        };
         let msg = Msg { seq: 0, a: 0, b: 0, e: 0, c: 0, d: 0, name: String::with_capacity(16) };
         OneWay { tx, peer, msg, seq: 0, label, best: 0.0 }
     }
@@ -132,7 +184,7 @@ impl OneWay {
         let t = Instant::now();
         for _ in 0..iters {
             fill(&mut self.msg, self.seq);
-            if self.tx.send_ref(&self.msg).is_err() {
+            if !self.tx.send_ref(&self.msg) {
                 self.peer.failed("receiving");
             }
             self.seq += 1;
@@ -173,12 +225,15 @@ fn main() {
     pin(cpu(0));
     let mut group = c.benchmark_group("typed_ring");
     group.throughput(Throughput::Elements(1));
-    for (capacity, owned, label) in
-        [(1 << 20, false, "in_place"), (1 << 20, true, "owned"), (4096, false, "in_place_4KiB_ring")]
-    {
+    for (kind, label) in [
+        (Kind::RingInPlace, "in_place"),
+        (Kind::RingOwned, "owned"),
+        (Kind::SmallRing, "in_place_4KiB_ring"),
+        (Kind::QueueInPlace, "queue_in_place"),
+    ] {
         let mut rig = None;
         group.bench_function(BenchmarkId::from_parameter(label), |b| {
-            let rig = rig.get_or_insert_with(|| OneWay::new(capacity, owned, label));
+            let rig = rig.get_or_insert_with(|| OneWay::new(kind, label));
             b.iter_custom(|iters| rig.run(iters));
         });
     }
