@@ -37,7 +37,7 @@ pub mod process;
 pub use crate::pool::{Pool, PoolBuilder};
 pub use crate::process::{Process, current_process};
 #[cfg(feature = "archive")]
-pub use crate::ring::archive::{TypedRing, TypedRingBuilder};
+pub use crate::ring::archive::{TypedQueue, TypedRing, TypedRingBuilder};
 pub use crate::ring::queue::{Queue, QueueBuilder};
 pub use crate::ring::{Ring, RingBuilder};
 pub use crate::segment::{OpenMode, Segment, SegmentError};
