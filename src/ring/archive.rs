@@ -63,8 +63,9 @@
 //! rkyv needs every archived object at an address aligned for its type. Ring records are only
 //! 8-aligned, so the sender does not serialize from position 0: [`ArchiveWriter`] counts positions
 //! from the record's offset within its 4 KiB page (the data region is page-aligned in every
-//! process, and the ring's mirror keeps a record contiguous), so every alignment up to 4 KiB that
-//! rkyv pads for holds at the address the receiver reads. Relative pointers are differences of
+//! process, and the ring's mirror keeps a record contiguous), so every alignment rkyv pads for (16
+//! at most for its own types; anything up to 4 KiB would do) holds at the address the receiver
+//! reads. Relative pointers are differences of
 //! positions, unchanged by that offset. The receiver therefore always validates and reads in place
 //! and never copies into an aligned buffer. A record that a non-conforming peer misaligned fails
 //! validation (rkyv checks every pointer's alignment): an error, not a copy and not UB.
@@ -76,6 +77,14 @@
 //! [`TypedRecvError::Invalid`] with rkyv's reason, so one bad message does not block the ring. The
 //! bytes then stay put while the guard lives: the receive lock is held and no ringpool process
 //! writes a published record before the head moves past it (SAFETY.md, ground rule 2).
+//!
+//! # Cost
+//!
+//! On top of the byte ring's own reserve and receive, for a 64-byte struct holding a 16-byte
+//! string (64 bytes archived), measured in one process on a 2-vCPU VM: serializing into the ring
+//! about 35-45 ns (each sender keeps its own rkyv arena: rkyv's thread-local one cost about 70 ns
+//! more), validating about 25 ns, deserializing an owned value one `String` allocation more.
+//! `benches/archive.rs` measures it between processes.
 //!
 //! # Across builds
 //!
