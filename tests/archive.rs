@@ -527,3 +527,19 @@ fn a_value_larger_than_a_typed_queue_slot_is_refused_with_both_sizes() {
     drop(tx);
     assert!(matches!(rx.recv(), Err(TypedRecvError::Disconnected)));
 }
+
+/// A size hint of 0 makes every send overflow its first reservation: each value is then measured
+/// and written again into a reservation of its size, and arrives exact (through wraps, at every
+/// offset); a hint above the largest message is clamped.
+#[test]
+fn a_size_hint_too_small_costs_a_second_pass_not_a_failure() {
+    let ring = TypedRing::<(u128, String, Vec<u64>)>::builder().capacity(4096).anonymous().unwrap();
+    let tx = ring.sender().unwrap();
+    let rx = ring.receiver().unwrap();
+    for k in 0..500u64 {
+        tx.set_size_hint(if k % 7 == 0 { usize::MAX } else { 0 });
+        let v = (u128::from(k) << 64 | 0xFEED, "s".repeat((k % 50) as usize), (0..k % 90).collect::<Vec<u64>>());
+        tx.send_ref(&v).unwrap();
+        assert_eq!(rx.recv_timeout(LONG).unwrap(), v);
+    }
+}
