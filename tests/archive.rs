@@ -543,3 +543,19 @@ fn a_size_hint_too_small_costs_a_second_pass_not_a_failure() {
         assert_eq!(rx.recv_timeout(LONG).unwrap(), v);
     }
 }
+
+/// Handles move between threads; a ring and a receiver are shared by reference too; a sender is
+/// `Send` but not `Sync` (it keeps its own rkyv arena: clone it per thread).
+#[test]
+fn handles_are_send_and_rings_and_receivers_sync() {
+    fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
+    send::<ringpool::ring::archive::TypedSender<Item>>();
+    send::<ringpool::ring::archive::TypedReceiver<Item>>();
+    send::<TypedRing<Item>>();
+    sync::<TypedRing<Item>>();
+    sync::<ringpool::ring::archive::TypedReceiver<Item>>();
+    send::<ringpool::ring::archive::TypedQueueSender<Item, 256>>();
+    send::<ringpool::ring::archive::TypedQueueReceiver<Item, 256>>();
+    sync::<TypedQueue<Item, 256>>();
+}
