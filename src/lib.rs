@@ -40,6 +40,8 @@ pub mod __fuzz;
 
 pub use crate::pool::{Pool, PoolBuilder};
 pub use crate::process::{Process, current_process};
+#[cfg(feature = "archive")]
+pub use crate::ring::archive::{TypedQueue, TypedRing, TypedRingBuilder};
 pub use crate::ring::queue::{Queue, QueueBuilder};
 pub use crate::ring::{Ring, RingBuilder};
 pub use crate::segment::{OpenMode, Segment, SegmentError};

@@ -183,6 +183,23 @@ impl RingBuilder {
         }
         Ok(Ring { core })
     }
+
+    /// Hook for typed rings (`ring::archive`): makes the segment with `make` from this builder's
+    /// segment builder, under the fingerprint `fp` instead of untyped bytes', and wraps it.
+    #[cfg(feature = "archive")]
+    pub(crate) fn make_typed(
+        &self,
+        fp: Fingerprint,
+        make: impl FnOnce(SegmentBuilder, &Config) -> Result<Segment, SegmentError>,
+    ) -> Result<Ring, SegmentError> {
+        let cfg = self.config()?;
+        let b = SegmentBuilder::new(SegmentKind::Ring, fp)
+            .payload_len((cfg.data_offset + cfg.capacity) as usize)
+            .mirror_tail(cfg.capacity as usize)
+            .permissions(self.permissions)
+            .open_timeout(self.open_timeout);
+        self.wrap(make(b, &cfg)?)
+    }
 }
 
 /// Writes a fresh config into a new segment's payload.
@@ -584,6 +601,14 @@ impl WriteGuard<'_> {
         if let Some(g) = self.guard.take() {
             core.unlock_and_notify(g, &c.not_empty, 1);
         }
+    }
+
+    /// Hook for `ring::archive`: the ring index of the reserved bytes' first byte. The data region
+    /// is page-aligned, so its value modulo the page size is the bytes' address modulo the page
+    /// size, in every process, staged or not.
+    #[cfg(feature = "archive")]
+    pub(crate) fn ring_index(&self) -> u64 {
+        self.tail + 8
     }
 }
 

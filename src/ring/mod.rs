@@ -22,6 +22,8 @@
 //!   rolled forward), and every index and length read from shared memory is checked: garbage
 //!   gives [`Broken::Corrupted`], never an out-of-bounds access.
 
+#[cfg(feature = "archive")]
+pub mod archive;
 mod bytes;
 mod control;
 pub(crate) mod core;

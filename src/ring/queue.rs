@@ -591,6 +591,20 @@ impl<T: Pod> Sender<T> {
         core.unlock_and_notify(guard, &c.not_empty, n as u32);
         Ok(n as usize)
     }
+
+    /// [`reserve`](Self::reserve) if a slot is free now (added for `ring::archive::TypedQueue`).
+    pub fn try_reserve(&self) -> Result<SlotWriter<'_, T>, TrySendError<()>> {
+        self.lock_room(1, Wait::Try)
+            .map(|(guard, tail, _)| SlotWriter { sender: self, guard: Some(guard), tail })
+            .map_err(|f| f.try_send(()))
+    }
+
+    /// [`reserve`](Self::reserve), waiting at most `timeout` for a free slot.
+    pub fn reserve_timeout(&self, timeout: Duration) -> Result<SlotWriter<'_, T>, SendTimeoutError<()>> {
+        self.lock_room(1, Wait::timeout(timeout))
+            .map(|(guard, tail, _)| SlotWriter { sender: self, guard: Some(guard), tail })
+            .map_err(|f| f.send_timeout(()))
+    }
 }
 
 /// A slot reserved for writing in place. See [`Sender::reserve`].
@@ -738,6 +752,14 @@ impl<T: Pod> Receiver<T> {
         bump(&c.recv.bytes, n as u64 * core.cfg.item_size);
         core.unlock_and_notify(guard, &c.not_full, u32::MAX);
         Ok(n)
+    }
+
+    /// [`recv_in_place`](Self::recv_in_place) if a value is there now (added for
+    /// `ring::archive::TypedQueue`).
+    pub fn try_recv_in_place(&self) -> Result<SlotReader<'_, T>, TryRecvError> {
+        self.lock_value(Wait::Try)
+            .map(|(guard, head)| SlotReader { receiver: self, guard: Some(guard), head })
+            .map_err(Fail::try_recv)
     }
 }
 
