@@ -34,9 +34,13 @@ pub use ring::queue;
 pub mod pool;
 pub mod process;
 
+/// The pool's handle to a submitted task's result ([`pool::Future`]), under a name that does not
+/// shadow [`std::future::Future`] when the crate is glob-imported.
+pub use crate::pool::Future as TaskFuture;
 pub use crate::pool::{Pool, PoolBuilder};
 pub use crate::process::{Process, current_process};
 pub use crate::ring::queue::{Queue, QueueBuilder};
 pub use crate::ring::{Ring, RingBuilder};
 pub use crate::segment::{OpenMode, Segment, SegmentError};
+pub use crate::sync::SpinPolicy;
 pub use bytemuck::{Pod, Zeroable};

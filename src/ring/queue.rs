@@ -650,3 +650,6 @@ impl<T: Pod> Drop for SlotReader<'_, T> {
         }
     }
 }
+
+/// The receivers' iterators ([`Receiver::iter`], [`Receiver::try_iter`], `IntoIterator`).
+pub use super::iter::queue_iter::{IntoIter, Iter, TryIter};
