@@ -27,6 +27,7 @@ mod control;
 pub(crate) mod core;
 mod error;
 mod fork;
+pub mod inspect;
 pub mod iter;
 mod membership;
 pub mod queue;
