@@ -41,6 +41,7 @@ use super::control::{
 };
 use crate::segment::SegmentKind;
 use crate::segment::scan::{self, HeaderProblem, Liveness, ProcUsers, SHM_DIR, ScannedSegment};
+use crate::sys::liveness::PID_MAX;
 
 /// The lock word's layout (see `sync/mutex.rs`): the holder's pid in the low 30 bits, a waiters
 /// bit above, and all ones in the pid field for a poisoned lock. Checked against the real mutex in
@@ -208,7 +209,19 @@ pub fn read_ring(seg: &ScannedSegment) -> Result<RingSnapshot, &'static str> {
     let ms = std::mem::offset_of!(Control, membership);
     let gone = u32_at(&buf, ms + std::mem::offset_of!(MembershipHeader, gone))?;
     let high_water = u32_at(&buf, ms + std::mem::offset_of!(MembershipHeader, high_water))?;
-    let table = (high_water as usize).min(cfg.max_members as usize).min(MAX_MEMBERS);
+    if high_water > cfg.max_members {
+        return Err("member table high-water mark past the table's size");
+    }
+    if gone & !(SENDERS_GONE | RECEIVERS_GONE) != 0 {
+        return Err("unknown membership flags");
+    }
+    for word in [send_word, recv_word] {
+        let owner = word & LOCK_OWNER;
+        if owner != LOCK_OWNER && owner >= PID_MAX {
+            return Err("lock holder's pid out of range");
+        }
+    }
+    let table = (high_water as usize).min(MAX_MEMBERS);
 
     let ns = h.pid_namespace;
     let mut members = Vec::new();
@@ -218,6 +231,9 @@ pub fn read_ring(seg: &ScannedSegment) -> Result<RingSnapshot, &'static str> {
         let pid = u32_at(&buf, at + std::mem::offset_of!(Member, pid))?;
         if pid == 0 {
             continue;
+        }
+        if pid >= PID_MAX && pid != CLAIMING && pid != REAPING {
+            return Err("member pid out of range");
         }
         let senders = u32_at(&buf, at + std::mem::offset_of!(Member, senders))?;
         let receivers = u32_at(&buf, at + std::mem::offset_of!(Member, receivers))?;

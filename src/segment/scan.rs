@@ -265,8 +265,9 @@ fn read_header(fd: &OwnedFd, file_len: u64) -> Result<HeaderInfo, HeaderProblem>
     read_exact_at(fd, &mut bytes, 0)?;
     let fields: HeaderFields = bytemuck::pod_read_unaligned(&bytes[..LEN]);
     let ready_word = u32::from_ne_bytes([bytes[LEN], bytes[LEN + 1], bytes[LEN + 2], bytes[LEN + 3]]);
-    // Another layout may place its checksum elsewhere: say "version" before "checksum".
-    if fields.version != LAYOUT_VERSION {
+    // Another layout may place its checksum elsewhere: a plausible other version is said as such
+    // before the checksum is looked at (garbage after the magic is "corrupted", below).
+    if fields.version != LAYOUT_VERSION && fields.version < 1024 {
         return Err(HeaderProblem::UnsupportedVersion { found: fields.version, expected: LAYOUT_VERSION });
     }
     fields.validate(file_len, page).map_err(|e| match e {
