@@ -727,9 +727,10 @@ impl Receiver {
     /// nothing. `Disconnected` once the ring is empty and every sender is gone.
     ///
     /// If the message is longer than `buf`, **nothing is received**: the call fails with
-    /// [`RecvIntoSliceError::BufferTooSmall`], which names both lengths, and the message stays at
-    /// the head of the ring, for a next call with a buffer of at least `needed` bytes (or for
-    /// [`recv`](Self::recv)). Calling again with the same short buffer fails again.
+    /// [`BufferTooSmall`](crate::ring::RecvIntoSliceError::BufferTooSmall), which names both
+    /// lengths, and the message stays at the head of the ring, for a next call with a buffer of at
+    /// least `needed` bytes (or for [`recv`](Self::recv)). Calling again with the same short
+    /// buffer fails again.
     pub fn recv_into_slice(&self, buf: &mut [u8]) -> Result<usize, crate::ring::RecvIntoSliceError> {
         use crate::ring::RecvIntoSliceError;
         let core = &*self.core;

@@ -15,7 +15,7 @@
 //! ```
 //!
 //! A ring's control block is copied out of its file ([`ScannedSegment::read_payload`]) and every
-//! field is checked as it would be by an opener (the config by [`Config::validate`], counts and
+//! field is checked as it would be by an opener (the config as `Config::validate` does, counts and
 //! indices against it): a segment that fails is reported as corrupted, never read past.
 //!
 //! **When is a segment abandoned?** When its creator is dead, every process in its member table is
