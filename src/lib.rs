@@ -18,7 +18,7 @@
 //!
 //! See `SAFETY.md` for the argument behind every `unsafe` and the list of hazards.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("ringpool supports Linux only: it relies on futex, memfd and /proc");
