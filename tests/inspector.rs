@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{Child, SharedCounters, run_with_deadline, spawn};
+use ringpool::ring::inspect::{Scan, SweepAction, Verdict};
 use ringpool::{Queue, Ring};
 use serde_json::Value;
 
@@ -107,6 +108,7 @@ fn a_killed_creator_s_ring_is_cleaned_and_a_live_member_keeps_a_queue() {
     let prefix = format!("rp-test-insp-kill-{}-", std::process::id());
     let ring_name = format!("{prefix}ring");
     let queue_name = format!("{prefix}queue");
+    let _cleanup = RemoveByPrefix(prefix.clone());
     let flags = SharedCounters::new(3);
 
     // A ring whose creator holds a sender and a receiver and three messages: then it is killed.
@@ -237,6 +239,7 @@ fn a_killed_creator_s_ring_is_cleaned_and_a_live_member_keeps_a_queue() {
 fn text_output_names_every_segment_and_what_clean_would_do() {
     let prefix = format!("rp-test-insp-text-{}-", std::process::id());
     let name = format!("{prefix}q");
+    let _cleanup = RemoveByPrefix(prefix.clone());
     let flags = SharedCounters::new(1);
     let child = {
         let name = name.clone();
@@ -358,4 +361,58 @@ impl Drop for RemoveByPrefix {
             }
         }
     }
+}
+
+/// The library's sweep looks again before it unlinks: a process that opens an abandoned ring
+/// after the scan, or a newer segment made under the name, keeps the name where it was.
+#[test]
+fn the_sweep_looks_again_before_it_unlinks() {
+    let prefix = format!("rp-test-insp-again-{}-", std::process::id());
+    let _cleanup = RemoveByPrefix(prefix.clone());
+    let name = format!("{prefix}ring");
+    let flags = SharedCounters::new(2);
+    let creator = {
+        let name = name.clone();
+        resident(&flags, 0, move || {
+            let ring = Ring::builder().capacity(4096).create(&name).ok()?;
+            let tx = ring.sender().ok()?;
+            Some(Box::new((ring, tx)))
+        })
+    };
+    wait_flag(&flags, 0);
+    creator.kill();
+    let scan = Scan::new().prefix(prefix.clone());
+    let reports = scan.run().unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].verdict, Verdict::Abandoned);
+
+    // After the scan, a process opens the ring (and joins it): the sweep's second look sees it.
+    let opener = {
+        let name = name.clone();
+        resident(&flags, 1, move || {
+            let ring = Ring::builder().open(&name).ok()?;
+            let rx = ring.receiver().ok()?;
+            Some(Box::new((ring, rx)))
+        })
+    };
+    wait_flag(&flags, 1);
+    match scan.remove_if_abandoned(&reports[0]) {
+        SweepAction::Kept(why) => assert!(why.contains("second look"), "{why}"),
+        other => panic!("removed a ring a live process had just opened: {other:?}"),
+    }
+    assert!(exists(&name), "the name is back where it was");
+    opener.kill();
+
+    // After the scan, the name is reused by a newer segment: that one is not removed either.
+    let reports = scan.run().unwrap();
+    assert_eq!(reports[0].verdict, Verdict::Abandoned);
+    ringpool::Segment::unlink(&name).unwrap();
+    let newer = Ring::builder().capacity(4096).create(&name).unwrap();
+    match scan.remove_if_abandoned(&reports[0]) {
+        SweepAction::Kept(why) => assert!(why.contains("newer segment"), "{why}"),
+        other => panic!("removed a newer segment: {other:?}"),
+    }
+    assert!(exists(&name));
+    drop(newer);
+    assert!(!exists(&name));
 }

@@ -426,9 +426,11 @@ impl Scan {
         Scan { dir: PathBuf::from(SHM_DIR), prefix: None, include_unreadable: false, grace: Duration::from_millis(20) }
     }
 
-    /// Another directory (a tmpfs or hugetlbfs mount holding file-backed segments).
+    /// Another directory (a tmpfs or hugetlbfs mount holding file-backed segments). Made
+    /// absolute and free of links, so that `/proc`'s paths of open and mapped files compare.
     pub fn dir(mut self, dir: impl AsRef<Path>) -> Self {
-        self.dir = dir.as_ref().to_owned();
+        let dir = dir.as_ref();
+        self.dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_owned());
         self
     }
 
@@ -480,6 +482,18 @@ impl Scan {
             out.push(SweepOutcome { name, action });
         }
         Ok(out)
+    }
+
+    /// Removes one segment found by [`run`](Self::run) if it is still abandoned: renamed aside
+    /// (no new opener can find it), examined again after a grace period through the descriptor
+    /// the scan holds, with `/proc` read again, and only then unlinked; otherwise renamed back and
+    /// [`SweepAction::Kept`] with the reason. A segment whose report was not `Abandoned` is kept
+    /// without being touched. The name is only removed if it still names the file scanned.
+    pub fn remove_if_abandoned(&self, r: &SegmentReport) -> SweepAction {
+        match &r.verdict {
+            Verdict::Abandoned => self.remove(r),
+            Verdict::InUse(why) | Verdict::Unknown(why) => SweepAction::Kept(why.clone()),
+        }
     }
 
     /// Hides, re-checks, then unlinks one abandoned segment.

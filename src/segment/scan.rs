@@ -208,6 +208,12 @@ pub fn scan_one(dir: &Path, name: &str, include_unreadable: bool) -> Option<Scan
         return None;
     }
     let path = dir.join(name);
+    // Only regular files are opened at all (a device node is never opened, a FIFO never waited
+    // on); a file swapped for something else after this look is caught by the fstat below.
+    match nix::sys::stat::lstat(&path) {
+        Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG => {}
+        _ => return None,
+    }
     let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOCTTY;
     match nix::fcntl::open(&path, flags, Mode::empty()) {
         Ok(fd) => from_fd(dir, name, fd),
