@@ -202,6 +202,7 @@ fn summary(r: &SegmentReport, full: bool) -> Value {
         "mode": format!("{:04o}", seg.file.mode),
         "size": seg.file.size,
         "users": r.users,
+        "proc_unreadable": r.proc_unreadable,
         "verdict": verdict,
         "reason": reason,
     });
@@ -428,6 +429,9 @@ fn print_full(r: &SegmentReport) {
     }
     if !r.users.is_empty() {
         println!("  open or mapped by: {:?}", r.users);
+    }
+    if r.proc_unreadable > 0 {
+        println!("  (the open files of {} processes could not be read: run as root to see them)", r.proc_unreadable);
     }
     let (verdict, reason) = verdict_words(&r.verdict);
     match reason {

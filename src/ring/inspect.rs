@@ -337,6 +337,9 @@ pub struct SegmentReport {
     pub users: Vec<u32>,
     /// Whether anyone may still use it.
     pub verdict: Verdict,
+    /// Processes whose open and mapped files could not be read (another user's, without
+    /// privilege): `users` cannot name them. Members of a ring are known from its table anyway.
+    pub proc_unreadable: usize,
 }
 
 impl SegmentReport {
@@ -347,7 +350,7 @@ impl SegmentReport {
         };
         let users = proc_users.of(segment.file.dev, segment.file.ino).to_vec();
         let verdict = verdict(&segment, ring.as_ref(), &users);
-        SegmentReport { segment, ring, users, verdict }
+        SegmentReport { segment, ring, users, verdict, proc_unreadable: proc_users.unreadable }
     }
 }
 
