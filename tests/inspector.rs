@@ -416,3 +416,17 @@ fn the_sweep_looks_again_before_it_unlinks() {
     drop(newer);
     assert!(!exists(&name));
 }
+
+/// The example that the README shows: a killed creator's ring, found abandoned and swept.
+#[test]
+fn the_inspect_after_crash_example_finds_and_sweeps_the_ring() {
+    let exe = common::build_example("inspect_after_crash");
+    let out = run_with_deadline(&mut Command::new(exe), DEADLINE);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("creator alive: Dead"), "{text}");
+    assert!(text.contains("3 messages in it; senders 0 alive / 1 dead; receivers 0 alive / 1 dead"), "{text}");
+    assert!(text.contains("verdict: abandoned"), "{text}");
+    assert!(text.contains("sweep: removed"), "{text}");
+    assert!(text.contains("after the sweep, /dev/shm/rp-demo-crash-") && text.ends_with("exists: false\n"), "{text}");
+}
