@@ -292,6 +292,8 @@ fn hostile_files_are_reported_corrupted_never_crash_and_are_never_cleaned() {
     let repeated = plant("repeated", &b"RINGPOOL".repeat(2048));
     // Not ringpool's at all: not listed.
     let foreign = plant("foreign", &[0u8; 8192]);
+    // A name that would drive a terminal: shown escaped in text.
+    let escape = plant("esc\x1b[2J\x07", b"RINGPOOL");
 
     // Real rings made by a killed creator, then damaged: a flipped header byte; a config with an
     // impossible capacity; the rest of the control block overwritten with one byte pattern.
@@ -337,11 +339,14 @@ fn hostile_files_are_reported_corrupted_never_crash_and_are_never_cleaned() {
     }
     assert!(entry(&ls, &real[0])["problem"].as_str().unwrap().contains("checksum"));
     assert!(entry(&ls, &real[1])["problem"].as_str().unwrap().contains("power of two"));
-    let (ok, _) = run(&["ls", "--prefix", &prefix]);
+    assert_eq!(entry(&ls, &escape)["status"], "corrupted");
+    let (ok, table) = run(&["ls", "--prefix", &prefix]);
     assert!(ok, "the table prints too");
+    assert!(!table.contains('\x1b') && !table.contains('\x07'), "control characters reached the terminal");
+    assert!(table.contains("esc\\u{1b}[2J\\u{7}"), "{table}");
 
     let clean = json(&["clean", "--yes", "--json", "--prefix", &prefix]);
-    for name in [&tiny, &junk, &repeated, &real[0], &real[1], &real[2]] {
+    for name in [&tiny, &junk, &repeated, &escape, &real[0], &real[1], &real[2]] {
         assert_eq!(action(&clean, name), "kept");
         assert!(exists(name));
     }

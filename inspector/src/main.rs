@@ -194,7 +194,7 @@ fn summary(r: &SegmentReport, full: bool) -> Value {
     let (verdict, reason) = verdict_words(&r.verdict);
     let mut v = json!({
         "name": seg.name(),
-        "path": seg.path(),
+        "path": seg.path().display().to_string(),
         "status": status(r),
         "problem": problem(r),
         "owner_uid": seg.file.uid,
@@ -295,6 +295,16 @@ fn type_text(r: &SegmentReport) -> String {
     }
 }
 
+/// A name as text output shows it: control characters escaped, so that a hostile file name cannot
+/// drive the terminal.
+fn shown(name: &str) -> String {
+    if name.chars().any(char::is_control) {
+        name.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+    } else {
+        name.to_owned()
+    }
+}
+
 fn print_table(reports: &[SegmentReport]) {
     if reports.is_empty() {
         println!("no ringpool segments");
@@ -332,7 +342,7 @@ fn print_table(reports: &[SegmentReport]) {
             other => other.to_owned(),
         };
         rows.push([
-            seg.name().to_owned(),
+            shown(seg.name()),
             kind,
             type_text(r),
             cap,
@@ -356,7 +366,7 @@ fn print_table(reports: &[SegmentReport]) {
 
 fn print_full(r: &SegmentReport) {
     let seg = &r.segment;
-    println!("{}  ({})", seg.name(), seg.path().display());
+    println!("{}  ({})", shown(seg.name()), shown(&seg.path().display().to_string()));
     let owner = owner_name(seg.file.uid).unwrap_or_else(|| seg.file.uid.to_string());
     println!("  file:      {} bytes, owner {owner}, mode {:04o}", seg.file.size, seg.file.mode);
     println!("  status:    {}", status(r));
@@ -446,12 +456,12 @@ fn print_outcomes(outcomes: &[SweepOutcome], yes: bool) {
         match &o.action {
             SweepAction::WouldRemove => {
                 would += 1;
-                println!("would remove  {}", o.name);
+                println!("would remove  {}", shown(&o.name));
             }
-            SweepAction::Removed => println!("removed       {}", o.name),
-            SweepAction::Kept(why) => println!("kept          {}: {why}", o.name),
-            SweepAction::Vanished => println!("gone already  {}", o.name),
-            SweepAction::Failed(why) => println!("FAILED        {}: {why}", o.name),
+            SweepAction::Removed => println!("removed       {}", shown(&o.name)),
+            SweepAction::Kept(why) => println!("kept          {}: {why}", shown(&o.name)),
+            SweepAction::Vanished => println!("gone already  {}", shown(&o.name)),
+            SweepAction::Failed(why) => println!("FAILED        {}: {why}", shown(&o.name)),
         }
     }
     if outcomes.is_empty() {
