@@ -297,9 +297,9 @@ fn hostile_files_are_reported_corrupted_never_crash_and_are_never_cleaned() {
 
     // Real rings made by a killed creator, then damaged: a flipped header byte; a config with an
     // impossible capacity; the rest of the control block overwritten with one byte pattern.
-    let flags = SharedCounters::new(3);
+    let flags = SharedCounters::new(4);
     let mut real = Vec::new();
-    for i in 0..3 {
+    for i in 0..4 {
         let name = format!("{prefix}real{i}");
         let child = {
             let name = name.clone();
@@ -317,6 +317,9 @@ fn hostile_files_are_reported_corrupted_never_crash_and_are_never_cleaned() {
     write_at(&real[0], 40, &[0xEE]);
     write_at(&real[1], page + 8, &3u64.to_ne_bytes());
     write_at(&real[2], page + 128, &vec![0xA5u8; 8192]);
+    // Not damaged but never published: the ready word (after the header's 96 bytes) cleared, as
+    // when a creator dies while it initializes. Not corrupted: abandoned, and cleaned.
+    write_at(&real[3], 96, &[0u8; 4]);
 
     // A FIFO and a symbolic link with the prefix: skipped, not waited on, not followed.
     let fifo = shm.join(format!("{prefix}fifo"));
@@ -337,6 +340,11 @@ fn hostile_files_are_reported_corrupted_never_crash_and_are_never_cleaned() {
         let full = json(&["inspect", "--json", name]);
         assert_eq!(full["status"], "corrupted");
     }
+    let unpublished = entry(&ls, &real[3]);
+    assert_eq!(
+        (unpublished["status"].as_str(), unpublished["verdict"].as_str()),
+        (Some("not_ready"), Some("abandoned"))
+    );
     assert!(entry(&ls, &real[0])["problem"].as_str().unwrap().contains("checksum"));
     assert!(entry(&ls, &real[1])["problem"].as_str().unwrap().contains("power of two"));
     assert_eq!(entry(&ls, &escape)["status"], "corrupted");
@@ -350,6 +358,8 @@ fn hostile_files_are_reported_corrupted_never_crash_and_are_never_cleaned() {
         assert_eq!(action(&clean, name), "kept");
         assert!(exists(name));
     }
+    assert_eq!(action(&clean, &real[3]), "removed");
+    assert!(!exists(&real[3]));
     drop(made);
 }
 
