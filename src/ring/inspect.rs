@@ -40,7 +40,7 @@ use super::control::{
     CLAIMING, Config, Control, FORMAT_BYTES, FORMAT_SLOTS, MAX_MEMBERS, Member, MembershipHeader, REAPING, Side,
 };
 use crate::segment::SegmentKind;
-use crate::segment::scan::{self, HeaderProblem, Liveness, ProcUsers, SHM_DIR, ScannedSegment};
+use crate::segment::scan::{self, HeaderInfo, HeaderProblem, Liveness, ProcUsers, SHM_DIR, ScannedSegment};
 use crate::sys::liveness::PID_MAX;
 
 /// The lock word's layout (see `sync/mutex.rs`): the holder's pid in the low 30 bits, a waiters
@@ -181,6 +181,14 @@ pub fn read_ring(seg: &ScannedSegment) -> Result<RingSnapshot, &'static str> {
         HeaderProblem::Corrupted(r) => r,
         _ => "the control block cannot be read",
     })?;
+    parse_control(&buf, h, expected_format)
+}
+
+/// Checks and decodes a copy of a control block. Any bytes at all give a snapshot or an error.
+fn parse_control(buf: &[u8], h: &HeaderInfo, expected_format: u32) -> Result<RingSnapshot, &'static str> {
+    if buf.len() < std::mem::size_of::<Control>() {
+        return Err("control block truncated");
+    }
     let cfg: Config = bytemuck::pod_read_unaligned(buf.get(..std::mem::size_of::<Config>()).ok_or("truncated")?);
     cfg.validate(h.payload_len, h.mirror_len)?;
     if cfg.format != expected_format {
@@ -572,6 +580,68 @@ mod tests {
         drop(g);
         assert_eq!(lock_state(word_of(&m), |_| Liveness::Alive), LockState::Free);
         assert_eq!(lock_state(LOCK_OWNER | LOCK_WAITERS, |_| Liveness::Alive), LockState::Poisoned);
+    }
+
+    /// Whatever a hostile process writes into a control block, decoding it answers (a snapshot
+    /// or an error) and never panics, in debug builds (overflow checks) as in release.
+    #[test]
+    fn any_control_block_bytes_decode_without_panicking() {
+        let len = std::mem::size_of::<Control>();
+        let page = crate::sys::page_size() as u64;
+        let cap = 4096u64;
+        let header = |kind, size| HeaderInfo {
+            kind,
+            fingerprint: crate::segment::Fingerprint { size, align: 8, name_hash: 1 },
+            creator_pid: 1,
+            pid_namespace: 0,
+            total_len: page + super::super::data_offset() + cap * 16,
+            payload_offset: page,
+            payload_len: super::super::data_offset() + cap * 16,
+            mirror_len: 0,
+            ready: true,
+        };
+        let valid_cfg = Config {
+            format: FORMAT_SLOTS,
+            max_members: 4,
+            capacity: cap,
+            stride: 16,
+            item_size: 8,
+            data_offset: super::super::data_offset(),
+            ring_id: 7,
+        };
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut ok, mut refused) = (0, 0);
+        for round in 0..2000 {
+            let mut buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            // Most rounds keep a valid config so that the checks after it are reached; some
+            // rounds make the interesting words small (plausible pids, indices near each other).
+            if round % 4 != 0 {
+                buf[..std::mem::size_of::<Config>()].copy_from_slice(bytemuck::bytes_of(&valid_cfg));
+            }
+            if round % 3 == 0 {
+                for w in buf.chunks_exact_mut(4).skip(12) {
+                    let v = (next() % 6) as u32;
+                    w.copy_from_slice(&v.to_ne_bytes());
+                }
+            }
+            let h = header(SegmentKind::Queue, 8);
+            match parse_control(&buf, &h, FORMAT_SLOTS) {
+                Ok(snap) => {
+                    ok += 1;
+                    assert!(snap.members.len() <= valid_cfg.max_members as usize);
+                    assert!(snap.head.abs_diff(snap.tail) <= cap);
+                }
+                Err(_) => refused += 1,
+            }
+            assert!(parse_control(&buf[..len / 2], &h, FORMAT_SLOTS).is_err(), "a short copy is refused");
+        }
+        assert!(ok > 0 && refused > 0, "both outcomes reached: {ok} decoded, {refused} refused");
     }
 
     #[test]
