@@ -198,25 +198,25 @@ fn parse_control(buf: &[u8], h: &HeaderInfo, expected_format: u32) -> Result<Rin
         return Err("the queue's slot size differs from its payload type's size");
     }
     let side = |side_at: usize| -> Result<(u32, [u64; 4]), &'static str> {
-        let word = u32_at(&buf, side_at + std::mem::offset_of!(Side, lock))?;
+        let word = u32_at(buf, side_at + std::mem::offset_of!(Side, lock))?;
         let counters = [
-            u64_at(&buf, side_at + std::mem::offset_of!(Side, messages))?,
-            u64_at(&buf, side_at + std::mem::offset_of!(Side, bytes))?,
-            u64_at(&buf, side_at + std::mem::offset_of!(Side, parks))?,
-            u64_at(&buf, side_at + std::mem::offset_of!(Side, recoveries))?,
+            u64_at(buf, side_at + std::mem::offset_of!(Side, messages))?,
+            u64_at(buf, side_at + std::mem::offset_of!(Side, bytes))?,
+            u64_at(buf, side_at + std::mem::offset_of!(Side, parks))?,
+            u64_at(buf, side_at + std::mem::offset_of!(Side, recoveries))?,
         ];
         Ok((word, counters))
     };
     let (send_word, s) = side(std::mem::offset_of!(Control, send))?;
     let (recv_word, r) = side(std::mem::offset_of!(Control, recv))?;
-    let tail = u64_at(&buf, std::mem::offset_of!(Control, tail))?;
-    let head = u64_at(&buf, std::mem::offset_of!(Control, head))?;
+    let tail = u64_at(buf, std::mem::offset_of!(Control, tail))?;
+    let head = u64_at(buf, std::mem::offset_of!(Control, head))?;
     if tail.abs_diff(head) > cfg.capacity {
         return Err("head and tail are more than a capacity apart");
     }
     let ms = std::mem::offset_of!(Control, membership);
-    let gone = u32_at(&buf, ms + std::mem::offset_of!(MembershipHeader, gone))?;
-    let high_water = u32_at(&buf, ms + std::mem::offset_of!(MembershipHeader, high_water))?;
+    let gone = u32_at(buf, ms + std::mem::offset_of!(MembershipHeader, gone))?;
+    let high_water = u32_at(buf, ms + std::mem::offset_of!(MembershipHeader, high_water))?;
     if high_water > cfg.max_members {
         return Err("member table high-water mark past the table's size");
     }
@@ -236,16 +236,16 @@ fn parse_control(buf: &[u8], h: &HeaderInfo, expected_format: u32) -> Result<Rin
     let (mut sa, mut sd, mut ra, mut rd) = (0u32, 0u32, 0u32, 0u32);
     for slot in 0..table {
         let at = std::mem::offset_of!(Control, members) + slot * std::mem::size_of::<Member>();
-        let pid = u32_at(&buf, at + std::mem::offset_of!(Member, pid))?;
+        let pid = u32_at(buf, at + std::mem::offset_of!(Member, pid))?;
         if pid == 0 {
             continue;
         }
         if pid >= PID_MAX && pid != CLAIMING && pid != REAPING {
             return Err("member pid out of range");
         }
-        let senders = u32_at(&buf, at + std::mem::offset_of!(Member, senders))?;
-        let receivers = u32_at(&buf, at + std::mem::offset_of!(Member, receivers))?;
-        let start_time = u64_at(&buf, at + std::mem::offset_of!(Member, start_time))?;
+        let senders = u32_at(buf, at + std::mem::offset_of!(Member, senders))?;
+        let receivers = u32_at(buf, at + std::mem::offset_of!(Member, receivers))?;
+        let start_time = u64_at(buf, at + std::mem::offset_of!(Member, start_time))?;
         let state = match pid {
             CLAIMING => MemberState::Joining,
             REAPING => MemberState::Reaping,
