@@ -18,7 +18,7 @@
 //!
 //! See `SAFETY.md` for the argument behind every `unsafe` and the list of hazards.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(not(target_os = "linux"))]
 compile_error!("ringpool supports Linux only: it relies on futex, memfd and /proc");
@@ -38,6 +38,9 @@ pub mod process;
 #[path = "fuzz_api.rs"]
 pub mod __fuzz;
 
+/// The pool's handle to a submitted task's result ([`pool::Future`]), under a name that does not
+/// shadow [`std::future::Future`] when the crate is glob-imported.
+pub use crate::pool::Future as TaskFuture;
 pub use crate::pool::{Pool, PoolBuilder};
 pub use crate::process::{Process, current_process};
 #[cfg(feature = "archive")]
@@ -45,4 +48,5 @@ pub use crate::ring::archive::{TypedQueue, TypedRing, TypedRingBuilder};
 pub use crate::ring::queue::{Queue, QueueBuilder};
 pub use crate::ring::{Ring, RingBuilder};
 pub use crate::segment::{OpenMode, Segment, SegmentError};
+pub use crate::sync::SpinPolicy;
 pub use bytemuck::{Pod, Zeroable};

@@ -816,6 +816,37 @@ impl Receiver {
         let (guard, head, len) = self.lock_with_record(wait)?;
         Ok(ReadGuard { receiver: self, guard: Some(guard), head, len })
     }
+
+    /// Receives the next message into `buf`, waiting for one, and answers its length; allocates
+    /// nothing. `Disconnected` once the ring is empty and every sender is gone.
+    ///
+    /// If the message is longer than `buf`, **nothing is received**: the call fails with
+    /// [`BufferTooSmall`](crate::ring::RecvIntoSliceError::BufferTooSmall), which names both
+    /// lengths, and the message stays at the head of the ring, for a next call with a buffer of at
+    /// least `needed` bytes (or for [`recv`](Self::recv)). Calling again with the same short
+    /// buffer fails again.
+    pub fn recv_into_slice(&self, buf: &mut [u8]) -> Result<usize, crate::ring::RecvIntoSliceError> {
+        use crate::ring::RecvIntoSliceError;
+        let core = &*self.core;
+        let (guard, head, len) = self.lock_with_record(Wait::Forever).map_err(RecvIntoSliceError::from_fail)?;
+        let buf_len = buf.len();
+        let Some(dst) = buf.get_mut(..len) else {
+            // The head is not moved: the record stays published for the next receive.
+            drop(guard);
+            return Err(RecvIntoSliceError::BufferTooSmall { needed: len, buf_len });
+        };
+        // SAFETY: the record at `head` is published (lock_with_record acquired its header, whose
+        // length it checked against the ring's largest message) and we hold the receive lock, so
+        // no sender writes these bytes until we move the head; `dst` is exactly `len` bytes.
+        unsafe { core.read_bytes(head + 8, dst) };
+        debug_pause();
+        let c = core.ctrl();
+        c.head.store(head + record_size(len), Ordering::Release);
+        bump(&c.recv.messages, 1);
+        bump(&c.recv.bytes, len as u64);
+        core.unlock_and_notify(guard, &c.not_full, u32::MAX);
+        Ok(len)
+    }
 }
 
 /// The messages one receive call has taken, under the receive lock. Dropping it moves the head

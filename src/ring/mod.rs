@@ -29,9 +29,12 @@ mod control;
 pub(crate) mod core;
 mod error;
 mod fork;
+pub mod inspect;
+pub mod iter;
 mod membership;
 pub mod queue;
 mod records;
+mod slice;
 mod wait;
 
 use crate::sys::atomic::{AtomicU64, Ordering};
@@ -46,7 +49,9 @@ pub(crate) use error::Fail;
 pub use error::{
     Broken, JoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
+pub use iter::ring_iter::{IntoIter, Iter, TryIter};
 pub(crate) use records::prefetch_write;
+pub use slice::RecvIntoSliceError;
 
 /// Counters of a ring since its creation (a snapshot; not exact after a member died mid-update).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -982,3 +982,6 @@ mod tests {
         assert_eq!(q.core.repair_recv(), Ok(()));
     }
 }
+
+/// The receivers' iterators ([`Receiver::iter`], [`Receiver::try_iter`], `IntoIterator`).
+pub use super::iter::queue_iter::{IntoIter, Iter, TryIter};

@@ -251,7 +251,11 @@ fn has_prefetchw() -> bool {
         _ => {
             // CPUID leaf 0x8000_0001, ECX bit 8: 3DNowPrefetch, i.e. PREFETCHW (AMD since K8,
             // Intel since Broadwell). The extended leaf exists on every x86-64 CPU.
-            let leaf = std::arch::x86_64::__cpuid(0x8000_0001);
+            // `__cpuid` is a safe function from Rust 1.94 on and an unsafe one before (the
+            // crate's rust-version is older): the block serves the older compilers.
+            #[allow(unused_unsafe)]
+            // SAFETY: CPUID exists on every x86-64 CPU, and this leaf on every one too (above).
+            let leaf = unsafe { std::arch::x86_64::__cpuid(0x8000_0001) };
             let yes = leaf.ecx & (1 << 8) != 0;
             HAS.store(if yes { 1 } else { 2 }, Ordering::Relaxed);
             yes

@@ -33,6 +33,7 @@
 
 mod header;
 mod map;
+pub mod scan;
 
 use crate::sys::atomic::{AtomicU32, Ordering};
 use std::ffi::CString;
