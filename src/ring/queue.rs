@@ -798,6 +798,9 @@ impl<T: Pod> Drop for SlotReader<'_, T> {
     }
 }
 
+/// The receivers' iterators ([`Receiver::iter`], [`Receiver::try_iter`], `IntoIterator`).
+pub use super::iter::queue_iter::{IntoIter, Iter, TryIter};
+
 #[cfg(test)]
 mod tests {
     //! The slot ring's index, stamp and repair logic on heap memory, against a `VecDeque`. Small
@@ -982,6 +985,3 @@ mod tests {
         assert_eq!(q.core.repair_recv(), Ok(()));
     }
 }
-
-/// The receivers' iterators ([`Receiver::iter`], [`Receiver::try_iter`], `IntoIterator`).
-pub use super::iter::queue_iter::{IntoIter, Iter, TryIter};
