@@ -22,6 +22,8 @@ use std::os::fd::OwnedFd;
 
 /// Atomic operations a process does in these scenarios, about: deaths are drawn up to this.
 const MAX_OPS: u64 = 300;
+/// Deaths in the membership plan are drawn up to this (fewer operations).
+const MEMBERSHIP_OPS: u64 = 120;
 const STEPS: usize = 200_000;
 
 fn open(fd: &OwnedFd) -> Queue<u64> {
@@ -30,7 +32,7 @@ fn open(fd: &OwnedFd) -> Queue<u64> {
 }
 
 /// Sender `me`: a single send, a batch, a try-batch, an in-place send, another batch.
-fn sender(tx: Sender<u64>, log: Log, me: usize) {
+fn sender(tx: &Sender<u64>, log: &Log, me: usize) {
     let mut seq = 0u64;
     let mut next = |n: usize| -> Vec<u64> {
         (0..n)
@@ -41,6 +43,13 @@ fn sender(tx: Sender<u64>, log: Log, me: usize) {
             .collect()
     };
     let note = |vals: &[u64], ok: usize, err: Option<String>| {
+        let err = err.filter(|e| {
+            let disconnected = e.contains("Disconnected");
+            if disconnected {
+                log.disconnected(me);
+            }
+            !disconnected
+        });
         log.with(me, |r| {
             r.sent.extend_from_slice(&vals[..ok]);
             r.sending.clear();
@@ -84,7 +93,7 @@ fn sender(tx: Sender<u64>, log: Log, me: usize) {
 }
 
 /// Receiver `me`: recv, recv_many(3), recv_in_place in turn, until every sender is gone.
-fn receiver(rx: Receiver<u64>, log: Log, me: usize) {
+fn receiver(rx: &Receiver<u64>, log: &Log, me: usize) {
     let mut k = 0;
     loop {
         k += 1;
@@ -108,7 +117,10 @@ fn receiver(rx: Receiver<u64>, log: Log, me: usize) {
                 r.receiving = 0;
             }),
             Err(RecvError::Disconnected) => {
-                log.with(me, |r| r.receiving = 0);
+                log.with(me, |r| {
+                    r.receiving = 0;
+                    r.finished = true;
+                });
                 return;
             }
             Err(e) => {
@@ -122,9 +134,19 @@ fn receiver(rx: Receiver<u64>, log: Log, me: usize) {
     }
 }
 
+/// What the processes do.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// The full mix of operations; no death while joining or leaving (the membership model looks
+    /// at those).
+    Operations,
+    /// One value per sender, deaths anywhere (joining, sending, leaving).
+    Membership,
+}
+
 /// Two senders (processes 1 and 2) and `receivers` receivers over a 4-slot queue; `victim` (a
 /// process index) may die at a random step.
-fn scenario(receivers: usize, victim: Option<usize>) {
+fn scenario(plan: Plan, receivers: usize, victim: Option<usize>) {
     let mut procs = Processes::new();
     let q = Queue::<u64>::builder().slots(4).spin(SpinPolicy::park()).anonymous().expect("create the model queue");
     let fd = q.fd().try_clone_to_owned().expect("dup");
@@ -133,7 +155,8 @@ fn scenario(receivers: usize, victim: Option<usize>) {
     let log = Log::new(n);
     // Process 0 is unused (index 0 stands for the test's main thread in the value encoding).
     for p in 1..n {
-        let death = if victim == Some(p) { Death::AtRandomStep(MAX_OPS) } else { Death::Never };
+        let max = if plan == Plan::Membership { MEMBERSHIP_OPS } else { MAX_OPS };
+        let death = if victim == Some(p) { Death::AtRandomStep(max) } else { Death::Never };
         let fd = fd.try_clone().expect("dup");
         let log = log.clone();
         let is_sender = p <= 2;
@@ -142,19 +165,35 @@ fn scenario(receivers: usize, victim: Option<usize>) {
             r.is_receiver = !is_sender;
         });
         procs.spawn(death, move || {
-            let q = open(&fd);
-            drop(fd);
-            if is_sender {
-                match q.sender() {
-                    Ok(tx) => sender(tx, log, p),
+            let guard = |f: &mut dyn FnMut()| if plan == Plan::Operations { model::spared(f) } else { f() };
+            let mut q = None;
+            let mut tx = None;
+            let mut rx = None;
+            guard(&mut || {
+                let queue = open(&fd);
+                let joined = if is_sender {
+                    queue.sender().map(|h| tx = Some(h))
+                } else {
+                    queue.receiver().map(|h| rx = Some(h))
+                };
+                match joined {
+                    Ok(()) => log.with(p, |r| r.joined = true),
                     Err(e) => log.with(p, |r| r.errors.push(format!("join: {e:?}"))),
                 }
-            } else {
-                match q.receiver() {
-                    Ok(rx) => receiver(rx, log, p),
-                    Err(e) => log.with(p, |r| r.errors.push(format!("join: {e:?}"))),
-                }
+                q = Some(queue);
+            });
+            model::start_line();
+            match (&tx, &rx, plan) {
+                (Some(tx), _, Plan::Operations) => sender(tx, &log, p),
+                (Some(tx), _, Plan::Membership) => one_value(tx, &log, p),
+                (_, Some(rx), _) => receiver(rx, &log, p),
+                _ => {}
             }
+            guard(&mut || {
+                tx.take();
+                rx.take();
+                q.take();
+            });
         });
     }
     // Index 0 is nobody (neither sender nor receiver).
@@ -164,22 +203,52 @@ fn scenario(receivers: usize, victim: Option<usize>) {
     procs.release();
 }
 
+/// Membership plan: one single send.
+fn one_value(tx: &Sender<u64>, log: &Log, me: usize) {
+    let v = value(me, 1);
+    log.with(me, |r| r.sending = vec![v]);
+    let res = tx.send(v);
+    if let Err(ringpool::ring::SendError::Disconnected(_)) = res {
+        log.disconnected(me);
+    }
+    log.with(me, |r| {
+        r.sending.clear();
+        match res {
+            Ok(()) => r.sent.push(v),
+            Err(ringpool::ring::SendError::Disconnected(_)) => {}
+            Err(e) => r.errors.push(format!("send: {e:?}")),
+        }
+    });
+}
+
 #[test]
 fn queue_a_sender_dies_one_receiver() {
-    model::check(300, STEPS, || scenario(1, Some(1)));
+    model::check(300, STEPS, || scenario(Plan::Operations, 1, Some(1)));
 }
 
 #[test]
 fn queue_the_other_sender_dies_two_receivers() {
-    model::check(300, STEPS, || scenario(2, Some(2)));
+    model::check(300, STEPS, || scenario(Plan::Operations, 2, Some(2)));
 }
 
 #[test]
 fn queue_a_receiver_dies() {
-    model::check(300, STEPS, || scenario(2, Some(3)));
+    model::check(300, STEPS, || scenario(Plan::Operations, 2, Some(3)));
 }
 
 #[test]
 fn queue_nobody_dies() {
-    model::check(100, STEPS, || scenario(2, None));
+    model::check(100, STEPS, || scenario(Plan::Operations, 2, None));
+}
+
+/// Deaths while joining, sending or leaving: the receivers must still see every sender gone.
+#[test]
+fn membership_a_sender_dies_anywhere() {
+    model::check(300, STEPS, || scenario(Plan::Membership, 1, Some(1)));
+}
+
+/// The same for a receiver: the senders must see it gone (or the other receiver drains).
+#[test]
+fn membership_a_receiver_dies_anywhere() {
+    model::check(300, STEPS, || scenario(Plan::Membership, 2, Some(3)));
 }

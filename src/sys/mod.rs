@@ -113,7 +113,8 @@ pub enum FutexWait {
 /// timeout; a timeout is only reported once the monotonic clock has really reached the deadline.
 pub(crate) fn futex_wait(word: &atomic::AtomicU32, expected: u32, deadline: Option<Deadline>) -> FutexWait {
     #[cfg(ringpool_model)]
-    if let Some(r) = model::futex_wait(word.as_ptr() as usize, || word.raw().load(Ordering::SeqCst), expected, deadline) {
+    if let Some(r) = model::futex_wait(word.as_ptr() as usize, || word.raw().load(Ordering::SeqCst), expected, deadline)
+    {
         return r;
     }
     if let Some(d) = deadline

@@ -37,6 +37,8 @@ const OP_NS: u64 = 50;
 const SLEEP_TICK_NS: u64 = 1_000_000;
 /// The first fake pid (the test's main thread); process `i` of the model is `PID_BASE + i`.
 const PID_BASE: u32 = 1000;
+/// Atomic operations after which a process that has not finished is reported as hung.
+const HANG_OPS: u64 = 20_000;
 
 /// What a model process is allowed to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +52,8 @@ pub enum Death {
 #[derive(Default)]
 struct Proc {
     ops: u64,
+    spared: bool,
+    arrived: bool,
     die_at: Option<u64>,
     dead: bool,
     exited: bool,
@@ -66,11 +70,17 @@ struct Waiter {
 struct Gate {
     settled: usize,
     released: bool,
+    /// The start line: processes arrived (or died before arriving), and how many there are.
+    arrived: usize,
+    expected: Option<usize>,
 }
 
 struct State {
     clock: u64,
-    trace: bool,
+    /// `RINGPOOL_MODEL_TRACE=N`: print every operation from a process's N-th on.
+    trace_from: Option<u64>,
+    /// Where each dead process died (formatted only when a check fails).
+    deaths: Vec<(usize, std::backtrace::Backtrace)>,
     procs: Vec<Proc>,
     waiters: Vec<Waiter>,
     gate: Arc<(Mutex<Gate>, Condvar)>,
@@ -107,23 +117,47 @@ fn with<R>(f: impl FnOnce(&mut State, usize) -> R) -> Option<R> {
 /// may die (it then never returns), and the scheduler may switch to another thread.
 #[inline]
 pub(crate) fn hook() {
-    let Some(die) = with(|s, me| {
+    let Some((die, hang)) = with(|s, me| {
         s.clock += OP_NS;
         let p = &mut s.procs[me];
         if p.dead {
-            return false;
+            return (false, false);
         }
         p.ops += 1;
-        if s.trace {
-            eprintln!("trace: {me} op {} at {}\n{}", p.ops, s.clock, std::backtrace::Backtrace::force_capture());
+        if s.trace_from.is_some_and(|n| p.ops >= n) {
+            let at = trim(&std::backtrace::Backtrace::force_capture());
+            let at: Vec<&str> = at.lines().take(3).map(|l| l.trim().split(" at ").next().unwrap_or("")).collect();
+            eprintln!("trace: {me} op {} at {}: {}", p.ops, s.clock, at.join(" < "));
         }
-        if p.ops == 20_000 && std::env::var_os("RINGPOOL_MODEL_VERBOSE").is_some() {
-            eprintln!("model: process {me} did 20000 operations, at:\n{}", std::backtrace::Backtrace::force_capture());
+        let hang = p.ops == HANG_OPS;
+        let die = p.die_at == Some(p.ops) && !p.spared;
+        if hang {
+            let all: Vec<String> = s
+                .procs
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    format!(
+                        "{i}: {} ops{}{}",
+                        p.ops,
+                        if p.dead { ", dead" } else { "" },
+                        if p.exited { ", finished" } else { "" }
+                    )
+                })
+                .collect();
+            eprintln!("model: hang; processes: {}", all.join("; "));
         }
-        p.die_at == Some(p.ops)
+        (die, hang)
     }) else {
         return;
     };
+    if hang {
+        panic!(
+            "model: hang: a process did {HANG_OPS} atomic operations without finishing, at:\n{}\n{}",
+            trim(&std::backtrace::Backtrace::force_capture()),
+            deaths()
+        );
+    }
     if die {
         die_now();
     }
@@ -131,20 +165,81 @@ pub(crate) fn hook() {
 }
 
 fn die_now() -> ! {
+    let site = std::backtrace::Backtrace::force_capture();
     let gate = with(|s, me| {
         s.procs[me].dead = true;
+        s.deaths.push((me, site));
         s.gate.clone()
     })
     .expect("a model process dies inside the model");
+    let arrived = with(|s, me| std::mem::replace(&mut s.procs[me].arrived, true)).unwrap_or(true);
     let (lock, cv) = &*gate;
     let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
     g.settled += 1;
+    if !arrived {
+        g.arrived += 1;
+    }
     cv.notify_all();
     while !g.released {
         g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
     }
     drop(g);
     resume_unwind(Box::new(Died))
+}
+
+/// Waits until every model process has arrived here (or died before): so that no process starts
+/// its work before the others have joined the ring (a late joiner meets a ring that, rightly,
+/// has already seen its peers leave).
+pub fn start_line() {
+    let Some(gate) = with(|s, me| {
+        s.procs[me].arrived = true;
+        s.gate.clone()
+    }) else {
+        return;
+    };
+    let (lock, cv) = &*gate;
+    let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
+    g.arrived += 1;
+    cv.notify_all();
+    while g.expected.is_none_or(|n| g.arrived < n) {
+        g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+/// Runs `f` with no death in it (the drawn step, if it falls inside, is skipped): for a model
+/// that looks at one protocol and leaves another (say, leaving the member table) to its own model.
+pub fn spared<R>(f: impl FnOnce() -> R) -> R {
+    with(|s, me| s.procs[me].spared = true);
+    let r = f();
+    with(|s, me| s.procs[me].spared = false);
+    r
+}
+
+/// The crate's frames of a backtrace, innermost first, without the model's own.
+fn trim(bt: &std::backtrace::Backtrace) -> String {
+    let text = bt.to_string();
+    let mut out = Vec::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some((_, name)) = line.trim_start().split_once(": ") else { continue };
+        if !name.starts_with("ringpool::") || name.contains("sys::model") || name.contains("model_types") {
+            continue;
+        }
+        let at = lines.peek().filter(|l| l.trim_start().starts_with("at ")).map_or("", |l| l.trim_start());
+        out.push(format!("    {} {at}", name.trim_start_matches("ringpool::")));
+        if out.len() == 10 {
+            break;
+        }
+    }
+    out.join("\n")
+}
+
+/// Where the processes that died in this execution died (for a failed check's message).
+pub fn deaths() -> String {
+    with(|s, _| {
+        s.deaths.iter().map(|(p, bt)| format!("process {p} died at:\n{}", trim(bt))).collect::<Vec<_>>().join("\n")
+    })
+    .unwrap_or_default()
 }
 
 /// The model's clock, inside a model execution.
@@ -263,7 +358,8 @@ impl Processes {
         STATE.with(|s| {
             *s.borrow_mut() = Some(State {
                 clock: 1_000_000_000,
-                trace: std::env::var_os("RINGPOOL_MODEL_TRACE").is_some(),
+                trace_from: std::env::var("RINGPOOL_MODEL_TRACE").ok().map(|v| v.parse().unwrap_or(0)),
+                deaths: Vec::new(),
                 procs: Vec::new(),
                 waiters: Vec::new(),
                 gate: Arc::new((Mutex::new(Gate::default()), Condvar::new())),
@@ -306,6 +402,8 @@ impl Processes {
         {
             let (lock, cv) = &*gate;
             let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
+            g.expected = Some(self.handles.len());
+            cv.notify_all();
             while g.settled < self.handles.len() {
                 g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
             }

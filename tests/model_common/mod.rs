@@ -24,6 +24,12 @@ pub struct Record {
     pub errors: Vec<String>,
     pub is_sender: bool,
     pub is_receiver: bool,
+    /// It holds its handle (joined the ring).
+    pub joined: bool,
+    /// Receiver: it saw every sender gone and stopped.
+    pub finished: bool,
+    /// Sender: when it was told "every receiver is gone", the receivers that had not finished then.
+    pub disconnected_with: Option<Vec<usize>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -35,6 +41,14 @@ impl Log {
     }
     pub fn with<R>(&self, p: usize, f: impl FnOnce(&mut Record) -> R) -> R {
         f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner())[p])
+    }
+    /// A sender was told that every receiver is gone: note which receivers had joined and not
+    /// finished (one that joins later is no contradiction).
+    pub fn disconnected(&self, me: usize) {
+        let mut recs = self.records();
+        let open: Vec<usize> =
+            (0..recs.len()).filter(|&p| recs[p].is_receiver && recs[p].joined && !recs[p].finished).collect();
+        recs[me].disconnected_with = Some(open);
     }
     pub fn records(&self) -> MutexGuard<'_, Vec<Record>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
@@ -54,11 +68,13 @@ pub fn check(log: &Log, died: &[bool]) {
     for (p, r) in recs.iter().enumerate() {
         if !died[p] {
             for e in &r.errors {
-                // A sender told "every receiver is gone" is right once they all died.
-                if e.contains("Disconnected") && r.is_sender && !any_receiver_survived {
-                    continue;
-                }
                 problems.push(format!("process {p} (survivor) got an unexpected error: {e}"));
+            }
+            // "Every receiver is gone" is right if each receiver had finished or has died.
+            if let Some(open) = &r.disconnected_with
+                && let Some(q) = open.iter().find(|&&q| !died[q])
+            {
+                problems.push(format!("sender {p} was told every receiver is gone while receiver {q} was still there"));
             }
         }
     }
@@ -105,8 +121,12 @@ pub fn check(log: &Log, died: &[bool]) {
     // Every value whose send returned Ok is received, but those a dead receiver may have held.
     if any_receiver_survived {
         let allowance: usize = receivers.iter().filter(|&&p| died[p]).map(|&p| recs[p].receiving).sum();
-        let lost: Vec<u64> =
-            recs.iter().filter(|r| r.is_sender).flat_map(|r| r.sent.iter().copied()).filter(|v| !seen.contains_key(v)).collect();
+        let lost: Vec<u64> = recs
+            .iter()
+            .filter(|r| r.is_sender)
+            .flat_map(|r| r.sent.iter().copied())
+            .filter(|v| !seen.contains_key(v))
+            .collect();
         if lost.len() > allowance {
             problems.push(format!(
                 "{} values sent Ok were never received ({lost:x?}); a dead receiver could hold {allowance}",
@@ -115,6 +135,10 @@ pub fn check(log: &Log, died: &[bool]) {
         }
     }
     if !problems.is_empty() {
-        panic!("model check failed (died: {died:?}):\n  {}\nrecords: {recs:#x?}", problems.join("\n  "));
+        panic!(
+            "model check failed (died: {died:?}):\n  {}\n{}\nrecords: {recs:x?}",
+            problems.join("\n  "),
+            ringpool::model::deaths()
+        );
     }
 }
