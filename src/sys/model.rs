@@ -19,7 +19,22 @@
 //! the operation: it never touches shared memory again while the survivors run. Once every process
 //! has finished or died, [`Processes::settle`] hands the survivors' results to the test's checks;
 //! [`Processes::release`] then lets the dead unwind with a private payload that the process wrapper
-//! swallows (shuttle sees a thread blocked for ever as a deadlock, so the dead must end).
+//! swallows. (Shuttle 0.9 reports an attached thread still blocked when the execution ends as a
+//! deadlock, and tears a detached one down by unwinding its stack at a moment of its choosing: so
+//! the dead are released only after the checks, and joined.)
+//!
+//! Each model process opens the ring's segment from a descriptor (`from_fd`), so it has its own
+//! mapping and its own per-process state (`membership::Local`), as a real process does; the byte
+//! ring is the real mirrored one.
+//!
+//! Time and waiting: [`crate::sys::monotonic_ns`] answers a model clock that each atomic operation
+//! advances by [`OP_NS`]; the futex is modelled ([`futex_wait`], [`futex_wake`]): a sleeper without
+//! a deadline blocks until woken (a lost wake-up is then a deadlock that shuttle reports), one with
+//! a deadline yields and lets [`SLEEP_TICK_NS`] pass each time it runs, until woken or its deadline
+//! (so liveness slices, sweeps and lock takeovers happen in bounded steps). Spin hints yield.
+//! Determinism: everything a model execution does must depend only on shuttle's choices (a
+//! process-wide cache filled on first use is primed in [`check`]), or a failing schedule would not
+//! replay; `RINGPOOL_MODEL_SCHEDULER=nondeterminism` checks that.
 
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
