@@ -24,6 +24,10 @@
 compile_error!("ringpool supports Linux only: it relies on futex, memfd and /proc");
 
 mod sys;
+/// The model checks' runtime (`RUSTFLAGS="--cfg ringpool_model"` builds only; see `.ci/models`).
+#[cfg(ringpool_model)]
+#[doc(hidden)]
+pub use sys::model;
 
 pub mod segment;
 pub mod sync;

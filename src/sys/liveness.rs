@@ -64,6 +64,10 @@ pub(crate) fn parse_stat(text: &[u8]) -> Option<ProcStat> {
 
 /// The start time of this process (cached; refreshed after a fork).
 pub fn own_start_time() -> u64 {
+    #[cfg(ringpool_model)]
+    if super::model::pid().is_some() {
+        return 1;
+    }
     static CACHE: AtomicU64 = AtomicU64::new(0);
     static CACHE_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let pid = super::current_pid();
@@ -81,6 +85,11 @@ pub fn own_start_time() -> u64 {
 /// Dead means: no such pid, a zombie (`Z`) or dying (`X`) process, or a live process with another
 /// start time (the pid was reused). Where `/proc` cannot be read at all, `kill(pid, 0)` decides.
 pub fn is_alive(pid: u32, start_time: u64) -> bool {
+    // The model checks: liveness comes from the model's table of dead and finished threads.
+    #[cfg(ringpool_model)]
+    if let Some(alive) = super::model::alive(pid) {
+        return alive;
+    }
     if pid == 0 || pid >= PID_MAX {
         return false;
     }

@@ -12,6 +12,8 @@ use std::time::Duration;
 pub(crate) mod atfork;
 pub(crate) mod atomic;
 pub mod liveness;
+#[cfg(ringpool_model)]
+pub mod model;
 mod pid;
 
 pub use pid::{current_pid, fork_generation};
@@ -48,6 +50,10 @@ impl IsMinusOne for isize {
 /// It never jumps with the wall clock, and it is the clock the futex waits below use, so a deadline
 /// computed here and a kernel timeout agree exactly.
 pub(crate) fn monotonic_ns() -> u64 {
+    #[cfg(ringpool_model)]
+    if let Some(t) = model::now() {
+        return t;
+    }
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC is always supported on Linux,
     // so the call cannot fail (and if it did, `ts` stays zero, which only makes a deadline late).
@@ -105,7 +111,12 @@ pub enum FutexWait {
 /// be woken from another process. The absolute deadline is passed to the kernel as such
 /// (`FUTEX_WAIT_BITSET`), so repeated or interrupted waits never add up to an early or a late
 /// timeout; a timeout is only reported once the monotonic clock has really reached the deadline.
-pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, deadline: Option<Deadline>) -> FutexWait {
+pub(crate) fn futex_wait(word: &atomic::AtomicU32, expected: u32, deadline: Option<Deadline>) -> FutexWait {
+    #[cfg(ringpool_model)]
+    if let Some(r) = model::futex_wait(word.as_ptr() as usize, || word.raw().load(Ordering::SeqCst), expected, deadline)
+    {
+        return r;
+    }
     if let Some(d) = deadline
         && d.passed()
     {
@@ -141,7 +152,11 @@ pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, deadline: Option<Deadl
 }
 
 /// Wakes up to `n` processes sleeping on `word`. Returns how many were woken.
-pub(crate) fn futex_wake(word: &AtomicU32, n: u32) -> usize {
+pub(crate) fn futex_wake(word: &atomic::AtomicU32, n: u32) -> usize {
+    #[cfg(ringpool_model)]
+    if let Some(woken) = model::futex_wake(word.as_ptr() as usize, n) {
+        return woken;
+    }
     let n = n.min(i32::MAX as u32) as i32;
     // SAFETY: `word` is a live AtomicU32; FUTEX_WAKE only uses its address as a key.
     let res = unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, n) };
@@ -151,6 +166,10 @@ pub(crate) fn futex_wake(word: &AtomicU32, n: u32) -> usize {
 /// A hint to the CPU that we are spinning.
 #[inline(always)]
 pub(crate) fn spin_hint() {
+    #[cfg(ringpool_model)]
+    if model::spin_hint() {
+        return;
+    }
     std::hint::spin_loop();
 }
 

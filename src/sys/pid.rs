@@ -21,6 +21,11 @@ extern "C" fn after_fork_in_child() {
 /// This process's id. Cheap after the first call (one relaxed load), and right after a fork.
 #[inline]
 pub fn current_pid() -> u32 {
+    // The model checks: each model thread is a process with a fake pid.
+    #[cfg(ringpool_model)]
+    if let Some(pid) = super::model::pid() {
+        return pid;
+    }
     let pid = PID.load(Ordering::Relaxed);
     if pid != 0 { pid } else { current_pid_slow() }
 }
