@@ -26,6 +26,11 @@ const SWEEP_INTERVAL_NS: u64 = 20_000_000;
 /// Bits of `MembershipHeader::gone`... kept in `Control::membership` as flags.
 const SENDERS_GONE: u32 = 1;
 const RECEIVERS_GONE: u32 = 2;
+/// Set (and never cleared) once a side has had a member: a side that never had one is not "gone"
+/// (a receiver waits for its first sender), one that had members and has none left is, even when
+/// the last of them died between giving up its count and saying so (found by the sweep).
+const SENDERS_EVER: u32 = 4;
+const RECEIVERS_EVER: u32 = 8;
 
 /// Bits of an owner token that hold the entry's generation; the entry's index sits above them.
 const GEN_BITS: u32 = 22;
@@ -180,11 +185,13 @@ impl Core {
                 self.local.senders.fetch_add(1, Ordering::Relaxed);
                 m.senders.fetch_add(1, Ordering::AcqRel);
                 self.clear_gone(SENDERS_GONE);
+                self.mark_ever(SENDERS_EVER);
             }
             Role::Receiver => {
                 self.local.receivers.fetch_add(1, Ordering::Relaxed);
                 m.receivers.fetch_add(1, Ordering::AcqRel);
                 self.clear_gone(RECEIVERS_GONE);
+                self.mark_ever(RECEIVERS_EVER);
             }
         }
         Ok(())
@@ -225,6 +232,13 @@ impl Core {
         match role {
             Role::Sender => c.not_empty.notify_all(),
             Role::Receiver => c.not_full.notify_all(),
+        }
+    }
+
+    fn mark_ever(&self, bit: u32) {
+        let gone = &self.ctrl().membership.gone;
+        if gone.load(Ordering::Relaxed) & bit == 0 {
+            gone.fetch_or(bit, Ordering::SeqCst);
         }
     }
 
@@ -278,14 +292,16 @@ impl Core {
         let c = self.ctrl();
         let now = crate::sys::monotonic_ns();
         let last = c.membership.last_sweep.load(Ordering::Relaxed);
+        // A `last` in the future (a scribbled word) counts as long ago: it must not stop sweeps.
+        let recent = now.checked_sub(last).is_some_and(|since| since < SWEEP_INTERVAL_NS);
         if !force
-            && (now.saturating_sub(last) < SWEEP_INTERVAL_NS
+            && (recent
                 || c.membership.last_sweep.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err())
         {
             return;
         }
         let hw = (c.membership.high_water.load(Ordering::Acquire) as usize).min(self.cfg.max_members as usize);
-        let (mut senders, mut receivers) = (false, false);
+        let (mut senders, mut receivers, mut reaped) = (false, false, false);
         let me = current_pid();
         for m in &c.members[..hw] {
             let pid = m.pid.load(Ordering::Acquire);
@@ -307,12 +323,17 @@ impl Core {
             }
             senders |= m.senders.swap(0, Ordering::AcqRel) > 0;
             receivers |= m.receivers.swap(0, Ordering::AcqRel) > 0;
+            reaped = true;
             m.pid.store(0, Ordering::Release);
         }
-        if senders {
+        // A dead member may have given up its last count without saying so (killed inside
+        // `leave`, between the count and `after_departure`): after any reap, a side that has had
+        // members is looked at again (`after_departure` acts only when none is left).
+        let ever = c.membership.gone.load(Ordering::Acquire);
+        if senders || (reaped && ever & SENDERS_EVER != 0) {
             self.after_departure(Role::Sender);
         }
-        if receivers {
+        if receivers || (reaped && ever & RECEIVERS_EVER != 0) {
             self.after_departure(Role::Receiver);
         }
     }
