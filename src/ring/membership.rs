@@ -24,8 +24,8 @@ use crate::sync::{OwnerToken, RobustMutex, current_pid, liveness};
 const SWEEP_INTERVAL_NS: u64 = 20_000_000;
 
 /// Bits of `MembershipHeader::gone`... kept in `Control::membership` as flags.
-const SENDERS_GONE: u32 = 1;
-const RECEIVERS_GONE: u32 = 2;
+pub(crate) const SENDERS_GONE: u32 = 1;
+pub(crate) const RECEIVERS_GONE: u32 = 2;
 
 /// Bits of an owner token that hold the entry's generation; the entry's index sits above them.
 const GEN_BITS: u32 = 22;
@@ -41,13 +41,13 @@ fn next_generation(g: u32) -> u32 {
 }
 
 /// The lock owner token of entry `slot` in generation `generation`.
-fn token_of(slot: usize, generation: u32) -> Option<OwnerToken> {
+pub(crate) fn token_of(slot: usize, generation: u32) -> Option<OwnerToken> {
     let slot = u32::try_from(slot).ok().filter(|&s| (s as usize) < MAX_MEMBERS)?;
     OwnerToken::new((slot << GEN_BITS) | (generation & GEN_MASK))
 }
 
 /// The entry index and generation a token names.
-fn token_parts(token: u32) -> (usize, u32) {
+pub(crate) fn token_parts(token: u32) -> (usize, u32) {
     ((token >> GEN_BITS) as usize, token & GEN_MASK)
 }
 
