@@ -19,10 +19,17 @@
 //! indices against it): a segment that fails is reported as corrupted, never read past.
 //!
 //! **When is a segment abandoned?** When its creator is dead, every process in its member table is
-//! dead (no entry is being joined or left), and no other live process has its file open or mapped
-//! (from `/proc`). Liveness is by pid and start time for members, by pid alone for the creator
-//! (its start time is not recorded: a reused pid keeps a segment, it never loses one). Segments of
-//! another pid namespace, corrupted ones and unreadable ones are never called abandoned.
+//! dead (no live process is joining or reaping an entry: the entry of one that died doing so is
+//! reclaimed by the next sweep), and no other live process has its file open or mapped (from
+//! `/proc`). Liveness is by pid and start time for members, by pid alone for the creator and for a
+//! process in transition (their start times are not recorded: a reused pid keeps a segment, it
+//! never loses one). Segments of another pid namespace, corrupted ones and unreadable ones are
+//! never called abandoned.
+//!
+//! A lock's holder is named by the owner token in its word (a member-table entry and the entry's
+//! generation, see `ring/membership.rs`): its pid and liveness are its entry's, while the entry
+//! still has that generation; otherwise nobody legitimate holds it ([`LockState::Held`] with no
+//! pid), as the ring's own lockers see it.
 //!
 //! **The sweep never races a live opener:** a candidate is first renamed to a hidden name in the
 //! same directory (atomically, `RENAME_NOREPLACE`), so no new opener can find it; after a short
