@@ -171,16 +171,32 @@ fn member_state(s: MemberState) -> &'static str {
     match s {
         MemberState::Alive => "alive",
         MemberState::Dead => "dead",
-        MemberState::Joining => "joining",
-        MemberState::Reaping => "reaping",
+        MemberState::Joining(_) => "joining",
+        MemberState::Reaping(_) => "reaping",
         MemberState::Unknown => "unknown",
+    }
+}
+
+/// Whether the process an entry names is alive: the member, or the process in transition.
+fn member_alive(s: MemberState) -> Liveness {
+    match s {
+        MemberState::Alive => Liveness::Alive,
+        MemberState::Dead => Liveness::Dead,
+        MemberState::Unknown => Liveness::Unknown,
+        MemberState::Joining(l) | MemberState::Reaping(l) => l,
     }
 }
 
 fn lock_json(l: LockState) -> Value {
     match l {
         LockState::Free => json!({ "state": "free" }),
-        LockState::Held { pid, alive } => json!({ "state": "held", "pid": pid, "alive": liveness(alive) }),
+        LockState::Held { slot, generation, pid, alive } => json!({
+            "state": "held",
+            "pid": pid,
+            "alive": liveness(alive),
+            "member_slot": slot,
+            "generation": generation,
+        }),
         LockState::Poisoned => json!({ "state": "poisoned" }),
     }
 }
@@ -265,10 +281,12 @@ fn ring_json(s: &RingSnapshot) -> Value {
         "members": s.members.iter().map(|m| json!({
             "slot": m.slot,
             "pid": m.pid,
+            "generation": m.generation,
             "start_time": m.start_time,
             "senders": m.senders,
             "receivers": m.receivers,
             "state": member_state(m.state),
+            "alive": liveness(member_alive(m.state)),
         })).collect::<Vec<_>>(),
     })
 }
@@ -405,13 +423,17 @@ fn print_full(r: &SegmentReport) {
         );
         let lock = |l: LockState| match l {
             LockState::Free => "free".to_owned(),
-            LockState::Held { pid, alive } => format!(
-                "held by pid {pid} ({})",
+            LockState::Held { slot, generation, pid: Some(pid), alive } => format!(
+                "held by pid {pid} (member [{slot}] generation {generation}, {})",
                 match alive {
                     Liveness::Alive => "alive",
                     Liveness::Dead => "dead: the next locker takes it over",
                     Liveness::Unknown => "unknown",
                 }
+            ),
+            LockState::Held { slot, generation, pid: None, .. } => format!(
+                "held by a departed member (entry [{slot}] is no longer generation {generation}): \
+                 the next locker takes it over"
             ),
             LockState::Poisoned => "POISONED".to_owned(),
         };
@@ -431,7 +453,12 @@ fn print_full(r: &SegmentReport) {
                 "    [{}] pid {:<8} {:<8} senders {} receivers {}",
                 m.slot,
                 m.pid,
-                member_state(m.state),
+                match m.state {
+                    MemberState::Joining(Liveness::Dead) | MemberState::Reaping(Liveness::Dead) => {
+                        format!("{} (its process is dead)", member_state(m.state))
+                    }
+                    state => member_state(state).to_owned(),
+                },
                 m.senders,
                 m.receivers
             );

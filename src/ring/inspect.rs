@@ -19,10 +19,17 @@
 //! indices against it): a segment that fails is reported as corrupted, never read past.
 //!
 //! **When is a segment abandoned?** When its creator is dead, every process in its member table is
-//! dead (no entry is being joined or left), and no other live process has its file open or mapped
-//! (from `/proc`). Liveness is by pid and start time for members, by pid alone for the creator
-//! (its start time is not recorded: a reused pid keeps a segment, it never loses one). Segments of
-//! another pid namespace, corrupted ones and unreadable ones are never called abandoned.
+//! dead (no live process is joining or reaping an entry: the entry of one that died doing so is
+//! reclaimed by the next sweep), and no other live process has its file open or mapped (from
+//! `/proc`). Liveness is by pid and start time for members, by pid alone for the creator and for a
+//! process in transition (their start times are not recorded: a reused pid keeps a segment, it
+//! never loses one). Segments of another pid namespace, corrupted ones and unreadable ones are
+//! never called abandoned.
+//!
+//! A lock's holder is named by the owner token in its word (a member-table entry and the entry's
+//! generation, see `ring/membership.rs`): its pid and liveness are its entry's, while the entry
+//! still has that generation; otherwise nobody legitimate holds it ([`LockState::Held`] with no
+//! pid), as the ring's own lockers see it.
 //!
 //! **The sweep never races a live opener:** a candidate is first renamed to a hidden name in the
 //! same directory (atomically, `RENAME_NOREPLACE`), so no new opener can find it; after a short
@@ -38,29 +45,30 @@ use std::time::Duration;
 use super::Stats;
 use super::control::{
     CLAIMING, Config, Control, FORMAT_BYTES, FORMAT_SLOTS, MAX_MEMBERS, Member, MembershipHeader, REAPING, Side,
+    TRANSIENT,
 };
+use super::membership::{RECEIVERS_EVER, RECEIVERS_GONE, SENDERS_EVER, SENDERS_GONE, token_parts};
 use crate::segment::SegmentKind;
 use crate::segment::scan::{self, HeaderInfo, HeaderProblem, Liveness, ProcUsers, SHM_DIR, ScannedSegment};
+use crate::sync::RobustMutex;
 use crate::sys::liveness::PID_MAX;
-
-/// The lock word's layout (see `sync/mutex.rs`): the holder's pid in the low 30 bits, a waiters
-/// bit above, and all ones in the pid field for a poisoned lock. Checked against the real mutex in
-/// the tests below.
-const LOCK_WAITERS: u32 = 1 << 30;
-const LOCK_OWNER: u32 = LOCK_WAITERS - 1;
-/// Bits of `MembershipHeader::gone` (see `membership.rs`).
-const SENDERS_GONE: u32 = 1;
-const RECEIVERS_GONE: u32 = 2;
 
 /// One side's lock, as the word says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LockState {
     /// Nobody holds it.
     Free,
-    /// Held by `pid`.
+    /// Held by the owner token in the word: a member-table entry and its generation (see
+    /// `ring/membership.rs`).
     Held {
-        /// The holder.
-        pid: u32,
+        /// The member-table entry the token names.
+        slot: u32,
+        /// The entry's generation when the holder claimed it.
+        generation: u32,
+        /// The holder's pid, if the entry still belongs to it (same generation, not free, not in
+        /// transition). `None`: the holder has left or died and its entry was reaped or claimed
+        /// again since; nobody legitimate holds the lock, and `alive` is `Dead`.
+        pid: Option<u32>,
         /// Whether the holder is alive (a dead holder's lock is taken over by the next locker).
         alive: Liveness,
     },
@@ -75,10 +83,12 @@ pub enum MemberState {
     Alive,
     /// The process is gone; its entry waits for the next sweep.
     Dead,
-    /// A process is filling the entry in (joining) right now.
-    Joining,
-    /// A process is clearing the entry of a dead member right now.
-    Reaping,
+    /// A process (the entry's `pid`) is filling the entry in (joining); whether that process is
+    /// alive (a dead one's entry is reclaimed by the next sweep).
+    Joining(Liveness),
+    /// A process (the entry's `pid`) is clearing the entry of a dead member; whether that process
+    /// is alive (a dead one's entry is reclaimed by the next sweep).
+    Reaping(Liveness),
     /// Its liveness cannot be told (another pid namespace).
     Unknown,
 }
@@ -88,8 +98,10 @@ pub enum MemberState {
 pub struct MemberSnapshot {
     /// Index in the table.
     pub slot: u32,
-    /// The member process (0 while joining or reaping).
+    /// The member process; for an entry in transition, the process joining or reaping it.
     pub pid: u32,
+    /// The entry's generation: with `slot`, the owner token its member locks with.
+    pub generation: u32,
     /// Its start time (clock ticks after boot), with the pid its identity.
     pub start_time: u64,
     /// Sender handles it holds.
@@ -157,11 +169,22 @@ fn u64_at(buf: &[u8], off: usize) -> Result<u64, &'static str> {
     Ok(u64::from_ne_bytes(a))
 }
 
-fn lock_state(word: u32, alive: impl Fn(u32) -> Liveness) -> LockState {
-    match word & LOCK_OWNER {
+/// Decodes a lock word; `holder(slot, generation)` answers the pid and liveness of the member
+/// whose entry `slot` still has `generation`, or `None` if no member does.
+fn lock_state(word: u32, holder: impl Fn(usize, u32) -> Option<(u32, Liveness)>) -> LockState {
+    match RobustMutex::word_owner(word) {
         0 => LockState::Free,
-        LOCK_OWNER => LockState::Poisoned,
-        pid => LockState::Held { pid, alive: alive(pid) },
+        RobustMutex::POISONED_OWNER => LockState::Poisoned,
+        token => {
+            let (slot, generation) = token_parts(token);
+            let (pid, alive) = match holder(slot, generation) {
+                Some((pid, alive)) => (Some(pid), alive),
+                // No such member: not a legitimate holder, as the engine's lockers see it.
+                None => (None, Liveness::Dead),
+            };
+            // A 30-bit token's slot has 8 bits: it fits.
+            LockState::Held { slot: u32::try_from(slot).unwrap_or(u32::MAX), generation, pid, alive }
+        }
     }
 }
 
@@ -220,14 +243,8 @@ fn parse_control(buf: &[u8], h: &HeaderInfo, expected_format: u32) -> Result<Rin
     if high_water > cfg.max_members {
         return Err("member table high-water mark past the table's size");
     }
-    if gone & !(SENDERS_GONE | RECEIVERS_GONE) != 0 {
+    if gone & !(SENDERS_GONE | RECEIVERS_GONE | SENDERS_EVER | RECEIVERS_EVER) != 0 {
         return Err("unknown membership flags");
-    }
-    for word in [send_word, recv_word] {
-        let owner = word & LOCK_OWNER;
-        if owner != LOCK_OWNER && owner >= PID_MAX {
-            return Err("lock holder's pid out of range");
-        }
     }
     let table = (high_water as usize).min(MAX_MEMBERS);
 
@@ -236,52 +253,64 @@ fn parse_control(buf: &[u8], h: &HeaderInfo, expected_format: u32) -> Result<Rin
     let (mut sa, mut sd, mut ra, mut rd) = (0u32, 0u32, 0u32, 0u32);
     for slot in 0..table {
         let at = std::mem::offset_of!(Control, members) + slot * std::mem::size_of::<Member>();
-        let pid = u32_at(buf, at + std::mem::offset_of!(Member, pid))?;
-        if pid == 0 {
+        let word = u32_at(buf, at + std::mem::offset_of!(Member, pid))?;
+        if word == 0 {
             continue;
         }
-        if pid >= PID_MAX && pid != CLAIMING && pid != REAPING {
+        // `CLAIMING | pid`, `REAPING | pid` (in transition by `pid`), or a member's pid.
+        let pid = word & !TRANSIENT;
+        if pid == 0 || pid >= PID_MAX {
             return Err("member pid out of range");
         }
         let senders = u32_at(buf, at + std::mem::offset_of!(Member, senders))?;
         let receivers = u32_at(buf, at + std::mem::offset_of!(Member, receivers))?;
+        let generation = u32_at(buf, at + std::mem::offset_of!(Member, generation))?;
         let start_time = u64_at(buf, at + std::mem::offset_of!(Member, start_time))?;
-        let state = match pid {
-            CLAIMING => MemberState::Joining,
-            REAPING => MemberState::Reaping,
-            pid => match Liveness::of(pid, start_time, ns) {
+        let state = match word & TRANSIENT {
+            0 => match Liveness::of(pid, start_time, ns) {
                 Liveness::Alive => MemberState::Alive,
                 Liveness::Dead => MemberState::Dead,
                 Liveness::Unknown => MemberState::Unknown,
             },
+            // The start time of a process in transition is not recorded: by pid alone, as the
+            // sweep does.
+            CLAIMING => MemberState::Joining(Liveness::of(pid, 0, ns)),
+            REAPING => MemberState::Reaping(Liveness::of(pid, 0, ns)),
+            _ => return Err("member entry both joining and reaping"),
         };
+        // As the engine counts (`live_count`): an entry being reaped counts no handles; one being
+        // joined counts its handles, dead ones once its joiner is dead (the sweep reclaims it).
         match state {
-            MemberState::Alive | MemberState::Unknown | MemberState::Joining => {
+            MemberState::Alive | MemberState::Unknown => {
                 sa = sa.saturating_add(senders);
                 ra = ra.saturating_add(receivers);
             }
-            MemberState::Dead => {
+            MemberState::Joining(l) if l != Liveness::Dead => {
+                sa = sa.saturating_add(senders);
+                ra = ra.saturating_add(receivers);
+            }
+            MemberState::Dead | MemberState::Joining(_) => {
                 sd = sd.saturating_add(senders);
                 rd = rd.saturating_add(receivers);
             }
-            MemberState::Reaping => {}
+            MemberState::Reaping(_) => {}
         }
-        let shown_pid = if matches!(state, MemberState::Joining | MemberState::Reaping) { 0 } else { pid };
-        members.push(MemberSnapshot { slot: slot as u32, pid: shown_pid, start_time, senders, receivers, state });
+        // `slot` is below MAX_MEMBERS (256).
+        let slot = u32::try_from(slot).unwrap_or(u32::MAX);
+        members.push(MemberSnapshot { slot, pid, generation, start_time, senders, receivers, state });
     }
-    let holder_alive = |pid: u32| {
-        match members.iter().find(|m| m.pid == pid) {
-            Some(m) => match m.state {
-                MemberState::Alive => Liveness::Alive,
-                MemberState::Dead => Liveness::Dead,
-                _ => Liveness::Unknown,
-            },
-            // Not a member: no legitimate holder; its liveness by pid alone.
-            None => Liveness::of(pid, 0, ns),
-        }
+    // The member a lock's owner token names, as the engine's lockers find it (`holder_entry`): the
+    // entry must still have the token's generation and belong to a member, not be in transition.
+    let holder = |slot: usize, generation: u32| {
+        members.iter().find(|m| m.slot as usize == slot && m.generation == generation).and_then(|m| match m.state {
+            MemberState::Alive => Some((m.pid, Liveness::Alive)),
+            MemberState::Dead => Some((m.pid, Liveness::Dead)),
+            MemberState::Unknown => Some((m.pid, Liveness::Unknown)),
+            MemberState::Joining(_) | MemberState::Reaping(_) => None,
+        })
     };
-    let send_lock = lock_state(send_word, holder_alive);
-    let recv_lock = lock_state(recv_word, holder_alive);
+    let send_lock = lock_state(send_word, holder);
+    let recv_lock = lock_state(recv_word, holder);
     let slots = cfg.format == FORMAT_SLOTS;
     let (depth, used) = if slots {
         (tail.saturating_sub(head), tail.saturating_sub(head))
@@ -380,13 +409,23 @@ fn verdict(seg: &ScannedSegment, ring: Option<&Result<RingSnapshot, &'static str
         // Not initialized: the creator (dead) never published it, so nobody could have joined.
         Some(Err(_)) if !h.ready => Verdict::Abandoned,
         Some(Err(reason)) => Verdict::Unknown(format!("corrupted: {reason}")),
-        Some(Ok(r)) => match r.members.iter().find(|m| m.state != MemberState::Dead) {
-            Some(m) => match m.state {
-                MemberState::Joining => Verdict::InUse("a process is joining it".into()),
-                MemberState::Reaping => Verdict::InUse("a process is sweeping its member table".into()),
-                _ => Verdict::InUse(format!("member pid {} is alive", m.pid)),
-            },
-            None => Verdict::Abandoned,
+        Some(Ok(r)) => members_verdict(r),
+        None => Verdict::Abandoned,
+    }
+}
+
+/// Whether a ring's members keep it, its creator being dead and nobody else having it open.
+fn members_verdict(r: &RingSnapshot) -> Verdict {
+    // A dead process's transition is reclaimed by the next sweep: it keeps nothing.
+    let keeps = |m: &&MemberSnapshot| match m.state {
+        MemberState::Dead | MemberState::Joining(Liveness::Dead) | MemberState::Reaping(Liveness::Dead) => false,
+        MemberState::Alive | MemberState::Unknown | MemberState::Joining(_) | MemberState::Reaping(_) => true,
+    };
+    match r.members.iter().find(keeps) {
+        Some(m) => match m.state {
+            MemberState::Joining(_) => Verdict::InUse(format!("pid {} is joining it", m.pid)),
+            MemberState::Reaping(_) => Verdict::InUse(format!("pid {} is sweeping its member table", m.pid)),
+            _ => Verdict::InUse(format!("member pid {} is alive", m.pid)),
         },
         None => Verdict::Abandoned,
     }
@@ -572,14 +611,27 @@ mod tests {
     #[test]
     fn the_lock_word_decodes_as_the_mutex_writes_it() {
         let m = RobustMutex::new();
-        assert_eq!(lock_state(word_of(&m), |_| Liveness::Alive), LockState::Free);
-        let g = m.try_lock().unwrap();
         let me = crate::sys::current_pid();
-        assert_eq!(lock_state(word_of(&m), |_| Liveness::Alive), LockState::Held { pid: me, alive: Liveness::Alive });
-        assert_eq!(m.holder(), Some(me));
+        let member = |slot: usize, generation: u32| (slot, generation) == (3, 7);
+        let holder = |slot, generation| member(slot, generation).then_some((me, Liveness::Alive));
+        assert_eq!(lock_state(word_of(&m), holder), LockState::Free);
+        // The ring's lockers use the token of their member entry (slot 3, generation 7 here).
+        let token = super::super::membership::token_of(3, 7).unwrap();
+        let g = m.try_lock_as(token).unwrap();
+        let held = LockState::Held { slot: 3, generation: 7, pid: Some(me), alive: Liveness::Alive };
+        assert_eq!(lock_state(word_of(&m), holder), held);
+        // The flag bits outside the owner field (waiters) do not change who holds it.
+        let flags = !RobustMutex::word_owner(u32::MAX);
+        assert_eq!(lock_state(word_of(&m) | flags, holder), held);
+        // A token whose entry no longer has its generation: no legitimate holder, seen dead.
+        let stale = lock_state(word_of(&m), |_, _| None);
+        assert_eq!(stale, LockState::Held { slot: 3, generation: 7, pid: None, alive: Liveness::Dead });
         drop(g);
-        assert_eq!(lock_state(word_of(&m), |_| Liveness::Alive), LockState::Free);
-        assert_eq!(lock_state(LOCK_OWNER | LOCK_WAITERS, |_| Liveness::Alive), LockState::Poisoned);
+        assert_eq!(lock_state(word_of(&m), holder), LockState::Free);
+        m.debug_force_owner(u32::MAX);
+        assert!(m.is_poisoned());
+        assert_eq!(lock_state(word_of(&m), holder), LockState::Poisoned);
+        assert_eq!(lock_state(word_of(&m) | flags, holder), LockState::Poisoned);
     }
 
     /// Whatever a hostile process writes into a control block, decoding it answers (a snapshot
@@ -667,5 +719,88 @@ mod tests {
         let outcomes = Scan::new().prefix(name.clone()).sweep(false).unwrap();
         assert!(matches!(outcomes[..], [SweepOutcome { action: SweepAction::Kept(_), .. }]), "{outcomes:?}");
         assert!(crate::Segment::exists(&name));
+    }
+
+    /// The current layout: a lock word holds a member-table slot and generation, not a pid; a
+    /// member entry in transition holds `CLAIMING | pid` or `REAPING | pid`. A copy of a real
+    /// ring's control block, edited as the engine writes it, decodes to the right pid and state.
+    #[test]
+    fn owner_tokens_and_transient_entries_decode_to_their_processes() {
+        let name = format!("rp-test-inspect-tok-{}", std::process::id());
+        let ring = crate::Ring::builder().capacity(4096).create(&name).unwrap();
+        let _tx = ring.sender().unwrap();
+        let seg = scan::scan_one(Path::new(SHM_DIR), &name, false).unwrap();
+        let h = *seg.header.as_ref().unwrap();
+        let mut buf = vec![0u8; std::mem::size_of::<Control>()];
+        seg.read_payload(0, &mut buf).unwrap();
+        let me = crate::sys::current_pid();
+        let entry = std::mem::offset_of!(Control, members);
+        let pid_at = entry + std::mem::offset_of!(Member, pid);
+        let gen_at = entry + std::mem::offset_of!(Member, generation);
+        let lock_at = std::mem::offset_of!(Control, send) + std::mem::offset_of!(Side, lock);
+        let generation = u32_at(&buf, gen_at).unwrap();
+        assert_eq!(u32_at(&buf, pid_at).unwrap(), me);
+        let put = |buf: &mut Vec<u8>, at: usize, v: u32| buf[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+
+        // Held by this process's token: its pid, alive.
+        let token = super::super::membership::token_of(0, generation).unwrap().get();
+        put(&mut buf, lock_at, token);
+        let snap = parse_control(&buf, &h, FORMAT_BYTES).unwrap();
+        let held = LockState::Held { slot: 0, generation, pid: Some(me), alive: Liveness::Alive };
+        assert_eq!(snap.send_lock, held);
+        assert_eq!(snap.recv_lock, LockState::Free);
+        assert_eq!(snap.members[0].generation, generation);
+
+        // The entry was claimed again since (a newer generation): the token names nobody.
+        let newer = super::super::membership::token_of(0, generation + 1).unwrap().get();
+        put(&mut buf, gen_at, generation + 1);
+        let snap = parse_control(&buf, &h, FORMAT_BYTES).unwrap();
+        assert_eq!(snap.send_lock, LockState::Held { slot: 0, generation, pid: None, alive: Liveness::Dead });
+        put(&mut buf, lock_at, newer);
+        let snap = parse_control(&buf, &h, FORMAT_BYTES).unwrap();
+        assert!(matches!(snap.send_lock, LockState::Held { pid: Some(p), alive: Liveness::Alive, .. } if p == me));
+        // A token naming a free entry (past the table's high-water mark) names nobody either.
+        put(&mut buf, lock_at, super::super::membership::token_of(5, 1).unwrap().get());
+        let snap = parse_control(&buf, &h, FORMAT_BYTES).unwrap();
+        assert_eq!(snap.send_lock, LockState::Held { slot: 5, generation: 1, pid: None, alive: Liveness::Dead });
+        put(&mut buf, lock_at, newer);
+
+        // A member entry being joined by this (live) process: decoded, not corrupted; in use. Its
+        // lock token names no member while it is in transition.
+        put(&mut buf, pid_at, CLAIMING | me);
+        let snap = parse_control(&buf, &h, FORMAT_BYTES).unwrap();
+        assert_eq!(snap.members.len(), 1);
+        assert_eq!((snap.members[0].pid, snap.members[0].state), (me, MemberState::Joining(Liveness::Alive)));
+        assert_eq!((snap.senders_alive, snap.senders_dead), (1, 0));
+        assert!(matches!(snap.send_lock, LockState::Held { pid: None, alive: Liveness::Dead, .. }));
+        assert!(matches!(members_verdict(&snap), Verdict::InUse(why) if why.contains("joining")));
+        // Being reaped by this process: its handles are counted nowhere (as the engine counts).
+        put(&mut buf, pid_at, REAPING | me);
+        let snap = parse_control(&buf, &h, FORMAT_BYTES).unwrap();
+        assert_eq!(snap.members[0].state, MemberState::Reaping(Liveness::Alive));
+        assert_eq!((snap.senders_alive, snap.senders_dead), (0, 0));
+        assert!(matches!(members_verdict(&snap), Verdict::InUse(why) if why.contains("sweeping")));
+        // In transition by a dead process: reclaimed by the next sweep, so it keeps nothing.
+        let dead = dead_pid();
+        put(&mut buf, pid_at, CLAIMING | dead);
+        let snap = parse_control(&buf, &h, FORMAT_BYTES).unwrap();
+        assert_eq!((snap.members[0].pid, snap.members[0].state), (dead, MemberState::Joining(Liveness::Dead)));
+        assert_eq!((snap.senders_alive, snap.senders_dead), (0, 1));
+        assert_eq!(members_verdict(&snap), Verdict::Abandoned);
+        // Both transient flags, or a flag without a pid: no engine writes that.
+        put(&mut buf, pid_at, CLAIMING | REAPING | me);
+        assert_eq!(parse_control(&buf, &h, FORMAT_BYTES), Err("member entry both joining and reaping"));
+        put(&mut buf, pid_at, CLAIMING);
+        assert_eq!(parse_control(&buf, &h, FORMAT_BYTES), Err("member pid out of range"));
+        drop(seg);
+        drop(ring);
+    }
+
+    /// The pid of a child that has exited and been waited for.
+    fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
     }
 }

@@ -24,13 +24,13 @@ use crate::sync::{OwnerToken, RobustMutex, current_pid, liveness};
 const SWEEP_INTERVAL_NS: u64 = 20_000_000;
 
 /// Bits of `MembershipHeader::gone`... kept in `Control::membership` as flags.
-const SENDERS_GONE: u32 = 1;
-const RECEIVERS_GONE: u32 = 2;
+pub(crate) const SENDERS_GONE: u32 = 1;
+pub(crate) const RECEIVERS_GONE: u32 = 2;
 /// Set (and never cleared) once a side has had a member: a side that never had one is not "gone"
 /// (a receiver waits for its first sender), one that had members and has none left is, even when
 /// the last of them died between giving up its count and saying so (found by the sweep).
-const SENDERS_EVER: u32 = 4;
-const RECEIVERS_EVER: u32 = 8;
+pub(crate) const SENDERS_EVER: u32 = 4;
+pub(crate) const RECEIVERS_EVER: u32 = 8;
 
 /// Bits of an owner token that hold the entry's generation; the entry's index sits above them.
 const GEN_BITS: u32 = 22;
@@ -46,13 +46,13 @@ fn next_generation(g: u32) -> u32 {
 }
 
 /// The lock owner token of entry `slot` in generation `generation`.
-fn token_of(slot: usize, generation: u32) -> Option<OwnerToken> {
+pub(crate) fn token_of(slot: usize, generation: u32) -> Option<OwnerToken> {
     let slot = u32::try_from(slot).ok().filter(|&s| (s as usize) < MAX_MEMBERS)?;
     OwnerToken::new((slot << GEN_BITS) | (generation & GEN_MASK))
 }
 
 /// The entry index and generation a token names.
-fn token_parts(token: u32) -> (usize, u32) {
+pub(crate) fn token_parts(token: u32) -> (usize, u32) {
     ((token >> GEN_BITS) as usize, token & GEN_MASK)
 }
 

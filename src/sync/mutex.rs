@@ -269,15 +269,24 @@ impl RobustMutex {
     /// The token of the current holder, if any (a snapshot, for diagnostics): the holder's pid for
     /// lockers by pid.
     pub fn holder(&self) -> Option<u32> {
-        match self.word.load(Ordering::Relaxed) & OWNER {
-            0 | POISONED => None,
+        match Self::word_owner(self.word.load(Ordering::Relaxed)) {
+            0 | Self::POISONED_OWNER => None,
             token => Some(token),
         }
     }
 
     /// Whether the mutex is poisoned.
     pub fn is_poisoned(&self) -> bool {
-        self.word.load(Ordering::Relaxed) & OWNER == POISONED
+        Self::word_owner(self.word.load(Ordering::Relaxed)) == Self::POISONED_OWNER
+    }
+
+    /// [`word_owner`](Self::word_owner) of a poisoned mutex's word.
+    pub(crate) const POISONED_OWNER: u32 = POISONED;
+
+    /// The owner field of a copy of a lock word (read out of a file by the inspector, not through
+    /// a mutex): 0 free, [`POISONED_OWNER`](Self::POISONED_OWNER) poisoned, else the holder's token.
+    pub(crate) const fn word_owner(word: u32) -> u32 {
+        word & OWNER
     }
 
     /// Frees the word if it still names `token` (it may not: a locker that found us dead took over).
