@@ -30,6 +30,7 @@ mod fork;
 mod membership;
 pub mod queue;
 mod records;
+mod select;
 mod wait;
 
 use crate::sys::atomic::{AtomicU64, Ordering};
@@ -45,6 +46,7 @@ pub use error::{
     Broken, JoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 pub(crate) use records::prefetch_write;
+pub use select::{ReadyTimeoutError, Select, SelectRecv, SelectSend, TryReadyError};
 
 /// Counters of a ring since its creation (a snapshot; not exact after a member died mid-update).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub(crate) mod atfork;
 pub(crate) mod atomic;
+pub(crate) mod waitv;
 pub mod liveness;
 mod pid;
 
