@@ -795,4 +795,10 @@ impl Engine {
         }
         self.outbox.clear();
     }
+
+    /// Hook for the async futures (pool/future.rs): the results queue's mapping, to wait on.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn results_core(&self) -> &std::sync::Arc<crate::ring::Core> {
+        self.results_rx.core_arc()
+    }
 }

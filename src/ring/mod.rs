@@ -22,6 +22,8 @@
 //!   rolled forward), and every index and length read from shared memory is checked: garbage
 //!   gives [`Broken::Corrupted`], never an out-of-bounds access.
 
+#[cfg(feature = "tokio")]
+mod async_io;
 mod bytes;
 mod control;
 pub(crate) mod core;
@@ -46,6 +48,10 @@ pub use error::{
     Broken, JoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 pub(crate) use records::prefetch_write;
+#[cfg(feature = "tokio")]
+pub use async_io::{AsyncRecv, AsyncSend, RecvFuture, SendFuture};
+#[cfg(feature = "tokio")]
+pub(crate) use async_io::AsyncWait;
 pub use select::{ReadyTimeoutError, Select, SelectRecv, SelectSend, TryReadyError};
 
 /// Counters of a ring since its creation (a snapshot; not exact after a member died mid-update).
