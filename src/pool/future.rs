@@ -271,10 +271,14 @@ pub fn wait<R: Pod + Send>(futures: &[Future<R>], timeout: Duration) -> (Vec<usi
 /// another thread took for it, worker deaths). No thread blocks for it.
 ///
 /// ```
+/// fn double(x: &u64) -> u64 {
+///     x * 2
+/// }
+///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let pool = ringpool::Pool::builder().workers(2).build(|x: u64| x * 2)?;
-/// let answer = pool.submit(21)?.await?;
+/// let pool = ringpool::Pool::new(2)?;
+/// let answer = pool.submit(double, 21)?.await?;
 /// assert_eq!(answer, 42);
 /// # Ok(())
 /// # }
