@@ -24,6 +24,7 @@
 compile_error!("ringpool supports Linux only: it relies on futex, memfd and /proc");
 
 mod sys;
+mod trace;
 
 pub mod segment;
 pub mod sync;
