@@ -24,7 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let pool = Pool::new(4)?;
     let bar = ProgressBar::new(N);
-    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})")?);
+    bar.set_style(ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ({per_sec}, eta {eta})",
+    )?);
 
     let mut longest = (0u64, 0u64);
     for (n, steps) in (1..=N).zip(pool.imap(collatz_steps, 1..=N)?.progress_with(bar.clone())) {

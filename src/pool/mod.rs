@@ -93,9 +93,9 @@ pub use engine::PoolStats;
 pub use error::{MapError, PoolError, TaskError, TaskFailures, WaitError};
 #[doc(hidden)]
 pub use faults::{FAULT_POINTS, FaultPlan, FaultPoint};
-pub use future::{AsCompleted, Future, as_completed, wait};
 #[cfg(feature = "tokio")]
 pub use future::AsyncTask;
+pub use future::{AsCompleted, Future, as_completed, wait};
 pub use task::{ByRef, ByValue, TaskFn};
 
 use engine::{Chunk, Dispatch, Engine, PUMP_WAIT, Settings, Sink, Types};

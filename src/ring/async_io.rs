@@ -118,8 +118,11 @@ pub(crate) fn reactor() -> &'static Reactor {
                 return r;
             }
         }
-        let fresh: &'static Reactor =
-            Box::leak(Box::new(Reactor { pid: current_pid(), state: Mutex::new(State::default()), bell: AtomicU32::new(0) }));
+        let fresh: &'static Reactor = Box::leak(Box::new(Reactor {
+            pid: current_pid(),
+            state: Mutex::new(State::default()),
+            bell: AtomicU32::new(0),
+        }));
         let fresh_ptr = fresh as *const Reactor as *mut Reactor;
         match REACTOR.compare_exchange(p, fresh_ptr, StdOrdering::AcqRel, StdOrdering::Acquire) {
             Ok(_) => return fresh,

@@ -40,6 +40,10 @@ use std::time::Duration;
 
 pub(crate) use self::core::{Core, Role};
 pub(crate) use self::wait::Wait;
+#[cfg(feature = "tokio")]
+pub(crate) use async_io::AsyncWait;
+#[cfg(feature = "tokio")]
+pub use async_io::{AsyncRecv, AsyncSend, RecvFuture, SendFuture};
 pub use bytes::{ReadGuard, Receiver, Ring, RingBuilder, Sender, WriteGuard};
 pub(crate) use bytes::{init as init_config, ring_id};
 pub(crate) use control::{Config, FORMAT_BYTES, FORMAT_SLOTS, MAX_MEMBERS, data_offset};
@@ -48,10 +52,6 @@ pub use error::{
     Broken, JoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 pub(crate) use records::prefetch_write;
-#[cfg(feature = "tokio")]
-pub use async_io::{AsyncRecv, AsyncSend, RecvFuture, SendFuture};
-#[cfg(feature = "tokio")]
-pub(crate) use async_io::AsyncWait;
 pub use select::{ReadyTimeoutError, Select, SelectRecv, SelectSend, TryReadyError};
 
 /// Counters of a ring since its creation (a snapshot; not exact after a member died mid-update).

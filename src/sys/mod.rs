@@ -11,9 +11,9 @@ use std::time::Duration;
 
 pub(crate) mod atfork;
 pub(crate) mod atomic;
-pub(crate) mod waitv;
 pub mod liveness;
 mod pid;
+pub(crate) mod waitv;
 
 pub use pid::{current_pid, fork_generation};
 
