@@ -219,6 +219,54 @@ fn a_task_waiting_on_a_ring_whose_sender_died_is_woken() {
     child.join_timeout(LONG).unwrap();
 }
 
+#[test]
+fn batch_and_in_place_forms_wait_then_take() {
+    let ring = Ring::builder().capacity(1 << 14).anonymous().unwrap();
+    let queue = Queue::<u64>::builder().slots(64).anonymous().unwrap();
+    let (rtx, rrx) = (ring.sender().unwrap(), ring.receiver().unwrap());
+    let (qtx, qrx) = (queue.sender().unwrap(), queue.receiver().unwrap());
+    let rt = runtime();
+    rt.block_on(async {
+        let feeder = tokio::task::spawn_blocking(move || {
+            for round in 0..20u64 {
+                std::thread::sleep(Duration::from_millis(2));
+                qtx.send_many(&[round * 3, round * 3 + 1, round * 3 + 2]).unwrap();
+                rtx.send(round.to_le_bytes()).unwrap();
+                rtx.send(round.to_le_bytes()).unwrap();
+            }
+        });
+        let mut values = Vec::new();
+        let mut buf = [0u64; 16];
+        while values.len() < 60 {
+            let n = timeout(LONG, qrx.recv_many_async(&mut buf)).await.expect("recv_many_async timed out").unwrap();
+            assert!(n >= 1);
+            values.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(values, (0..60).collect::<Vec<_>>());
+        let mut msgs = Vec::new();
+        while msgs.len() < 36 {
+            let n = timeout(LONG, rrx.recv_many_async(4, |m| msgs.push(u64::from_le_bytes(m.try_into().unwrap()))))
+                .await
+                .expect("recv_many_async timed out")
+                .unwrap();
+            assert!((1..=4).contains(&n));
+        }
+        while msgs.len() < 40 {
+            let v = timeout(LONG, rrx.recv_with_async(|m| u64::from_le_bytes(m.try_into().unwrap())))
+                .await
+                .expect("recv_with_async timed out")
+                .unwrap();
+            msgs.push(v);
+        }
+        let want: Vec<u64> = (0..20).flat_map(|r| [r, r]).collect();
+        assert_eq!(msgs, want);
+        timeout(LONG, feeder).await.unwrap().unwrap();
+        // Every sender gone: the batch forms answer Disconnected.
+        assert_eq!(timeout(LONG, qrx.recv_many_async(&mut buf)).await.unwrap(), Err(RecvError::Disconnected));
+        assert_eq!(timeout(LONG, rrx.recv_with_async(|m| m.len())).await.unwrap(), Err(RecvError::Disconnected));
+    });
+}
+
 fn square(x: &u64) -> u64 {
     x * x
 }

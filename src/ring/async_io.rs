@@ -248,7 +248,12 @@ impl Reactor {
                     true
                 }
             });
+            let idle = st.regs.is_empty();
             drop(st);
+            if idle {
+                // Nothing to watch: sleep on the bell alone (no liveness look is due for anyone).
+                earliest = Deadline::after(Duration::from_secs(3600));
+            }
             if !wake.is_empty() {
                 drop(announced);
                 wake.into_iter().for_each(Waker::wake);
@@ -453,6 +458,83 @@ impl<T: Pod> super::queue::Sender<T> {
     /// Sends a value without blocking the thread, waiting for a free slot (feature `tokio`).
     pub fn send_async(&self, value: T) -> SendFuture<'_, Self, T> {
         SendFuture { tx: self, msg: Some(value), reg: Reg::default() }
+    }
+}
+
+/// A receive in any form (a closure over the `try_` form), as a future: the batch and in-place
+/// forms below. Cancellation safe as [`RecvFuture`] is: each poll takes messages and returns them,
+/// or takes nothing.
+struct RecvOp<'a, H, F> {
+    rx: &'a H,
+    op: F,
+    reg: Reg,
+}
+
+// The closure is called through `&mut`, never pinned.
+impl<H, F> Unpin for RecvOp<'_, H, F> {}
+
+impl<H: Handle, F: FnMut(&H) -> Result<T, TryRecvError>, T> Future for RecvOp<'_, H, F> {
+    type Output = Result<T, RecvError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let out = match (this.op)(this.rx) {
+            Ok(v) => Ok(v),
+            Err(TryRecvError::Disconnected) => Err(RecvError::Disconnected),
+            Err(TryRecvError::Broken(b)) => Err(RecvError::Broken(b)),
+            Err(TryRecvError::Empty) => {
+                let core = this.rx.handle_ref().core;
+                let (interest, deadline) = if core.recv_ready(false) {
+                    (Interest::Timer, Some(Deadline::after(CONTENTION_RETRY)))
+                } else {
+                    (Interest::Recv, None)
+                };
+                this.reg.register(core, interest, deadline, cx.waker());
+                return Poll::Pending;
+            }
+        };
+        this.reg.done();
+        Poll::Ready(out)
+    }
+}
+
+impl super::Receiver {
+    /// [`recv_with`](Self::recv_with) without blocking the thread (feature `tokio`): hands the
+    /// next message to `f` in place, then removes it. Dropped before completion, `f` never ran and
+    /// no message was taken.
+    pub fn recv_with_async<'a, R: 'a>(
+        &'a self,
+        f: impl FnOnce(&[u8]) -> R + 'a,
+    ) -> impl Future<Output = Result<R, RecvError>> + 'a {
+        let mut f = Some(f);
+        RecvOp {
+            rx: self,
+            op: move |rx: &super::Receiver| {
+                // `f` is only taken when a message is handed over (once: the future is then done).
+                assert!(f.is_some(), "a recv_with_async future was polled after it completed (the caller's bug)");
+                rx.try_recv_with(|m| f.take().map(|f| f(m)))
+                    .map(|r| r.expect("recv_with_async: the closure is called once"))
+            },
+            reg: Reg::default(),
+        }
+    }
+
+    /// [`recv_many`](Self::recv_many) without blocking the thread (feature `tokio`): waits for at
+    /// least one message, then hands up to `max` to `f` in place; answers how many.
+    pub fn recv_many_async<'a>(
+        &'a self,
+        max: usize,
+        mut f: impl FnMut(&[u8]) + 'a,
+    ) -> impl Future<Output = Result<usize, RecvError>> + 'a {
+        RecvOp { rx: self, op: move |rx: &super::Receiver| rx.try_recv_many(max, &mut f), reg: Reg::default() }
+    }
+}
+
+impl<T: Pod> super::queue::Receiver<T> {
+    /// [`recv_many`](Self::recv_many) without blocking the thread (feature `tokio`): waits for at
+    /// least one value, then moves up to `out.len()` (at most 1024) into `out`; answers how many.
+    pub fn recv_many_async<'a>(&'a self, out: &'a mut [T]) -> impl Future<Output = Result<usize, RecvError>> + 'a {
+        RecvOp { rx: self, op: move |rx: &Self| rx.try_recv_many(&mut *out), reg: Reg::default() }
     }
 }
 
