@@ -371,3 +371,49 @@ impl<'a> Select<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Ring;
+    use crate::queue::Queue;
+
+    /// Without `futex_waitv` the select sleeps on one ring's word at a time in short slices: a
+    /// message into any ring, the one it does not sleep on included, is still seen.
+    #[test]
+    fn the_fallback_without_futex_waitv_still_sees_every_ring() {
+        crate::sys::waitv::pretend_unsupported(true);
+        let rings: Vec<Ring> = (0..3).map(|_| Ring::builder().capacity(4096).anonymous().unwrap()).collect();
+        let q = Queue::<u32>::builder().slots(4).anonymous().unwrap();
+        let rxs: Vec<_> = rings.iter().map(|r| r.receiver().unwrap()).collect();
+        let txs: Vec<_> = rings.iter().map(|r| r.sender().unwrap()).collect();
+        let (qtx, qrx) = (q.sender().unwrap(), q.receiver().unwrap());
+        let mut sel = Select::new();
+        for rx in &rxs {
+            sel.recv(rx);
+        }
+        let qi = sel.recv(&qrx);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for (k, tx) in txs.iter().enumerate().rev() {
+                    std::thread::sleep(Duration::from_millis(10));
+                    tx.send([k as u8]).unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                qtx.send(7).unwrap();
+            });
+            let mut seen = Vec::new();
+            while seen.len() < 4 {
+                let i = sel.ready_timeout(Duration::from_secs(10)).expect("the fallback missed a message");
+                if i == qi {
+                    assert_eq!(qrx.try_recv().unwrap(), 7);
+                } else {
+                    assert_eq!(rxs[i].try_recv().unwrap(), [i as u8]);
+                }
+                seen.push(i);
+            }
+            assert_eq!(seen, [2, 1, 0, qi]);
+        });
+        crate::sys::waitv::pretend_unsupported(false);
+    }
+}

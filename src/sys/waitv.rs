@@ -53,6 +53,17 @@ pub(crate) fn waitv_unsupported() -> bool {
     UNSUPPORTED.load(Ordering::Relaxed)
 }
 
+#[cfg(test)]
+thread_local! {
+    static PRETEND_UNSUPPORTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Test support: this thread behaves as on a kernel without `futex_waitv` (`true`), or not.
+#[cfg(test)]
+pub(crate) fn pretend_unsupported(yes: bool) {
+    PRETEND_UNSUPPORTED.with(|p| p.set(yes));
+}
+
 /// Sleeps on every word of `entries` until one is woken or differs from its expected value, or
 /// until `deadline` (absolute, CLOCK_MONOTONIC).
 ///
@@ -61,6 +72,10 @@ pub(crate) fn waitv_unsupported() -> bool {
 /// reference that outlives this call). The kernel only reads the words.
 pub(crate) unsafe fn futex_waitv(entries: &[WaitvEntry], deadline: Deadline) -> WaitV {
     if entries.is_empty() || entries.len() > WAITV_MAX || waitv_unsupported() {
+        return WaitV::Unsupported;
+    }
+    #[cfg(test)]
+    if PRETEND_UNSUPPORTED.with(|p| p.get()) {
         return WaitV::Unsupported;
     }
     if deadline.passed() {
