@@ -333,7 +333,18 @@ impl<T: Pod> AsyncSend<T> for super::queue::Sender<T> {
 }
 
 /// The future of `recv_async`: a message (or value), or why there will be none. Cancellation
-/// safe: dropping it loses no message.
+/// safe: dropping it loses no message (each poll either takes a message and returns it, or takes
+/// nothing).
+///
+/// How it wakes: a poll that finds the ring empty registers the task's [`Waker`] with the
+/// process's one waker thread (started on first use, named `ringpool-waker`), which announces
+/// itself on the event count of every ring some task waits on and sleeps on all of their futex
+/// words at once (`futex_waitv`, Linux 5.16+; older kernels: one word at a time in 1 ms slices).
+/// A sender in any process that publishes wakes it as it would wake a blocked `recv`, and it
+/// wakes the tasks of the rings that are ready. It also looks for dead peers every 50 ms, as a
+/// blocked receiver does, so a task whose senders all died answers `Disconnected`. No task polls
+/// in a loop and no thread blocks per task. The thread makes the process multi-threaded: fork
+/// children before the first async operation, or start them by spawning.
 #[must_use = "futures do nothing unless awaited"]
 #[derive(Debug)]
 pub struct RecvFuture<'a, R: AsyncRecv> {
