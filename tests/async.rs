@@ -220,6 +220,60 @@ fn a_task_waiting_on_a_ring_whose_sender_died_is_woken() {
 }
 
 #[test]
+fn ring_send_async_waits_for_room_that_another_process_frees() {
+    let _g = lock();
+    const TASKS: u64 = 40;
+    const EACH: u64 = 50;
+    let ring = Ring::builder().capacity(1024).anonymous().unwrap();
+    let rx = ring.receiver().unwrap();
+    let mut child = fork(move || {
+        let mut seen = HashSet::new();
+        loop {
+            match rx.recv_timeout(LONG) {
+                Ok(m) => {
+                    assert_eq!(m.len(), 100, "child: a message of the wrong length");
+                    let text = String::from_utf8(m[..20].to_vec()).unwrap();
+                    let (t, j) = text.trim_end().split_once(':').unwrap();
+                    let (t, j): (u64, u64) = (t.parse().unwrap(), j.parse().unwrap());
+                    assert!(m[20..].iter().all(|&b| b == (t + j) as u8), "child: a corrupted message");
+                    assert!(seen.insert((t, j)), "child: ({t}, {j}) twice");
+                    // Slow enough that the senders find the ring full.
+                    if seen.len() % 100 == 0 {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+                Err(ringpool::ring::RecvTimeoutError::Disconnected) => break,
+                Err(e) => panic!("child: {e}"),
+            }
+        }
+        assert_eq!(seen.len() as u64, TASKS * EACH, "child: every message once");
+    });
+    let tx = Arc::new(ring.sender().unwrap());
+    drop(ring);
+    let rt = runtime();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    for j in 0..EACH {
+                        let mut m = format!("{t}:{j}").into_bytes();
+                        m.resize(20, b' ');
+                        m.resize(100, (t + j) as u8);
+                        timeout(LONG, tx.send_async(m)).await.expect("send_async timed out").expect("send");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            timeout(LONG, t).await.expect("task timed out").expect("task panicked");
+        }
+    });
+    drop(tx);
+    assert!(child.join_timeout(LONG).unwrap().success(), "the child saw every message");
+}
+
+#[test]
 fn batch_and_in_place_forms_wait_then_take() {
     let ring = Ring::builder().capacity(1 << 14).anonymous().unwrap();
     let queue = Queue::<u64>::builder().slots(64).anonymous().unwrap();

@@ -318,17 +318,26 @@ impl<T: Pod> AsyncRecv for super::queue::Receiver<T> {
 pub trait AsyncSend<M>: Handle {
     #[doc(hidden)]
     fn try_send_op(&self, msg: M) -> Result<(), TrySendError<M>>;
+    /// Room `msg` needs (bytes of record and marker, or slots).
+    #[doc(hidden)]
+    fn send_need(&self, msg: &M) -> u64;
 }
 
 impl<M: AsRef<[u8]>> AsyncSend<M> for super::Sender {
     fn try_send_op(&self, msg: M) -> Result<(), TrySendError<M>> {
         self.try_send(msg)
     }
+    fn send_need(&self, msg: &M) -> u64 {
+        super::records::room_needed(msg.as_ref().len())
+    }
 }
 
 impl<T: Pod> AsyncSend<T> for super::queue::Sender<T> {
     fn try_send_op(&self, msg: T) -> Result<(), TrySendError<T>> {
         self.try_send(msg)
+    }
+    fn send_need(&self, _: &T) -> u64 {
+        1
     }
 }
 
@@ -399,6 +408,7 @@ impl<S: AsyncSend<M>, M> Future for SendFuture<'_, S, M> {
             panic!("a SendFuture was polled after it completed (the caller's bug)");
         };
         let core = this.tx.handle_ref().core;
+        let need = this.tx.send_need(&msg);
         let head = core.ctrl().head.load(Ordering::Acquire);
         let out = match this.tx.try_send_op(msg) {
             Ok(()) => Ok(()),
@@ -413,7 +423,7 @@ impl<S: AsyncSend<M>, M> Future for SendFuture<'_, S, M> {
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
-                let (interest, deadline) = if core.send_ready(core.min_send_need(), false) {
+                let (interest, deadline) = if core.send_ready(need, false) {
                     (Interest::Timer, Some(Deadline::after(CONTENTION_RETRY)))
                 } else {
                     (Interest::Send { head }, None)
