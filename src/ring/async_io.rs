@@ -164,7 +164,17 @@ impl Reactor {
         }
         if !st.thread_started {
             st.thread_started = true;
-            let spawned = std::thread::Builder::new().name("ringpool-waker".into()).spawn(move || self.run());
+            let spawned = std::thread::Builder::new().name("ringpool-waker".into()).spawn(move || {
+                // Should the thread ever panic, nobody may wait for it: every task is woken, and
+                // later registrations wake their tasks at once (a poll loop, never a hang).
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run())).is_err() {
+                    let mut st = self.lock();
+                    st.no_thread = true;
+                    let wake: Vec<Waker> = st.regs.drain().map(|(_, r)| r.waker).collect();
+                    drop(st);
+                    wake.into_iter().for_each(Waker::wake);
+                }
+            });
             if spawned.is_err() {
                 st.no_thread = true;
                 drop(st);
