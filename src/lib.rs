@@ -28,6 +28,7 @@ mod sys;
 #[cfg(ringpool_model)]
 #[doc(hidden)]
 pub use sys::model;
+mod trace;
 
 pub mod segment;
 pub mod sync;

@@ -266,6 +266,7 @@ impl Engine {
             // held by a thread it lacks. The worker forgets the ring handles it inherits and
             // uses only its clones of the pool's own mappings.
             let process = unsafe { builder.forget_ring_handles().fork_unchecked(move || worker::run_forked(setup)) }?;
+            crate::trace::event!(info, pid = process.pid(), spawned = false, "pool worker started");
             self.workers.push(Worker { process });
             return Ok(());
         }
@@ -289,6 +290,7 @@ impl Engine {
         let fds = [self.slots.fd(), self.tasks.fd(), self.results.fd(), self.errors.fd()];
         let process =
             builder.start_method(StartMethod::Spawn).spawn_raw(worker::start, bytemuck::bytes_of(&arg), &fds)?;
+        crate::trace::event!(info, pid = process.pid(), spawned = true, "pool worker started");
         self.workers.push(Worker { process });
         Ok(())
     }
@@ -670,10 +672,12 @@ impl Engine {
                 self.stats.workers_died += 1;
             }
             self.handle_exit(pid, status);
+            crate::trace::event!(warn, pid, status = %status, died = !status.success(), "pool worker ended");
             if !self.terminated && (!self.closed || self.tasks_tx.is_some()) {
                 // A replacement; if it cannot start now, the next check tries again.
                 if let Ok(fork) = self.fork_now() {
                     let _ = self.start_worker(fork);
+                    crate::trace::event!(info, replaced = pid, "pool worker replaced");
                 }
             }
         }
@@ -794,5 +798,11 @@ impl Engine {
             }
         }
         self.outbox.clear();
+    }
+
+    /// Hook for the async futures (pool/future.rs): the results queue's mapping, to wait on.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn results_core(&self) -> &std::sync::Arc<crate::ring::Core> {
+        self.results_rx.core_arc()
     }
 }

@@ -258,3 +258,101 @@ pub fn wait<R: Pod + Send>(futures: &[Future<R>], timeout: Duration) -> (Vec<usi
         let _ = f.shared.lock().pump(left.min(PUMP_WAIT));
     }
 }
+
+// ----- async: a task's result as a `std::future::Future` (feature `tokio`) ----------------------
+
+/// A pool task's result as a [`std::future::Future`] (feature `tokio`): what `.await` on a
+/// [`Future`] gives, through [`IntoFuture`](std::future::IntoFuture).
+///
+/// Polling drives the pool without waiting (takes results off the result queue, dispatches
+/// pending tasks, replaces dead workers); while the result is not there, the task sleeps on the
+/// result queue through the waker thread of the ring's async operations (see
+/// [`ring::RecvFuture`](crate::ring::RecvFuture)), and looks again at least every 50 ms (results
+/// another thread took for it, worker deaths). No thread blocks for it.
+///
+/// ```
+/// fn double(x: &u64) -> u64 {
+///     x * 2
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = ringpool::Pool::new(2)?;
+/// let answer = pool.submit(double, 21)?.await?;
+/// assert_eq!(answer, 42);
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "tokio")]
+pub struct AsyncTask<R> {
+    inner: Future<R>,
+    core: Arc<crate::ring::Core>,
+    wait: crate::ring::AsyncWait,
+}
+
+#[cfg(feature = "tokio")]
+impl<R> std::fmt::Debug for AsyncTask<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncTask").field("id", &self.inner.id).finish()
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<R: Pod + Send> std::future::IntoFuture for Future<R> {
+    type Output = Result<R, TaskError>;
+    type IntoFuture = AsyncTask<R>;
+
+    fn into_future(self) -> AsyncTask<R> {
+        let core = self.shared.lock().results_core().clone();
+        AsyncTask { inner: self, core, wait: Default::default() }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<R: Pod + Send> std::future::Future for AsyncTask<R> {
+    type Output = Result<R, TaskError>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        use crate::sys::Deadline;
+        use std::task::Poll;
+        let this = self.get_mut();
+        let mut e = match this.inner.shared.engine.try_lock() {
+            Ok(e) => e,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            // Another thread drives the pool right now: look again shortly.
+            Err(std::sync::TryLockError::WouldBlock) => {
+                this.wait.at(&this.core, Deadline::after(Duration::from_millis(1)), cx.waker());
+                return Poll::Pending;
+            }
+        };
+        let job = this.inner.job;
+        let taken = |e: &mut super::engine::Engine| e.sink::<FutureSink<R>>(job).map(|s| s.result.clone());
+        let result = match taken(&mut e) {
+            None => Some(Err(TaskError::Pool("the future's task is unknown to its pool".to_owned()))),
+            Some(Some(r)) => Some(r),
+            Some(None) => match e.pump(Duration::ZERO) {
+                Err(err) => Some(Err(TaskError::Pool(err.to_string()))),
+                Ok(n) => {
+                    let r = taken(&mut e).flatten();
+                    drop(e);
+                    if n > 0 {
+                        // Results of other futures may have come with ours: let them look.
+                        this.wait.done();
+                        this.wait.wake_others(&this.core);
+                    }
+                    r
+                }
+            },
+        };
+        match result {
+            Some(r) => {
+                this.wait.done();
+                Poll::Ready(r)
+            }
+            None => {
+                this.wait.on_recv(&this.core, Deadline::after(Duration::from_millis(50)), cx.waker());
+                Poll::Pending
+            }
+        }
+    }
+}

@@ -370,6 +370,18 @@ impl Drop for Receiver {
     }
 }
 
+// Hooks for select and async (ring/select.rs, ring/async_io.rs): the mapping under a handle.
+impl Sender {
+    pub(crate) fn core_arc(&self) -> &Arc<Core> {
+        &self.core
+    }
+}
+impl Receiver {
+    pub(crate) fn core_arc(&self) -> &Arc<Core> {
+        &self.core
+    }
+}
+
 impl Sender {
     /// Sends a message, waiting for room. Fails, handing the message back, if every receiver is
     /// gone, if it is longer than [`Ring::max_message_len`], or if the ring is broken.

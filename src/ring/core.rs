@@ -270,7 +270,7 @@ impl Core {
         repair: impl FnOnce() -> Result<(), &'static str>,
     ) -> Result<RobustMutexGuard<'a>, Fail> {
         side.recoveries.fetch_add(1, Ordering::Relaxed);
-        match repair() {
+        match crate::trace::repair_outcome(self.cfg.ring_id, repair()) {
             Ok(()) => {
                 guard.mark_consistent();
                 Ok(guard)

@@ -24,6 +24,8 @@
 
 #[cfg(feature = "archive")]
 pub mod archive;
+#[cfg(feature = "tokio")]
+mod async_io;
 mod bytes;
 mod control;
 pub(crate) mod core;
@@ -34,6 +36,7 @@ pub mod iter;
 mod membership;
 pub mod queue;
 mod records;
+mod select;
 mod slice;
 mod wait;
 
@@ -42,6 +45,10 @@ use std::time::Duration;
 
 pub(crate) use self::core::{Core, Role};
 pub(crate) use self::wait::Wait;
+#[cfg(feature = "tokio")]
+pub(crate) use async_io::AsyncWait;
+#[cfg(feature = "tokio")]
+pub use async_io::{AsyncRecv, AsyncSend, RecvFuture, SendFuture};
 pub use bytes::{ReadGuard, Receiver, Ring, RingBuilder, Sender, WriteGuard};
 pub(crate) use bytes::{init as init_config, ring_id};
 pub(crate) use control::{Config, FORMAT_BYTES, FORMAT_SLOTS, MAX_MEMBERS, data_offset};
@@ -51,6 +58,7 @@ pub use error::{
 };
 pub use iter::ring_iter::{IntoIter, Iter, TryIter};
 pub(crate) use records::prefetch_write;
+pub use select::{ReadyTimeoutError, Select, SelectRecv, SelectSend, TryReadyError};
 pub use slice::RecvIntoSliceError;
 
 /// Counters of a ring since its creation (a snapshot; not exact after a member died mid-update).

@@ -484,6 +484,22 @@ impl<T> Drop for Receiver<T> {
     }
 }
 
+// Hooks for select and async (ring/select.rs, ring/async_io.rs): the mapping under a handle, and
+// whether slot `i` is published.
+impl<T> Sender<T> {
+    pub(crate) fn core_arc(&self) -> &Arc<Core> {
+        &self.core
+    }
+}
+impl<T> Receiver<T> {
+    pub(crate) fn core_arc(&self) -> &Arc<Core> {
+        &self.core
+    }
+}
+pub(crate) fn slot_published(core: &Core, i: u64) -> Result<bool, &'static str> {
+    core.probe_slot(i)
+}
+
 #[inline(always)]
 fn bump(counter: &AtomicU64, by: u64) {
     counter.store(counter.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);

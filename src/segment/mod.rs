@@ -702,6 +702,7 @@ impl Drop for InodeLock<'_> {
 }
 
 fn unlink_backend(backend: &Backend) -> Result<(), Errno> {
+    crate::trace::event!(debug, segment = ?backend, "segment name removed");
     match backend {
         Backend::Named(name) => nix::sys::mman::shm_unlink(format!("/{name}").as_str()),
         Backend::File(path) => {

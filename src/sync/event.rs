@@ -80,6 +80,12 @@ impl EventCount {
     pub fn waiters(&self) -> u32 {
         self.waiters.load(Ordering::Relaxed)
     }
+
+    /// The sequence word and the value a prepared wait sleeps on, for waiting on many event counts
+    /// at once (`futex_waitv`); the announcement is withdrawn with [`cancel`](Self::cancel).
+    pub(crate) fn wait_word(&self, key: WaitKey) -> (&AtomicU32, u32) {
+        (&self.seq, key.0)
+    }
 }
 
 /// The StoreLoad barrier a notifier needs between publishing and reading the waiter count, when it

@@ -15,6 +15,7 @@ pub mod liveness;
 #[cfg(ringpool_model)]
 pub mod model;
 mod pid;
+pub(crate) mod waitv;
 
 pub use pid::{current_pid, fork_generation};
 
