@@ -55,3 +55,8 @@ pub use crate::ring::{Ring, RingBuilder};
 pub use crate::segment::{OpenMode, Segment, SegmentError};
 pub use crate::sync::SpinPolicy;
 pub use bytemuck::{Pod, Zeroable};
+
+/// The README's code, compiled as doc tests so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
