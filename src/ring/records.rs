@@ -243,7 +243,9 @@ pub(crate) fn prefetch_write(p: *const u8) {
 #[cfg(target_arch = "x86_64")]
 #[cfg_attr(miri, allow(dead_code, reason = "Miri runs no CPUID"))]
 fn has_prefetchw() -> bool {
-    use crate::sys::atomic::AtomicU8;
+    // A process-local cache, not a word in shared memory: std's atomics, not the model seam's (a
+    // model hook here would make the first model execution differ from the others).
+    use std::sync::atomic::{AtomicU8, Ordering};
     static HAS: AtomicU8 = AtomicU8::new(0);
     match HAS.load(Ordering::Relaxed) {
         1 => true,
