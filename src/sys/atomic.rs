@@ -9,7 +9,7 @@
 //! module.
 
 #[cfg(not(ringpool_model))]
-pub(crate) use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering, compiler_fence};
+pub(crate) use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, compiler_fence};
 
 #[cfg(ringpool_model)]
 pub(crate) use model_types::*;

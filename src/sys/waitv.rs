@@ -6,7 +6,7 @@
 //! (`ENOSYS`), [`futex_waitv`] answers [`WaitV::Unsupported`] and the caller falls back to sleeping
 //! on one word in short slices.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Deadline, Errno, cvt};
 
@@ -29,7 +29,7 @@ pub(crate) struct WaitvEntry {
 
 impl WaitvEntry {
     /// Sleep while `*word == expected`.
-    pub(crate) fn new(word: &AtomicU32, expected: u32) -> WaitvEntry {
+    pub(crate) fn new(word: &crate::sys::atomic::AtomicU32, expected: u32) -> WaitvEntry {
         WaitvEntry { val: u64::from(expected), uaddr: word.as_ptr() as u64, flags: FUTEX2_SIZE_U32, reserved: 0 }
     }
 }
@@ -118,6 +118,7 @@ pub(crate) unsafe fn futex_waitv(entries: &[WaitvEntry], deadline: Deadline) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sys::atomic::AtomicU32;
     use std::time::Duration;
 
     #[test]
