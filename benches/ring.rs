@@ -420,6 +420,11 @@ struct RingPingPong {
 
 impl RingPingPong {
     fn new(spin: SpinPolicy) -> RingPingPong {
+        RingPingPong::with_cpu(spin, cpu(1))
+    }
+
+    /// The echo pinned to `echo_cpu` (the measuring process stays where it is).
+    fn with_cpu(spin: SpinPolicy, echo_cpu: Option<usize>) -> RingPingPong {
         let there = Ring::builder().capacity(4096).spin(spin).anonymous().expect("ring");
         let back = Ring::builder().capacity(4096).spin(spin).anonymous().expect("ring");
         let tx = there.sender().expect("sender");
@@ -427,7 +432,7 @@ impl RingPingPong {
         let peer_rx = there.receiver().expect("receiver");
         let peer_tx = back.sender().expect("sender");
         let mut expected = 0u64;
-        let peer = Peer::start("echo", cpu(1), SpinPolicy::busy(), true, move |n| {
+        let peer = Peer::start("echo", echo_cpu, SpinPolicy::busy(), true, move |n| {
             for _ in 0..n {
                 let v = peer_rx.recv_with(seq_of).unwrap_or_else(|e| panic!("echo: recv: {e}"));
                 assert_eq!(v, expected, "echo: ping out of sequence");
@@ -520,11 +525,140 @@ fn pingpong(c: &mut Criterion) {
     group.finish();
 }
 
-/// Runs the four groups, as `criterion_group!` and `criterion_main!` would (without their
+// ----- 5. the typed queue against the byte ring -----------------------------------------------------
+
+/// How the typed bench moves its `[u8; N]` messages.
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    /// `Ring`: `send(&[u8])`, `recv_with` reading in place.
+    Ring,
+    /// `Queue<[u8; N]>`: `send(value)`, `recv() -> value`.
+    QueueByValue,
+}
+
+/// One producer (the measuring process) to one consumer process, `[u8; N]` messages, about 1 MiB of
+/// storage either way (a `Ring` of 1 MiB, or a `Queue` of 1 MiB of slots).
+struct Typed<const N: usize> {
+    path: Path,
+    ring_tx: Option<ring::Sender>,
+    queue_tx: Option<queue::Sender<[u8; N]>>,
+    peer: Peer,
+    buf: Box<[u8; N]>,
+    seq: u64,
+}
+
+impl<const N: usize> Typed<N>
+where
+    [u8; N]: ringpool::Pod,
+{
+    fn new(path: Path) -> Typed<N> {
+        let mut expected = 0u64;
+        let name = format!("typed-{N}B-{path:?}");
+        let (ring_tx, queue_tx, peer) = match path {
+            Path::Ring => {
+                let r = Ring::builder().capacity(1 << 20).anonymous().expect("ring");
+                let tx = r.sender().expect("sender");
+                let rx = r.receiver().expect("receiver");
+                let peer = Peer::start(name, cpu(1), SpinPolicy::busy(), true, move |n| {
+                    for _ in 0..n {
+                        if let Err(e) = rx.recv_with(|m| check(m, N, expected)) {
+                            panic!("consumer: recv: {e}");
+                        }
+                        expected += 1;
+                    }
+                    expected
+                });
+                (Some(tx), None, peer)
+            }
+            _ => {
+                let slots = ((1usize << 20) / (N + 8)).next_power_of_two();
+                let q = Queue::<[u8; N]>::builder().slots(slots).anonymous().expect("queue");
+                let tx = q.sender().expect("sender");
+                let rx = q.receiver().expect("receiver");
+                let peer = Peer::start(name, cpu(1), SpinPolicy::busy(), true, move |n| {
+                    for _ in 0..n {
+                        match path {
+                            Path::QueueByValue => match rx.recv() {
+                                Ok(v) => check(&v[..], N, expected),
+                                Err(e) => panic!("consumer: recv: {e}"),
+                            },
+                            Path::Ring => unreachable!(),
+                        }
+                        expected += 1;
+                    }
+                    expected
+                });
+                (None, Some(tx), peer)
+            }
+        };
+        Typed { path, ring_tx, queue_tx, peer, buf: Box::new([0; N]), seq: 0 }
+    }
+
+    fn run(&mut self, iters: u64) -> Duration {
+        self.peer.command(iters);
+        self.peer.ready();
+        let t = Instant::now();
+        for _ in 0..iters {
+            fill(&mut self.buf[..], self.seq);
+            let sent = match (self.path, &self.ring_tx, &self.queue_tx) {
+                (Path::Ring, Some(tx), _) => tx.send(&self.buf[..]).is_ok(),
+                (Path::QueueByValue, _, Some(tx)) => tx.send(*self.buf).is_ok(),
+                _ => unreachable!("the rig was built for its path"),
+            };
+            if !sent {
+                self.peer.failed("receiving");
+            }
+            self.seq += 1;
+        }
+        let received_up_to = self.peer.reply();
+        let elapsed = t.elapsed();
+        assert_eq!(received_up_to, self.seq, "consumer's count");
+        elapsed
+    }
+}
+
+fn typed(c: &mut Criterion) {
+    pin(cpu(0));
+    let mut group = c.benchmark_group("typed");
+    group.throughput(Throughput::Elements(1));
+    for path in [Path::Ring, Path::QueueByValue] {
+        let id = BenchmarkId::new("8B", format!("{path:?}"));
+        bench_rig(&mut group, id, move || Typed::<8>::new(path), Typed::run);
+    }
+    for path in [Path::Ring, Path::QueueByValue] {
+        let id = BenchmarkId::new("1KiB", format!("{path:?}"));
+        bench_rig(&mut group, id, move || Typed::<1024>::new(path), Typed::run);
+    }
+    group.finish();
+}
+
+// ----- 6. one CPU shared by both ends ----------------------------------------------------------------
+
+/// Ping-pong with both processes on one CPU (the first this process may use), default spin policy:
+/// the case where a waiter that spins burns the time slice its peer needs.
+fn one_cpu(c: &mut Criterion) {
+    let mut group = c.benchmark_group("one_cpu");
+    let first = cpu(0);
+    pin(first);
+    let mk = move |spin| RingPingPong::with_cpu(spin, first);
+    bench_rig(
+        &mut group,
+        BenchmarkId::new("pingpong_8B", "default"),
+        move || mk(SpinPolicy::default()),
+        RingPingPong::run,
+    );
+    bench_rig(&mut group, BenchmarkId::new("pingpong_8B", "park"), move || mk(SpinPolicy::park()), RingPingPong::run);
+    group.finish();
+}
+
+/// Runs the groups, as `criterion_group!` and `criterion_main!` would (without their
 /// undocumented `pub fn`). The settings are made before the command line is read, so that
 /// `--warm-up-time`, `--measurement-time`, `--sample-size` and `--quick` override them (settings made
 /// on a group would override the command line). 22 benchmarks of 2 + 8 s: about 4.5 minutes.
 fn main() {
+    if let Ok(mode) = std::env::var("RING_CALLGRIND") {
+        return callgrind_loop(&mode);
+    }
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(8))
@@ -534,5 +668,30 @@ fn main() {
     batch(&mut c);
     mpmc(&mut c);
     pingpong(&mut c);
+    typed(&mut c);
+    one_cpu(&mut c);
     c.final_summary();
+}
+
+/// A one-process loop for instruction counts under callgrind (`RING_CALLGRIND=<mode>:<n>`, e.g.
+/// `valgrind --tool=callgrind target/release/deps/ring-* ` with `send:100000`): `n` times one 8-byte
+/// `send` and one `recv_with` checking it, on one ring in this process. Run it with two counts and
+/// take the difference over the difference of counts: the instructions of one send and one
+/// receive, without the setup. Not a criterion bench: it times nothing.
+fn callgrind_loop(spec: &str) {
+    let (mode, n) = spec.split_once(':').unwrap_or((spec, "100000"));
+    let n: u64 = n.parse().expect("RING_CALLGRIND=<mode>:<count>");
+    let r = Ring::builder().capacity(1 << 16).anonymous().expect("ring");
+    match mode {
+        "send" => {
+            let tx = r.sender().expect("sender");
+            let rx = r.receiver().expect("receiver");
+            for seq in 0..n {
+                tx.send(seq.to_le_bytes()).expect("send");
+                let got = rx.recv_with(seq_of).expect("recv");
+                assert_eq!(got, seq);
+            }
+        }
+        other => panic!("unknown RING_CALLGRIND mode {other}"),
+    }
 }
