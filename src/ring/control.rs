@@ -6,7 +6,7 @@
 //! | line | written by | read by |
 //! | --- | --- | --- |
 //! | `config` | the creator, once | everyone, once at open (then a local copy is used) |
-//! | `send` | senders, under the send lock | senders |
+//! | `send` | senders, under the send lock (`sticky`: also waiting senders) | senders (`sticky`: waiting receivers) |
 //! | `recv` | receivers, under the receive lock | receivers |
 //! | `tail` | senders, under the send lock | receivers, only when the ring looks empty |
 //! | `head` | receivers, under the receive lock | senders, only when the ring looks full |
@@ -68,7 +68,11 @@ pub(crate) struct Config {
 pub(crate) struct Side {
     /// Senders: the send lock. Receivers: the receive lock.
     pub lock: RobustMutex,
-    _pad: u32,
+    /// The owner token of a solo handle that keeps `lock` held across operations (0: none), with
+    /// [`STICKY_WANTED`] set by a member that waits for the lock. While it is non-zero, this side
+    /// publishes without a locked instruction, and a waiter for this side's event runs an
+    /// asymmetric fence before it sleeps (see `ring/core.rs`, "Solo handles").
+    pub sticky: AtomicU32,
     /// Senders: the last head they read (never ahead of the real head). Receivers: unused.
     pub cached: AtomicU64,
     /// Messages sent (or received), updated under the lock.
@@ -80,6 +84,9 @@ pub(crate) struct Side {
     /// Times this side's lock was taken over from a dead owner.
     pub recoveries: AtomicU64,
 }
+
+/// Bit of [`Side::sticky`]: another member waits for the lock the solo handle keeps.
+pub(crate) const STICKY_WANTED: u32 = 1 << 31;
 
 /// Ring-wide membership facts.
 #[repr(C)]

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 pub(crate) use self::core::{Core, Role};
 pub(crate) use self::wait::Wait;
-pub use bytes::{ReadGuard, Receiver, Ring, RingBuilder, Sender, WriteGuard};
+pub use bytes::{ReadGuard, Receiver, Ring, RingBuilder, Sender, SoloReceiver, SoloSender, WriteGuard};
 pub(crate) use bytes::{init as init_config, ring_id};
 pub(crate) use control::{Config, FORMAT_BYTES, FORMAT_SLOTS, MAX_MEMBERS, data_offset};
 pub(crate) use error::Fail;
