@@ -447,6 +447,9 @@ fn sigkill_storm_ring() {
         spawn(move || {
             let mut rng = storm_child_setup(p);
             let tx = ring.sender().unwrap();
+            // Odd producers send their single messages through a solo sender (the lock kept
+            // between sends), beside the ordinary handle's other operations.
+            let mut solo = (p % 2 == 1).then(|| ring.solo_sender().unwrap());
             let who = format!("ring producer {p}");
             let mut buf = Vec::new();
             while !b.stopped() {
@@ -456,7 +459,10 @@ fn sigkill_storm_ring() {
                 let sent = match op {
                     0 => {
                         message(p as u32, seq0, 2000, &mut buf);
-                        tx.send_timeout(&buf, STORM_WAIT).map(|()| 1).map_err(|e| e.to_string())
+                        match solo.as_mut() {
+                            Some(s) => s.send_timeout(&buf, STORM_WAIT).map(|()| 1).map_err(|e| e.to_string()),
+                            None => tx.send_timeout(&buf, STORM_WAIT).map(|()| 1).map_err(|e| e.to_string()),
+                        }
                     }
                     1 => {
                         message(p as u32, seq0, 2000, &mut buf);
@@ -520,6 +526,8 @@ fn sigkill_storm_ring() {
         spawn(move || {
             let mut rng = storm_consumer_setup(b, c, false);
             let rx = ring.receiver().unwrap();
+            // Odd consumers take op 2 through a solo receiver (the lock kept between receives).
+            let mut solo = (c % 2 == 1).then(|| ring.solo_receiver().unwrap());
             let mut last = [None::<u64>; STORM_SLOTS];
             let id = |m: &[u8]| match check_message(m) {
                 Ok((p, seq)) => (u64::from(p), seq),
@@ -533,7 +541,10 @@ fn sigkill_storm_ring() {
                 let r = match op {
                     0 => rx.try_recv().map_err(as_timeout).map(|m| vec![id(&m)]),
                     1 => rx.recv_timeout(STORM_WAIT).map(|m| vec![id(&m)]),
-                    2 => rx.recv_with_timeout(STORM_WAIT, |m| vec![id(m)]),
+                    2 => match solo.as_mut() {
+                        Some(s) => s.recv_with_timeout(STORM_WAIT, |m| vec![id(m)]),
+                        None => rx.recv_with_timeout(STORM_WAIT, |m| vec![id(m)]),
+                    },
                     3 => {
                         let mut got = Vec::new();
                         rx.recv_many_timeout(1 + rng.below(32) as usize, STORM_WAIT, |m| got.push(id(m))).map(|_| got)

@@ -328,6 +328,22 @@ impl Core {
         if guard.owner_died() { self.recovered(side, guard, repair) } else { Ok(guard) }
     }
 
+    /// A hold kept by a solo handle of this very thread would be waited for for ever (the thread
+    /// is here, not in that handle's next operation): give it up on the handle's behalf. The
+    /// handle finds out at its next operation (its `kept` entry is gone).
+    fn release_own_thread_hold(&self, side: &Side, token: OwnerToken) {
+        let kept = self.kept_of(side);
+        let id = kept[0].load(Ordering::Relaxed);
+        if id != 0
+            && kept[1].load(Ordering::Relaxed) == thread_id()
+            && side.sticky.load(Ordering::Relaxed) & !STICKY_WANTED == token.get()
+            && kept[0].compare_exchange(id, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            side.sticky.store(0, Ordering::Release);
+            side.lock.release_kept(token);
+        }
+    }
+
     /// Which `kept` entry is `side`'s.
     fn kept_of(&self, side: &Side) -> &[AtomicU64; 2] {
         &self.kept[usize::from(!std::ptr::eq(side, &*self.ctrl().send))]
@@ -344,19 +360,7 @@ impl Core {
         wait: Wait,
     ) -> Result<RobustMutexGuard<'a>, Fail> {
         loop {
-            // A hold kept by a solo handle of this very thread would be waited for for ever (the
-            // thread is here, not in its next operation): give it up on the handle's behalf. The
-            // handle finds out at its next operation (its `kept` entry is gone).
-            let kept = self.kept_of(side);
-            let id = kept[0].load(Ordering::Relaxed);
-            if id != 0
-                && kept[1].load(Ordering::Relaxed) == thread_id()
-                && side.sticky.load(Ordering::Relaxed) & !STICKY_WANTED == token.get()
-                && kept[0].compare_exchange(id, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-            {
-                side.sticky.store(0, Ordering::Release);
-                side.lock.release_kept(token);
-            }
+            self.release_own_thread_hold(side, token);
             want_sticky(side);
             let slice = match wait.deadline() {
                 Some(d) => d.min_after(STICKY_SLICE),
@@ -374,6 +378,9 @@ impl Core {
     }
 
     fn try_lock_side<'a>(&'a self, side: &'a Side, token: OwnerToken) -> Result<RobustMutexGuard<'a>, Fail> {
+        if side.sticky.load(Ordering::Relaxed) != 0 {
+            self.release_own_thread_hold(side, token);
+        }
         // Another member may be inside a short critical section: spin a little for it.
         let mut spinner = Spinner::new(SpinPolicy::spin_for(Duration::from_micros(2)));
         loop {
