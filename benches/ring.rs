@@ -14,7 +14,13 @@
 //!
 //! - `throughput`: one producer (the measuring process) to one consumer process through a 4 MiB
 //!   [`Ring`] (4 times the largest message); `send` of one message at a time, `recv_with` reading it
-//!   in place; messages of 8 B, 64 B, 1 KiB, 64 KiB and 1 MiB; messages/s.
+//!   in place; messages of 8 B, 64 B, 1 KiB, 64 KiB and 1 MiB; messages/s. `throughput/solo`: the
+//!   same with a `SoloSender` and a `SoloReceiver` (the locks kept between messages), 8 B to 1 KiB.
+//! - `typed`: `[u8; N]` messages, N = 8 and 1024, through a `Ring` (`send`, `recv_with`) and a
+//!   `Queue<[u8; N]>` by value (`send(value)`, `recv()`) and by reference (`send_ref`,
+//!   `recv_into`), about 1 MiB of storage each; messages/s.
+//! - `one_cpu`: the 8-byte ring ping-pong with both processes pinned to one CPU, default and
+//!   parking policies: a waiter that spins there burns its peer's time slice.
 //! - `batch`: 8 B messages in batches of 1, 8, 64 and 256, through a [`Ring`] (`send_many`,
 //!   `recv_many`) and through a `Queue<u64>` (`send_many`, `recv_many` into a slice), both with
 //!   1 MiB of storage; messages/s.
@@ -132,12 +138,60 @@ impl OneWay {
     }
 }
 
+/// [`OneWay`] with a [`ring::SoloSender`] here and a [`ring::SoloReceiver`] in the consumer: the
+/// locks kept between messages.
+struct SoloOneWay {
+    tx: ring::SoloSender,
+    peer: Peer,
+    buf: Vec<u8>,
+    seq: u64,
+}
+
+impl SoloOneWay {
+    fn new(size: usize) -> SoloOneWay {
+        let r = Ring::builder().capacity(THROUGHPUT_RING).anonymous().expect("ring");
+        let tx = r.solo_sender().expect("sender");
+        let mut rx = r.solo_receiver().expect("receiver");
+        let mut expected = 0u64;
+        let peer = Peer::start(format!("solo-consumer-{size}B"), cpu(1), SpinPolicy::busy(), true, move |n| {
+            for _ in 0..n {
+                if let Err(e) = rx.recv_with(|m| check(m, size, expected)) {
+                    panic!("consumer: recv: {e}");
+                }
+                expected += 1;
+            }
+            expected
+        });
+        SoloOneWay { tx, peer, buf: vec![0; size], seq: 0 }
+    }
+
+    fn run(&mut self, iters: u64) -> Duration {
+        self.peer.command(iters);
+        self.peer.ready();
+        let t = Instant::now();
+        for _ in 0..iters {
+            fill(&mut self.buf, self.seq);
+            if self.tx.send(self.buf.as_slice()).is_err() {
+                self.peer.failed("receiving");
+            }
+            self.seq += 1;
+        }
+        let received_up_to = self.peer.reply();
+        let elapsed = t.elapsed();
+        assert_eq!(received_up_to, self.seq, "consumer's count");
+        elapsed
+    }
+}
+
 fn throughput(c: &mut Criterion) {
     pin(cpu(0));
     let mut group = c.benchmark_group("throughput");
     for (size, label) in [(8, "8B"), (64, "64B"), (1024, "1KiB"), (64 << 10, "64KiB"), (1 << 20, "1MiB")] {
         group.throughput(Throughput::Elements(1));
         bench_rig(&mut group, BenchmarkId::new("send_recv_with", label), || OneWay::new(size), OneWay::run);
+    }
+    for (size, label) in [(8, "8B"), (64, "64B"), (1024, "1KiB")] {
+        bench_rig(&mut group, BenchmarkId::new("solo", label), || SoloOneWay::new(size), SoloOneWay::run);
     }
     group.finish();
 }
@@ -534,6 +588,8 @@ enum Path {
     Ring,
     /// `Queue<[u8; N]>`: `send(value)`, `recv() -> value`.
     QueueByValue,
+    /// `Queue<[u8; N]>`: `send_ref(&value)`, `recv_into(&mut value)`.
+    QueueByRef,
 }
 
 /// One producer (the measuring process) to one consumer process, `[u8; N]` messages, about 1 MiB of
@@ -575,9 +631,14 @@ where
                 let q = Queue::<[u8; N]>::builder().slots(slots).anonymous().expect("queue");
                 let tx = q.sender().expect("sender");
                 let rx = q.receiver().expect("receiver");
+                let mut place = Box::new([0u8; N]);
                 let peer = Peer::start(name, cpu(1), SpinPolicy::busy(), true, move |n| {
                     for _ in 0..n {
                         match path {
+                            Path::QueueByRef => match rx.recv_into(&mut place) {
+                                Ok(()) => check(&place[..], N, expected),
+                                Err(e) => panic!("consumer: recv_into: {e}"),
+                            },
                             Path::QueueByValue => match rx.recv() {
                                 Ok(v) => check(&v[..], N, expected),
                                 Err(e) => panic!("consumer: recv: {e}"),
@@ -603,6 +664,7 @@ where
             let sent = match (self.path, &self.ring_tx, &self.queue_tx) {
                 (Path::Ring, Some(tx), _) => tx.send(&self.buf[..]).is_ok(),
                 (Path::QueueByValue, _, Some(tx)) => tx.send(*self.buf).is_ok(),
+                (Path::QueueByRef, _, Some(tx)) => tx.send_ref(&self.buf).is_ok(),
                 _ => unreachable!("the rig was built for its path"),
             };
             if !sent {
@@ -621,11 +683,11 @@ fn typed(c: &mut Criterion) {
     pin(cpu(0));
     let mut group = c.benchmark_group("typed");
     group.throughput(Throughput::Elements(1));
-    for path in [Path::Ring, Path::QueueByValue] {
+    for path in [Path::Ring, Path::QueueByValue, Path::QueueByRef] {
         let id = BenchmarkId::new("8B", format!("{path:?}"));
         bench_rig(&mut group, id, move || Typed::<8>::new(path), Typed::run);
     }
-    for path in [Path::Ring, Path::QueueByValue] {
+    for path in [Path::Ring, Path::QueueByValue, Path::QueueByRef] {
         let id = BenchmarkId::new("1KiB", format!("{path:?}"));
         bench_rig(&mut group, id, move || Typed::<1024>::new(path), Typed::run);
     }
@@ -686,6 +748,15 @@ fn callgrind_loop(spec: &str) {
         "send" => {
             let tx = r.sender().expect("sender");
             let rx = r.receiver().expect("receiver");
+            for seq in 0..n {
+                tx.send(seq.to_le_bytes()).expect("send");
+                let got = rx.recv_with(seq_of).expect("recv");
+                assert_eq!(got, seq);
+            }
+        }
+        "solo" => {
+            let mut tx = r.solo_sender().expect("sender");
+            let mut rx = r.solo_receiver().expect("receiver");
             for seq in 0..n {
                 tx.send(seq.to_le_bytes()).expect("send");
                 let got = rx.recv_with(seq_of).expect("recv");

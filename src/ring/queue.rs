@@ -573,8 +573,10 @@ impl<T: Pod> Sender<T> {
             // SAFETY: slot `i` is free (tail + n - head <= capacity, checked under the send lock)
             // and beyond the published tail; we hold the send lock, so nobody else touches it.
             // The slot is aligned for T (data region page-aligned, stride a multiple of T's
-            // alignment) and at least size_of::<T>() long.
-            unsafe { core.slot_ptr(i).cast::<T>().write(*v) };
+            // alignment) and at least size_of::<T>() long; `v` is a valid T elsewhere (the
+            // caller's), so the two do not overlap. One copy, from the caller's value straight
+            // into the slot (no temporary of T).
+            unsafe { std::ptr::copy_nonoverlapping(v, core.slot_ptr(i).cast::<T>(), 1) };
             if k > 0 {
                 core.stamp(i).store(i + 1, Ordering::Relaxed);
             }
@@ -703,9 +705,36 @@ impl<T: Pod> Receiver<T> {
 
     #[inline]
     fn recv_one(&self, wait: Wait) -> Result<T, Fail> {
-        let mut out = [T::zeroed()];
-        self.recv_slice(&mut out, wait)?;
-        Ok(out[0])
+        let mut out = std::mem::MaybeUninit::<T>::uninit();
+        // SAFETY: `out` is valid for one write of T, aligned, and not read before it is written.
+        unsafe { self.recv_one_raw(out.as_mut_ptr(), wait)? };
+        // SAFETY: recv_one_raw wrote a whole T into `out` (it returned Ok).
+        Ok(unsafe { out.assume_init() })
+    }
+
+    /// Receives one value straight from its slot into `*dst` (one copy, no temporary).
+    ///
+    /// # Safety
+    /// `dst` must be valid for a write of one `T`, aligned, and not overlap the queue's memory.
+    #[inline(always)]
+    unsafe fn recv_one_raw(&self, dst: *mut T, wait: Wait) -> Result<(), Fail> {
+        let core = &*self.core;
+        let (guard, head) = self.lock_value(wait)?;
+        // SAFETY: slot `head` holds a published value (its stamp was acquired) and we hold the
+        // receive lock, so no sender rewrites it before the head moves past it; aligned for T,
+        // any bytes are a valid T; `dst` is the caller's (see # Safety).
+        unsafe { std::ptr::copy_nonoverlapping(core.slot_ptr(head).cast::<T>().cast_const(), dst, 1) };
+        if let Some(hook) = super::receive_hook() {
+            // SAFETY: just written in full above.
+            hook(bytemuck::bytes_of(unsafe { &*dst }));
+        }
+        debug_pause();
+        let c = core.ctrl();
+        c.head.store(head + 1, Ordering::Release);
+        bump(&c.recv.messages, 1);
+        bump(&c.recv.bytes, core.cfg.item_size);
+        core.unlock_and_notify(guard, &c.not_full, u32::MAX);
+        Ok(())
     }
 
     #[inline]
@@ -724,8 +753,8 @@ impl<T: Pod> Receiver<T> {
             }
             // SAFETY: slot `i` holds a published value (its stamp was acquired) and we hold the
             // receive lock, so no sender rewrites it before the head moves past it. Aligned for T;
-            // any bytes are a valid T.
-            out[n] = unsafe { core.slot_ptr(i).cast::<T>().read() };
+            // any bytes are a valid T; `out` is the caller's memory, not the queue's.
+            unsafe { std::ptr::copy_nonoverlapping(core.slot_ptr(i).cast::<T>().cast_const(), &mut out[n], 1) };
             n += 1;
         }
         if let Some(hook) = super::receive_hook() {
@@ -773,6 +802,52 @@ impl<T: Pod> Drop for SlotReader<'_, T> {
         if let Some(g) = self.guard.take() {
             core.unlock_and_notify(g, &c.not_full, u32::MAX);
         }
+    }
+}
+
+// ----- by reference: no copy of T on the way in or out -------------------------------------------
+
+impl<T: Pod> Sender<T> {
+    /// Sends a copy of `*value`, waiting for a free slot: the value is copied once, from `value`
+    /// straight into its slot. Fails (nothing sent) if every receiver is gone or the queue is
+    /// broken.
+    #[inline]
+    pub fn send_ref(&self, value: &T) -> Result<(), SendError<()>> {
+        self.send_slice(std::slice::from_ref(value), Wait::Forever).map(drop).map_err(|f| f.send(()))
+    }
+
+    /// [`send_ref`](Self::send_ref) if a slot is free now.
+    #[inline]
+    pub fn try_send_ref(&self, value: &T) -> Result<(), TrySendError<()>> {
+        self.send_slice(std::slice::from_ref(value), Wait::Try).map(drop).map_err(|f| f.try_send(()))
+    }
+
+    /// [`send_ref`](Self::send_ref), waiting at most `timeout` for a free slot.
+    pub fn send_ref_timeout(&self, value: &T, timeout: Duration) -> Result<(), SendTimeoutError<()>> {
+        self.send_slice(std::slice::from_ref(value), Wait::timeout(timeout)).map(drop).map_err(|f| f.send_timeout(()))
+    }
+}
+
+impl<T: Pod> Receiver<T> {
+    /// Receives a value into `*out`, waiting for one: copied once, from its slot straight into
+    /// `out`. On failure `out` is unchanged.
+    #[inline]
+    pub fn recv_into(&self, out: &mut T) -> Result<(), RecvError> {
+        // SAFETY: `out` is a valid, aligned, exclusive T outside the queue's memory.
+        unsafe { self.recv_one_raw(out, Wait::Forever) }.map_err(Fail::recv)
+    }
+
+    /// [`recv_into`](Self::recv_into) without waiting.
+    #[inline]
+    pub fn try_recv_into(&self, out: &mut T) -> Result<(), TryRecvError> {
+        // SAFETY: as in recv_into.
+        unsafe { self.recv_one_raw(out, Wait::Try) }.map_err(Fail::try_recv)
+    }
+
+    /// [`recv_into`](Self::recv_into), waiting at most `timeout` (never less).
+    pub fn recv_into_timeout(&self, out: &mut T, timeout: Duration) -> Result<(), RecvTimeoutError> {
+        // SAFETY: as in recv_into.
+        unsafe { self.recv_one_raw(out, Wait::timeout(timeout)) }.map_err(Fail::recv_timeout)
     }
 }
 
