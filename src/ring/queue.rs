@@ -26,9 +26,14 @@ use crate::sync::{RobustMutexGuard, SpinPolicy};
 const BATCH_SLOTS: usize = 1024;
 
 /// Where the stamp sits in a slot of `T`, and the slot stride.
+///
+/// Slots of values of 64 bytes or more start on a cache line of their own (the stride is a multiple
+/// of 64): with a stride of, say, 1032 bytes, the line that holds slot `i`'s stamp, which the
+/// receiver polls, also holds the start of slot `i + 1`, which the sender writes next, and the line
+/// crosses between the cores twice per value.
 fn geometry<T>() -> (u64, u64) {
     let size = std::mem::size_of::<T>() as u64;
-    let align = (std::mem::align_of::<T>() as u64).max(8);
+    let align = (std::mem::align_of::<T>() as u64).max(if size >= 64 { 64 } else { 8 });
     let stamp_at = size.div_ceil(8) * 8;
     let stride = (stamp_at + 8).div_ceil(align) * align;
     (stamp_at, stride)
