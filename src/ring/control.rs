@@ -10,7 +10,7 @@
 //! | `recv` | receivers, under the receive lock | receivers |
 //! | `tail` | senders, under the send lock | receivers, only when the ring looks empty |
 //! | `head` | receivers, under the receive lock | senders, only when the ring looks full |
-//! | `not_empty` / `not_full` | waiters announcing themselves | notifiers (a load) |
+//! | `not_empty` / `not_full` | waiters announcing themselves (`cpu`: notifiers, when it changes) | notifiers (a load; `cpu`: waiters, before spinning) |
 //! | `membership` + `members` | joining and leaving handles | disconnect checks |
 //!
 //! Zeroed memory is a valid empty ring except for `config`, which the creator fills in before the
@@ -85,6 +85,26 @@ pub(crate) struct Side {
     pub recoveries: AtomicU64,
 }
 
+/// An event count and, on its line, the CPU the side that notifies it last ran on. The line is
+/// written by waiters when they park and read by notifiers on every operation (so it stays
+/// shared between the cores in a stream); the CPU word changes only when that side moves.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct EventLine {
+    pub event: EventCount,
+    /// 1 + the CPU the notifying side's last operation ran on (0: not known); written only when
+    /// it changes. A hint for waiters (`ring/wait.rs`): whatever its value, it only decides
+    /// whether a waiter spins before it parks.
+    pub cpu: AtomicU32,
+}
+
+impl std::ops::Deref for EventLine {
+    type Target = EventCount;
+    fn deref(&self) -> &EventCount {
+        &self.event
+    }
+}
+
 /// Bit of [`Side::sticky`]: another member waits for the lock the solo handle keeps.
 pub(crate) const STICKY_WANTED: u32 = 1 << 31;
 
@@ -137,8 +157,8 @@ pub(crate) struct Control {
     pub tail: Padded<AtomicU64>,
     /// Next index to read; published by receivers after each record.
     pub head: Padded<AtomicU64>,
-    pub not_empty: Padded<EventCount>,
-    pub not_full: Padded<EventCount>,
+    pub not_empty: Padded<EventLine>,
+    pub not_full: Padded<EventLine>,
     pub membership: Padded<MembershipHeader>,
     pub members: [Member; MAX_MEMBERS],
 }

@@ -167,6 +167,9 @@ pub(crate) struct Core {
     /// 0: none) and on which thread ([`thread_id`]). Process-local: a forked child's copy names
     /// holds of its parent, which the child's tokens never match.
     kept: [[AtomicU64; 2]; 2],
+    /// Per side (send, receive): the CPU value this process last wrote next to the event that
+    /// side notifies (so that it writes the shared word only when it changes).
+    cpu_seen: [crate::sys::atomic::AtomicU32; 2],
 }
 
 // SAFETY: Core only points into its own mapping (kept alive by `_backing`), and every access to the
@@ -201,6 +204,7 @@ impl Core {
             spin,
             local: Local::default(),
             kept: Default::default(),
+            cpu_seen: Default::default(),
             _backing: Backing::Segment(segment),
         });
         core.track();
@@ -239,6 +243,7 @@ impl Core {
             spin: SpinPolicy::default(),
             local: Local::default(),
             kept: Default::default(),
+            cpu_seen: Default::default(),
             _backing: Backing::Heap(block),
         }))
     }
@@ -430,9 +435,24 @@ impl Core {
     /// Releases a side's lock and wakes the other side's waiters, if any announced themselves.
     #[inline]
     pub(crate) fn unlock_and_notify(&self, guard: RobustMutexGuard<'_>, event: &EventCount, n: u32) {
+        self.note_cpu(event);
         drop(guard);
         store_load_barrier_after_rmw();
         event.notify(n);
+    }
+
+    /// Records, next to the event this side notifies, the CPU this operation runs on, when it
+    /// changed (a thread-local read and a local compare otherwise): the other side's waiters
+    /// compare it with their own CPU before they spin (`ring/wait.rs`).
+    #[inline(always)]
+    fn note_cpu(&self, event: &EventCount) {
+        let c = self.ctrl();
+        let (k, line) = if std::ptr::eq(event, &**c.not_empty) { (0, &c.not_empty) } else { (1, &c.not_full) };
+        let cpu = super::wait::current_cpu();
+        if self.cpu_seen[k].load(Ordering::Relaxed) != cpu {
+            self.cpu_seen[k].store(cpu, Ordering::Relaxed);
+            line.cpu.store(cpu, Ordering::Relaxed);
+        }
     }
 
     /// Whether `st` keeps `side`'s lock right now: this handle says so, in the process that took
@@ -483,6 +503,7 @@ impl Core {
         n: u32,
     ) {
         let Some(guard) = guard else {
+            self.note_cpu(event);
             // Kept: no barrier here; waiters fence for us (see "Solo handles").
             crate::sys::atomic::compiler_fence(Ordering::SeqCst);
             event.notify(n);

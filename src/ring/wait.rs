@@ -79,7 +79,37 @@ impl Wait {
         matches!(self, Wait::Until(d) if d.passed())
     }
 }
+/// 1 + the CPU the calling thread runs on (0 if unknown). glibc reads it from the thread's
+/// restartable-sequences area (a load), or the vDSO.
+#[inline(always)]
+pub(crate) fn current_cpu() -> u32 {
+    #[cfg(not(miri))]
+    {
+        // SAFETY: sched_getcpu takes no arguments and touches no memory of ours.
+        let cpu = unsafe { libc::sched_getcpu() };
+        u32::try_from(cpu).map_or(0, |c| c.wrapping_add(1))
+    }
+    #[cfg(miri)]
+    {
+        0
+    }
+}
+
 impl Core {
+    /// Whether spinning while waiting for `peers` would only burn the time they need: the
+    /// last operation of that side ran on the CPU this thread runs on now. Spinning pays when the
+    /// peer runs at the same time on another core; a peer that last ran here is (if runnable)
+    /// queued behind this very thread, and makes progress only once it sleeps.
+    fn peer_shares_cpu(&self, peers: Role) -> bool {
+        let c = self.ctrl();
+        let line = match peers {
+            Role::Sender => &c.not_empty,
+            Role::Receiver => &c.not_full,
+        };
+        let theirs = line.cpu.load(Ordering::Relaxed);
+        theirs != 0 && theirs == current_cpu()
+    }
+
     /// Waits until `ready()` holds, the other side is gone, or the wait ends. Spins per `spin`
     /// first, then parks on `event`; a parked waiter wakes every [`LIVENESS_SLICE`] to sweep
     /// for dead peers. Returns Ok(()) when worth retrying, Err(Timeout) when the deadline passed.
@@ -100,6 +130,13 @@ impl Core {
         mut ready: impl FnMut() -> bool,
     ) -> Result<(), Fail> {
         let deadline = wait.deadline();
+        // Adaptive: a finite spin is skipped when the peer shares this CPU (`busy()` is the
+        // caller's explicit choice and stays; its spinner yields the CPU now and then).
+        let spin = if spin != SpinPolicy::busy() && spin.budget() > Duration::ZERO && self.peer_shares_cpu(peers) {
+            SpinPolicy::park()
+        } else {
+            spin
+        };
         let mut spinner = Spinner::new(spin);
         // Read the clock only once the spin has lasted a while (a short wait never reads it).
         let mut next_sweep = 0u64;
