@@ -195,3 +195,45 @@ fn parked_peers_of_solo_handles_are_woken() {
     echo.join(LONG);
     assert!(there.stats().recv_parks > 0, "the echo parked");
 }
+
+/// A solo sender on another thread keeps the lock; this thread's ordinary sender asks for it and
+/// gets it when the solo sender's next send ends. Every message arrives once, in per-sender order,
+/// and no lock is left held.
+#[test]
+fn another_thread_gets_a_kept_lock_at_the_holders_next_send() {
+    let ring = Ring::builder().capacity(4096).anonymous().unwrap();
+    let rx = ring.receiver().unwrap();
+    let tx = ring.sender().unwrap();
+    let (kept_tx, kept_rx) = std::sync::mpsc::channel();
+    let solo_thread = {
+        let sender = ring.sender().unwrap();
+        std::thread::spawn(move || {
+            let mut solo = sender.into_solo();
+            solo.send(1u64.to_le_bytes()).unwrap();
+            kept_tx.send(()).unwrap();
+            // Idle while keeping the lock: the other thread waits for the next send.
+            std::thread::sleep(Duration::from_millis(50));
+            for seq in 2..50u64 {
+                solo.send(seq.to_le_bytes()).unwrap();
+            }
+        })
+    };
+    kept_rx.recv().unwrap();
+    assert!(ring.debug_lock_holders().0.is_some(), "the solo sender keeps the lock while idle");
+    tx.send_timeout(1000u64.to_le_bytes(), LONG).unwrap();
+    solo_thread.join().unwrap();
+    let mut next_solo = 1;
+    let mut got_other = false;
+    for _ in 0..50 {
+        let v = rx.recv_with_timeout(LONG, |m| u64::from_le_bytes(m.try_into().unwrap())).unwrap();
+        if v == 1000 {
+            assert!(!got_other);
+            got_other = true;
+        } else {
+            assert_eq!(v, next_solo);
+            next_solo += 1;
+        }
+    }
+    assert!(got_other && next_solo == 50);
+    assert_eq!(ring.debug_lock_holders(), (None, None));
+}

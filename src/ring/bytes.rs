@@ -1,6 +1,7 @@
 //! [`Ring`]: byte messages of any length up to the ring's largest, between processes.
 
 use crate::sys::atomic::Ordering;
+use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
@@ -849,14 +850,14 @@ impl Ring {
 impl Sender {
     /// This handle as a [`SoloSender`].
     pub fn into_solo(self) -> SoloSender {
-        SoloSender { sticky: Sticky::default(), sender: self }
+        SoloSender { sticky: Sticky::default(), sender: self, _thread: PhantomData }
     }
 }
 
 impl Receiver {
     /// This handle as a [`SoloReceiver`].
     pub fn into_solo(self) -> SoloReceiver {
-        SoloReceiver { sticky: Sticky::default(), receiver: self }
+        SoloReceiver { sticky: Sticky::default(), receiver: self, _thread: PhantomData }
     }
 }
 
@@ -869,7 +870,10 @@ impl Receiver {
 /// dropped, or waits for room: a waiting solo sender never holds the lock); after such a hand-over
 /// this handle takes the lock per message for a while. A solo sender killed at any point is found
 /// dead and its lock taken over and the ring repaired, exactly as for a [`Sender`]. Its sends take
-/// `&mut self`: one thread at a time uses one hold.
+/// `&mut self`, and the handle stays on the thread that made it (it is neither `Send` nor
+/// `Sync`: move the [`Sender`] and call [`Sender::into_solo`] there), so the thread that keeps the
+/// lock is known: an ordinary handle used by that same thread, which would otherwise wait for
+/// itself, gives the hold up on the solo handle's behalf.
 ///
 /// The price is on the waiting side: a receiver that parks while a solo sender keeps the lock
 /// runs one `membarrier(2)` system call first (about a microsecond). Where the kernel refuses
@@ -878,6 +882,8 @@ impl Receiver {
 pub struct SoloSender {
     sticky: Sticky,
     sender: Sender,
+    /// Neither `Send` nor `Sync`: see above.
+    _thread: PhantomData<*const ()>,
 }
 
 impl SoloSender {
@@ -922,11 +928,14 @@ impl Drop for SoloSender {
 
 /// A receiver that keeps the receive lock from one message to the next: the receiving twin of
 /// [`SoloSender`], with the same guarantees (other receivers get the lock at this handle's next
-/// receive; a receiver that waits for data gives it up first; a killed one is repaired as always).
+/// receive; a receiver that waits for data gives it up first; a killed one is repaired as always;
+/// it stays on the thread that made it).
 #[derive(Debug)]
 pub struct SoloReceiver {
     sticky: Sticky,
     receiver: Receiver,
+    /// Neither `Send` nor `Sync` (see [`SoloSender`]).
+    _thread: PhantomData<*const ()>,
 }
 
 impl SoloReceiver {

@@ -130,9 +130,11 @@ fn thread_id() -> u64 {
 }
 
 /// A solo handle's hold on its side's lock, kept across operations (see "Solo handles").
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Sticky {
-    /// Unique in this process (never 0).
+    /// This hold's number, unique in this process and never reused (0: none): the side's `kept`
+    /// entry names it while the hold is this handle's (a number per hold, not per handle, so that
+    /// a hold given up and taken again is never mistaken for the earlier one).
     id: u64,
     /// Whether this handle believes it keeps the lock (checked against shared memory before use).
     held: bool,
@@ -143,12 +145,8 @@ pub(crate) struct Sticky {
     cool: u32,
 }
 
-impl Default for Sticky {
-    fn default() -> Sticky {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        Sticky { id: NEXT.fetch_add(1, Ordering::Relaxed), held: false, token: 0, pid: 0, cool: 0 }
-    }
-}
+/// Numbers of holds (see [`Sticky::id`]).
+static NEXT_HOLD: AtomicU64 = AtomicU64::new(1);
 
 /// One mapped ring, shared by every handle of this process that uses that mapping.
 #[derive(Debug)]
@@ -338,7 +336,9 @@ impl Core {
     /// handle finds out at its next operation (its `kept` entry is gone).
     fn release_own_thread_hold(&self, side: &Side, token: OwnerToken) {
         let kept = self.kept_of(side);
-        let id = kept[0].load(Ordering::Relaxed);
+        // Acquire: pairs with the keeping thread's Release store of the hold's number, so that the
+        // thread read next is that hold's.
+        let id = kept[0].load(Ordering::Acquire);
         if id != 0
             && kept[1].load(Ordering::Relaxed) == thread_id()
             && side.sticky.load(Ordering::Relaxed) & !STICKY_WANTED == token.get()
@@ -459,9 +459,13 @@ impl Core {
     /// it, and shared memory agrees (the lock word and `sticky` name its token, nobody asked).
     #[inline(always)]
     pub(crate) fn sticky_held(&self, side: &Side, st: &Sticky) -> bool {
+        let kept = self.kept_of(side);
         st.held
             && side.sticky.load(Ordering::Relaxed) == st.token
-            && self.kept_of(side)[0].load(Ordering::Relaxed) == st.id
+            && kept[0].load(Ordering::Relaxed) == st.id
+            // The thread that took the hold: a handle moved to another thread takes it again
+            // (so that the thread named in `kept` is the one that may be inside an operation).
+            && kept[1].load(Ordering::Relaxed) == thread_id()
             && side.lock.holder() == Some(st.token)
             && st.pid == crate::sync::current_pid()
     }
@@ -524,15 +528,16 @@ impl Core {
         }
         let token = guard.token();
         let kept = self.kept_of(side);
+        let id = NEXT_HOLD.fetch_add(1, Ordering::Relaxed);
         kept[1].store(thread_id(), Ordering::Relaxed);
-        kept[0].store(st.id, Ordering::Relaxed);
+        kept[0].store(id, Ordering::Release);
         side.sticky.store(token.get(), Ordering::Relaxed);
         // The one fence of the hold: orders the mark before every later unfenced publish's read of
         // the waiter count (the waiters' side of the pair is their RMW announcement).
         std::sync::atomic::fence(Ordering::SeqCst);
         match guard.keep_held() {
             Ok(_) => {
-                *st = Sticky { held: true, token: token.get(), pid: crate::sync::current_pid(), cool: 0, id: st.id };
+                *st = Sticky { held: true, token: token.get(), pid: crate::sync::current_pid(), cool: 0, id };
                 event.notify(n);
             }
             Err(guard) => {
