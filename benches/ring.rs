@@ -763,6 +763,35 @@ fn callgrind_loop(spec: &str) {
                 assert_eq!(got, seq);
             }
         }
+        "ring1k" => {
+            let tx = r.sender().expect("sender");
+            let rx = r.receiver().expect("receiver");
+            let mut buf = vec![0u8; 1024];
+            for seq in 0..n {
+                fill(&mut buf, seq);
+                tx.send(buf.as_slice()).expect("send");
+                rx.recv_with(|m| check(m, 1024, seq)).expect("recv");
+            }
+        }
+        "queue1k_value" | "queue1k_ref" => {
+            let q = Queue::<[u8; 1024]>::builder().slots(64).anonymous().expect("queue");
+            let tx = q.sender().expect("sender");
+            let rx = q.receiver().expect("receiver");
+            let mut buf = Box::new([0u8; 1024]);
+            let mut place = Box::new([0u8; 1024]);
+            for seq in 0..n {
+                fill(&mut buf[..], seq);
+                if mode == "queue1k_ref" {
+                    tx.send_ref(&buf).expect("send");
+                    rx.recv_into(&mut place).expect("recv");
+                    check(&place[..], 1024, seq);
+                } else {
+                    tx.send(*buf).expect("send");
+                    let v = rx.recv().expect("recv");
+                    check(&v[..], 1024, seq);
+                }
+            }
+        }
         other => panic!("unknown RING_CALLGRIND mode {other}"),
     }
 }

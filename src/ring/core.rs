@@ -114,6 +114,9 @@ const STICKY_SLICE: Duration = Duration::from_millis(2);
 /// hand the lock over, with a fence each time, on every operation).
 const STICKY_COOL: u32 = 64;
 
+/// How often an operation records its CPU for the other side's waiters (see `Core::note_cpu`).
+const CPU_NOTE_EVERY: u32 = 16;
+
 /// Asks a solo holder of `side`'s lock, if there is one, to give it up after its operation.
 #[inline]
 fn want_sticky(side: &Side) {
@@ -168,6 +171,8 @@ pub(crate) struct Core {
     /// Per side (send, receive): the CPU value this process last wrote next to the event that
     /// side notifies (so that it writes the shared word only when it changes).
     cpu_seen: [crate::sys::atomic::AtomicU32; 2],
+    /// Per side: operations of this process, to sample the CPU once in a while (`note_cpu`).
+    cpu_ops: [crate::sys::atomic::AtomicU32; 2],
 }
 
 // SAFETY: Core only points into its own mapping (kept alive by `_backing`), and every access to the
@@ -203,6 +208,7 @@ impl Core {
             local: Local::default(),
             kept: Default::default(),
             cpu_seen: Default::default(),
+            cpu_ops: Default::default(),
             _backing: Backing::Segment(segment),
         });
         core.track();
@@ -242,6 +248,7 @@ impl Core {
             local: Local::default(),
             kept: Default::default(),
             cpu_seen: Default::default(),
+            cpu_ops: Default::default(),
             _backing: Backing::Heap(block),
         }))
     }
@@ -444,10 +451,20 @@ impl Core {
     /// Records, next to the event this side notifies, the CPU this operation runs on, when it
     /// changed (a thread-local read and a local compare otherwise): the other side's waiters
     /// compare it with their own CPU before they spin (`ring/wait.rs`).
+    ///
+    /// Once every [`CPU_NOTE_EVERY`] operations of this process on a side (the first included):
+    /// reading the CPU costs a call (about 4 ns with glibc's restartable sequences), and a hint a
+    /// few operations late after a migration only makes one wait spin or park when it need not.
     #[inline(always)]
     fn note_cpu(&self, event: &EventCount) {
         let c = self.ctrl();
         let (k, line) = if std::ptr::eq(event, &**c.not_empty) { (0, &c.not_empty) } else { (1, &c.not_full) };
+        // A racy count between this process's threads is fine: it only spaces the samples.
+        let n = self.cpu_ops[k].load(Ordering::Relaxed);
+        self.cpu_ops[k].store(n.wrapping_add(1), Ordering::Relaxed);
+        if n % CPU_NOTE_EVERY != 0 {
+            return;
+        }
         let cpu = super::wait::current_cpu();
         if self.cpu_seen[k].load(Ordering::Relaxed) != cpu {
             self.cpu_seen[k].store(cpu, Ordering::Relaxed);
