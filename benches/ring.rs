@@ -18,7 +18,8 @@
 //!   same with a `SoloSender` and a `SoloReceiver` (the locks kept between messages), 8 B to 1 KiB.
 //! - `typed`: `[u8; N]` messages, N = 8 and 1024, through a `Ring` (`send`, `recv_with`) and a
 //!   `Queue<[u8; N]>` by value (`send(value)`, `recv()`) and by reference (`send_ref`,
-//!   `recv_into`), about 1 MiB of storage each; messages/s.
+//!   `recv_into`) and read in place (`send_ref`, `recv_in_place`), about 1 MiB of storage each;
+//!   messages/s.
 //! - `one_cpu`: the 8-byte ring ping-pong with both processes pinned to one CPU, default and
 //!   parking policies: a waiter that spins there burns its peer's time slice.
 //! - `batch`: 8 B messages in batches of 1, 8, 64 and 256, through a [`Ring`] (`send_many`,
@@ -590,6 +591,9 @@ enum Path {
     QueueByValue,
     /// `Queue<[u8; N]>`: `send_ref(&value)`, `recv_into(&mut value)`.
     QueueByRef,
+    /// `Queue<[u8; N]>`: `send_ref(&value)`, `recv_in_place()` read where it lies (as the ring's
+    /// `recv_with`).
+    QueueInPlace,
 }
 
 /// One producer (the measuring process) to one consumer process, `[u8; N]` messages, about 1 MiB of
@@ -639,6 +643,10 @@ where
                                 Ok(()) => check(&place[..], N, expected),
                                 Err(e) => panic!("consumer: recv_into: {e}"),
                             },
+                            Path::QueueInPlace => match rx.recv_in_place() {
+                                Ok(v) => check(&v[..], N, expected),
+                                Err(e) => panic!("consumer: recv_in_place: {e}"),
+                            },
                             Path::QueueByValue => match rx.recv() {
                                 Ok(v) => check(&v[..], N, expected),
                                 Err(e) => panic!("consumer: recv: {e}"),
@@ -664,7 +672,7 @@ where
             let sent = match (self.path, &self.ring_tx, &self.queue_tx) {
                 (Path::Ring, Some(tx), _) => tx.send(&self.buf[..]).is_ok(),
                 (Path::QueueByValue, _, Some(tx)) => tx.send(*self.buf).is_ok(),
-                (Path::QueueByRef, _, Some(tx)) => tx.send_ref(&self.buf).is_ok(),
+                (Path::QueueByRef | Path::QueueInPlace, _, Some(tx)) => tx.send_ref(&self.buf).is_ok(),
                 _ => unreachable!("the rig was built for its path"),
             };
             if !sent {
@@ -683,11 +691,11 @@ fn typed(c: &mut Criterion) {
     pin(cpu(0));
     let mut group = c.benchmark_group("typed");
     group.throughput(Throughput::Elements(1));
-    for path in [Path::Ring, Path::QueueByValue, Path::QueueByRef] {
+    for path in [Path::Ring, Path::QueueByValue, Path::QueueByRef, Path::QueueInPlace] {
         let id = BenchmarkId::new("8B", format!("{path:?}"));
         bench_rig(&mut group, id, move || Typed::<8>::new(path), Typed::run);
     }
-    for path in [Path::Ring, Path::QueueByValue, Path::QueueByRef] {
+    for path in [Path::Ring, Path::QueueByValue, Path::QueueByRef, Path::QueueInPlace] {
         let id = BenchmarkId::new("1KiB", format!("{path:?}"));
         bench_rig(&mut group, id, move || Typed::<1024>::new(path), Typed::run);
     }
