@@ -28,15 +28,22 @@
 //!   its owner token into the side's `sticky` word, runs one full fence, and forgets its guard. Its
 //!   later operations check, with plain loads of their own side's line, that `sticky` and the lock
 //!   word still name it, and go ahead with no read-modify-write at all. The handle's `&mut self`
-//!   keeps two threads off one hold; other handles (of this process too, with the same token)
-//!   are other lockers.
+//!   keeps two threads off one hold, and the handle is not `Send`, so the thread that keeps a
+//!   hold (recorded, with the hold's number, in the process-local `kept`) is the only one that
+//!   can use it. Other handles (of this process too, with the same token) are other lockers; an
+//!   ordinary handle used on the keeping thread itself, which would wait for itself, gives the
+//!   hold up on the solo handle's behalf (that thread cannot be inside the solo operation).
 //! - **Giving it up.** A locker that finds the lock held sets `STICKY_WANTED` in `sticky` (one
 //!   `fetch_or`, only on contention) and waits on the lock word in slices of [`STICKY_SLICE`],
 //!   setting the flag again at each. The holder reads the flag after each operation and, seeing it,
 //!   clears `sticky` (Release) and frees the lock (waking a sleeper): a contender waits at most
-//!   until the holder's next operation (or its drop). A holder that must wait for room or data
-//!   gives the lock up first, so a parked holder never holds it; after giving it up, a holder
-//!   takes the lock per operation for [`STICKY_COOL`] operations before it keeps it again.
+//!   until the holder's next operation (or its drop, or `release()`). A holder that stays idle
+//!   for ever while alive keeps the others waiting: taking a kept lock from a live, idle holder
+//!   needs the holder to announce "inside an operation" in a per-member word that only it
+//!   writes, checked by the taker after an asymmetric fence; not implemented. A holder that must
+//!   wait for room or data gives the lock up first, so a parked holder never holds it; after
+//!   giving it up, a holder takes the lock per operation for [`STICKY_COOL`] operations before it
+//!   keeps it again.
 //! - **Death.** The lock word names the holder's member token as before: a holder killed between
 //!   or inside operations is found dead by the same liveness check, the lock is taken over, the
 //!   side repaired as today, and the stale `sticky` cleared by the new holder.
