@@ -156,7 +156,7 @@ pub(crate) struct Sticky {
 }
 
 /// Numbers of holds (see [`Sticky::id`]).
-static NEXT_HOLD: AtomicU64 = AtomicU64::new(1);
+static NEXT_HOLD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// One mapped ring, shared by every handle of this process that uses that mapping.
 #[derive(Debug)]
@@ -174,12 +174,12 @@ pub(crate) struct Core {
     /// Per side (send, receive): which solo hold of this process keeps the lock ([`Sticky::id`],
     /// 0: none) and on which thread ([`thread_id`]). Process-local: a forked child's copy names
     /// holds of its parent, which the child's tokens never match.
-    kept: [[AtomicU64; 2]; 2],
+    kept: [[std::sync::atomic::AtomicU64; 2]; 2],
     /// Per side (send, receive): the CPU value this process last wrote next to the event that
     /// side notifies (so that it writes the shared word only when it changes).
-    cpu_seen: [crate::sys::atomic::AtomicU32; 2],
+    cpu_seen: [std::sync::atomic::AtomicU32; 2],
     /// Per side: operations of this process, to sample the CPU once in a while (`note_cpu`).
-    cpu_ops: [crate::sys::atomic::AtomicU32; 2],
+    cpu_ops: [std::sync::atomic::AtomicU32; 2],
 }
 
 // SAFETY: Core only points into its own mapping (kept alive by `_backing`), and every access to the
@@ -364,7 +364,7 @@ impl Core {
     }
 
     /// Which `kept` entry is `side`'s.
-    fn kept_of(&self, side: &Side) -> &[AtomicU64; 2] {
+    fn kept_of(&self, side: &Side) -> &[std::sync::atomic::AtomicU64; 2] {
         &self.kept[usize::from(!std::ptr::eq(side, &*self.ctrl().send))]
     }
 

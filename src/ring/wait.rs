@@ -21,8 +21,8 @@ const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_int = 1 << 1;
 const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_int = 1 << 2;
 
 /// The pid that registered for expedited global fences (registration belongs to the address
-/// space: a forked child registers again).
-static FENCE_REGISTERED_PID: AtomicU32 = AtomicU32::new(0);
+/// space: a forked child registers again). Process-local, hence a plain std atomic.
+static FENCE_REGISTERED_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// Registers this process as a target of [`asymmetric_fence`]: a process whose threads publish
 /// without a barrier (a solo handle's kept lock) must be registered first. False if the kernel
