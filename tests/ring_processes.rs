@@ -604,13 +604,18 @@ fn sigkill_storm_queue() {
         spawn(move || {
             let mut rng = storm_child_setup(p);
             let tx = queue.sender().unwrap();
+            // Odd producers send op 0 through a solo sender (the lock kept between sends).
+            let mut solo = (p % 2 == 1).then(|| queue.solo_sender().unwrap());
             let who = format!("queue producer {p}");
             while !b.stopped() {
                 let op = rng.below(5) as usize;
                 let k = if op == 2 || op == 3 { 1 + rng.below(24) } else { 1 };
                 let Some(seq0) = b.attempt(p, k) else { return 0 };
                 let sent = match op {
-                    0 => tx.send(qmessage(p, seq0)).map(|()| 1).map_err(|e| e.to_string()),
+                    0 => match solo.as_mut() {
+                        Some(s) => s.send_ref(&qmessage(p, seq0)).map(|()| 1).map_err(|e| e.to_string()),
+                        None => tx.send(qmessage(p, seq0)).map(|()| 1).map_err(|e| e.to_string()),
+                    },
                     1 => {
                         let deadline = Instant::now() + STORM_WAIT;
                         loop {
@@ -662,15 +667,21 @@ fn sigkill_storm_queue() {
         spawn(move || {
             let mut rng = storm_consumer_setup(b, c, true);
             let rx = queue.receiver().unwrap();
-            let mut last = [None::<u64>; STORM_SLOTS];
+            // Odd consumers take op 1 through a solo receiver (the lock kept between receives).
+            let mut solo = (c % 2 == 1).then(|| queue.solo_receiver().unwrap());
+            let mut place = [0u64; 4];
             let id = |m: &[u64; 4]| (m[0], m[1]);
+            let mut last = [None::<u64>; STORM_SLOTS];
             let mut out = [[0u64; 4]; 32];
             loop {
                 let op = rng.below(6) as usize;
                 let n = 1 + rng.below(32) as usize;
                 let r = match op {
                     0 => rx.try_recv().map_err(as_timeout).map(|m| vec![id(&m)]),
-                    1 => rx.recv_timeout(STORM_WAIT).map(|m| vec![id(&m)]),
+                    1 => match solo.as_mut() {
+                        Some(s) => s.recv_into_timeout(&mut place, STORM_WAIT).map(|()| vec![id(&place)]),
+                        None => rx.recv_timeout(STORM_WAIT).map(|m| vec![id(&m)]),
+                    },
                     2 => rx.try_recv_many(&mut out[..n]).map_err(as_timeout).map(|k| out[..k].iter().map(id).collect()),
                     3 => rx.recv_many_timeout(&mut out[..n], STORM_WAIT).map(|k| out[..k].iter().map(id).collect()),
                     _ => rx.recv_in_place_timeout(STORM_WAIT).map(|g| {

@@ -237,3 +237,87 @@ fn another_thread_gets_a_kept_lock_at_the_holders_next_send() {
     assert!(got_other && next_solo == 50);
     assert_eq!(ring.debug_lock_holders(), (None, None));
 }
+
+/// The queue's solo handles beside ordinary ones, across processes: two solo and one ordinary
+/// producer, one solo and one ordinary (parking) consumer; every value arrives once, whole, in
+/// per-producer order.
+#[test]
+fn queue_solo_and_ordinary_handles_share_a_queue_exactly() {
+    const PRODUCERS: u64 = 3;
+    const PER_PRODUCER: u64 = 20_000;
+    let q = ringpool::Queue::<[u64; 4]>::builder().slots(64).anonymous().unwrap();
+    let words = (PER_PRODUCER / 64 + 1) as usize;
+    let shared = SharedCounters::new(words * PRODUCERS as usize + 3);
+    let base = words * PRODUCERS as usize;
+    let value = |p: u64, seq: u64| [p, seq, p ^ seq ^ 0x5a5a, !(p ^ seq)];
+    let consumers: Vec<_> = (0..2)
+        .map(|c| {
+            let q = q.clone();
+            let shared = &shared;
+            spawn(move || {
+                let mut rx = q.receiver().unwrap();
+                if c == 1 {
+                    rx.set_spin(SpinPolicy::park());
+                }
+                let mut solo = (c == 0).then(|| q.receiver().unwrap().into_solo());
+                drop(q);
+                let mut last = [None::<u64>; PRODUCERS as usize];
+                let mut v = [0u64; 4];
+                loop {
+                    let got = match solo.as_mut() {
+                        Some(s) => s.recv_into_timeout(&mut v, LONG),
+                        None => rx.recv_into_timeout(&mut v, LONG),
+                    };
+                    match got {
+                        Ok(()) => {}
+                        Err(RecvTimeoutError::Disconnected) => return 0,
+                        Err(e) => panic!("consumer {c}: {e}"),
+                    }
+                    let (p, seq) = (v[0], v[1]);
+                    assert!(p < PRODUCERS && v == value(p, seq), "consumer {c}: corrupt value {v:x?}");
+                    if last[p as usize].is_some_and(|l| l >= seq) {
+                        shared.get(base + 1).fetch_add(1, Ordering::Relaxed);
+                    }
+                    last[p as usize] = Some(seq);
+                    if shared.set_bit(words * p as usize, seq) {
+                        shared.get(base).fetch_add(1, Ordering::Relaxed);
+                    }
+                    shared.get(base + 2).fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let q = q.clone();
+            spawn(move || {
+                let tx = q.sender().unwrap();
+                let mut solo = (p < 2).then(|| q.sender().unwrap().into_solo());
+                drop(q);
+                for seq in 0..PER_PRODUCER {
+                    let v = value(p, seq);
+                    match solo.as_mut() {
+                        Some(s) if seq % 2 == 0 => s.send_ref_timeout(&v, LONG).unwrap(),
+                        Some(s) => s.send(v).unwrap(),
+                        None => tx.send_ref_timeout(&v, LONG).unwrap(),
+                    }
+                }
+                0
+            })
+        })
+        .collect();
+    for p in producers {
+        p.join(LONG);
+    }
+    for c in consumers {
+        c.join(LONG);
+    }
+    assert_eq!(shared.get(base).load(Ordering::Relaxed), 0, "duplicates");
+    assert_eq!(shared.get(base + 1).load(Ordering::Relaxed), 0, "out of order");
+    assert_eq!(shared.get(base + 2).load(Ordering::Relaxed), PER_PRODUCER * PRODUCERS, "received");
+    for p in 0..PRODUCERS as usize {
+        for seq in 0..PER_PRODUCER {
+            assert!(shared.bit(words * p, seq), "producer {p} value {seq} lost");
+        }
+    }
+}

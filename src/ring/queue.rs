@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytemuck::Pod;
 
+use super::core::Sticky;
 use super::{
     Config, Core, FORMAT_SLOTS, Fail, JoinError, MAX_MEMBERS, RecvError, RecvTimeoutError, Role, SendError,
     SendTimeoutError, Stats, TryRecvError, TrySendError, Wait, data_offset, debug_pause,
@@ -560,9 +561,24 @@ impl<T: Pod> Sender<T> {
 
     #[inline]
     fn send_slice(&self, values: &[T], wait: Wait) -> Result<usize, Fail> {
+        self.send_slice_in(values, wait, None)
+    }
+
+    /// Sends up to a batch of `values`, with the lock a solo handle keeps when `solo` is given.
+    #[inline(always)]
+    fn send_slice_in(&self, values: &[T], wait: Wait, solo: Option<&mut Sticky>) -> Result<usize, Fail> {
         let core = &*self.core;
         let want = values.len().min(BATCH_SLOTS) as u64;
-        let (guard, tail, n) = self.lock_room(want, wait)?;
+        let (guard, tail, n, solo) = match solo {
+            None => {
+                let (g, tail, n) = self.lock_room(want, wait)?;
+                (Some(g), tail, n, None)
+            }
+            Some(st) => {
+                let (g, tail, free) = core.lock_for_send_solo(st, self.spin, wait, 1, want, || core.repair_send())?;
+                (g, tail, free.min(want), Some(st))
+            }
+        };
         if n > 1 {
             // Take the batch's lines back from the receivers' cores together (see the byte ring).
             let stride = core.cfg.stride;
@@ -595,7 +611,11 @@ impl<T: Pod> Sender<T> {
         c.tail.store(tail + n, Ordering::Release);
         bump(&c.send.messages, n);
         bump(&c.send.bytes, n * core.cfg.item_size);
-        core.unlock_and_notify(guard, &c.not_empty, n as u32);
+        match (solo, guard) {
+            (Some(st), guard) => core.finish_solo(&c.send, st, guard, &c.not_empty, n as u32),
+            (None, Some(guard)) => core.unlock_and_notify(guard, &c.not_empty, n as u32),
+            (None, None) => {}
+        }
         Ok(n as usize)
     }
 }
@@ -712,7 +732,7 @@ impl<T: Pod> Receiver<T> {
     fn recv_one(&self, wait: Wait) -> Result<T, Fail> {
         let mut out = std::mem::MaybeUninit::<T>::uninit();
         // SAFETY: `out` is valid for one write of T, aligned, and not read before it is written.
-        unsafe { self.recv_one_raw(out.as_mut_ptr(), wait)? };
+        unsafe { self.recv_one_raw(out.as_mut_ptr(), wait, None)? };
         // SAFETY: recv_one_raw wrote a whole T into `out` (it returned Ok).
         Ok(unsafe { out.assume_init() })
     }
@@ -721,10 +741,21 @@ impl<T: Pod> Receiver<T> {
     ///
     /// # Safety
     /// `dst` must be valid for a write of one `T`, aligned, and not overlap the queue's memory.
+    /// With the lock a solo handle keeps when `solo` is given.
     #[inline(always)]
-    unsafe fn recv_one_raw(&self, dst: *mut T, wait: Wait) -> Result<(), Fail> {
+    unsafe fn recv_one_raw(&self, dst: *mut T, wait: Wait, solo: Option<&mut Sticky>) -> Result<(), Fail> {
         let core = &*self.core;
-        let (guard, head) = self.lock_value(wait)?;
+        let (guard, head, solo) = match solo {
+            None => {
+                let (g, head) = self.lock_value(wait)?;
+                (Some(g), head, None)
+            }
+            Some(st) => {
+                let probe = |i| core.probe_slot(i).map(|published| published.then_some(()));
+                let (g, head, ()) = core.lock_for_recv_solo(st, self.spin, wait, || core.repair_recv(), probe)?;
+                (g, head, Some(st))
+            }
+        };
         // SAFETY: slot `head` holds a published value (its stamp was acquired) and we hold the
         // receive lock, so no sender rewrites it before the head moves past it; aligned for T,
         // any bytes are a valid T; `dst` is the caller's (see # Safety).
@@ -738,7 +769,11 @@ impl<T: Pod> Receiver<T> {
         c.head.store(head + 1, Ordering::Release);
         bump(&c.recv.messages, 1);
         bump(&c.recv.bytes, core.cfg.item_size);
-        core.unlock_and_notify(guard, &c.not_full, u32::MAX);
+        match (solo, guard) {
+            (Some(st), guard) => core.finish_solo(&c.recv, st, guard, &c.not_full, u32::MAX),
+            (None, Some(guard)) => core.unlock_and_notify(guard, &c.not_full, u32::MAX),
+            (None, None) => {}
+        }
         Ok(())
     }
 
@@ -839,20 +874,175 @@ impl<T: Pod> Receiver<T> {
     #[inline]
     pub fn recv_into(&self, out: &mut T) -> Result<(), RecvError> {
         // SAFETY: `out` is a valid, aligned, exclusive T outside the queue's memory.
-        unsafe { self.recv_one_raw(out, Wait::Forever) }.map_err(Fail::recv)
+        unsafe { self.recv_one_raw(out, Wait::Forever, None) }.map_err(Fail::recv)
     }
 
     /// [`recv_into`](Self::recv_into) without waiting.
     #[inline]
     pub fn try_recv_into(&self, out: &mut T) -> Result<(), TryRecvError> {
         // SAFETY: as in recv_into.
-        unsafe { self.recv_one_raw(out, Wait::Try) }.map_err(Fail::try_recv)
+        unsafe { self.recv_one_raw(out, Wait::Try, None) }.map_err(Fail::try_recv)
     }
 
     /// [`recv_into`](Self::recv_into), waiting at most `timeout` (never less).
     pub fn recv_into_timeout(&self, out: &mut T, timeout: Duration) -> Result<(), RecvTimeoutError> {
         // SAFETY: as in recv_into.
-        unsafe { self.recv_one_raw(out, Wait::timeout(timeout)) }.map_err(Fail::recv_timeout)
+        unsafe { self.recv_one_raw(out, Wait::timeout(timeout), None) }.map_err(Fail::recv_timeout)
+    }
+}
+
+// ----- solo handles ----------------------------------------------------------------------------
+
+impl<T: Pod> Queue<T> {
+    /// A new sending handle that keeps the send lock between values: see [`SoloSender`].
+    pub fn solo_sender(&self) -> Result<SoloSender<T>, JoinError> {
+        self.sender().map(Sender::into_solo)
+    }
+
+    /// A new receiving handle that keeps the receive lock between values: see [`SoloReceiver`].
+    pub fn solo_receiver(&self) -> Result<SoloReceiver<T>, JoinError> {
+        self.receiver().map(Receiver::into_solo)
+    }
+}
+
+impl<T: Pod> Sender<T> {
+    /// This handle as a [`SoloSender`].
+    pub fn into_solo(self) -> SoloSender<T> {
+        SoloSender { sticky: Sticky::default(), sender: self, _thread: PhantomData }
+    }
+}
+
+impl<T: Pod> Receiver<T> {
+    /// This handle as a [`SoloReceiver`].
+    pub fn into_solo(self) -> SoloReceiver<T> {
+        SoloReceiver { sticky: Sticky::default(), receiver: self, _thread: PhantomData }
+    }
+}
+
+/// A queue sender that keeps the send lock from one value to the next: the typed twin of
+/// [`crate::ring::SoloSender`], with the same guarantees and the same price (other senders get the
+/// lock when this handle's next send ends, or when it is dropped, waits for a slot, or calls
+/// [`release`](Self::release); a killed one is repaired as always; parked receivers run one
+/// `membarrier(2)`; the handle stays on the thread that made it).
+#[derive(Debug)]
+pub struct SoloSender<T: Pod> {
+    sticky: Sticky,
+    sender: Sender<T>,
+    _thread: PhantomData<*const ()>,
+}
+
+impl<T: Pod> SoloSender<T> {
+    /// Sends a copy of `*value`, waiting for a free slot: see [`Sender::send_ref`].
+    #[inline]
+    pub fn send_ref(&mut self, value: &T) -> Result<(), SendError<()>> {
+        self.sender
+            .send_slice_in(std::slice::from_ref(value), Wait::Forever, Some(&mut self.sticky))
+            .map(drop)
+            .map_err(|f| f.send(()))
+    }
+
+    /// Sends a value, waiting for a free slot: see [`Sender::send`].
+    #[inline]
+    pub fn send(&mut self, value: T) -> Result<(), SendError<T>> {
+        self.sender
+            .send_slice_in(std::slice::from_ref(&value), Wait::Forever, Some(&mut self.sticky))
+            .map(drop)
+            .map_err(|f| f.send(value))
+    }
+
+    /// [`send_ref`](Self::send_ref) if a slot is free now.
+    #[inline]
+    pub fn try_send_ref(&mut self, value: &T) -> Result<(), TrySendError<()>> {
+        self.sender
+            .send_slice_in(std::slice::from_ref(value), Wait::Try, Some(&mut self.sticky))
+            .map(drop)
+            .map_err(|f| f.try_send(()))
+    }
+
+    /// [`send_ref`](Self::send_ref), waiting at most `timeout` for a free slot.
+    pub fn send_ref_timeout(&mut self, value: &T, timeout: Duration) -> Result<(), SendTimeoutError<()>> {
+        self.sender
+            .send_slice_in(std::slice::from_ref(value), Wait::timeout(timeout), Some(&mut self.sticky))
+            .map(drop)
+            .map_err(|f| f.send_timeout(()))
+    }
+
+    /// Gives the kept lock up now (a later send takes it again).
+    pub fn release(&mut self) {
+        let core = &*self.sender.core;
+        core.release_sticky(&core.ctrl().send, &mut self.sticky);
+    }
+
+    /// The ordinary handle underneath (the kept lock is given up first).
+    pub fn as_sender(&mut self) -> &Sender<T> {
+        self.release();
+        &self.sender
+    }
+}
+
+impl<T: Pod> Drop for SoloSender<T> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A queue receiver that keeps the receive lock from one value to the next (see [`SoloSender`]).
+#[derive(Debug)]
+pub struct SoloReceiver<T: Pod> {
+    sticky: Sticky,
+    receiver: Receiver<T>,
+    _thread: PhantomData<*const ()>,
+}
+
+impl<T: Pod> SoloReceiver<T> {
+    /// Receives a value into `*out`, waiting for one: see [`Receiver::recv_into`].
+    #[inline]
+    pub fn recv_into(&mut self, out: &mut T) -> Result<(), RecvError> {
+        // SAFETY: `out` is a valid, aligned, exclusive T outside the queue's memory.
+        unsafe { self.receiver.recv_one_raw(out, Wait::Forever, Some(&mut self.sticky)) }.map_err(Fail::recv)
+    }
+
+    /// Receives a value, waiting for one: see [`Receiver::recv`].
+    #[inline]
+    pub fn recv(&mut self) -> Result<T, RecvError> {
+        let mut out = std::mem::MaybeUninit::<T>::uninit();
+        // SAFETY: `out` is valid for one write of T, aligned, and not read before it is written.
+        unsafe { self.receiver.recv_one_raw(out.as_mut_ptr(), Wait::Forever, Some(&mut self.sticky)) }
+            .map_err(Fail::recv)?;
+        // SAFETY: recv_one_raw wrote a whole T into `out` (it returned Ok).
+        Ok(unsafe { out.assume_init() })
+    }
+
+    /// [`recv_into`](Self::recv_into) without waiting.
+    #[inline]
+    pub fn try_recv_into(&mut self, out: &mut T) -> Result<(), TryRecvError> {
+        // SAFETY: as in recv_into.
+        unsafe { self.receiver.recv_one_raw(out, Wait::Try, Some(&mut self.sticky)) }.map_err(Fail::try_recv)
+    }
+
+    /// [`recv_into`](Self::recv_into), waiting at most `timeout` (never less).
+    pub fn recv_into_timeout(&mut self, out: &mut T, timeout: Duration) -> Result<(), RecvTimeoutError> {
+        // SAFETY: as in recv_into.
+        unsafe { self.receiver.recv_one_raw(out, Wait::timeout(timeout), Some(&mut self.sticky)) }
+            .map_err(Fail::recv_timeout)
+    }
+
+    /// Gives the kept lock up now (a later receive takes it again).
+    pub fn release(&mut self) {
+        let core = &*self.receiver.core;
+        core.release_sticky(&core.ctrl().recv, &mut self.sticky);
+    }
+
+    /// The ordinary handle underneath (the kept lock is given up first).
+    pub fn as_receiver(&mut self) -> &Receiver<T> {
+        self.release();
+        &self.receiver
+    }
+}
+
+impl<T: Pod> Drop for SoloReceiver<T> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
