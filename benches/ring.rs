@@ -18,8 +18,8 @@
 //!   same with a `SoloSender` and a `SoloReceiver` (the locks kept between messages), 8 B to 1 KiB.
 //! - `typed`: `[u8; N]` messages, N = 8 and 1024, through a `Ring` (`send`, `recv_with`) and a
 //!   `Queue<[u8; N]>` by value (`send(value)`, `recv()`) and by reference (`send_ref`,
-//!   `recv_into`) and read in place (`send_ref`, `recv_in_place`), about 1 MiB of storage each;
-//!   messages/s.
+//!   `recv_into`) and read in place (`send_ref`, `recv_in_place`), and both with solo handles
+//!   (`RingSolo`, `QueueSolo`), about 1 MiB of storage each; messages/s.
 //! - `one_cpu`: the 8-byte ring ping-pong with both processes pinned to one CPU, default and
 //!   parking policies: a waiter that spins there burns its peer's time slice.
 //! - `batch`: 8 B messages in batches of 1, 8, 64 and 256, through a [`Ring`] (`send_many`,
@@ -594,6 +594,10 @@ enum Path {
     /// `Queue<[u8; N]>`: `send_ref(&value)`, `recv_in_place()` read where it lies (as the ring's
     /// `recv_with`).
     QueueInPlace,
+    /// `Queue<[u8; N]>` with solo handles: `SoloSender::send_ref`, `SoloReceiver::recv_into`.
+    QueueSolo,
+    /// `Ring` with solo handles: `SoloSender::send`, `SoloReceiver::recv_with`.
+    RingSolo,
 }
 
 /// One producer (the measuring process) to one consumer process, `[u8; N]` messages, about 1 MiB of
@@ -602,6 +606,8 @@ struct Typed<const N: usize> {
     path: Path,
     ring_tx: Option<ring::Sender>,
     queue_tx: Option<queue::Sender<[u8; N]>>,
+    ring_solo: Option<ring::SoloSender>,
+    queue_solo: Option<queue::SoloSender<[u8; N]>>,
     peer: Peer,
     buf: Box<[u8; N]>,
     seq: u64,
@@ -614,7 +620,41 @@ where
     fn new(path: Path) -> Typed<N> {
         let mut expected = 0u64;
         let name = format!("typed-{N}B-{path:?}");
+        let (mut ring_solo, mut queue_solo) = (None, None);
         let (ring_tx, queue_tx, peer) = match path {
+            Path::RingSolo => {
+                let r = Ring::builder().capacity(1 << 20).anonymous().expect("ring");
+                ring_solo = Some(r.solo_sender().expect("sender"));
+                let mut rx = r.solo_receiver().expect("receiver");
+                let peer = Peer::start(name, cpu(1), SpinPolicy::busy(), true, move |n| {
+                    for _ in 0..n {
+                        if let Err(e) = rx.recv_with(|m| check(m, N, expected)) {
+                            panic!("consumer: recv: {e}");
+                        }
+                        expected += 1;
+                    }
+                    expected
+                });
+                (None, None, peer)
+            }
+            Path::QueueSolo => {
+                let slots = ((1usize << 20) / (N + 8)).next_power_of_two();
+                let q = Queue::<[u8; N]>::builder().slots(slots).anonymous().expect("queue");
+                queue_solo = Some(q.solo_sender().expect("sender"));
+                let mut rx = q.solo_receiver().expect("receiver");
+                let mut place = Box::new([0u8; N]);
+                let peer = Peer::start(name, cpu(1), SpinPolicy::busy(), true, move |n| {
+                    for _ in 0..n {
+                        match rx.recv_into(&mut place) {
+                            Ok(()) => check(&place[..], N, expected),
+                            Err(e) => panic!("consumer: recv_into: {e}"),
+                        }
+                        expected += 1;
+                    }
+                    expected
+                });
+                (None, None, peer)
+            }
             Path::Ring => {
                 let r = Ring::builder().capacity(1 << 20).anonymous().expect("ring");
                 let tx = r.sender().expect("sender");
@@ -651,7 +691,7 @@ where
                                 Ok(v) => check(&v[..], N, expected),
                                 Err(e) => panic!("consumer: recv: {e}"),
                             },
-                            Path::Ring => unreachable!(),
+                            Path::Ring | Path::RingSolo | Path::QueueSolo => unreachable!(),
                         }
                         expected += 1;
                     }
@@ -660,7 +700,7 @@ where
                 (None, Some(tx), peer)
             }
         };
-        Typed { path, ring_tx, queue_tx, peer, buf: Box::new([0; N]), seq: 0 }
+        Typed { path, ring_tx, queue_tx, ring_solo, queue_solo, peer, buf: Box::new([0; N]), seq: 0 }
     }
 
     fn run(&mut self, iters: u64) -> Duration {
@@ -670,6 +710,8 @@ where
         for _ in 0..iters {
             fill(&mut self.buf[..], self.seq);
             let sent = match (self.path, &self.ring_tx, &self.queue_tx) {
+                (Path::RingSolo, ..) => self.ring_solo.as_mut().is_some_and(|tx| tx.send(&self.buf[..]).is_ok()),
+                (Path::QueueSolo, ..) => self.queue_solo.as_mut().is_some_and(|tx| tx.send_ref(&self.buf).is_ok()),
                 (Path::Ring, Some(tx), _) => tx.send(&self.buf[..]).is_ok(),
                 (Path::QueueByValue, _, Some(tx)) => tx.send(*self.buf).is_ok(),
                 (Path::QueueByRef | Path::QueueInPlace, _, Some(tx)) => tx.send_ref(&self.buf).is_ok(),
@@ -691,11 +733,13 @@ fn typed(c: &mut Criterion) {
     pin(cpu(0));
     let mut group = c.benchmark_group("typed");
     group.throughput(Throughput::Elements(1));
-    for path in [Path::Ring, Path::QueueByValue, Path::QueueByRef, Path::QueueInPlace] {
+    for path in [Path::Ring, Path::QueueByValue, Path::QueueByRef, Path::QueueInPlace, Path::RingSolo, Path::QueueSolo]
+    {
         let id = BenchmarkId::new("8B", format!("{path:?}"));
         bench_rig(&mut group, id, move || Typed::<8>::new(path), Typed::run);
     }
-    for path in [Path::Ring, Path::QueueByValue, Path::QueueByRef, Path::QueueInPlace] {
+    for path in [Path::Ring, Path::QueueByValue, Path::QueueByRef, Path::QueueInPlace, Path::RingSolo, Path::QueueSolo]
+    {
         let id = BenchmarkId::new("1KiB", format!("{path:?}"));
         bench_rig(&mut group, id, move || Typed::<1024>::new(path), Typed::run);
     }

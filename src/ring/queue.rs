@@ -925,7 +925,7 @@ impl<T: Pod> Receiver<T> {
 /// [`release`](Self::release); a killed one is repaired as always; parked receivers run one
 /// `membarrier(2)`; the handle stays on the thread that made it).
 #[derive(Debug)]
-pub struct SoloSender<T: Pod> {
+pub struct SoloSender<T> {
     sticky: Sticky,
     sender: Sender<T>,
     _thread: PhantomData<*const ()>,
@@ -967,12 +967,6 @@ impl<T: Pod> SoloSender<T> {
             .map_err(|f| f.send_timeout(()))
     }
 
-    /// Gives the kept lock up now (a later send takes it again).
-    pub fn release(&mut self) {
-        let core = &*self.sender.core;
-        core.release_sticky(&core.ctrl().send, &mut self.sticky);
-    }
-
     /// The ordinary handle underneath (the kept lock is given up first).
     pub fn as_sender(&mut self) -> &Sender<T> {
         self.release();
@@ -980,7 +974,15 @@ impl<T: Pod> SoloSender<T> {
     }
 }
 
-impl<T: Pod> Drop for SoloSender<T> {
+impl<T> SoloSender<T> {
+    /// Gives the kept lock up now (a later send takes it again).
+    pub fn release(&mut self) {
+        let core = &*self.sender.core;
+        core.release_sticky(&core.ctrl().send, &mut self.sticky);
+    }
+}
+
+impl<T> Drop for SoloSender<T> {
     fn drop(&mut self) {
         self.release();
     }
@@ -988,7 +990,7 @@ impl<T: Pod> Drop for SoloSender<T> {
 
 /// A queue receiver that keeps the receive lock from one value to the next (see [`SoloSender`]).
 #[derive(Debug)]
-pub struct SoloReceiver<T: Pod> {
+pub struct SoloReceiver<T> {
     sticky: Sticky,
     receiver: Receiver<T>,
     _thread: PhantomData<*const ()>,
@@ -1027,12 +1029,6 @@ impl<T: Pod> SoloReceiver<T> {
             .map_err(Fail::recv_timeout)
     }
 
-    /// Gives the kept lock up now (a later receive takes it again).
-    pub fn release(&mut self) {
-        let core = &*self.receiver.core;
-        core.release_sticky(&core.ctrl().recv, &mut self.sticky);
-    }
-
     /// The ordinary handle underneath (the kept lock is given up first).
     pub fn as_receiver(&mut self) -> &Receiver<T> {
         self.release();
@@ -1040,7 +1036,15 @@ impl<T: Pod> SoloReceiver<T> {
     }
 }
 
-impl<T: Pod> Drop for SoloReceiver<T> {
+impl<T> SoloReceiver<T> {
+    /// Gives the kept lock up now (a later receive takes it again).
+    pub fn release(&mut self) {
+        let core = &*self.receiver.core;
+        core.release_sticky(&core.ctrl().recv, &mut self.sticky);
+    }
+}
+
+impl<T> Drop for SoloReceiver<T> {
     fn drop(&mut self) {
         self.release();
     }
