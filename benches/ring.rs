@@ -14,7 +14,14 @@
 //!
 //! - `throughput`: one producer (the measuring process) to one consumer process through a 4 MiB
 //!   [`Ring`] (4 times the largest message); `send` of one message at a time, `recv_with` reading it
-//!   in place; messages of 8 B, 64 B, 1 KiB, 64 KiB and 1 MiB; messages/s.
+//!   in place; messages of 8 B, 64 B, 1 KiB, 64 KiB and 1 MiB; messages/s. `throughput/solo`: the
+//!   same with a `SoloSender` and a `SoloReceiver` (the locks kept between messages), 8 B to 1 KiB.
+//! - `typed`: `[u8; N]` messages, N = 8 and 1024, through a `Ring` (`send`, `recv_with`) and a
+//!   `Queue<[u8; N]>` by value (`send(value)`, `recv()`) and by reference (`send_ref`,
+//!   `recv_into`) and read in place (`send_ref`, `recv_in_place`), and both with solo handles
+//!   (`RingSolo`, `QueueSolo`), about 1 MiB of storage each; messages/s.
+//! - `one_cpu`: the 8-byte ring ping-pong with both processes pinned to one CPU, default and
+//!   parking policies: a waiter that spins there burns its peer's time slice.
 //! - `batch`: 8 B messages in batches of 1, 8, 64 and 256, through a [`Ring`] (`send_many`,
 //!   `recv_many`) and through a `Queue<u64>` (`send_many`, `recv_many` into a slice), both with
 //!   1 MiB of storage; messages/s.
@@ -132,12 +139,60 @@ impl OneWay {
     }
 }
 
+/// [`OneWay`] with a [`ring::SoloSender`] here and a [`ring::SoloReceiver`] in the consumer: the
+/// locks kept between messages.
+struct SoloOneWay {
+    tx: ring::SoloSender,
+    peer: Peer,
+    buf: Vec<u8>,
+    seq: u64,
+}
+
+impl SoloOneWay {
+    fn new(size: usize) -> SoloOneWay {
+        let r = Ring::builder().capacity(THROUGHPUT_RING).anonymous().expect("ring");
+        let tx = r.solo_sender().expect("sender");
+        let mut rx = r.solo_receiver().expect("receiver");
+        let mut expected = 0u64;
+        let peer = Peer::start(format!("solo-consumer-{size}B"), cpu(1), SpinPolicy::busy(), true, move |n| {
+            for _ in 0..n {
+                if let Err(e) = rx.recv_with(|m| check(m, size, expected)) {
+                    panic!("consumer: recv: {e}");
+                }
+                expected += 1;
+            }
+            expected
+        });
+        SoloOneWay { tx, peer, buf: vec![0; size], seq: 0 }
+    }
+
+    fn run(&mut self, iters: u64) -> Duration {
+        self.peer.command(iters);
+        self.peer.ready();
+        let t = Instant::now();
+        for _ in 0..iters {
+            fill(&mut self.buf, self.seq);
+            if self.tx.send(self.buf.as_slice()).is_err() {
+                self.peer.failed("receiving");
+            }
+            self.seq += 1;
+        }
+        let received_up_to = self.peer.reply();
+        let elapsed = t.elapsed();
+        assert_eq!(received_up_to, self.seq, "consumer's count");
+        elapsed
+    }
+}
+
 fn throughput(c: &mut Criterion) {
     pin(cpu(0));
     let mut group = c.benchmark_group("throughput");
     for (size, label) in [(8, "8B"), (64, "64B"), (1024, "1KiB"), (64 << 10, "64KiB"), (1 << 20, "1MiB")] {
         group.throughput(Throughput::Elements(1));
         bench_rig(&mut group, BenchmarkId::new("send_recv_with", label), || OneWay::new(size), OneWay::run);
+    }
+    for (size, label) in [(8, "8B"), (64, "64B"), (1024, "1KiB")] {
+        bench_rig(&mut group, BenchmarkId::new("solo", label), || SoloOneWay::new(size), SoloOneWay::run);
     }
     group.finish();
 }
@@ -420,6 +475,11 @@ struct RingPingPong {
 
 impl RingPingPong {
     fn new(spin: SpinPolicy) -> RingPingPong {
+        RingPingPong::with_cpu(spin, cpu(1))
+    }
+
+    /// The echo pinned to `echo_cpu` (the measuring process stays where it is).
+    fn with_cpu(spin: SpinPolicy, echo_cpu: Option<usize>) -> RingPingPong {
         let there = Ring::builder().capacity(4096).spin(spin).anonymous().expect("ring");
         let back = Ring::builder().capacity(4096).spin(spin).anonymous().expect("ring");
         let tx = there.sender().expect("sender");
@@ -427,7 +487,7 @@ impl RingPingPong {
         let peer_rx = there.receiver().expect("receiver");
         let peer_tx = back.sender().expect("sender");
         let mut expected = 0u64;
-        let peer = Peer::start("echo", cpu(1), SpinPolicy::busy(), true, move |n| {
+        let peer = Peer::start("echo", echo_cpu, SpinPolicy::busy(), true, move |n| {
             for _ in 0..n {
                 let v = peer_rx.recv_with(seq_of).unwrap_or_else(|e| panic!("echo: recv: {e}"));
                 assert_eq!(v, expected, "echo: ping out of sequence");
@@ -520,11 +580,199 @@ fn pingpong(c: &mut Criterion) {
     group.finish();
 }
 
-/// Runs the four groups, as `criterion_group!` and `criterion_main!` would (without their
+// ----- 5. the typed queue against the byte ring -----------------------------------------------------
+
+/// How the typed bench moves its `[u8; N]` messages.
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    /// `Ring`: `send(&[u8])`, `recv_with` reading in place.
+    Ring,
+    /// `Queue<[u8; N]>`: `send(value)`, `recv() -> value`.
+    QueueByValue,
+    /// `Queue<[u8; N]>`: `send_ref(&value)`, `recv_into(&mut value)`.
+    QueueByRef,
+    /// `Queue<[u8; N]>`: `send_ref(&value)`, `recv_in_place()` read where it lies (as the ring's
+    /// `recv_with`).
+    QueueInPlace,
+    /// `Queue<[u8; N]>` with solo handles: `SoloSender::send_ref`, `SoloReceiver::recv_into`.
+    QueueSolo,
+    /// `Ring` with solo handles: `SoloSender::send`, `SoloReceiver::recv_with`.
+    RingSolo,
+}
+
+/// One producer (the measuring process) to one consumer process, `[u8; N]` messages, about 1 MiB of
+/// storage either way (a `Ring` of 1 MiB, or a `Queue` of 1 MiB of slots).
+struct Typed<const N: usize> {
+    path: Path,
+    ring_tx: Option<ring::Sender>,
+    queue_tx: Option<queue::Sender<[u8; N]>>,
+    ring_solo: Option<ring::SoloSender>,
+    queue_solo: Option<queue::SoloSender<[u8; N]>>,
+    peer: Peer,
+    buf: Box<[u8; N]>,
+    seq: u64,
+}
+
+impl<const N: usize> Typed<N>
+where
+    [u8; N]: ringpool::Pod,
+{
+    fn new(path: Path) -> Typed<N> {
+        let mut expected = 0u64;
+        let name = format!("typed-{N}B-{path:?}");
+        let (mut ring_solo, mut queue_solo) = (None, None);
+        let (ring_tx, queue_tx, peer) = match path {
+            Path::RingSolo => {
+                let r = Ring::builder().capacity(1 << 20).anonymous().expect("ring");
+                ring_solo = Some(r.solo_sender().expect("sender"));
+                let mut rx = r.solo_receiver().expect("receiver");
+                let peer = Peer::start(name, cpu(1), SpinPolicy::busy(), true, move |n| {
+                    for _ in 0..n {
+                        if let Err(e) = rx.recv_with(|m| check(m, N, expected)) {
+                            panic!("consumer: recv: {e}");
+                        }
+                        expected += 1;
+                    }
+                    expected
+                });
+                (None, None, peer)
+            }
+            Path::QueueSolo => {
+                let slots = ((1usize << 20) / (N + 8)).next_power_of_two();
+                let q = Queue::<[u8; N]>::builder().slots(slots).anonymous().expect("queue");
+                queue_solo = Some(q.solo_sender().expect("sender"));
+                let mut rx = q.solo_receiver().expect("receiver");
+                let mut place = Box::new([0u8; N]);
+                let peer = Peer::start(name, cpu(1), SpinPolicy::busy(), true, move |n| {
+                    for _ in 0..n {
+                        match rx.recv_into(&mut place) {
+                            Ok(()) => check(&place[..], N, expected),
+                            Err(e) => panic!("consumer: recv_into: {e}"),
+                        }
+                        expected += 1;
+                    }
+                    expected
+                });
+                (None, None, peer)
+            }
+            Path::Ring => {
+                let r = Ring::builder().capacity(1 << 20).anonymous().expect("ring");
+                let tx = r.sender().expect("sender");
+                let rx = r.receiver().expect("receiver");
+                let peer = Peer::start(name, cpu(1), SpinPolicy::busy(), true, move |n| {
+                    for _ in 0..n {
+                        if let Err(e) = rx.recv_with(|m| check(m, N, expected)) {
+                            panic!("consumer: recv: {e}");
+                        }
+                        expected += 1;
+                    }
+                    expected
+                });
+                (Some(tx), None, peer)
+            }
+            _ => {
+                let slots = ((1usize << 20) / (N + 8)).next_power_of_two();
+                let q = Queue::<[u8; N]>::builder().slots(slots).anonymous().expect("queue");
+                let tx = q.sender().expect("sender");
+                let rx = q.receiver().expect("receiver");
+                let mut place = Box::new([0u8; N]);
+                let peer = Peer::start(name, cpu(1), SpinPolicy::busy(), true, move |n| {
+                    for _ in 0..n {
+                        match path {
+                            Path::QueueByRef => match rx.recv_into(&mut place) {
+                                Ok(()) => check(&place[..], N, expected),
+                                Err(e) => panic!("consumer: recv_into: {e}"),
+                            },
+                            Path::QueueInPlace => match rx.recv_in_place() {
+                                Ok(v) => check(&v[..], N, expected),
+                                Err(e) => panic!("consumer: recv_in_place: {e}"),
+                            },
+                            Path::QueueByValue => match rx.recv() {
+                                Ok(v) => check(&v[..], N, expected),
+                                Err(e) => panic!("consumer: recv: {e}"),
+                            },
+                            Path::Ring | Path::RingSolo | Path::QueueSolo => unreachable!(),
+                        }
+                        expected += 1;
+                    }
+                    expected
+                });
+                (None, Some(tx), peer)
+            }
+        };
+        Typed { path, ring_tx, queue_tx, ring_solo, queue_solo, peer, buf: Box::new([0; N]), seq: 0 }
+    }
+
+    fn run(&mut self, iters: u64) -> Duration {
+        self.peer.command(iters);
+        self.peer.ready();
+        let t = Instant::now();
+        for _ in 0..iters {
+            fill(&mut self.buf[..], self.seq);
+            let sent = match (self.path, &self.ring_tx, &self.queue_tx) {
+                (Path::RingSolo, ..) => self.ring_solo.as_mut().is_some_and(|tx| tx.send(&self.buf[..]).is_ok()),
+                (Path::QueueSolo, ..) => self.queue_solo.as_mut().is_some_and(|tx| tx.send_ref(&self.buf).is_ok()),
+                (Path::Ring, Some(tx), _) => tx.send(&self.buf[..]).is_ok(),
+                (Path::QueueByValue, _, Some(tx)) => tx.send(*self.buf).is_ok(),
+                (Path::QueueByRef | Path::QueueInPlace, _, Some(tx)) => tx.send_ref(&self.buf).is_ok(),
+                _ => unreachable!("the rig was built for its path"),
+            };
+            if !sent {
+                self.peer.failed("receiving");
+            }
+            self.seq += 1;
+        }
+        let received_up_to = self.peer.reply();
+        let elapsed = t.elapsed();
+        assert_eq!(received_up_to, self.seq, "consumer's count");
+        elapsed
+    }
+}
+
+fn typed(c: &mut Criterion) {
+    pin(cpu(0));
+    let mut group = c.benchmark_group("typed");
+    group.throughput(Throughput::Elements(1));
+    for path in [Path::Ring, Path::QueueByValue, Path::QueueByRef, Path::QueueInPlace, Path::RingSolo, Path::QueueSolo]
+    {
+        let id = BenchmarkId::new("8B", format!("{path:?}"));
+        bench_rig(&mut group, id, move || Typed::<8>::new(path), Typed::run);
+    }
+    for path in [Path::Ring, Path::QueueByValue, Path::QueueByRef, Path::QueueInPlace, Path::RingSolo, Path::QueueSolo]
+    {
+        let id = BenchmarkId::new("1KiB", format!("{path:?}"));
+        bench_rig(&mut group, id, move || Typed::<1024>::new(path), Typed::run);
+    }
+    group.finish();
+}
+
+// ----- 6. one CPU shared by both ends ----------------------------------------------------------------
+
+/// Ping-pong with both processes on one CPU (the first this process may use), default spin policy:
+/// the case where a waiter that spins burns the time slice its peer needs.
+fn one_cpu(c: &mut Criterion) {
+    let mut group = c.benchmark_group("one_cpu");
+    let first = cpu(0);
+    pin(first);
+    let mk = move |spin| RingPingPong::with_cpu(spin, first);
+    bench_rig(
+        &mut group,
+        BenchmarkId::new("pingpong_8B", "default"),
+        move || mk(SpinPolicy::default()),
+        RingPingPong::run,
+    );
+    bench_rig(&mut group, BenchmarkId::new("pingpong_8B", "park"), move || mk(SpinPolicy::park()), RingPingPong::run);
+    group.finish();
+}
+
+/// Runs the groups, as `criterion_group!` and `criterion_main!` would (without their
 /// undocumented `pub fn`). The settings are made before the command line is read, so that
 /// `--warm-up-time`, `--measurement-time`, `--sample-size` and `--quick` override them (settings made
 /// on a group would override the command line). 22 benchmarks of 2 + 8 s: about 4.5 minutes.
 fn main() {
+    if let Ok(mode) = std::env::var("RING_CALLGRIND") {
+        return callgrind_loop(&mode);
+    }
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(2))
         .measurement_time(Duration::from_secs(8))
@@ -534,5 +782,68 @@ fn main() {
     batch(&mut c);
     mpmc(&mut c);
     pingpong(&mut c);
+    typed(&mut c);
+    one_cpu(&mut c);
     c.final_summary();
+}
+
+/// A one-process loop for instruction counts under callgrind (`RING_CALLGRIND=<mode>:<n>`, e.g.
+/// `valgrind --tool=callgrind target/release/deps/ring-* ` with `send:100000`): `n` times one 8-byte
+/// `send` and one `recv_with` checking it, on one ring in this process. Run it with two counts and
+/// take the difference over the difference of counts: the instructions of one send and one
+/// receive, without the setup. Not a criterion bench: it times nothing.
+fn callgrind_loop(spec: &str) {
+    let (mode, n) = spec.split_once(':').unwrap_or((spec, "100000"));
+    let n: u64 = n.parse().expect("RING_CALLGRIND=<mode>:<count>");
+    let r = Ring::builder().capacity(1 << 16).anonymous().expect("ring");
+    match mode {
+        "send" => {
+            let tx = r.sender().expect("sender");
+            let rx = r.receiver().expect("receiver");
+            for seq in 0..n {
+                tx.send(seq.to_le_bytes()).expect("send");
+                let got = rx.recv_with(seq_of).expect("recv");
+                assert_eq!(got, seq);
+            }
+        }
+        "solo" => {
+            let mut tx = r.solo_sender().expect("sender");
+            let mut rx = r.solo_receiver().expect("receiver");
+            for seq in 0..n {
+                tx.send(seq.to_le_bytes()).expect("send");
+                let got = rx.recv_with(seq_of).expect("recv");
+                assert_eq!(got, seq);
+            }
+        }
+        "ring1k" => {
+            let tx = r.sender().expect("sender");
+            let rx = r.receiver().expect("receiver");
+            let mut buf = vec![0u8; 1024];
+            for seq in 0..n {
+                fill(&mut buf, seq);
+                tx.send(buf.as_slice()).expect("send");
+                rx.recv_with(|m| check(m, 1024, seq)).expect("recv");
+            }
+        }
+        "queue1k_value" | "queue1k_ref" => {
+            let q = Queue::<[u8; 1024]>::builder().slots(64).anonymous().expect("queue");
+            let tx = q.sender().expect("sender");
+            let rx = q.receiver().expect("receiver");
+            let mut buf = Box::new([0u8; 1024]);
+            let mut place = Box::new([0u8; 1024]);
+            for seq in 0..n {
+                fill(&mut buf[..], seq);
+                if mode == "queue1k_ref" {
+                    tx.send_ref(&buf).expect("send");
+                    rx.recv_into(&mut place).expect("recv");
+                    check(&place[..], 1024, seq);
+                } else {
+                    tx.send(*buf).expect("send");
+                    let v = rx.recv().expect("recv");
+                    check(&v[..], 1024, seq);
+                }
+            }
+        }
+        other => panic!("unknown RING_CALLGRIND mode {other}"),
+    }
 }

@@ -318,6 +318,12 @@ fn cases(target: Target, (total_len, payload_len): (u64, u64)) -> Vec<Case> {
     out.extend(one("head", At::Payload(HEAD), 8, boundary(8, 0), &survive));
     out.extend(one("send.lock", At::Payload(SEND_LOCK), 4, few(0), &survive));
     out.extend(one("recv.lock", At::Payload(RECV_LOCK), 4, few(0), &survive));
+    // Layout 3: a solo holder's mark after each lock word, and the notifier's CPU hint after each
+    // event count.
+    out.extend(one("send.sticky", At::Payload(SEND_LOCK + 4), 4, few(0), &survive));
+    out.extend(one("recv.sticky", At::Payload(RECV_LOCK + 4), 4, few(0), &survive));
+    out.extend(one("not_empty.cpu", At::Payload(HEAD + 128 + 8), 4, few(0), &survive));
+    out.extend(one("not_full.cpu", At::Payload(HEAD + 256 + 8), 4, few(0), &survive));
     out.extend(one("membership.gone", At::Payload(GONE), 4, few(0), &survive));
     out.extend(one("membership.high_water", At::Payload(HIGH_WATER), 4, boundary(4, 1), &survive));
     out.extend(one("membership.last_sweep", At::Payload(LAST_SWEEP), 8, few(0), &survive));

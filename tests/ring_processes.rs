@@ -447,6 +447,9 @@ fn sigkill_storm_ring() {
         spawn(move || {
             let mut rng = storm_child_setup(p);
             let tx = ring.sender().unwrap();
+            // Odd producers send their single messages through a solo sender (the lock kept
+            // between sends), beside the ordinary handle's other operations.
+            let mut solo = (p % 2 == 1).then(|| ring.solo_sender().unwrap());
             let who = format!("ring producer {p}");
             let mut buf = Vec::new();
             while !b.stopped() {
@@ -456,7 +459,10 @@ fn sigkill_storm_ring() {
                 let sent = match op {
                     0 => {
                         message(p as u32, seq0, 2000, &mut buf);
-                        tx.send_timeout(&buf, STORM_WAIT).map(|()| 1).map_err(|e| e.to_string())
+                        match solo.as_mut() {
+                            Some(s) => s.send_timeout(&buf, STORM_WAIT).map(|()| 1).map_err(|e| e.to_string()),
+                            None => tx.send_timeout(&buf, STORM_WAIT).map(|()| 1).map_err(|e| e.to_string()),
+                        }
                     }
                     1 => {
                         message(p as u32, seq0, 2000, &mut buf);
@@ -520,6 +526,8 @@ fn sigkill_storm_ring() {
         spawn(move || {
             let mut rng = storm_consumer_setup(b, c, false);
             let rx = ring.receiver().unwrap();
+            // Odd consumers take op 2 through a solo receiver (the lock kept between receives).
+            let mut solo = (c % 2 == 1).then(|| ring.solo_receiver().unwrap());
             let mut last = [None::<u64>; STORM_SLOTS];
             let id = |m: &[u8]| match check_message(m) {
                 Ok((p, seq)) => (u64::from(p), seq),
@@ -533,7 +541,10 @@ fn sigkill_storm_ring() {
                 let r = match op {
                     0 => rx.try_recv().map_err(as_timeout).map(|m| vec![id(&m)]),
                     1 => rx.recv_timeout(STORM_WAIT).map(|m| vec![id(&m)]),
-                    2 => rx.recv_with_timeout(STORM_WAIT, |m| vec![id(m)]),
+                    2 => match solo.as_mut() {
+                        Some(s) => s.recv_with_timeout(STORM_WAIT, |m| vec![id(m)]),
+                        None => rx.recv_with_timeout(STORM_WAIT, |m| vec![id(m)]),
+                    },
                     3 => {
                         let mut got = Vec::new();
                         rx.recv_many_timeout(1 + rng.below(32) as usize, STORM_WAIT, |m| got.push(id(m))).map(|_| got)
@@ -593,13 +604,18 @@ fn sigkill_storm_queue() {
         spawn(move || {
             let mut rng = storm_child_setup(p);
             let tx = queue.sender().unwrap();
+            // Odd producers send op 0 through a solo sender (the lock kept between sends).
+            let mut solo = (p % 2 == 1).then(|| queue.solo_sender().unwrap());
             let who = format!("queue producer {p}");
             while !b.stopped() {
                 let op = rng.below(5) as usize;
                 let k = if op == 2 || op == 3 { 1 + rng.below(24) } else { 1 };
                 let Some(seq0) = b.attempt(p, k) else { return 0 };
                 let sent = match op {
-                    0 => tx.send(qmessage(p, seq0)).map(|()| 1).map_err(|e| e.to_string()),
+                    0 => match solo.as_mut() {
+                        Some(s) => s.send_ref(&qmessage(p, seq0)).map(|()| 1).map_err(|e| e.to_string()),
+                        None => tx.send(qmessage(p, seq0)).map(|()| 1).map_err(|e| e.to_string()),
+                    },
                     1 => {
                         let deadline = Instant::now() + STORM_WAIT;
                         loop {
@@ -651,15 +667,21 @@ fn sigkill_storm_queue() {
         spawn(move || {
             let mut rng = storm_consumer_setup(b, c, true);
             let rx = queue.receiver().unwrap();
-            let mut last = [None::<u64>; STORM_SLOTS];
+            // Odd consumers take op 1 through a solo receiver (the lock kept between receives).
+            let mut solo = (c % 2 == 1).then(|| queue.solo_receiver().unwrap());
+            let mut place = [0u64; 4];
             let id = |m: &[u64; 4]| (m[0], m[1]);
+            let mut last = [None::<u64>; STORM_SLOTS];
             let mut out = [[0u64; 4]; 32];
             loop {
                 let op = rng.below(6) as usize;
                 let n = 1 + rng.below(32) as usize;
                 let r = match op {
                     0 => rx.try_recv().map_err(as_timeout).map(|m| vec![id(&m)]),
-                    1 => rx.recv_timeout(STORM_WAIT).map(|m| vec![id(&m)]),
+                    1 => match solo.as_mut() {
+                        Some(s) => s.recv_into_timeout(&mut place, STORM_WAIT).map(|()| vec![id(&place)]),
+                        None => rx.recv_timeout(STORM_WAIT).map(|m| vec![id(&m)]),
+                    },
                     2 => rx.try_recv_many(&mut out[..n]).map_err(as_timeout).map(|k| out[..k].iter().map(id).collect()),
                     3 => rx.recv_many_timeout(&mut out[..n], STORM_WAIT).map(|k| out[..k].iter().map(id).collect()),
                     _ => rx.recv_in_place_timeout(STORM_WAIT).map(|g| {

@@ -1,13 +1,14 @@
 //! [`Ring`]: byte messages of any length up to the ring's largest, between processes.
 
 use crate::sys::atomic::Ordering;
+use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::control::{Config, FORMAT_BYTES, MAX_MEMBERS, data_offset};
-use super::core::{Core, Role};
+use super::core::{Core, Role, Sticky};
 use super::error::{
     Broken, Fail, JoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
@@ -465,11 +466,28 @@ impl Sender {
 
     #[inline]
     fn send_one(&self, msg: &[u8], wait: Wait) -> Result<(), Fail> {
+        self.send_one_in(msg, wait, None)
+    }
+
+    /// Sends one message, with the lock a solo handle keeps when `solo` is given.
+    #[inline(always)]
+    fn send_one_in(&self, msg: &[u8], wait: Wait, solo: Option<&mut Sticky>) -> Result<(), Fail> {
         let core = &*self.core;
         if msg.len() as u64 > core.cfg.item_size {
             return Err(Fail::TooLarge);
         }
-        let (guard, tail, _) = self.lock_with_room(room_needed(msg.len()), wait)?;
+        let need = room_needed(msg.len());
+        let (guard, tail, solo) = match solo {
+            None => {
+                let (g, tail, _) = self.lock_with_room(need, wait)?;
+                (Some(g), tail, None)
+            }
+            Some(st) => {
+                let (g, tail, _) =
+                    core.lock_for_send_solo(st, self.spin, wait, need, need, || core.repair_bytes_send())?;
+                (g, tail, Some(st))
+            }
+        };
         // SAFETY: `tail + 8 .. tail + 8 + len` is inside the room just checked against the head,
         // beyond the published tail, and we hold the send lock: no one else reads or writes it.
         unsafe { core.write_bytes(tail + 8, msg) };
@@ -481,7 +499,11 @@ impl Sender {
         c.tail.store(tail + record_size(msg.len()), Ordering::Release);
         bump(&c.send.messages, 1);
         bump(&c.send.bytes, msg.len() as u64);
-        core.unlock_and_notify(guard, &c.not_empty, 1);
+        match (solo, guard) {
+            (Some(st), guard) => core.finish_solo(&c.send, st, guard, &c.not_empty, 1),
+            (None, Some(guard)) => core.unlock_and_notify(guard, &c.not_empty, 1),
+            (None, None) => {}
+        }
         Ok(())
     }
 
@@ -764,8 +786,25 @@ impl Receiver {
 
     #[inline]
     fn recv_one<R>(&self, wait: Wait, f: impl FnOnce(&[u8]) -> R) -> Result<R, Fail> {
+        self.recv_one_in(wait, None, f)
+    }
+
+    /// Receives one message, with the lock a solo handle keeps when `solo` is given.
+    #[inline(always)]
+    fn recv_one_in<R>(&self, wait: Wait, solo: Option<&mut Sticky>, f: impl FnOnce(&[u8]) -> R) -> Result<R, Fail> {
         let core = &*self.core;
-        let (guard, head, len) = self.lock_with_record(wait)?;
+        let (guard, head, len, solo) = match solo {
+            None => {
+                let (g, head, len) = self.lock_with_record(wait)?;
+                (Some(g), head, len, None)
+            }
+            Some(st) => {
+                let probe = |i| core.probe_record(i);
+                let (g, head, len) =
+                    core.lock_for_recv_solo(st, self.spin, wait, || core.repair_bytes_recv(), probe)?;
+                (g, head, len, Some(st))
+            }
+        };
         let mut tmp = Vec::new();
         let msg = if core.mirrored {
             // SAFETY: the record at `head` is published (its header was acquired) and we hold the
@@ -780,7 +819,8 @@ impl Receiver {
         };
         // From here on the message is taken: `done` moves the head past it and releases the lock
         // when it drops, after `f` returns or while `f` unwinds.
-        let mut done = Taking::new(core, guard, head);
+        let mut done = Taking::with(core, guard, head);
+        done.solo = solo;
         done.take(msg);
         Ok(f(msg))
     }
@@ -861,6 +901,157 @@ impl Receiver {
     }
 }
 
+// ----- solo handles ----------------------------------------------------------------------------
+
+impl Ring {
+    /// A new sending handle that keeps the send lock between messages: see [`SoloSender`].
+    pub fn solo_sender(&self) -> Result<SoloSender, JoinError> {
+        self.sender().map(Sender::into_solo)
+    }
+
+    /// A new receiving handle that keeps the receive lock between messages: see [`SoloReceiver`].
+    pub fn solo_receiver(&self) -> Result<SoloReceiver, JoinError> {
+        self.receiver().map(Receiver::into_solo)
+    }
+}
+
+impl Sender {
+    /// This handle as a [`SoloSender`].
+    pub fn into_solo(self) -> SoloSender {
+        SoloSender { sticky: Sticky::default(), sender: self, _thread: PhantomData }
+    }
+}
+
+impl Receiver {
+    /// This handle as a [`SoloReceiver`].
+    pub fn into_solo(self) -> SoloReceiver {
+        SoloReceiver { sticky: Sticky::default(), receiver: self, _thread: PhantomData }
+    }
+}
+
+/// A sender that keeps the send lock from one message to the next, for the commonest case of one
+/// sender: a message then costs no locked instruction (no `lock cmpxchg` waiting for the line the
+/// receiver has just read), where a [`Sender`] takes and frees the lock per message.
+///
+/// Nothing is given up for it. Other senders (of any process) may still send: one that finds the
+/// lock kept asks for it, and gets it when this handle's next send ends (or when this handle is
+/// dropped, or waits for room: a waiting solo sender never holds the lock); after such a hand-over
+/// this handle takes the lock per message for a while. A solo sender killed at any point is found
+/// dead and its lock taken over and the ring repaired, exactly as for a [`Sender`]. Its sends take
+/// `&mut self`, and the handle stays on the thread that made it (it is neither `Send` nor
+/// `Sync`: move the [`Sender`] and call [`Sender::into_solo`] there), so the thread that keeps the
+/// lock is known: an ordinary handle used by that same thread, which would otherwise wait for
+/// itself, gives the hold up on the solo handle's behalf.
+///
+/// The price is on the waiting side: a receiver that parks while a solo sender keeps the lock
+/// runs one `membarrier(2)` system call first (about a microsecond). Where the kernel refuses
+/// `membarrier`, the handle behaves as a [`Sender`].
+#[derive(Debug)]
+pub struct SoloSender {
+    sticky: Sticky,
+    sender: Sender,
+    /// Neither `Send` nor `Sync`: see above.
+    _thread: PhantomData<*const ()>,
+}
+
+impl SoloSender {
+    /// Sends a message, waiting for room: see [`Sender::send`].
+    #[inline]
+    pub fn send<M: AsRef<[u8]>>(&mut self, msg: M) -> Result<(), SendError<M>> {
+        self.sender.send_one_in(msg.as_ref(), Wait::Forever, Some(&mut self.sticky)).map_err(|f| f.send(msg))
+    }
+
+    /// Sends a message if there is room now: see [`Sender::try_send`].
+    #[inline]
+    pub fn try_send<M: AsRef<[u8]>>(&mut self, msg: M) -> Result<(), TrySendError<M>> {
+        self.sender.send_one_in(msg.as_ref(), Wait::Try, Some(&mut self.sticky)).map_err(|f| f.try_send(msg))
+    }
+
+    /// Sends a message, waiting at most `timeout` for room: see [`Sender::send_timeout`].
+    pub fn send_timeout<M: AsRef<[u8]>>(&mut self, msg: M, timeout: Duration) -> Result<(), SendTimeoutError<M>> {
+        self.sender
+            .send_one_in(msg.as_ref(), Wait::timeout(timeout), Some(&mut self.sticky))
+            .map_err(|f| f.send_timeout(msg))
+    }
+
+    /// Gives the kept lock up now (a later send takes it again).
+    pub fn release(&mut self) {
+        let core = &*self.sender.core;
+        core.release_sticky(&core.ctrl().send, &mut self.sticky);
+    }
+
+    /// The ordinary handle underneath, for what a solo sender does not do itself (batches,
+    /// reservations): the kept lock is given up first.
+    pub fn as_sender(&mut self) -> &Sender {
+        self.release();
+        &self.sender
+    }
+}
+
+impl Drop for SoloSender {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A receiver that keeps the receive lock from one message to the next: the receiving twin of
+/// [`SoloSender`], with the same guarantees (other receivers get the lock at this handle's next
+/// receive; a receiver that waits for data gives it up first; a killed one is repaired as always;
+/// it stays on the thread that made it).
+#[derive(Debug)]
+pub struct SoloReceiver {
+    sticky: Sticky,
+    receiver: Receiver,
+    /// Neither `Send` nor `Sync` (see [`SoloSender`]).
+    _thread: PhantomData<*const ()>,
+}
+
+impl SoloReceiver {
+    /// Receives a message and hands it to `f` in place: see [`Receiver::recv_with`].
+    #[inline]
+    pub fn recv_with<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R, RecvError> {
+        self.receiver.recv_one_in(Wait::Forever, Some(&mut self.sticky), f).map_err(Fail::recv)
+    }
+
+    /// [`recv_with`](Self::recv_with) without waiting.
+    #[inline]
+    pub fn try_recv_with<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> Result<R, TryRecvError> {
+        self.receiver.recv_one_in(Wait::Try, Some(&mut self.sticky), f).map_err(Fail::try_recv)
+    }
+
+    /// [`recv_with`](Self::recv_with), waiting at most `timeout`.
+    pub fn recv_with_timeout<R>(
+        &mut self,
+        timeout: Duration,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R, RecvTimeoutError> {
+        self.receiver.recv_one_in(Wait::timeout(timeout), Some(&mut self.sticky), f).map_err(Fail::recv_timeout)
+    }
+
+    /// Receives a message into a new vector.
+    pub fn recv(&mut self) -> Result<Vec<u8>, RecvError> {
+        self.recv_with(<[u8]>::to_vec)
+    }
+
+    /// Gives the kept lock up now (a later receive takes it again).
+    pub fn release(&mut self) {
+        let core = &*self.receiver.core;
+        core.release_sticky(&core.ctrl().recv, &mut self.sticky);
+    }
+
+    /// The ordinary handle underneath (the kept lock is given up first).
+    pub fn as_receiver(&mut self) -> &Receiver {
+        self.release();
+        &self.receiver
+    }
+}
+
+impl Drop for SoloReceiver {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// The messages one receive call has taken, under the receive lock. Dropping it moves the head
 /// past them and releases the lock: after the caller's closure returns, and also while it unwinds
 /// from a panic, so a message handed to the caller is consumed exactly once whatever the closure
@@ -869,6 +1060,8 @@ impl Receiver {
 struct Taking<'a> {
     core: &'a Core,
     guard: Option<RobustMutexGuard<'a>>,
+    /// A solo handle's kept lock: `guard` is `None` while it is kept.
+    solo: Option<&'a mut Sticky>,
     hook: Option<fn(&[u8])>,
     /// The index after the last message taken.
     head: u64,
@@ -879,7 +1072,12 @@ struct Taking<'a> {
 impl<'a> Taking<'a> {
     #[inline(always)]
     fn new(core: &'a Core, guard: RobustMutexGuard<'a>, head: u64) -> Taking<'a> {
-        Taking { core, guard: Some(guard), hook: super::receive_hook(), head, n: 0, bytes: 0 }
+        Taking::with(core, Some(guard), head)
+    }
+
+    #[inline(always)]
+    fn with(core: &'a Core, guard: Option<RobustMutexGuard<'a>>, head: u64) -> Taking<'a> {
+        Taking { core, guard, solo: None, hook: super::receive_hook(), head, n: 0, bytes: 0 }
     }
 
     /// Takes the record at `self.head`, whose payload is `msg`.
@@ -902,8 +1100,10 @@ impl Drop for Taking<'_> {
         c.head.store(self.head, Ordering::Release);
         bump(&c.recv.messages, self.n as u64);
         bump(&c.recv.bytes, self.bytes);
-        if let Some(g) = self.guard.take() {
-            self.core.unlock_and_notify(g, &c.not_full, u32::MAX);
+        match (self.solo.take(), self.guard.take()) {
+            (Some(st), guard) => self.core.finish_solo(&c.recv, st, guard, &c.not_full, u32::MAX),
+            (None, Some(g)) => self.core.unlock_and_notify(g, &c.not_full, u32::MAX),
+            (None, None) => {}
         }
     }
 }

@@ -6,11 +6,11 @@
 //! | line | written by | read by |
 //! | --- | --- | --- |
 //! | `config` | the creator, once | everyone, once at open (then a local copy is used) |
-//! | `send` | senders, under the send lock | senders |
+//! | `send` | senders, under the send lock (`sticky`: also waiting senders) | senders (`sticky`: waiting receivers) |
 //! | `recv` | receivers, under the receive lock | receivers |
 //! | `tail` | senders, under the send lock | receivers, only when the ring looks empty |
 //! | `head` | receivers, under the receive lock | senders, only when the ring looks full |
-//! | `not_empty` / `not_full` | waiters announcing themselves | notifiers (a load) |
+//! | `not_empty` / `not_full` | waiters announcing themselves (`cpu`: notifiers, when it changes) | notifiers (a load; `cpu`: waiters, before spinning) |
 //! | `membership` + `members` | joining and leaving handles | disconnect checks |
 //!
 //! Zeroed memory is a valid empty ring except for `config`, which the creator fills in before the
@@ -68,7 +68,11 @@ pub(crate) struct Config {
 pub(crate) struct Side {
     /// Senders: the send lock. Receivers: the receive lock.
     pub lock: RobustMutex,
-    _pad: u32,
+    /// The owner token of a solo handle that keeps `lock` held across operations (0: none), with
+    /// [`STICKY_WANTED`] set by a member that waits for the lock. While it is non-zero, this side
+    /// publishes without a locked instruction, and a waiter for this side's event runs an
+    /// asymmetric fence before it sleeps (see `ring/core.rs`, "Solo handles").
+    pub sticky: AtomicU32,
     /// Senders: the last head they read (never ahead of the real head). Receivers: unused.
     pub cached: AtomicU64,
     /// Messages sent (or received), updated under the lock.
@@ -80,6 +84,29 @@ pub(crate) struct Side {
     /// Times this side's lock was taken over from a dead owner.
     pub recoveries: AtomicU64,
 }
+
+/// An event count and, on its line, the CPU the side that notifies it last ran on. The line is
+/// written by waiters when they park and read by notifiers on every operation (so it stays
+/// shared between the cores in a stream); the CPU word changes only when that side moves.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub(crate) struct EventLine {
+    pub event: EventCount,
+    /// 1 + the CPU the notifying side's last operation ran on (0: not known); written only when
+    /// it changes. A hint for waiters (`ring/wait.rs`): whatever its value, it only decides
+    /// whether a waiter spins before it parks.
+    pub cpu: AtomicU32,
+}
+
+impl std::ops::Deref for EventLine {
+    type Target = EventCount;
+    fn deref(&self) -> &EventCount {
+        &self.event
+    }
+}
+
+/// Bit of [`Side::sticky`]: another member waits for the lock the solo handle keeps.
+pub(crate) const STICKY_WANTED: u32 = 1 << 31;
 
 /// Ring-wide membership facts.
 #[repr(C)]
@@ -130,8 +157,8 @@ pub(crate) struct Control {
     pub tail: Padded<AtomicU64>,
     /// Next index to read; published by receivers after each record.
     pub head: Padded<AtomicU64>,
-    pub not_empty: Padded<EventCount>,
-    pub not_full: Padded<EventCount>,
+    pub not_empty: Padded<EventLine>,
+    pub not_full: Padded<EventLine>,
     pub membership: Padded<MembershipHeader>,
     pub members: [Member; MAX_MEMBERS],
 }

@@ -13,13 +13,60 @@
 //! lost 40% to one shared line alone); with two, each lock word stays in its side's cache.
 //! Every property the design asks of the lock still holds: mutual exclusion per side, recovery
 //! from an owner's death, and a consistent ring after it.
+//!
+//! # Solo handles: a send without a locked instruction
+//!
+//! A locked instruction (`lock cmpxchg`) waits for the store buffer to drain, and in a stream the
+//! store buffer holds the previous message's header, whose line the polling receiver has just
+//! pulled to its core: taking and freeing the send lock per message costs a cross-core line
+//! transfer that the copy itself would have overlapped (40% of a one-message send in the profile
+//! of `BENCHMARKS.md`). A *solo* handle (`Ring::solo_sender`, `Ring::solo_receiver`) keeps its
+//! side's lock held between operations instead:
+//!
+//! - **Taking it.** An operation of a solo handle takes the lock the ordinary way (so a dead
+//!   holder is found and repaired as always), and at its end, if nobody waits, keeps it: it writes
+//!   its owner token into the side's `sticky` word, runs one full fence, and forgets its guard. Its
+//!   later operations check, with plain loads of their own side's line, that `sticky` and the lock
+//!   word still name it, and go ahead with no read-modify-write at all. The handle's `&mut self`
+//!   keeps two threads off one hold, and the handle is not `Send`, so the thread that keeps a
+//!   hold (recorded, with the hold's number, in the process-local `kept`) is the only one that
+//!   can use it. Other handles (of this process too, with the same token) are other lockers; an
+//!   ordinary handle used on the keeping thread itself, which would wait for itself, gives the
+//!   hold up on the solo handle's behalf (that thread cannot be inside the solo operation).
+//! - **Giving it up.** A locker that finds the lock held sets `STICKY_WANTED` in `sticky` (one
+//!   `fetch_or`, only on contention) and waits on the lock word in slices of [`STICKY_SLICE`],
+//!   setting the flag again at each. The holder reads the flag after each operation and, seeing it,
+//!   clears `sticky` (Release) and frees the lock (waking a sleeper): a contender waits at most
+//!   until the holder's next operation (or its drop, or `release()`). A holder that stays idle
+//!   for ever while alive keeps the others waiting: taking a kept lock from a live, idle holder
+//!   needs the holder to announce "inside an operation" in a per-member word that only it
+//!   writes, checked by the taker after an asymmetric fence; not implemented. A holder that must
+//!   wait for room or data gives the lock up first, so a parked holder never holds it; after
+//!   giving it up, a holder takes the lock per operation for [`STICKY_COOL`] operations before it
+//!   keeps it again.
+//! - **Death.** The lock word names the holder's member token as before: a holder killed between
+//!   or inside operations is found dead by the same liveness check, the lock is taken over, the
+//!   side repaired as today, and the stale `sticky` cleared by the new holder.
+//! - **Wake-ups.** An operation that frees its lock publishes, then executes a locked instruction
+//!   (the unlock), then reads the event's waiter count: the StoreLoad barrier the event count
+//!   needs. A solo operation has no barrier there. Its waiters make up for it: after announcing
+//!   themselves (`EventCount::prepare`, a locked RMW), a waiter reads the notifying side's
+//!   `sticky` word, and if it is set runs `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` before its
+//!   last look; every process that keeps a lock registered for it first (no solo hold without the
+//!   registration). Either the holder's read of the waiter count comes after the fence point (and
+//!   sees the announcement), or its publish came before it (and the waiter's last look sees the
+//!   message). A waiter that read `sticky == 0` skipped the fence soundly: the holder's store of
+//!   its token is followed by a full fence before its first unfenced publish (a store-buffering
+//!   pair with fences on both sides), and its clearing store is a Release after its last one.
+//!   A fence the kernel refuses leaves the waiter parking in 1 ms slices: a late wake-up, never a
+//!   lost one.
 
 use crate::sys::atomic::{AtomicU64, Ordering};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::control::{Config, Control, Side};
+use super::control::{Config, Control, STICKY_WANTED, Side};
 use super::error::{Broken, Fail};
 use super::membership::Local;
 use super::wait::Wait;
@@ -66,6 +113,51 @@ impl Drop for HeapBlock {
     }
 }
 
+/// How long a locker waits on a held lock before it asks a solo holder again to give it up.
+const STICKY_SLICE: Duration = Duration::from_millis(2);
+
+/// Operations a solo handle runs with a per-operation lock after it gave its kept lock up to a
+/// waiting member, before it keeps the lock again (so that two handles that take turns do not
+/// hand the lock over, with a fence each time, on every operation).
+const STICKY_COOL: u32 = 64;
+
+/// How often an operation records its CPU for the other side's waiters (see `Core::note_cpu`).
+const CPU_NOTE_EVERY: u32 = 16;
+
+/// Asks a solo holder of `side`'s lock, if there is one, to give it up after its operation.
+#[inline]
+fn want_sticky(side: &Side) {
+    let s = side.sticky.load(Ordering::Relaxed);
+    if s != 0 && s & STICKY_WANTED == 0 {
+        side.sticky.fetch_or(STICKY_WANTED, Ordering::Relaxed);
+    }
+}
+
+/// An identity of the calling thread, unique among this process's live threads.
+fn thread_id() -> u64 {
+    thread_local!(static ID: u8 = const { 0 });
+    ID.with(|id| std::ptr::from_ref(id) as usize as u64)
+}
+
+/// A solo handle's hold on its side's lock, kept across operations (see "Solo handles").
+#[derive(Debug, Default)]
+pub(crate) struct Sticky {
+    /// This hold's number, unique in this process and never reused (0: none): the side's `kept`
+    /// entry names it while the hold is this handle's (a number per hold, not per handle, so that
+    /// a hold given up and taken again is never mistaken for the earlier one).
+    id: u64,
+    /// Whether this handle believes it keeps the lock (checked against shared memory before use).
+    held: bool,
+    /// The token it keeps it under, and the process that took it (a forked copy holds nothing).
+    token: u32,
+    pid: u32,
+    /// Operations left before it may keep the lock again.
+    cool: u32,
+}
+
+/// Numbers of holds (see [`Sticky::id`]).
+static NEXT_HOLD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// One mapped ring, shared by every handle of this process that uses that mapping.
 #[derive(Debug)]
 pub(crate) struct Core {
@@ -79,6 +171,15 @@ pub(crate) struct Core {
     pub(crate) mirrored: bool,
     pub(crate) spin: SpinPolicy,
     pub(super) local: Local,
+    /// Per side (send, receive): which solo hold of this process keeps the lock ([`Sticky::id`],
+    /// 0: none) and on which thread ([`thread_id`]). Process-local: a forked child's copy names
+    /// holds of its parent, which the child's tokens never match.
+    kept: [[std::sync::atomic::AtomicU64; 2]; 2],
+    /// Per side (send, receive): the CPU value this process last wrote next to the event that
+    /// side notifies (so that it writes the shared word only when it changes).
+    cpu_seen: [std::sync::atomic::AtomicU32; 2],
+    /// Per side: operations of this process, to sample the CPU once in a while (`note_cpu`).
+    cpu_ops: [std::sync::atomic::AtomicU32; 2],
 }
 
 // SAFETY: Core only points into its own mapping (kept alive by `_backing`), and every access to the
@@ -112,6 +213,9 @@ impl Core {
             cfg,
             spin,
             local: Local::default(),
+            kept: Default::default(),
+            cpu_seen: Default::default(),
+            cpu_ops: Default::default(),
             _backing: Backing::Segment(segment),
         });
         core.track();
@@ -149,6 +253,9 @@ impl Core {
             cfg,
             spin: SpinPolicy::default(),
             local: Local::default(),
+            kept: Default::default(),
+            cpu_seen: Default::default(),
+            cpu_ops: Default::default(),
             _backing: Backing::Heap(block),
         }))
     }
@@ -229,15 +336,70 @@ impl Core {
         let token = self.owner_token().map_err(|_| Fail::Disconnected)?;
         let guard = match wait {
             Wait::Try => self.try_lock_side(side, token)?,
-            _ => side.lock.lock_as(token, spin, wait.deadline(), |t| self.member_alive(t)).map_err(|e| match e {
-                crate::sync::LockError::Timeout => Fail::Timeout,
-                crate::sync::LockError::Poisoned => Fail::Broken(Broken::Poisoned),
-            })?,
+            _ => match side.lock.try_lock_as(token) {
+                Ok(g) => g,
+                Err(crate::sync::TryLockError::Poisoned) => return Err(Fail::Broken(Broken::Poisoned)),
+                Err(crate::sync::TryLockError::WouldBlock) => self.lock_side_waiting(side, token, spin, wait)?,
+            },
         };
         if guard.owner_died() { self.recovered(side, guard, repair) } else { Ok(guard) }
     }
 
+    /// A hold kept by a solo handle of this very thread would be waited for for ever (the thread
+    /// is here, not in that handle's next operation): give it up on the handle's behalf. The
+    /// handle finds out at its next operation (its `kept` entry is gone).
+    fn release_own_thread_hold(&self, side: &Side, token: OwnerToken) {
+        let kept = self.kept_of(side);
+        // Acquire: pairs with the keeping thread's Release store of the hold's number, so that the
+        // thread read next is that hold's.
+        let id = kept[0].load(Ordering::Acquire);
+        if id != 0
+            && kept[1].load(Ordering::Relaxed) == thread_id()
+            && side.sticky.load(Ordering::Relaxed) & !STICKY_WANTED == token.get()
+            && kept[0].compare_exchange(id, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            side.sticky.store(0, Ordering::Release);
+            side.lock.release_kept(token);
+        }
+    }
+
+    /// Which `kept` entry is `side`'s.
+    fn kept_of(&self, side: &Side) -> &[std::sync::atomic::AtomicU64; 2] {
+        &self.kept[usize::from(!std::ptr::eq(side, &*self.ctrl().send))]
+    }
+
+    /// Waits for a held lock: in slices of [`STICKY_SLICE`], asking a solo holder to give it up
+    /// at each (a holder that kept the lock frees it only when asked; see "Solo handles").
+    #[cold]
+    fn lock_side_waiting<'a>(
+        &'a self,
+        side: &'a Side,
+        token: OwnerToken,
+        spin: SpinPolicy,
+        wait: Wait,
+    ) -> Result<RobustMutexGuard<'a>, Fail> {
+        loop {
+            self.release_own_thread_hold(side, token);
+            want_sticky(side);
+            let slice = match wait.deadline() {
+                Some(d) => d.min_after(STICKY_SLICE),
+                None => Deadline::after(STICKY_SLICE),
+            };
+            match side.lock.lock_as(token, spin, Some(slice), |t| self.member_alive(t)) {
+                Ok(g) => return Ok(g),
+                Err(crate::sync::LockError::Poisoned) => return Err(Fail::Broken(Broken::Poisoned)),
+                Err(crate::sync::LockError::Timeout) if wait.deadline().is_some_and(|d| d.passed()) => {
+                    return Err(Fail::Timeout);
+                }
+                Err(crate::sync::LockError::Timeout) => {}
+            }
+        }
+    }
+
     fn try_lock_side<'a>(&'a self, side: &'a Side, token: OwnerToken) -> Result<RobustMutexGuard<'a>, Fail> {
+        if side.sticky.load(Ordering::Relaxed) != 0 {
+            self.release_own_thread_hold(side, token);
+        }
         // Another member may be inside a short critical section: spin a little for it.
         let mut spinner = Spinner::new(SpinPolicy::spin_for(Duration::from_micros(2)));
         loop {
@@ -250,7 +412,9 @@ impl Core {
                 break;
             }
         }
-        // Still held: by a live member holding an in-place guard, or by a dead one.
+        // Still held: by a live member holding an in-place guard or keeping it (asked to give it
+        // up at its next operation), or by a dead one.
+        want_sticky(side);
         match side.lock.holder() {
             Some(owner) if owner != token.get() && !self.member_alive(owner) => side
                 .lock
@@ -270,6 +434,8 @@ impl Core {
         repair: impl FnOnce() -> Result<(), &'static str>,
     ) -> Result<RobustMutexGuard<'a>, Fail> {
         side.recoveries.fetch_add(1, Ordering::Relaxed);
+        // A dead solo holder's mark: the lock is ours now.
+        side.sticky.store(0, Ordering::Release);
         match crate::trace::repair_outcome(self.cfg.ring_id, repair()) {
             Ok(()) => {
                 guard.mark_consistent();
@@ -283,9 +449,127 @@ impl Core {
     /// Releases a side's lock and wakes the other side's waiters, if any announced themselves.
     #[inline]
     pub(crate) fn unlock_and_notify(&self, guard: RobustMutexGuard<'_>, event: &EventCount, n: u32) {
+        self.note_cpu(event);
         drop(guard);
         store_load_barrier_after_rmw();
         event.notify(n);
+    }
+
+    /// Records, next to the event this side notifies, the CPU this operation runs on, when it
+    /// changed (a thread-local read and a local compare otherwise): the other side's waiters
+    /// compare it with their own CPU before they spin (`ring/wait.rs`).
+    ///
+    /// Once every [`CPU_NOTE_EVERY`] operations of this process on a side (the first included):
+    /// reading the CPU costs a call (about 4 ns with glibc's restartable sequences), and a hint a
+    /// few operations late after a migration only makes one wait spin or park when it need not.
+    #[inline(always)]
+    fn note_cpu(&self, event: &EventCount) {
+        let c = self.ctrl();
+        let (k, line) = if std::ptr::eq(event, &**c.not_empty) { (0, &c.not_empty) } else { (1, &c.not_full) };
+        // A racy count between this process's threads is fine: it only spaces the samples.
+        let n = self.cpu_ops[k].load(Ordering::Relaxed);
+        self.cpu_ops[k].store(n.wrapping_add(1), Ordering::Relaxed);
+        if n % CPU_NOTE_EVERY != 0 {
+            return;
+        }
+        let cpu = super::wait::current_cpu();
+        if self.cpu_seen[k].load(Ordering::Relaxed) != cpu {
+            self.cpu_seen[k].store(cpu, Ordering::Relaxed);
+            line.cpu.store(cpu, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `st` keeps `side`'s lock right now: this handle says so, in the process that took
+    /// it, and shared memory agrees (the lock word and `sticky` name its token, nobody asked).
+    #[inline(always)]
+    pub(crate) fn sticky_held(&self, side: &Side, st: &Sticky) -> bool {
+        let kept = self.kept_of(side);
+        st.held
+            && side.sticky.load(Ordering::Relaxed) == st.token
+            && kept[0].load(Ordering::Relaxed) == st.id
+            // The thread that took the hold: a handle moved to another thread takes it again
+            // (so that the thread named in `kept` is the one that may be inside an operation).
+            && kept[1].load(Ordering::Relaxed) == thread_id()
+            && side.lock.holder() == Some(st.token)
+            && st.pid == crate::sync::current_pid()
+    }
+
+    /// Gives a kept lock up: clears the mark (Release: after every unfenced publish), then frees
+    /// the word if it still names us, waking a sleeper. A forked copy of the hold gives up nothing.
+    #[cold]
+    pub(crate) fn release_sticky(&self, side: &Side, st: &mut Sticky) {
+        if !st.held {
+            return;
+        }
+        st.held = false;
+        st.cool = STICKY_COOL;
+        if st.pid != crate::sync::current_pid() {
+            return;
+        }
+        // Given up on our behalf already (by this thread, waiting on another handle): the word is
+        // no longer ours to free, even though it may name our token (another handle's hold).
+        if self.kept_of(side)[0].compare_exchange(st.id, 0, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return;
+        }
+        let _ = side
+            .sticky
+            .fetch_update(Ordering::Release, Ordering::Relaxed, |s| (s & !STICKY_WANTED == st.token).then_some(0));
+        if let Some(token) = OwnerToken::new(st.token) {
+            side.lock.release_kept(token);
+        }
+    }
+
+    /// At the end of a solo handle's operation under an ordinary guard: keeps the lock if nobody
+    /// waits for it and this process can be fenced; else frees it like `unlock_and_notify`.
+    #[inline]
+    pub(crate) fn finish_solo(
+        &self,
+        side: &Side,
+        st: &mut Sticky,
+        guard: Option<RobustMutexGuard<'_>>,
+        event: &EventCount,
+        n: u32,
+    ) {
+        let Some(guard) = guard else {
+            self.note_cpu(event);
+            // Kept: no barrier here; waiters fence for us (see "Solo handles").
+            crate::sys::atomic::compiler_fence(Ordering::SeqCst);
+            event.notify(n);
+            if side.sticky.load(Ordering::Relaxed) & STICKY_WANTED != 0 {
+                self.release_sticky(side, st);
+            }
+            return;
+        };
+        if st.cool > 0 {
+            st.cool -= 1;
+            return self.unlock_and_notify(guard, event, n);
+        }
+        if side.sticky.load(Ordering::Relaxed) != 0 || side.lock.has_waiters() || !super::wait::register_for_fences() {
+            // Somebody asked (or a stale mark): serve them first.
+            side.sticky.store(0, Ordering::Relaxed);
+            st.cool = STICKY_COOL;
+            return self.unlock_and_notify(guard, event, n);
+        }
+        let token = guard.token();
+        let kept = self.kept_of(side);
+        let id = NEXT_HOLD.fetch_add(1, Ordering::Relaxed);
+        kept[1].store(thread_id(), Ordering::Relaxed);
+        kept[0].store(id, Ordering::Release);
+        side.sticky.store(token.get(), Ordering::Relaxed);
+        // The one fence of the hold: orders the mark before every later unfenced publish's read of
+        // the waiter count (the waiters' side of the pair is their RMW announcement).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        match guard.keep_held() {
+            Ok(_) => {
+                *st = Sticky { held: true, token: token.get(), pid: crate::sync::current_pid(), cool: 0, id };
+                event.notify(n);
+            }
+            Err(guard) => {
+                kept[0].store(0, Ordering::Relaxed);
+                side.sticky.store(0, Ordering::Release);
+                self.unlock_and_notify(guard, event, n);
+            }
+        }
     }
 
     /// Reads head and tail and checks they are within a capacity of each other. The published
@@ -342,43 +626,20 @@ impl Core {
     ) -> Result<(RobustMutexGuard<'_>, u64, u64), Fail> {
         let c = self.ctrl();
         let cap = self.cfg.capacity;
-        let corrupted = |reason| Fail::Broken(Broken::Corrupted(reason));
         self.ensure_registered().map_err(|_| Fail::Disconnected)?;
         loop {
             if self.receivers_maybe_gone() && self.peers_gone(Role::Receiver, false) {
                 return Err(Fail::Disconnected);
             }
             let guard = self.lock_side(&c.send, spin, wait, &repair)?;
-            let tail = c.tail.load(Ordering::Relaxed);
-            if !self.index_ok(tail) {
-                return Err(corrupted("ring index is at the end of its range"));
-            }
-            if self.cfg.format != super::control::FORMAT_SLOTS && tail % 8 != 0 {
-                return Err(corrupted("ring index is not on a record boundary"));
-            }
-            // Units in use by the cached head; it is only a hint, trusted when it is consistent.
-            let cached = tail.checked_sub(c.send.cached.load(Ordering::Relaxed)).filter(|&u| u <= cap);
-            let used = match cached {
-                Some(used) if want.max(need) <= cap - used => used,
-                _ => {
-                    let head = c.head.load(Ordering::Acquire);
-                    let used = tail
-                        .checked_sub(head)
-                        .filter(|&u| u <= cap)
-                        .ok_or(corrupted("head and tail are inconsistent"))?;
-                    c.send.cached.store(head, Ordering::Relaxed);
-                    used
-                }
-            };
-            let free = cap - used;
-            if free >= need {
+            if let Some((tail, free)) = self.send_room(need, want)? {
                 return Ok((guard, tail, free));
             }
             drop(guard);
             if let Wait::Try = wait {
                 return Err(Fail::WouldBlock);
             }
-            self.wait_for(&c.not_full, &c.send.parks, spin, wait, Role::Receiver, || {
+            self.wait_for(&c.not_full, &c.recv.sticky, &c.send.parks, spin, wait, Role::Receiver, || {
                 let t = c.tail.load(Ordering::Relaxed);
                 let h = c.head.load(Ordering::Acquire);
                 // A tail behind the head means a sender died after publishing and before moving
@@ -388,6 +649,100 @@ impl Core {
                 t.checked_sub(h).is_none_or(|used| used.saturating_add(need) <= cap)
             })?;
         }
+    }
+
+    /// Under the send lock: the tail and the free units if at least `need` are free (`None` if
+    /// not); the cached head is refreshed when `want` units do not fit it. See `lock_for_send`.
+    #[inline(always)]
+    fn send_room(&self, need: u64, want: u64) -> Result<Option<(u64, u64)>, Fail> {
+        let c = self.ctrl();
+        let cap = self.cfg.capacity;
+        let corrupted = |reason| Fail::Broken(Broken::Corrupted(reason));
+        let tail = c.tail.load(Ordering::Relaxed);
+        if !self.index_ok(tail) {
+            return Err(corrupted("ring index is at the end of its range"));
+        }
+        if self.cfg.format != super::control::FORMAT_SLOTS && tail % 8 != 0 {
+            return Err(corrupted("ring index is not on a record boundary"));
+        }
+        // Units in use by the cached head; it is only a hint, trusted when it is consistent.
+        let cached = tail.checked_sub(c.send.cached.load(Ordering::Relaxed)).filter(|&u| u <= cap);
+        let used = match cached {
+            Some(used) if want.max(need) <= cap - used => used,
+            _ => {
+                let head = c.head.load(Ordering::Acquire);
+                let used =
+                    tail.checked_sub(head).filter(|&u| u <= cap).ok_or(corrupted("head and tail are inconsistent"))?;
+                c.send.cached.store(head, Ordering::Relaxed);
+                used
+            }
+        };
+        let free = cap - used;
+        Ok((free >= need).then_some((tail, free)))
+    }
+
+    /// [`lock_for_send`](Self::lock_for_send) for a solo handle: with the lock it keeps, no
+    /// locked instruction (the guard is `None`); else the ordinary way (the caller ends with
+    /// [`finish_solo`](Self::finish_solo), which may keep the lock). A kept lock is given up
+    /// before any wait.
+    #[inline]
+    pub(crate) fn lock_for_send_solo(
+        &self,
+        st: &mut Sticky,
+        spin: SpinPolicy,
+        wait: Wait,
+        need: u64,
+        want: u64,
+        repair: impl Fn() -> Result<(), &'static str>,
+    ) -> Result<(Option<RobustMutexGuard<'_>>, u64, u64), Fail> {
+        let c = self.ctrl();
+        if self.sticky_held(&c.send, st) {
+            if !(self.receivers_maybe_gone() && self.peers_gone(Role::Receiver, false)) {
+                match self.send_room(need, want) {
+                    Ok(Some((tail, free))) => return Ok((None, tail, free)),
+                    Ok(None) => {}
+                    Err(f) => {
+                        self.release_sticky(&c.send, st);
+                        return Err(f);
+                    }
+                }
+            }
+            // Full (or the receivers gone): give the lock up before waiting or failing.
+            self.release_sticky(&c.send, st);
+        } else if st.held {
+            // Taken over, asked for, or a forked copy: what we kept is no longer ours to use.
+            self.release_sticky(&c.send, st);
+        }
+        let (guard, tail, free) = self.lock_for_send(spin, wait, need, want, repair)?;
+        Ok((Some(guard), tail, free))
+    }
+
+    /// [`lock_for_recv`](Self::lock_for_recv) for a solo handle (see
+    /// [`lock_for_send_solo`](Self::lock_for_send_solo)).
+    #[inline]
+    pub(crate) fn lock_for_recv_solo<T>(
+        &self,
+        st: &mut Sticky,
+        spin: SpinPolicy,
+        wait: Wait,
+        repair: impl Fn() -> Result<(), &'static str>,
+        probe: impl Fn(u64) -> Result<Option<T>, &'static str>,
+    ) -> Result<(Option<RobustMutexGuard<'_>>, u64, T), Fail> {
+        let c = self.ctrl();
+        if self.sticky_held(&c.recv, st) {
+            let head = c.head.load(Ordering::Relaxed);
+            if self.index_ok(head) {
+                if let Ok(Some(x)) = probe(head) {
+                    return Ok((None, head, x));
+                }
+            }
+            // Empty (or something to report): the ordinary path waits or reports, without our hold.
+            self.release_sticky(&c.recv, st);
+        } else if st.held {
+            self.release_sticky(&c.recv, st);
+        }
+        let (guard, head, x) = self.lock_for_recv(spin, wait, repair, probe)?;
+        Ok((Some(guard), head, x))
     }
 
     /// Takes the receive lock with a published record (or slot) at the head, as `probe` says
@@ -449,7 +804,7 @@ impl Core {
             if let Wait::Try = wait {
                 return Err(Fail::WouldBlock);
             }
-            self.wait_for(&c.not_empty, &c.recv.parks, spin, wait, Role::Sender, || {
+            self.wait_for(&c.not_empty, &c.send.sticky, &c.recv.parks, spin, wait, Role::Sender, || {
                 !matches!(probe(c.head.load(Ordering::Acquire)), Ok(None))
             })?;
             waited = true;

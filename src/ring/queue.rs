@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytemuck::Pod;
 
+use super::core::Sticky;
 use super::{
     Config, Core, FORMAT_SLOTS, Fail, JoinError, MAX_MEMBERS, RecvError, RecvTimeoutError, Role, SendError,
     SendTimeoutError, Stats, TryRecvError, TrySendError, Wait, data_offset, debug_pause,
@@ -26,9 +27,14 @@ use crate::sync::{RobustMutexGuard, SpinPolicy};
 const BATCH_SLOTS: usize = 1024;
 
 /// Where the stamp sits in a slot of `T`, and the slot stride.
+///
+/// Slots of values of 64 bytes or more start on a cache line of their own (the stride is a multiple
+/// of 64): with a stride of, say, 1032 bytes, the line that holds slot `i`'s stamp, which the
+/// receiver polls, also holds the start of slot `i + 1`, which the sender writes next, and the line
+/// crosses between the cores twice per value.
 fn geometry<T>() -> (u64, u64) {
     let size = std::mem::size_of::<T>() as u64;
-    let align = (std::mem::align_of::<T>() as u64).max(8);
+    let align = (std::mem::align_of::<T>() as u64).max(if size >= 64 { 64 } else { 8 });
     let stamp_at = size.div_ceil(8) * 8;
     let stride = (stamp_at + 8).div_ceil(align) * align;
     (stamp_at, stride)
@@ -571,9 +577,24 @@ impl<T: Pod> Sender<T> {
 
     #[inline]
     fn send_slice(&self, values: &[T], wait: Wait) -> Result<usize, Fail> {
+        self.send_slice_in(values, wait, None)
+    }
+
+    /// Sends up to a batch of `values`, with the lock a solo handle keeps when `solo` is given.
+    #[inline(always)]
+    fn send_slice_in(&self, values: &[T], wait: Wait, solo: Option<&mut Sticky>) -> Result<usize, Fail> {
         let core = &*self.core;
         let want = values.len().min(BATCH_SLOTS) as u64;
-        let (guard, tail, n) = self.lock_room(want, wait)?;
+        let (guard, tail, n, solo) = match solo {
+            None => {
+                let (g, tail, n) = self.lock_room(want, wait)?;
+                (Some(g), tail, n, None)
+            }
+            Some(st) => {
+                let (g, tail, free) = core.lock_for_send_solo(st, self.spin, wait, 1, want, || core.repair_send())?;
+                (g, tail, free.min(want), Some(st))
+            }
+        };
         if n > 1 {
             // Take the batch's lines back from the receivers' cores together (see the byte ring).
             let stride = core.cfg.stride;
@@ -589,8 +610,10 @@ impl<T: Pod> Sender<T> {
             // SAFETY: slot `i` is free (tail + n - head <= capacity, checked under the send lock)
             // and beyond the published tail; we hold the send lock, so nobody else touches it.
             // The slot is aligned for T (data region page-aligned, stride a multiple of T's
-            // alignment) and at least size_of::<T>() long.
-            unsafe { core.slot_ptr(i).cast::<T>().write(*v) };
+            // alignment) and at least size_of::<T>() long; `v` is a valid T elsewhere (the
+            // caller's), so the two do not overlap. One copy, from the caller's value straight
+            // into the slot (no temporary of T).
+            unsafe { std::ptr::copy_nonoverlapping(v, core.slot_ptr(i).cast::<T>(), 1) };
             if k > 0 {
                 core.stamp(i).store(i + 1, Ordering::Relaxed);
             }
@@ -604,7 +627,11 @@ impl<T: Pod> Sender<T> {
         c.tail.store(tail + n, Ordering::Release);
         bump(&c.send.messages, n);
         bump(&c.send.bytes, n * core.cfg.item_size);
-        core.unlock_and_notify(guard, &c.not_empty, n as u32);
+        match (solo, guard) {
+            (Some(st), guard) => core.finish_solo(&c.send, st, guard, &c.not_empty, n as u32),
+            (None, Some(guard)) => core.unlock_and_notify(guard, &c.not_empty, n as u32),
+            (None, None) => {}
+        }
         Ok(n as usize)
     }
 
@@ -733,9 +760,51 @@ impl<T: Pod> Receiver<T> {
 
     #[inline]
     fn recv_one(&self, wait: Wait) -> Result<T, Fail> {
-        let mut out = [T::zeroed()];
-        self.recv_slice(&mut out, wait)?;
-        Ok(out[0])
+        let mut out = std::mem::MaybeUninit::<T>::uninit();
+        // SAFETY: `out` is valid for one write of T, aligned, and not read before it is written.
+        unsafe { self.recv_one_raw(out.as_mut_ptr(), wait, None)? };
+        // SAFETY: recv_one_raw wrote a whole T into `out` (it returned Ok).
+        Ok(unsafe { out.assume_init() })
+    }
+
+    /// Receives one value straight from its slot into `*dst` (one copy, no temporary).
+    ///
+    /// # Safety
+    /// `dst` must be valid for a write of one `T`, aligned, and not overlap the queue's memory.
+    /// With the lock a solo handle keeps when `solo` is given.
+    #[inline(always)]
+    unsafe fn recv_one_raw(&self, dst: *mut T, wait: Wait, solo: Option<&mut Sticky>) -> Result<(), Fail> {
+        let core = &*self.core;
+        let (guard, head, solo) = match solo {
+            None => {
+                let (g, head) = self.lock_value(wait)?;
+                (Some(g), head, None)
+            }
+            Some(st) => {
+                let probe = |i| core.probe_slot(i).map(|published| published.then_some(()));
+                let (g, head, ()) = core.lock_for_recv_solo(st, self.spin, wait, || core.repair_recv(), probe)?;
+                (g, head, Some(st))
+            }
+        };
+        // SAFETY: slot `head` holds a published value (its stamp was acquired) and we hold the
+        // receive lock, so no sender rewrites it before the head moves past it; aligned for T,
+        // any bytes are a valid T; `dst` is the caller's (see # Safety).
+        unsafe { std::ptr::copy_nonoverlapping(core.slot_ptr(head).cast::<T>().cast_const(), dst, 1) };
+        if let Some(hook) = super::receive_hook() {
+            // SAFETY: just written in full above.
+            hook(bytemuck::bytes_of(unsafe { &*dst }));
+        }
+        debug_pause();
+        let c = core.ctrl();
+        c.head.store(head + 1, Ordering::Release);
+        bump(&c.recv.messages, 1);
+        bump(&c.recv.bytes, core.cfg.item_size);
+        match (solo, guard) {
+            (Some(st), guard) => core.finish_solo(&c.recv, st, guard, &c.not_full, u32::MAX),
+            (None, Some(guard)) => core.unlock_and_notify(guard, &c.not_full, u32::MAX),
+            (None, None) => {}
+        }
+        Ok(())
     }
 
     #[inline]
@@ -754,8 +823,8 @@ impl<T: Pod> Receiver<T> {
             }
             // SAFETY: slot `i` holds a published value (its stamp was acquired) and we hold the
             // receive lock, so no sender rewrites it before the head moves past it. Aligned for T;
-            // any bytes are a valid T.
-            out[n] = unsafe { core.slot_ptr(i).cast::<T>().read() };
+            // any bytes are a valid T; `out` is the caller's memory, not the queue's.
+            unsafe { std::ptr::copy_nonoverlapping(core.slot_ptr(i).cast::<T>().cast_const(), &mut out[n], 1) };
             n += 1;
         }
         if let Some(hook) = super::receive_hook() {
@@ -816,6 +885,211 @@ impl<T: Pod> Drop for SlotReader<'_, T> {
 
 /// The receivers' iterators ([`Receiver::iter`], [`Receiver::try_iter`], `IntoIterator`).
 pub use super::iter::queue_iter::{IntoIter, Iter, TryIter};
+
+// ----- by reference: no copy of T on the way in or out -------------------------------------------
+
+impl<T: Pod> Sender<T> {
+    /// Sends a copy of `*value`, waiting for a free slot: the value is copied once, from `value`
+    /// straight into its slot. Fails (nothing sent) if every receiver is gone or the queue is
+    /// broken.
+    #[inline]
+    pub fn send_ref(&self, value: &T) -> Result<(), SendError<()>> {
+        self.send_slice(std::slice::from_ref(value), Wait::Forever).map(drop).map_err(|f| f.send(()))
+    }
+
+    /// [`send_ref`](Self::send_ref) if a slot is free now.
+    #[inline]
+    pub fn try_send_ref(&self, value: &T) -> Result<(), TrySendError<()>> {
+        self.send_slice(std::slice::from_ref(value), Wait::Try).map(drop).map_err(|f| f.try_send(()))
+    }
+
+    /// [`send_ref`](Self::send_ref), waiting at most `timeout` for a free slot.
+    pub fn send_ref_timeout(&self, value: &T, timeout: Duration) -> Result<(), SendTimeoutError<()>> {
+        self.send_slice(std::slice::from_ref(value), Wait::timeout(timeout)).map(drop).map_err(|f| f.send_timeout(()))
+    }
+}
+
+impl<T: Pod> Receiver<T> {
+    /// Receives a value into `*out`, waiting for one: copied once, from its slot straight into
+    /// `out`. On failure `out` is unchanged.
+    #[inline]
+    pub fn recv_into(&self, out: &mut T) -> Result<(), RecvError> {
+        // SAFETY: `out` is a valid, aligned, exclusive T outside the queue's memory.
+        unsafe { self.recv_one_raw(out, Wait::Forever, None) }.map_err(Fail::recv)
+    }
+
+    /// [`recv_into`](Self::recv_into) without waiting.
+    #[inline]
+    pub fn try_recv_into(&self, out: &mut T) -> Result<(), TryRecvError> {
+        // SAFETY: as in recv_into.
+        unsafe { self.recv_one_raw(out, Wait::Try, None) }.map_err(Fail::try_recv)
+    }
+
+    /// [`recv_into`](Self::recv_into), waiting at most `timeout` (never less).
+    pub fn recv_into_timeout(&self, out: &mut T, timeout: Duration) -> Result<(), RecvTimeoutError> {
+        // SAFETY: as in recv_into.
+        unsafe { self.recv_one_raw(out, Wait::timeout(timeout), None) }.map_err(Fail::recv_timeout)
+    }
+}
+
+// ----- solo handles ----------------------------------------------------------------------------
+
+impl<T: Pod> Queue<T> {
+    /// A new sending handle that keeps the send lock between values: see [`SoloSender`].
+    pub fn solo_sender(&self) -> Result<SoloSender<T>, JoinError> {
+        self.sender().map(Sender::into_solo)
+    }
+
+    /// A new receiving handle that keeps the receive lock between values: see [`SoloReceiver`].
+    pub fn solo_receiver(&self) -> Result<SoloReceiver<T>, JoinError> {
+        self.receiver().map(Receiver::into_solo)
+    }
+}
+
+impl<T: Pod> Sender<T> {
+    /// This handle as a [`SoloSender`].
+    pub fn into_solo(self) -> SoloSender<T> {
+        SoloSender { sticky: Sticky::default(), sender: self, _thread: PhantomData }
+    }
+}
+
+impl<T: Pod> Receiver<T> {
+    /// This handle as a [`SoloReceiver`].
+    pub fn into_solo(self) -> SoloReceiver<T> {
+        SoloReceiver { sticky: Sticky::default(), receiver: self, _thread: PhantomData }
+    }
+}
+
+/// A queue sender that keeps the send lock from one value to the next: the typed twin of
+/// [`crate::ring::SoloSender`], with the same guarantees and the same price (other senders get the
+/// lock when this handle's next send ends, or when it is dropped, waits for a slot, or calls
+/// [`release`](Self::release); a killed one is repaired as always; parked receivers run one
+/// `membarrier(2)`; the handle stays on the thread that made it).
+#[derive(Debug)]
+pub struct SoloSender<T> {
+    sticky: Sticky,
+    sender: Sender<T>,
+    _thread: PhantomData<*const ()>,
+}
+
+impl<T: Pod> SoloSender<T> {
+    /// Sends a copy of `*value`, waiting for a free slot: see [`Sender::send_ref`].
+    #[inline]
+    pub fn send_ref(&mut self, value: &T) -> Result<(), SendError<()>> {
+        self.sender
+            .send_slice_in(std::slice::from_ref(value), Wait::Forever, Some(&mut self.sticky))
+            .map(drop)
+            .map_err(|f| f.send(()))
+    }
+
+    /// Sends a value, waiting for a free slot: see [`Sender::send`].
+    #[inline]
+    pub fn send(&mut self, value: T) -> Result<(), SendError<T>> {
+        self.sender
+            .send_slice_in(std::slice::from_ref(&value), Wait::Forever, Some(&mut self.sticky))
+            .map(drop)
+            .map_err(|f| f.send(value))
+    }
+
+    /// [`send_ref`](Self::send_ref) if a slot is free now.
+    #[inline]
+    pub fn try_send_ref(&mut self, value: &T) -> Result<(), TrySendError<()>> {
+        self.sender
+            .send_slice_in(std::slice::from_ref(value), Wait::Try, Some(&mut self.sticky))
+            .map(drop)
+            .map_err(|f| f.try_send(()))
+    }
+
+    /// [`send_ref`](Self::send_ref), waiting at most `timeout` for a free slot.
+    pub fn send_ref_timeout(&mut self, value: &T, timeout: Duration) -> Result<(), SendTimeoutError<()>> {
+        self.sender
+            .send_slice_in(std::slice::from_ref(value), Wait::timeout(timeout), Some(&mut self.sticky))
+            .map(drop)
+            .map_err(|f| f.send_timeout(()))
+    }
+
+    /// The ordinary handle underneath (the kept lock is given up first).
+    pub fn as_sender(&mut self) -> &Sender<T> {
+        self.release();
+        &self.sender
+    }
+}
+
+impl<T> SoloSender<T> {
+    /// Gives the kept lock up now (a later send takes it again).
+    pub fn release(&mut self) {
+        let core = &*self.sender.core;
+        core.release_sticky(&core.ctrl().send, &mut self.sticky);
+    }
+}
+
+impl<T> Drop for SoloSender<T> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A queue receiver that keeps the receive lock from one value to the next (see [`SoloSender`]).
+#[derive(Debug)]
+pub struct SoloReceiver<T> {
+    sticky: Sticky,
+    receiver: Receiver<T>,
+    _thread: PhantomData<*const ()>,
+}
+
+impl<T: Pod> SoloReceiver<T> {
+    /// Receives a value into `*out`, waiting for one: see [`Receiver::recv_into`].
+    #[inline]
+    pub fn recv_into(&mut self, out: &mut T) -> Result<(), RecvError> {
+        // SAFETY: `out` is a valid, aligned, exclusive T outside the queue's memory.
+        unsafe { self.receiver.recv_one_raw(out, Wait::Forever, Some(&mut self.sticky)) }.map_err(Fail::recv)
+    }
+
+    /// Receives a value, waiting for one: see [`Receiver::recv`].
+    #[inline]
+    pub fn recv(&mut self) -> Result<T, RecvError> {
+        let mut out = std::mem::MaybeUninit::<T>::uninit();
+        // SAFETY: `out` is valid for one write of T, aligned, and not read before it is written.
+        unsafe { self.receiver.recv_one_raw(out.as_mut_ptr(), Wait::Forever, Some(&mut self.sticky)) }
+            .map_err(Fail::recv)?;
+        // SAFETY: recv_one_raw wrote a whole T into `out` (it returned Ok).
+        Ok(unsafe { out.assume_init() })
+    }
+
+    /// [`recv_into`](Self::recv_into) without waiting.
+    #[inline]
+    pub fn try_recv_into(&mut self, out: &mut T) -> Result<(), TryRecvError> {
+        // SAFETY: as in recv_into.
+        unsafe { self.receiver.recv_one_raw(out, Wait::Try, Some(&mut self.sticky)) }.map_err(Fail::try_recv)
+    }
+
+    /// [`recv_into`](Self::recv_into), waiting at most `timeout` (never less).
+    pub fn recv_into_timeout(&mut self, out: &mut T, timeout: Duration) -> Result<(), RecvTimeoutError> {
+        // SAFETY: as in recv_into.
+        unsafe { self.receiver.recv_one_raw(out, Wait::timeout(timeout), Some(&mut self.sticky)) }
+            .map_err(Fail::recv_timeout)
+    }
+
+    /// The ordinary handle underneath (the kept lock is given up first).
+    pub fn as_receiver(&mut self) -> &Receiver<T> {
+        self.release();
+        &self.receiver
+    }
+}
+
+impl<T> SoloReceiver<T> {
+    /// Gives the kept lock up now (a later receive takes it again).
+    pub fn release(&mut self) {
+        let core = &*self.receiver.core;
+        core.release_sticky(&core.ctrl().recv, &mut self.sticky);
+    }
+}
+
+impl<T> Drop for SoloReceiver<T> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,7 @@
 //! Waiting for room or for data: spin for a bounded time, then park on an event count, waking
 //! now and then to look for dead peers.
 
-use crate::sys::atomic::{AtomicU64, Ordering};
+use crate::sys::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::core::{Core, Role};
@@ -10,6 +10,47 @@ use crate::sync::{Deadline, EventCount, FutexWait, SpinPolicy, Spinner};
 
 /// How long a parked waiter sleeps before it checks whether its peers are still alive.
 const LIVENESS_SLICE: Duration = Duration::from_millis(50);
+
+/// How long a parked waiter sleeps when the notifying side publishes without a barrier and the
+/// asymmetric fence that would make up for it failed: a wake-up can then be missed, and is only
+/// late by this much.
+const UNFENCED_SLICE: Duration = Duration::from_millis(1);
+
+// membarrier(2) commands (linux/membarrier.h).
+const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_int = 1 << 1;
+const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_int = 1 << 2;
+
+/// The pid that registered for expedited global fences (registration belongs to the address
+/// space: a forked child registers again). Process-local, hence a plain std atomic.
+static FENCE_REGISTERED_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Registers this process as a target of [`asymmetric_fence`]: a process whose threads publish
+/// without a barrier (a solo handle's kept lock) must be registered first. False if the kernel
+/// refuses (no `membarrier`, or a seccomp filter): then the process must keep its barriers.
+pub(crate) fn register_for_fences() -> bool {
+    let me = crate::sync::current_pid();
+    if FENCE_REGISTERED_PID.load(Ordering::Acquire) == me {
+        return true;
+    }
+    // SAFETY: membarrier takes two integers and a cpu id, touches no memory of ours.
+    let r = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) };
+    if r == 0 {
+        FENCE_REGISTERED_PID.store(me, Ordering::Release);
+        true
+    } else {
+        false
+    }
+}
+
+/// The heavy half of an asymmetric Dekker pair: when it returns, every thread of every registered
+/// process that was running has passed a full memory barrier (and one that was not running passed
+/// one when it was switched out), so each of their stores before that point is visible to this
+/// thread's later loads, and each of their loads after it sees this thread's earlier stores. False
+/// if the kernel refuses.
+pub(crate) fn asymmetric_fence() -> bool {
+    // SAFETY: as in register_for_fences.
+    unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) == 0 }
+}
 
 /// How long an operation may wait.
 #[derive(Clone, Copy, Debug)]
@@ -38,13 +79,50 @@ impl Wait {
         matches!(self, Wait::Until(d) if d.passed())
     }
 }
+/// 1 + the CPU the calling thread runs on (0 if unknown). glibc reads it from the thread's
+/// restartable-sequences area (a load), or the vDSO.
+#[inline(always)]
+pub(crate) fn current_cpu() -> u32 {
+    #[cfg(not(miri))]
+    {
+        // SAFETY: sched_getcpu takes no arguments and touches no memory of ours.
+        let cpu = unsafe { libc::sched_getcpu() };
+        u32::try_from(cpu).map_or(0, |c| c.wrapping_add(1))
+    }
+    #[cfg(miri)]
+    {
+        0
+    }
+}
+
 impl Core {
+    /// Whether spinning while waiting for `peers` would only burn the time they need: the
+    /// last operation of that side ran on the CPU this thread runs on now. Spinning pays when the
+    /// peer runs at the same time on another core; a peer that last ran here is (if runnable)
+    /// queued behind this very thread, and makes progress only once it sleeps.
+    fn peer_shares_cpu(&self, peers: Role) -> bool {
+        let c = self.ctrl();
+        let line = match peers {
+            Role::Sender => &c.not_empty,
+            Role::Receiver => &c.not_full,
+        };
+        let theirs = line.cpu.load(Ordering::Relaxed);
+        theirs != 0 && theirs == current_cpu()
+    }
+
     /// Waits until `ready()` holds, the other side is gone, or the wait ends. Spins per `spin`
     /// first, then parks on `event`; a parked waiter wakes every [`LIVENESS_SLICE`] to sweep
     /// for dead peers. Returns Ok(()) when worth retrying, Err(Timeout) when the deadline passed.
+    ///
+    /// `sticky` is the notifying side's [`Side::sticky`](super::control::Side) word: while a solo
+    /// handle keeps that side's lock, it publishes and reads the waiter count with no barrier
+    /// between, and this waiter makes up for it with an [`asymmetric_fence`] between announcing
+    /// itself and its last look (the argument is in `core.rs`, "Solo handles").
+    #[allow(clippy::too_many_arguments, reason = "one internal call per side")]
     pub(crate) fn wait_for(
         &self,
         event: &EventCount,
+        sticky: &AtomicU32,
         parks: &AtomicU64,
         spin: SpinPolicy,
         wait: Wait,
@@ -52,6 +130,13 @@ impl Core {
         mut ready: impl FnMut() -> bool,
     ) -> Result<(), Fail> {
         let deadline = wait.deadline();
+        // Adaptive: a finite spin is skipped when the peer shares this CPU (`busy()` is the
+        // caller's explicit choice and stays; its spinner yields the CPU now and then).
+        let spin = if spin != SpinPolicy::busy() && spin.budget() > Duration::ZERO && self.peer_shares_cpu(peers) {
+            SpinPolicy::park()
+        } else {
+            spin
+        };
         let mut spinner = Spinner::new(spin);
         // Read the clock only once the spin has lasted a while (a short wait never reads it).
         let mut next_sweep = 0u64;
@@ -78,13 +163,17 @@ impl Core {
         }
         loop {
             let key = event.prepare();
+            // Acquire: a solo holder clears the word (Release) after its last unfenced publish,
+            // so reading 0 here means that publish is visible to the look below.
+            let fenced = sticky.load(Ordering::Acquire) == 0 || asymmetric_fence();
             if ready() || self.peers_gone(peers, false) {
                 event.cancel(key);
                 return Ok(());
             }
+            let slice = if fenced { LIVENESS_SLICE } else { UNFENCED_SLICE };
             let until = match deadline {
-                Some(d) => d.min_after(LIVENESS_SLICE),
-                None => Deadline::after(LIVENESS_SLICE),
+                Some(d) => d.min_after(slice),
+                None => Deadline::after(slice),
             };
             parks.fetch_add(1, Ordering::Relaxed);
             let woke = event.wait(key, Some(until));

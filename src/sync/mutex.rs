@@ -327,6 +327,18 @@ impl RobustMutex {
         }
     }
 
+    /// Whether somebody may be asleep on the word (a snapshot).
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & WAITERS != 0
+    }
+
+    /// Releases a hold whose guard was given up ([`RobustMutexGuard::keep_held`]): frees the word
+    /// if it still names `token`, waking a sleeper. The caller must be the holder, in the process
+    /// that took the lock.
+    pub(crate) fn release_kept(&self, token: OwnerToken) {
+        self.unlock_as(token.0)
+    }
+
     /// Forces the word to "held by `owner`" (test support: a dead owner without a dead process).
     pub(crate) fn debug_force_owner(&self, owner: u32) {
         self.word.store(owner & OWNER, Ordering::Release);
@@ -357,6 +369,23 @@ impl<'a> RobustMutexGuard<'a> {
     #[inline]
     pub fn held_here(&self) -> bool {
         self.pid == current_pid()
+    }
+
+    /// The token the guard holds the lock under.
+    pub(crate) fn token(&self) -> OwnerToken {
+        OwnerToken(self.state & OWNER)
+    }
+
+    /// Gives the guard up with the lock still held (the holder keeps it across operations and
+    /// frees it with [`RobustMutex::release_kept`]). Refused (the guard comes back) unless the
+    /// state is consistent and the guard is in the process that took the lock.
+    pub(crate) fn keep_held(self) -> Result<OwnerToken, Self> {
+        if self.state & CONSISTENT == 0 || !self.held_here() {
+            return Err(self);
+        }
+        let token = self.token();
+        std::mem::forget(self);
+        Ok(token)
     }
 
     /// Releases the lock. Equivalent to dropping the guard.
