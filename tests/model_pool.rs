@@ -29,7 +29,7 @@ use std::time::Duration;
 /// Tasks (one slot each).
 const TASKS: usize = 3;
 /// A worker dies at an atomic operation drawn up to this (a worker does about this many).
-const MAX_OPS: u64 = 250;
+const MAX_OPS: u64 = 200;
 const STEPS: usize = 200_000;
 /// The parent's polls (each a 1 ms model wait for a result) before it calls a task lost.
 const MAX_POLLS: u32 = 400;
@@ -110,7 +110,7 @@ fn worker(me: usize, slots: &ModelSlots, log: &Log, rx_tx: &Handles) {
             }
         }
         if let Err(e) = tx.send(msg) {
-            log.with(|s| s.problems.push(format!("worker {me}: result send: {e:?}")));
+            log.with(|s| s.problems.push(format!("worker {me}: result send of {msg:#x} ({claim:?}): {e:?}")));
             return;
         }
     }
@@ -236,11 +236,25 @@ fn parent(slots: &ModelSlots, tasks: &Queue<u64>, results: &Queue<u64>, log: &Lo
             }
         }
     }
-    // Every slot is settled: close the task queue (the workers see it disconnect).
+    // Every slot is settled: close the task queue (the workers see it disconnect), and take
+    // results until the workers have left (the engine's shutdown): a late acknowledgement of a
+    // cancelled task whose slot was freed already is dropped by the generation check.
     drop(tx);
-    while let Ok(msg) = rx.try_recv() {
-        p.complete(msg);
+    for _ in 0..MAX_POLLS {
+        if !pids.iter().any(|&pid| ms::alive(pid)) {
+            return;
+        }
+        match rx.recv_timeout(Duration::from_millis(1)) {
+            Ok(msg) => p.complete(msg),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+            Err(e) => {
+                log.with(|s| s.problems.push(format!("parent: result receive: {e:?}")));
+                return;
+            }
+        }
     }
+    log.with(|s| s.problems.push(format!("parent: the workers did not leave within {MAX_POLLS} polls")));
 }
 
 fn scenario(victim: Option<usize>, cancel: bool, old_claim: bool) {
@@ -262,7 +276,8 @@ fn scenario(victim: Option<usize>, cancel: bool, old_claim: bool) {
     // Process 0: the parent (never dies); 1 and 2: workers.
     for p in 0..3 {
         let death = if victim == Some(p) { Death::AtRandomStep(MAX_OPS) } else { Death::Never };
-        let (sfd, tfd, rfd) = (sfd.try_clone().expect("dup"), tfd.try_clone().expect("dup"), rfd.try_clone().expect("dup"));
+        let (sfd, tfd, rfd) =
+            (sfd.try_clone().expect("dup"), tfd.try_clone().expect("dup"), rfd.try_clone().expect("dup"));
         let log = log.clone();
         procs.spawn(death, move || {
             let (slots, tasks, results) = model::spared(|| (open_slots(&sfd), open(&tfd), open(&rfd)));
