@@ -26,7 +26,7 @@ use bytemuck::Pod;
 
 use super::error::{PoolError, TaskError};
 use super::faults::FaultPoint;
-use super::slots::{self, CANCELLED, DONE, DeadSlot, QUEUED, SlotDesc, Slots};
+use super::slots::{self, CANCELLED, DONE, DeadSlot, SlotDesc, Slots};
 use super::task::ITEM_OK;
 use super::worker::{self, WorkerArg};
 use crate::process::code::CodeOffset;
@@ -724,7 +724,7 @@ impl Engine {
                 continue;
             }
             self.settings.faults.parent_at(FaultPoint::ParentCancel);
-            if self.slots.transition(slot, slots::word(QUEUED, 0), slots::word(CANCELLED, 0)) {
+            if self.slots.cancel_queued(slot) {
                 self.fail_items(job, inf.first, inf.count, &TaskError::Cancelled);
                 if !inf.sent {
                     // Still in our outbox: take the message back, free the slot now.

@@ -110,7 +110,7 @@ impl ModelSlots {
 
     /// Parent: `QUEUED` -> `CANCELLED` (the engine's `cancel`); answers whether it did.
     pub fn cancel(&self, slot: usize) -> bool {
-        self.0.transition(slot, slots::word(slots::QUEUED, 0), slots::word(slots::CANCELLED, 0))
+        self.0.cancel_queued(slot)
     }
 
     /// Parent: frees the slot (the engine's `free_slot`).

@@ -283,6 +283,11 @@ impl Slots {
         self.state(slot).store(word(FREE, 0), Ordering::Release);
     }
 
+    /// Parent, `cancel`: `QUEUED` -> `CANCELLED` (compare-and-swap); answers whether it did.
+    pub(crate) fn cancel_queued(&self, slot: usize) -> bool {
+        self.transition(slot, word(QUEUED, 0), word(CANCELLED, 0))
+    }
+
     /// Worker, `RUNNING(pid)` -> `DONE(pid)`: outputs written (Release). The result message follows.
     pub(crate) fn mark_done(&self, slot: usize, pid: u32) {
         self.state(slot).store(word(DONE, pid), Ordering::Release);
