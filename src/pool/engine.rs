@@ -26,7 +26,7 @@ use bytemuck::Pod;
 
 use super::error::{PoolError, TaskError};
 use super::faults::FaultPoint;
-use super::slots::{self, CANCELLED, DONE, FAILED, QUEUED, RUNNING, SlotDesc, Slots};
+use super::slots::{self, CANCELLED, DONE, DeadSlot, SlotDesc, Slots};
 use super::task::ITEM_OK;
 use super::worker::{self, WorkerArg};
 use crate::process::code::CodeOffset;
@@ -423,10 +423,7 @@ impl Engine {
         self.seq[slot] = self.seq[slot].wrapping_add(1);
         desc.seq = self.seq[slot];
         desc.tramp = tramp;
-        self.slots.write_desc(slot, &desc);
-        // SAFETY: status bytes lie in the data area (layout checked them); the slot is ours.
-        unsafe { self.slots.data(slot).wrapping_add(desc.status_off as usize).write_bytes(0, n) };
-        self.slots.state(slot).store(slots::word(QUEUED, 0), Ordering::Release);
+        self.slots.publish_queued(slot, &desc);
         self.inflight[slot] =
             Some(Inflight { seq: desc.seq, job, first, count: n, queue_index: 0, sent: false, size_r: types.size_r });
         self.outbox.push(worker::message(slot as u32, desc.seq));
@@ -593,7 +590,7 @@ impl Engine {
     }
 
     fn free_slot(&mut self, slot: usize) {
-        self.slots.state(slot).store(slots::word(slots::FREE, 0), Ordering::Release);
+        self.slots.free(slot);
         self.inflight[slot] = None;
         self.free.push(slot as u32);
     }
@@ -700,24 +697,16 @@ impl Engine {
         let head = self.tasks.consumed();
         for slot in 0..self.inflight.len() {
             let Some(inf) = self.inflight[slot] else { continue };
-            let w = self.slots.state(slot).load(Ordering::Acquire);
             let still_queued = !inf.sent || inf.queue_index >= head;
-            match slots::stage(w) {
-                RUNNING if slots::owner(w) == pid => {
-                    self.settings.faults.parent_at(FaultPoint::ParentSettle);
-                    if still_queued {
-                        // It died inside the claim: the message will be handed out again.
-                        let _ = self.slots.transition(slot, w, slots::word(QUEUED, 0));
-                    } else if self.slots.transition(slot, w, slots::word(FAILED, 0)) {
-                        // What it finished stands; the rest of its chunk fails with it.
-                        self.deliver(slot, inf, pid, Some(status));
-                    }
-                }
+            match self.slots.settle_dead(slot, pid, still_queued, &self.settings.faults) {
+                // It died inside the claim: the message will be handed out again.
+                DeadSlot::Requeued | DeadSlot::Untouched => {}
+                // What it finished stands; the rest of its chunk fails with it.
+                DeadSlot::Failed => self.deliver(slot, inf, pid, Some(status)),
                 // Finished, but died before announcing it.
-                DONE if slots::owner(w) == pid => self.deliver(slot, inf, pid, None),
+                DeadSlot::Finished => self.deliver(slot, inf, pid, None),
                 // Taken out of the queue by someone who may never acknowledge it.
-                CANCELLED if !still_queued => self.free_slot(slot),
-                _ => {}
+                DeadSlot::CancelTaken => self.free_slot(slot),
             }
         }
     }
@@ -735,7 +724,7 @@ impl Engine {
                 continue;
             }
             self.settings.faults.parent_at(FaultPoint::ParentCancel);
-            if self.slots.transition(slot, slots::word(QUEUED, 0), slots::word(CANCELLED, 0)) {
+            if self.slots.cancel_queued(slot) {
                 self.fail_items(job, inf.first, inf.count, &TaskError::Cancelled);
                 if !inf.sent {
                     // Still in our outbox: take the message back, free the slot now.

@@ -80,6 +80,10 @@ mod engine;
 mod error;
 mod faults;
 mod future;
+/// The slot protocol for the model check (`--cfg ringpool_model` builds only).
+#[cfg(ringpool_model)]
+#[doc(hidden)]
+pub mod model_support;
 mod panics;
 mod slots;
 mod task;

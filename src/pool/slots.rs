@@ -265,6 +265,78 @@ impl Slots {
     pub(crate) fn transition(&self, slot: usize, from: u64, to: u64) -> bool {
         self.state(slot).compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
+
+    /// Parent, `FREE` -> `QUEUED`: writes the descriptor, clears the status bytes, then publishes
+    /// the state (Release). The task message is sent after this.
+    pub(crate) fn publish_queued(&self, slot: usize, desc: &SlotDesc) {
+        self.write_desc(slot, desc);
+        if desc.fits(self.data_len()) {
+            // SAFETY: `fits` checked that the status bytes lie inside the slot's data area; the
+            // slot is FREE, so only the parent (this caller) touches it.
+            unsafe { self.data(slot).wrapping_add(desc.status_off as usize).write_bytes(0, desc.count as usize) };
+        }
+        self.state(slot).store(word(QUEUED, 0), Ordering::Release);
+    }
+
+    /// Parent: the slot's message has left the queue and its result (or its fate) is handled.
+    pub(crate) fn free(&self, slot: usize) {
+        self.state(slot).store(word(FREE, 0), Ordering::Release);
+    }
+
+    /// Parent, `cancel`: `QUEUED` -> `CANCELLED` (compare-and-swap); answers whether it did.
+    pub(crate) fn cancel_queued(&self, slot: usize) -> bool {
+        self.transition(slot, word(QUEUED, 0), word(CANCELLED, 0))
+    }
+
+    /// Worker, `RUNNING(pid)` -> `DONE(pid)`: outputs written (Release). The result message follows.
+    pub(crate) fn mark_done(&self, slot: usize, pid: u32) {
+        self.state(slot).store(word(DONE, pid), Ordering::Release);
+    }
+
+    /// Parent: the worker `pid` is dead (its results already taken); settles `slot` as far as the
+    /// state word goes. `still_queued`: the slot's message is still in the task queue (at or past
+    /// its head). `RUNNING(pid)` goes back to `QUEUED` (it died inside the claim's section; the
+    /// message is handed out again) or to `FAILED` (it consumed the message).
+    pub(crate) fn settle_dead(
+        &self,
+        slot: usize,
+        pid: u32,
+        still_queued: bool,
+        faults: &super::faults::FaultPlan,
+    ) -> DeadSlot {
+        let w = self.state(slot).load(Ordering::Acquire);
+        match stage(w) {
+            RUNNING if owner(w) == pid => {
+                faults.parent_at(super::faults::FaultPoint::ParentSettle);
+                if still_queued {
+                    // A lost compare-and-swap: a surviving worker took it over meanwhile.
+                    if self.transition(slot, w, word(QUEUED, 0)) { DeadSlot::Requeued } else { DeadSlot::Untouched }
+                } else if self.transition(slot, w, word(FAILED, 0)) {
+                    DeadSlot::Failed
+                } else {
+                    DeadSlot::Untouched
+                }
+            }
+            DONE if owner(w) == pid => DeadSlot::Finished,
+            CANCELLED if !still_queued => DeadSlot::CancelTaken,
+            _ => DeadSlot::Untouched,
+        }
+    }
+}
+
+/// What [`Slots::settle_dead`] did to a dead worker's slot, and what the parent does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DeadSlot {
+    /// Nothing of the dead worker's (or a survivor moved it first).
+    Untouched,
+    /// `RUNNING(dead)` -> `QUEUED`: its message is handed out again.
+    Requeued,
+    /// `RUNNING(dead)` -> `FAILED`: deliver what it finished, fail the rest, free the slot.
+    Failed,
+    /// `DONE(dead)`, never announced: deliver, free.
+    Finished,
+    /// `CANCELLED` and its message taken by someone who may never acknowledge: free.
+    CancelTaken,
 }
 
 #[cfg(test)]

@@ -113,8 +113,17 @@ pub(crate) fn start(arg: &[u8]) {
     }
 }
 
+#[cfg(ringpool_model)]
+std::thread_local! {
+    /// Model builds only: restores the claim before the fix of defect 5
+    /// (`model_support::debug_old_claim`). Per OS thread: shuttle runs a model execution's
+    /// processes on the test's own thread, so tests running in parallel do not see each other's.
+    pub(crate) static OLD_CLAIM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// How a popped task message turned out.
-enum Claim {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Claim {
     /// Ours to run.
     Run,
     /// Cancelled by the parent before anyone claimed it: acknowledge, do not run.
@@ -218,7 +227,7 @@ fn serve(
             return EXIT_BAD_CODE;
         }
         faults.worker_at(FaultPoint::Ran);
-        slots.state(slot).store(slots::word(slots::DONE, me), Ordering::Release);
+        slots.mark_done(slot, me);
         faults.worker_at(FaultPoint::Done);
         if tx.send(msg).is_err() {
             return EXIT_BROKEN;
@@ -236,7 +245,7 @@ fn serve(
 /// section) and `QUEUED` -> `CANCELLED`. So a failed compare-and-swap means "look again", never
 /// "someone else has it": giving up there would drop the only message for a slot that still waits
 /// for it (the pool's defect 5). See the state machine in the `slots` module.
-fn claim(slots: &Slots, msg: u64, me: u32, faults: &FaultPlan) -> Claim {
+pub(crate) fn claim(slots: &Slots, msg: u64, me: u32, faults: &FaultPlan) -> Claim {
     /// Far more changes than the protocol can make while we hold the message (two): only
     /// memory scribbled by something else could get here.
     const MAX_TRIES: u32 = 1000;
@@ -259,6 +268,12 @@ fn claim(slots: &Slots, msg: u64, me: u32, faults: &FaultPlan) -> Claim {
         }
         if slots.transition(slot, w, slots::word(RUNNING, me)) {
             return Claim::Run;
+        }
+        // The old claim (before the fix of defect 5), for the model check to find its race:
+        // a lost takeover dropped the message.
+        #[cfg(ringpool_model)]
+        if slots::stage(w) == RUNNING && OLD_CLAIM.with(std::cell::Cell::get) {
+            return Claim::Stale;
         }
         // The parent reset or cancelled it meanwhile: look again.
     }
