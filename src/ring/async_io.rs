@@ -244,7 +244,7 @@ impl Reactor {
             }
             let mut announced = Announced::new();
             for (c, d) in &cores {
-                announced.add(c.event_for(*d));
+                announced.add(c.event_for(*d), c.notifier_sticky(*d));
             }
             // Announced on every ring: a change from here on wakes the sleep below. Look now.
             st.regs.retain(|_, r| {

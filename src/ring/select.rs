@@ -43,6 +43,14 @@ pub(crate) enum Dir {
 }
 
 impl Core {
+    /// The notifying side's solo mark for a waiter in direction `dir` (see [`Announced::add`]).
+    pub(crate) fn notifier_sticky(&self, dir: Dir) -> &crate::sys::atomic::AtomicU32 {
+        match dir {
+            Dir::Recv => &self.ctrl().send.sticky,
+            Dir::Send => &self.ctrl().recv.sticky,
+        }
+    }
+
     /// The event count a waiter in direction `dir` sleeps on.
     pub(crate) fn event_for(&self, dir: Dir) -> &EventCount {
         match dir {
@@ -104,9 +112,17 @@ impl<'a> Announced<'a> {
         Announced { keys: Vec::new() }
     }
 
-    /// Announces a waiter on `event` (its condition must be checked after this).
-    pub(crate) fn add(&mut self, event: &'a EventCount) {
+    /// Announces a waiter on `event` (its condition must be checked after this). `sticky` is the
+    /// notifying side's `Side::sticky` word: while a solo handle keeps that side's lock it
+    /// publishes and reads the waiter count with no barrier between, so this waiter makes up for
+    /// it with an asymmetric fence between announcing itself and its look (as `wait_for` does; the
+    /// argument is in `core.rs`, "Solo handles"). Should the kernel refuse the fence, a wake-up may
+    /// come late: the sleep is sliced (50 ms at most), never lost for good.
+    pub(crate) fn add(&mut self, event: &'a EventCount, sticky: &crate::sys::atomic::AtomicU32) {
         self.keys.push((event, event.prepare()));
+        if sticky.load(Ordering::Acquire) != 0 {
+            let _ = super::wait::asymmetric_fence();
+        }
     }
 
     /// Sleeps on every announced word, plus `extra` (a word and its expected value), until one is
@@ -349,7 +365,7 @@ impl<'a> Select<'a> {
             }
             let mut announced = Announced::new();
             for e in &self.entries {
-                announced.add(e.core.event_for(e.dir));
+                announced.add(e.core.event_for(e.dir), e.core.notifier_sticky(e.dir));
             }
             // Announced everywhere: a change from now on wakes us. Look once more before sleeping.
             if let Some(i) = self.look(false) {
