@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::control::{Config, FORMAT_BYTES, MAX_MEMBERS, data_offset};
-use super::core::{Core, Role, Sticky};
+use super::core::{Core, Role, Sticky, bump};
 use super::error::{
     Broken, Fail, JoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
@@ -584,12 +584,6 @@ impl Sender {
         let (guard, tail, _) = self.lock_with_room(room_needed(len), wait)?;
         Ok(WriteGuard { sender: self, guard: Some(guard), tail, len, staged: [0; STAGED] })
     }
-}
-
-/// Bumps a counter that only the holder of a side's lock writes (no read-modify-write needed).
-#[inline(always)]
-fn bump(counter: &crate::sys::atomic::AtomicU64, by: u64) {
-    counter.store(counter.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
 }
 
 /// Reservations up to this size are staged in the guard (see [`Sender::reserve`]).

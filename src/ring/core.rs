@@ -823,3 +823,10 @@ impl Drop for Core {
         self.drop_membership();
     }
 }
+
+/// Bumps a counter that only the holder of a side's lock writes (no read-modify-write needed):
+/// the one helper both record formats use for their statistics.
+#[inline(always)]
+pub(crate) fn bump(counter: &AtomicU64, by: u64) {
+    counter.store(counter.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytemuck::Pod;
 
-use super::core::Sticky;
+use super::core::{Sticky, bump};
 use super::{
     Config, Core, FORMAT_SLOTS, Fail, JoinError, MAX_MEMBERS, RecvError, RecvTimeoutError, Role, SendError,
     SendTimeoutError, Stats, TryRecvError, TrySendError, Wait, data_offset, debug_pause,
@@ -504,11 +504,6 @@ impl<T> Receiver<T> {
 }
 pub(crate) fn slot_published(core: &Core, i: u64) -> Result<bool, &'static str> {
     core.probe_slot(i)
-}
-
-#[inline(always)]
-fn bump(counter: &AtomicU64, by: u64) {
-    counter.store(counter.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
 }
 
 impl<T: Pod> Sender<T> {
