@@ -171,15 +171,25 @@ pub(crate) struct Core {
     pub(crate) mirrored: bool,
     pub(crate) spin: SpinPolicy,
     pub(super) local: Local,
-    /// Per side (send, receive): which solo hold of this process keeps the lock ([`Sticky::id`],
-    /// 0: none) and on which thread ([`thread_id`]). Process-local: a forked child's copy names
-    /// holds of its parent, which the child's tokens never match.
-    kept: [[std::sync::atomic::AtomicU64; 2]; 2],
-    /// Per side (send, receive): the CPU value this process last wrote next to the event that
-    /// side notifies (so that it writes the shared word only when it changes).
-    cpu_seen: [std::sync::atomic::AtomicU32; 2],
-    /// Per side: operations of this process, to sample the CPU once in a while (`note_cpu`).
-    cpu_ops: [std::sync::atomic::AtomicU32; 2],
+    /// Process-local state per side (send, receive), each on its own cache lines: a sending and a
+    /// receiving thread of one process write their side's counters on every operation and must
+    /// not share a line.
+    sides: [LocalSide; 2],
+}
+
+/// One side's process-local state (see [`Core`]'s `sides`).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct LocalSide {
+    /// Which solo hold of this process keeps the side's lock ([`Sticky::id`], 0: none) and on which
+    /// thread ([`thread_id`]). A forked child's copy names holds of its parent, which the child's
+    /// tokens never match.
+    kept: [std::sync::atomic::AtomicU64; 2],
+    /// The CPU value this process last wrote next to the event this side notifies (so that it
+    /// writes the shared word only when it changes).
+    cpu_seen: std::sync::atomic::AtomicU32,
+    /// Operations of this process on this side, to sample the CPU once in a while (`note_cpu`).
+    cpu_ops: std::sync::atomic::AtomicU32,
 }
 
 // SAFETY: Core only points into its own mapping (kept alive by `_backing`), and every access to the
@@ -213,9 +223,7 @@ impl Core {
             cfg,
             spin,
             local: Local::default(),
-            kept: Default::default(),
-            cpu_seen: Default::default(),
-            cpu_ops: Default::default(),
+            sides: Default::default(),
             _backing: Backing::Segment(segment),
         });
         core.track();
@@ -253,9 +261,7 @@ impl Core {
             cfg,
             spin: SpinPolicy::default(),
             local: Local::default(),
-            kept: Default::default(),
-            cpu_seen: Default::default(),
-            cpu_ops: Default::default(),
+            sides: Default::default(),
             _backing: Backing::Heap(block),
         }))
     }
@@ -365,7 +371,7 @@ impl Core {
 
     /// Which `kept` entry is `side`'s.
     fn kept_of(&self, side: &Side) -> &[std::sync::atomic::AtomicU64; 2] {
-        &self.kept[usize::from(!std::ptr::eq(side, &*self.ctrl().send))]
+        &self.sides[usize::from(!std::ptr::eq(side, &*self.ctrl().send))].kept
     }
 
     /// Waits for a held lock: in slices of [`STICKY_SLICE`], asking a solo holder to give it up
@@ -467,14 +473,16 @@ impl Core {
         let c = self.ctrl();
         let (k, line) = if std::ptr::eq(event, &**c.not_empty) { (0, &c.not_empty) } else { (1, &c.not_full) };
         // A racy count between this process's threads is fine: it only spaces the samples.
-        let n = self.cpu_ops[k].load(Ordering::Relaxed);
-        self.cpu_ops[k].store(n.wrapping_add(1), Ordering::Relaxed);
+        // The side that notifies `not_empty` is the send side (index 0), `not_full` the receive side.
+        let local = &self.sides[k];
+        let n = local.cpu_ops.load(Ordering::Relaxed);
+        local.cpu_ops.store(n.wrapping_add(1), Ordering::Relaxed);
         if n % CPU_NOTE_EVERY != 0 {
             return;
         }
         let cpu = super::wait::current_cpu();
-        if self.cpu_seen[k].load(Ordering::Relaxed) != cpu {
-            self.cpu_seen[k].store(cpu, Ordering::Relaxed);
+        if local.cpu_seen.load(Ordering::Relaxed) != cpu {
+            local.cpu_seen.store(cpu, Ordering::Relaxed);
             line.cpu.store(cpu, Ordering::Relaxed);
         }
     }
