@@ -161,6 +161,9 @@ enum Plan {
     Operations,
     /// One value per sender, deaths anywhere (joining, sending, leaving).
     Membership,
+    /// Sender 1 and the first receiver are solo handles (the lock kept between operations, taken
+    /// from them when they stay idle while another member waits); the others are ordinary.
+    Solo,
 }
 
 /// Two senders (processes 1 and 2) and `receivers` receivers over a 4 KiB ring; `victim` (a
@@ -202,8 +205,18 @@ fn scenario(plan: Plan, receivers: usize, victim: Option<usize>) {
                 q = Some(queue);
             });
             model::start_line();
+            if plan == Plan::Solo && p == 1 {
+                if let Some(tx) = tx.take() {
+                    solo_sender(tx.into_solo(), &log, p);
+                }
+            }
+            if plan == Plan::Solo && p == 3 {
+                if let Some(rx) = rx.take() {
+                    solo_receiver(rx.into_solo(), &log, p);
+                }
+            }
             match (&tx, &rx, plan) {
-                (Some(tx), _, Plan::Operations) => sender(tx, &log, p),
+                (Some(tx), _, Plan::Operations | Plan::Solo) => sender(tx, &log, p),
                 (Some(tx), _, Plan::Membership) => one_value(tx, &log, p),
                 (_, Some(rx), _) => receiver(rx, &log, p),
                 _ => {}
@@ -220,6 +233,58 @@ fn scenario(plan: Plan, receivers: usize, victim: Option<usize>) {
     died.insert(0, false);
     check(&log, &died);
     procs.release();
+}
+
+/// Solo plan: five single sends through a solo sender (dropped at the end, inside the process).
+fn solo_sender(mut tx: ringpool::ring::SoloSender, log: &Log, me: usize) {
+    for seq in 1..=5u64 {
+        let v = value(me, seq);
+        log.with(me, |r| r.sending = vec![v]);
+        let res = tx.send(message(v));
+        if let Err(ringpool::ring::SendError::Disconnected(_)) = res {
+            log.disconnected(me);
+        }
+        log.with(me, |r| {
+            r.sending.clear();
+            match res {
+                Ok(()) => r.sent.push(v),
+                Err(ringpool::ring::SendError::Disconnected(_)) => {}
+                Err(e) => r.errors.push(format!("solo send: {e:?}")),
+            }
+        });
+    }
+}
+
+/// Solo plan: a solo receiver taking one message per call until every sender is gone.
+fn solo_receiver(mut rx: ringpool::ring::SoloReceiver, log: &Log, me: usize) {
+    loop {
+        log.with(me, |r| r.receiving = 1);
+        let mut seen: Option<Result<u64, String>> = None;
+        match rx.recv_with(|m| seen = Some(decode(m))) {
+            Ok(()) => log.with(me, |r| {
+                r.receiving = 0;
+                match seen.take() {
+                    Some(Ok(v)) => r.got.push(v),
+                    Some(Err(e)) => r.errors.push(e),
+                    None => r.errors.push("recv_with returned without a message".into()),
+                }
+            }),
+            Err(RecvError::Disconnected) => {
+                log.with(me, |r| {
+                    r.receiving = 0;
+                    r.finished = true;
+                });
+                return;
+            }
+            Err(e) => {
+                log.with(me, |r| {
+                    r.receiving = 0;
+                    r.errors.push(format!("solo receive: {e:?}"));
+                });
+                return;
+            }
+        }
+    }
 }
 
 /// Membership plan: one single send.
@@ -270,4 +335,28 @@ fn ring_membership_a_sender_dies_anywhere() {
 #[test]
 fn ring_membership_a_receiver_dies_anywhere() {
     model::check(300, STEPS, || scenario(Plan::Membership, 2, Some(3)));
+}
+
+/// Solo handles beside ordinary ones: the solo sender dies at a random step (keeping the lock,
+/// inside a send, or while its lock is being taken from it).
+#[test]
+fn ring_solo_sender_dies() {
+    model::check(300, STEPS, || scenario(Plan::Solo, 2, Some(1)));
+}
+
+/// The ordinary sender dies (possibly while taking the solo sender's kept lock).
+#[test]
+fn ring_solo_the_ordinary_sender_dies() {
+    model::check(300, STEPS, || scenario(Plan::Solo, 2, Some(2)));
+}
+
+/// The solo receiver dies; the ordinary receiver drains.
+#[test]
+fn ring_solo_receiver_dies() {
+    model::check(300, STEPS, || scenario(Plan::Solo, 2, Some(3)));
+}
+
+#[test]
+fn ring_solo_nobody_dies() {
+    model::check(100, STEPS, || scenario(Plan::Solo, 2, None));
 }

@@ -1,6 +1,7 @@
 //! Solo handles (`SoloSender`, `SoloReceiver`: the lock kept between operations) across
-//! processes: mixed with ordinary handles, killed while keeping the lock, parked peers woken, and
-//! a thread that waits on an ordinary handle while its own solo handle keeps the lock.
+//! processes: mixed with ordinary handles, killed while keeping the lock, parked peers woken, a
+//! thread that waits on an ordinary handle while its own solo handle keeps the lock, and a holder
+//! that stays idle while keeping it (the lock is taken from it).
 
 mod common;
 
@@ -81,8 +82,9 @@ fn solo_and_ordinary_handles_share_a_ring_exactly() {
                         panic!("producer {p}: {e}");
                     }
                     if rng.below(500) == 0 {
-                        // Idle while keeping the lock: the others wait for the next send.
-                        std::thread::sleep(Duration::from_micros(rng.below(2000)));
+                        // Idle while keeping the lock: the others wait for the next send, or,
+                        // after a slice (2 ms), take the lock from the idle holder.
+                        std::thread::sleep(Duration::from_micros(rng.below(6000)));
                     }
                 }
                 0
@@ -320,4 +322,116 @@ fn queue_solo_and_ordinary_handles_share_a_queue_exactly() {
             assert!(shared.bit(words * p, seq), "producer {p} value {seq} lost");
         }
     }
+}
+
+/// A solo sender in another process keeps the send lock and then stays idle (it waits for the
+/// parent's word, which comes only after the parent sent): the parent's ordinary sender, its
+/// `try_send` included, takes the lock from the idle holder instead of waiting for ever. The
+/// robbed holder then sends on (it finds its hold gone and takes the lock again); every message
+/// arrives once, in per-sender order, and no lock is left held.
+#[test]
+fn an_idle_solo_sender_in_another_process_does_not_block_other_senders() {
+    const SOLO_LATER: u64 = 2_000;
+    const OTHER: u64 = 200;
+    let ring = Ring::builder().capacity(64 * 1024).anonymous().unwrap();
+    let rx = ring.receiver().unwrap();
+    // 0: the child keeps the lock and idles; 1: the parent has sent, go on.
+    let shared = SharedCounters::new(2);
+    let child = {
+        let ring = ring.clone();
+        let shared = &shared;
+        spawn(move || {
+            let mut solo = ring.solo_sender().unwrap();
+            for seq in 0..10u64 {
+                solo.send(seq.to_le_bytes()).unwrap();
+            }
+            shared.get(0).store(1, Ordering::Release);
+            let deadline = std::time::Instant::now() + LONG;
+            while shared.get(1).load(Ordering::Acquire) == 0 {
+                assert!(std::time::Instant::now() < deadline, "the parent never sent");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            for seq in 10..10 + SOLO_LATER {
+                solo.send_timeout(seq.to_le_bytes(), LONG).unwrap();
+            }
+            0
+        })
+    };
+    while shared.get(0).load(Ordering::Acquire) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(ring.debug_lock_holders().0.is_some(), "the solo sender keeps the send lock while idle");
+    let tx = ring.sender().unwrap();
+    // Before, these waited until the holder's next send, which waits for them: a deadlock that
+    // only the timeout ended.
+    tx.try_send((1_000_000u64).to_le_bytes()).expect("try_send takes the lock from the idle holder");
+    for seq in 1..OTHER {
+        tx.send_timeout((1_000_000 + seq).to_le_bytes(), Duration::from_secs(20)).unwrap();
+    }
+    shared.get(1).store(1, Ordering::Release);
+    let (mut next_solo, mut next_other) = (0u64, 1_000_000u64);
+    for _ in 0..10 + SOLO_LATER + OTHER {
+        let v = rx.recv_with_timeout(LONG, |m| u64::from_le_bytes(m.try_into().unwrap())).unwrap();
+        if v >= 1_000_000 {
+            assert_eq!(v, next_other);
+            next_other += 1;
+        } else {
+            assert_eq!(v, next_solo);
+            next_solo += 1;
+        }
+    }
+    assert_eq!((next_solo, next_other), (10 + SOLO_LATER, 1_000_000 + OTHER));
+    child.join(LONG);
+    assert!(rx.try_recv().is_err());
+    assert_eq!(ring.debug_lock_holders(), (None, None));
+    assert_eq!(ring.stats().send_recoveries, 0, "taken from a live holder, not recovered from a dead one");
+}
+
+/// The receiving twin: a solo receiver in another process keeps the receive lock and idles; this
+/// process's receiver takes it and receives, and the robbed receiver then receives the rest.
+#[test]
+fn an_idle_solo_receiver_in_another_process_does_not_block_other_receivers() {
+    let ring = Ring::builder().capacity(64 * 1024).anonymous().unwrap();
+    let tx = ring.sender().unwrap();
+    let shared = SharedCounters::new(2);
+    for seq in 0..10u64 {
+        tx.send(seq.to_le_bytes()).unwrap();
+    }
+    let child = {
+        let ring = ring.clone();
+        let shared = &shared;
+        spawn(move || {
+            let mut solo = ring.solo_receiver().unwrap();
+            for want in 0..5u64 {
+                let v = solo.recv_with_timeout(LONG, |m| u64::from_le_bytes(m.try_into().unwrap())).unwrap();
+                assert_eq!(v, want);
+            }
+            shared.get(0).store(1, Ordering::Release);
+            let deadline = std::time::Instant::now() + LONG;
+            while shared.get(1).load(Ordering::Acquire) == 0 {
+                assert!(std::time::Instant::now() < deadline, "the parent never received");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            for want in 8..10u64 {
+                let v = solo.recv_with_timeout(LONG, |m| u64::from_le_bytes(m.try_into().unwrap())).unwrap();
+                assert_eq!(v, want);
+            }
+            0
+        })
+    };
+    while shared.get(0).load(Ordering::Acquire) == 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(ring.debug_lock_holders().1.is_some(), "the solo receiver keeps the receive lock while idle");
+    let rx = ring.receiver().unwrap();
+    let v = rx.try_recv().expect("try_recv takes the lock from the idle holder");
+    assert_eq!(v, 5u64.to_le_bytes());
+    for want in 6..8u64 {
+        let v = rx.recv_with_timeout(Duration::from_secs(20), |m| u64::from_le_bytes(m.try_into().unwrap())).unwrap();
+        assert_eq!(v, want);
+    }
+    shared.get(1).store(1, Ordering::Release);
+    child.join(LONG);
+    assert!(rx.try_recv().is_err());
+    assert_eq!(ring.debug_lock_holders(), (None, None));
 }

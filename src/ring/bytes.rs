@@ -929,8 +929,11 @@ impl Receiver {
 ///
 /// Nothing is given up for it. Other senders (of any process) may still send: one that finds the
 /// lock kept asks for it, and gets it when this handle's next send ends (or when this handle is
-/// dropped, or waits for room: a waiting solo sender never holds the lock); after such a hand-over
-/// this handle takes the lock per message for a while. A solo sender killed at any point is found
+/// dropped, or waits for room: a waiting solo sender never holds the lock). If this handle stays
+/// idle, a sender of another process that waited one 2 ms slice (or a `try_send`) takes the lock
+/// from it, never in the middle of a send; this handle finds out at its next send and takes the
+/// lock again. After a hand-over this handle takes the lock per message for a while. A solo
+/// sender killed at any point is found
 /// dead and its lock taken over and the ring repaired, exactly as for a [`Sender`]. Its sends take
 /// `&mut self`, and the handle stays on the thread that made it (it is neither `Send` nor
 /// `Sync`: move the [`Sender`] and call [`Sender::into_solo`] there), so the thread that keeps the

@@ -83,6 +83,14 @@ pub(crate) struct Side {
     pub parks: AtomicU64,
     /// Times this side's lock was taken over from a dead owner.
     pub recoveries: AtomicU64,
+    /// The token of the solo holder while it is inside an operation on its kept lock (0 between
+    /// operations). Written only by the thread that keeps the hold, with plain stores; read by a
+    /// member that takes the kept lock from an idle holder, after an asymmetric fence (see
+    /// `ring/core.rs`, "Taking it from an idle holder").
+    pub busy: AtomicU32,
+    /// The member taking the kept lock from an idle holder: its token, with [`STEAL_DONE`] once
+    /// the lock word names it (0: nobody). Claimed and cleared by compare-and-swap only.
+    pub steal: AtomicU32,
 }
 
 /// An event count and, on its line, the CPU the side that notifies it last ran on. The line is
@@ -107,6 +115,13 @@ impl std::ops::Deref for EventLine {
 
 /// Bit of [`Side::sticky`]: another member waits for the lock the solo handle keeps.
 pub(crate) const STICKY_WANTED: u32 = 1 << 31;
+/// Bit of [`Side::sticky`]: a member is taking (or took) the kept lock from its idle holder; the
+/// mark stays, with the holder's token, until the holder sees it.
+pub(crate) const STICKY_STOLEN: u32 = 1 << 30;
+/// The token field of [`Side::sticky`] and [`Side::steal`] (tokens are below 2^30).
+pub(crate) const STICKY_TOKEN: u32 = STICKY_STOLEN - 1;
+/// Bit of [`Side::steal`]: the lock word names the taker; the holder's hold is gone.
+pub(crate) const STEAL_DONE: u32 = 1 << 30;
 
 /// Ring-wide membership facts.
 #[repr(C)]

@@ -37,13 +37,32 @@
 //!   `fetch_or`, only on contention) and waits on the lock word in slices of [`STICKY_SLICE`],
 //!   setting the flag again at each. The holder reads the flag after each operation and, seeing it,
 //!   clears `sticky` (Release) and frees the lock (waking a sleeper): a contender waits at most
-//!   until the holder's next operation (or its drop, or `release()`). A holder that stays idle
-//!   for ever while alive keeps the others waiting: taking a kept lock from a live, idle holder
-//!   needs the holder to announce "inside an operation" in a per-member word that only it
-//!   writes, checked by the taker after an asymmetric fence; not implemented. A holder that must
-//!   wait for room or data gives the lock up first, so a parked holder never holds it; after
-//!   giving it up, a holder takes the lock per operation for [`STICKY_COOL`] operations before it
-//!   keeps it again.
+//!   until the holder's next operation (or its drop, or `release()`), or, if the holder stays
+//!   idle, takes it (below). A holder that must wait for room or data gives the lock up first, so
+//!   a parked holder never holds it; after giving it up, a holder takes the lock per operation
+//!   for [`STICKY_COOL`] operations before it keeps it again.
+//! - **Taking it from an idle holder.** A live holder may stay idle for ever (a thread that went
+//!   on to other work). Each operation of the holder therefore announces itself: it stores its
+//!   token into the side's `busy` word, then (a compiler fence only) checks `sticky` and the lock
+//!   word as above, and stores 0 into `busy` (Release) when it ends. A locker that waited a slice
+//!   ([`STICKY_SLICE`]) for a kept lock of another member, or a `try_` operation that found one,
+//!   claims the side's `steal` word (compare-and-swap, one taker at a time; a dead claimant's
+//!   claim is void), sets [`STICKY_STOLEN`] in `sticky`, runs the asymmetric fence, and reads
+//!   `busy`. An asymmetric Dekker pair: either the holder's store to `busy` is visible to that
+//!   read (the taker backs off, clears its bit and its claim; the holder gives the lock up at its
+//!   operation's end, as asked), or the holder's later check of `sticky` sees the bit (it enters
+//!   no operation). A read of 0 after the holder's Release at an operation's end also
+//!   synchronizes with everything that operation wrote. Seeing the holder idle, the taker swaps
+//!   the lock word from the holder's token to its own (if it still names the holder), marks
+//!   `steal` done, and goes on with an ordinary guard: no repair, the holder left the ring
+//!   consistent. The mark in `sticky` (the holder's token and the bit) stays until the holder
+//!   sees it: at its next operation, its `release()` or its drop, it waits for an undecided
+//!   taker's decision (microseconds; a dead taker's undecided claim is settled by the lock word),
+//!   then clears the mark and, if it was robbed, forgets its hold without touching the lock
+//!   word. While the mark stays, nobody keeps the side's lock, so `busy` only ever has one writer:
+//!   the thread that keeps the hold the mark names. A mark whose member died is cleared by the
+//!   next locker. Takers only take from other members: threads of the holder's own process wait
+//!   for its next operation as before.
 //! - **Death.** The lock word names the holder's member token as before: a holder killed between
 //!   or inside operations is found dead by the same liveness check, the lock is taken over, the
 //!   side repaired as today, and the stale `sticky` cleared by the new holder.
@@ -66,7 +85,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::control::{Config, Control, STICKY_WANTED, Side};
+use super::control::{Config, Control, STEAL_DONE, STICKY_STOLEN, STICKY_TOKEN, STICKY_WANTED, Side};
 use super::error::{Broken, Fail};
 use super::membership::Local;
 use super::wait::Wait;
@@ -361,11 +380,10 @@ impl Core {
         let id = kept[0].load(Ordering::Acquire);
         if id != 0
             && kept[1].load(Ordering::Relaxed) == thread_id()
-            && side.sticky.load(Ordering::Relaxed) & !STICKY_WANTED == token.get()
-            && kept[0].compare_exchange(id, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            && side.sticky.load(Ordering::Relaxed) & STICKY_TOKEN == token.get()
         {
-            side.sticky.store(0, Ordering::Release);
-            side.lock.release_kept(token);
+            self.give_up_hold(side, token.get());
+            let _ = kept[0].compare_exchange(id, 0, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
@@ -394,10 +412,15 @@ impl Core {
             match side.lock.lock_as(token, spin, Some(slice), |t| self.member_alive(t)) {
                 Ok(g) => return Ok(g),
                 Err(crate::sync::LockError::Poisoned) => return Err(Fail::Broken(Broken::Poisoned)),
-                Err(crate::sync::LockError::Timeout) if wait.deadline().is_some_and(|d| d.passed()) => {
-                    return Err(Fail::Timeout);
+                Err(crate::sync::LockError::Timeout) => {
+                    // A solo holder that stayed idle through a slice: take the lock from it.
+                    if let Some(g) = self.try_steal(side, token) {
+                        return Ok(g);
+                    }
+                    if wait.deadline().is_some_and(|d| d.passed()) {
+                        return Err(Fail::Timeout);
+                    }
                 }
-                Err(crate::sync::LockError::Timeout) => {}
             }
         }
     }
@@ -419,8 +442,11 @@ impl Core {
             }
         }
         // Still held: by a live member holding an in-place guard or keeping it (asked to give it
-        // up at its next operation), or by a dead one.
+        // up at its next operation, or taken from it if it is idle), or by a dead one.
         want_sticky(side);
+        if let Some(g) = self.try_steal(side, token) {
+            return Ok(g);
+        }
         match side.lock.holder() {
             Some(owner) if owner != token.get() && !self.member_alive(owner) => side
                 .lock
@@ -440,8 +466,9 @@ impl Core {
         repair: impl FnOnce() -> Result<(), &'static str>,
     ) -> Result<RobustMutexGuard<'a>, Fail> {
         side.recoveries.fetch_add(1, Ordering::Relaxed);
-        // A dead solo holder's mark: the lock is ours now.
-        side.sticky.store(0, Ordering::Release);
+        // A dead solo holder's mark: the lock is ours now. (A live holder robbed by the dead
+        // owner keeps its mark until it has seen it.)
+        self.clear_stale_mark(side);
         match crate::trace::repair_outcome(self.cfg.ring_id, repair()) {
             Ok(()) => {
                 guard.mark_consistent();
@@ -487,19 +514,32 @@ impl Core {
         }
     }
 
-    /// Whether `st` keeps `side`'s lock right now: this handle says so, in the process that took
-    /// it, and shared memory agrees (the lock word and `sticky` name its token, nobody asked).
+    /// Enters an operation on the lock `st` keeps, if it keeps it right now: this handle says so,
+    /// in the process and on the thread that took it, and shared memory agrees (the lock word and
+    /// `sticky` name its token, nobody asked, nobody is taking it). On `true` the side's `busy`
+    /// word names the holder until the operation ends ([`finish_solo`](Self::finish_solo), or
+    /// [`release_sticky`](Self::release_sticky) on its other ways out).
     #[inline(always)]
-    pub(crate) fn sticky_held(&self, side: &Side, st: &Sticky) -> bool {
+    pub(crate) fn sticky_enter(&self, side: &Side, st: &Sticky) -> bool {
         let kept = self.kept_of(side);
-        st.held
-            && side.sticky.load(Ordering::Relaxed) == st.token
+        if !(st.held
             && kept[0].load(Ordering::Relaxed) == st.id
             // The thread that took the hold: a handle moved to another thread takes it again
             // (so that the thread named in `kept` is the one that may be inside an operation).
             && kept[1].load(Ordering::Relaxed) == thread_id()
-            && side.lock.holder() == Some(st.token)
-            && st.pid == crate::sync::current_pid()
+            && st.pid == crate::sync::current_pid())
+        {
+            return false;
+        }
+        // Announced before the checks (see "Taking it from an idle holder"): the hold is this
+        // thread's (`kept`), so the mark names us and nobody else writes `busy`.
+        side.busy.store(st.token, Ordering::Relaxed);
+        crate::sys::atomic::compiler_fence(Ordering::SeqCst);
+        if side.sticky.load(Ordering::Relaxed) == st.token && side.lock.holder() == Some(st.token) {
+            return true;
+        }
+        side.busy.store(0, Ordering::Relaxed);
+        false
     }
 
     /// Gives a kept lock up: clears the mark (Release: after every unfenced publish), then frees
@@ -516,14 +556,141 @@ impl Core {
         }
         // Given up on our behalf already (by this thread, waiting on another handle): the word is
         // no longer ours to free, even though it may name our token (another handle's hold).
-        if self.kept_of(side)[0].compare_exchange(st.id, 0, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+        if self.kept_of(side)[0].load(Ordering::Relaxed) != st.id {
             return;
         }
-        let _ = side
-            .sticky
-            .fetch_update(Ordering::Release, Ordering::Relaxed, |s| (s & !STICKY_WANTED == st.token).then_some(0));
-        if let Some(token) = OwnerToken::new(st.token) {
-            side.lock.release_kept(token);
+        self.give_up_hold(side, st.token);
+        let _ = self.kept_of(side)[0].compare_exchange(st.id, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Gives up the hold of `token` that this thread keeps (its `kept` entry still names it):
+    /// leaves the operation, settles a taker's claim, clears the mark, and frees the lock word
+    /// unless a taker took it (see "Taking it from an idle holder").
+    #[cold]
+    fn give_up_hold(&self, side: &Side, token: u32) {
+        // Out of any operation (Release: after everything it wrote). We are still the only
+        // writer: the mark names us until we clear it below.
+        side.busy.store(0, Ordering::Release);
+        if !self.settle_mark(side, token) {
+            if let Some(token) = OwnerToken::new(token) {
+                side.lock.release_kept(token);
+            }
+        }
+    }
+
+    /// Clears `token`'s mark from `sticky`, first waiting for a taker's decision if one is at
+    /// work. Answers whether the lock word was taken from `token` (then it is not ours to free).
+    #[cold]
+    fn settle_mark(&self, side: &Side, token: u32) -> bool {
+        let clear = |side: &Side| {
+            let _ = side
+                .sticky
+                .fetch_update(Ordering::Release, Ordering::Relaxed, |s| (s & STICKY_TOKEN == token).then_some(0));
+        };
+        loop {
+            let s = side.sticky.load(Ordering::Acquire);
+            if s & STICKY_TOKEN != token {
+                return false;
+            }
+            if s & STICKY_STOLEN == 0 {
+                if side.sticky.compare_exchange(s, 0, Ordering::Release, Ordering::Relaxed).is_ok() {
+                    return false;
+                }
+                continue;
+            }
+            let w = side.steal.load(Ordering::Acquire);
+            let taker = w & STICKY_TOKEN;
+            if w & STEAL_DONE != 0 {
+                // Taken while we were idle: the word names the taker (or whoever had it since).
+                let _ = side.steal.compare_exchange(w, 0, Ordering::AcqRel, Ordering::Relaxed);
+                clear(side);
+                return true;
+            }
+            if taker == 0 || !self.member_alive(taker) {
+                // No live taker is deciding: the lock word says whether it was taken.
+                let taken = side.lock.holder() != Some(token);
+                if taker != 0 {
+                    let _ = side.steal.compare_exchange(w, 0, Ordering::AcqRel, Ordering::Relaxed);
+                }
+                if taken {
+                    clear(side);
+                    return true;
+                }
+                let _ = side.sticky.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |s| {
+                    (s & STICKY_TOKEN == token && s & STICKY_STOLEN != 0).then_some(s & !STICKY_STOLEN)
+                });
+                continue;
+            }
+            // A live taker between its mark and its decision: a fence and a load away.
+            std::thread::yield_now();
+        }
+    }
+
+    /// Clears a solo holder's mark that no live holder will clear: one whose member is gone, or
+    /// a bare [`STICKY_WANTED`] left by a race. A mark with [`STICKY_STOLEN`] of a live member
+    /// stays until that member has seen it. Called with the side's lock held.
+    #[cold]
+    fn clear_stale_mark(&self, side: &Side) {
+        let _ = side.sticky.fetch_update(Ordering::Release, Ordering::Relaxed, |s| {
+            let t = s & STICKY_TOKEN;
+            (s != 0 && (t == 0 || s & STICKY_STOLEN == 0 || !self.member_alive(t))).then_some(0)
+        });
+    }
+
+    /// Takes the lock that another member's solo handle keeps, if that holder is between
+    /// operations (see "Taking it from an idle holder"). `None` if there is no such hold, another
+    /// taker is at work, the fence is refused, or the holder is inside an operation (it gives the
+    /// lock up at its end, as it was asked to).
+    #[cold]
+    fn try_steal<'a>(&'a self, side: &'a Side, me: OwnerToken) -> Option<RobustMutexGuard<'a>> {
+        let s = side.sticky.load(Ordering::Acquire);
+        let holder = s & STICKY_TOKEN;
+        if holder == 0
+            || holder == me.get()
+            || s & STICKY_STOLEN != 0
+            || side.lock.holder() != Some(holder)
+            || !self.member_alive(holder)
+        {
+            return None;
+        }
+        let from = OwnerToken::new(holder)?;
+        // One taker at a time. A claim is void once done (the mark it left is gone, checked
+        // above) or when its taker died.
+        let w = side.steal.load(Ordering::Acquire);
+        if w != 0 && w & STEAL_DONE == 0 && self.member_alive(w & STICKY_TOKEN) {
+            return None;
+        }
+        side.steal.compare_exchange(w, me.get(), Ordering::AcqRel, Ordering::Relaxed).ok()?;
+        let marked = side.sticky.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |s| {
+            (s & STICKY_TOKEN == holder && s & STICKY_STOLEN == 0).then_some(s | STICKY_STOLEN | STICKY_WANTED)
+        });
+        if marked.is_err() {
+            let _ = side.steal.compare_exchange(me.get(), 0, Ordering::AcqRel, Ordering::Relaxed);
+            return None;
+        }
+        // The heavy half of the pair: after it, the holder's announcement is visible, or its next
+        // check sees the mark.
+        let idle = super::wait::asymmetric_fence() && side.busy.load(Ordering::Acquire) != holder;
+        match if idle { side.lock.take_kept(from, me) } else { None } {
+            Some(guard) => {
+                side.steal.store(me.get() | STEAL_DONE, Ordering::Release);
+                crate::trace::event!(
+                    debug,
+                    ring_id = self.cfg.ring_id,
+                    from = holder,
+                    "took a kept lock from an idle solo holder"
+                );
+                Some(guard)
+            }
+            None => {
+                // Back off: the holder is inside an operation (it gives the lock up at its end),
+                // or gave it up meanwhile.
+                let _ = side.sticky.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |s| {
+                    (s & STICKY_TOKEN == holder && s & STICKY_STOLEN != 0).then_some(s & !STICKY_STOLEN)
+                });
+                let _ = side.steal.compare_exchange(me.get(), 0, Ordering::AcqRel, Ordering::Relaxed);
+                None
+            }
         }
     }
 
@@ -539,6 +706,9 @@ impl Core {
         n: u32,
     ) {
         let Some(guard) = guard else {
+            // The operation ends (Release: after everything it wrote; see "Taking it from an idle
+            // holder").
+            side.busy.store(0, Ordering::Release);
             self.note_cpu(event);
             // Kept: no barrier here; waiters fence for us (see "Solo handles").
             crate::sys::atomic::compiler_fence(Ordering::SeqCst);
@@ -553,8 +723,11 @@ impl Core {
             return self.unlock_and_notify(guard, event, n);
         }
         if side.sticky.load(Ordering::Relaxed) != 0 || side.lock.has_waiters() || !super::wait::register_for_fences() {
-            // Somebody asked (or a stale mark): serve them first.
-            side.sticky.store(0, Ordering::Relaxed);
+            // Somebody asked (or a stale mark, or a robbed holder's mark it has not seen yet):
+            // serve them first.
+            if side.sticky.load(Ordering::Relaxed) != 0 {
+                self.clear_stale_mark(side);
+            }
             st.cool = STICKY_COOL;
             return self.unlock_and_notify(guard, event, n);
         }
@@ -563,6 +736,9 @@ impl Core {
         let id = NEXT_HOLD.fetch_add(1, Ordering::Relaxed);
         kept[1].store(thread_id(), Ordering::Relaxed);
         kept[0].store(id, Ordering::Release);
+        // Nobody keeps the lock (the mark was 0): `busy` is ours from here; clear what an earlier
+        // holder may have left in it.
+        side.busy.store(0, Ordering::Relaxed);
         side.sticky.store(token.get(), Ordering::Relaxed);
         // The one fence of the hold: orders the mark before every later unfenced publish's read of
         // the waiter count (the waiters' side of the pair is their RMW announcement).
@@ -704,7 +880,7 @@ impl Core {
         repair: impl Fn() -> Result<(), &'static str>,
     ) -> Result<(Option<RobustMutexGuard<'_>>, u64, u64), Fail> {
         let c = self.ctrl();
-        if self.sticky_held(&c.send, st) {
+        if self.sticky_enter(&c.send, st) {
             if !(self.receivers_maybe_gone() && self.peers_gone(Role::Receiver, false)) {
                 match self.send_room(need, want) {
                     Ok(Some((tail, free))) => return Ok((None, tail, free)),
@@ -737,7 +913,7 @@ impl Core {
         probe: impl Fn(u64) -> Result<Option<T>, &'static str>,
     ) -> Result<(Option<RobustMutexGuard<'_>>, u64, T), Fail> {
         let c = self.ctrl();
-        if self.sticky_held(&c.recv, st) {
+        if self.sticky_enter(&c.recv, st) {
             let head = c.head.load(Ordering::Relaxed);
             if self.index_ok(head) {
                 if let Ok(Some(x)) = probe(head) {

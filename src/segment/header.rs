@@ -9,7 +9,7 @@ pub const MAGIC: [u8; 8] = *b"RINGPOOL";
 /// The layout version this build writes and accepts. 2: ring lock words name member-table
 /// entries with a generation (not pids), and member entries in transition carry a pid. 3: a
 /// side's word after its lock marks a solo handle's kept lock (waiters fence before sleeping).
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// The ready word's value once the creator has finished initializing (ASCII "REDY").
 pub(crate) const READY: u32 = 0x5245_4459;
 /// Byte offset of the ready word inside the header page.

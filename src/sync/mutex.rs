@@ -339,6 +339,24 @@ impl RobustMutex {
         self.unlock_as(token.0)
     }
 
+    /// Takes over a hold that `from` kept ([`RobustMutexGuard::keep_held`]) while it was idle, for
+    /// `to`: swaps the owner field if it still names `from` (keeping the waiters bit, so that this
+    /// guard's unlock wakes the sleepers). `None` if the word no longer names `from`. The caller
+    /// must know that `from` is between operations (the ring's steal protocol, `ring/core.rs`):
+    /// the state the lock protects is then consistent, and the guard is an ordinary one.
+    pub(crate) fn take_kept(&self, from: OwnerToken, to: OwnerToken) -> Option<RobustMutexGuard<'_>> {
+        let mut w = self.word.load(Ordering::Relaxed);
+        loop {
+            if w & OWNER != from.0 {
+                return None;
+            }
+            match self.word.compare_exchange_weak(w, to.0 | (w & WAITERS), Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(RobustMutexGuard::new(self, to.0, false)),
+                Err(now) => w = now,
+            }
+        }
+    }
+
     /// Forces the word to "held by `owner`" (test support: a dead owner without a dead process).
     pub(crate) fn debug_force_owner(&self, owner: u32) {
         self.word.store(owner & OWNER, Ordering::Release);
