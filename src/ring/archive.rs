@@ -710,8 +710,11 @@ impl<T: Archivable> TypedSender<T> {
         self.hint.store(bytes.min(self.max), Ordering::Relaxed);
     }
 
-    /// Changes how long this handle spins before parking.
-    pub fn set_spin(&mut self, spin: SpinPolicy) {
+    /// Changes how long this handle spins before parking, for its later waits (a wait under way
+    /// keeps the policy it began with). Only this handle: its clones made earlier, and other
+    /// handles, keep theirs; a clone made later starts with this one's. Takes `&self`, so a
+    /// handle shared between threads can be tuned while in use.
+    pub fn set_spin(&self, spin: SpinPolicy) {
         self.inner.set_spin(spin);
     }
 
@@ -870,8 +873,11 @@ impl<T: Archivable> TypedReceiver<T> {
         self.recv_archived_timeout(timeout)?.deserialize()
     }
 
-    /// Changes how long this handle spins before parking.
-    pub fn set_spin(&mut self, spin: SpinPolicy) {
+    /// Changes how long this handle spins before parking, for its later waits (a wait under way
+    /// keeps the policy it began with). Only this handle: its clones made earlier, and other
+    /// handles, keep theirs; a clone made later starts with this one's. Takes `&self`, so a
+    /// handle shared between threads can be tuned while in use.
+    pub fn set_spin(&self, spin: SpinPolicy) {
         self.inner.set_spin(spin);
     }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytemuck::Pod;
 
 use super::core::{Sticky, bump};
+use super::wait::SpinCell;
 use super::{
     Config, Core, FORMAT_SLOTS, Fail, JoinError, MAX_MEMBERS, RecvError, RecvTimeoutError, Role, SendError,
     SendTimeoutError, Stats, TryRecvError, TrySendError, Wait, data_offset, debug_pause,
@@ -273,13 +274,13 @@ impl<T: Pod> Queue<T> {
     /// A new sending handle.
     pub fn sender(&self) -> Result<Sender<T>, JoinError> {
         self.core.join_fresh(Role::Sender)?;
-        Ok(Sender { core: self.core.clone(), spin: self.core.spin(), _t: PhantomData })
+        Ok(Sender { core: self.core.clone(), spin: SpinCell::new(self.core.spin()), _t: PhantomData })
     }
 
     /// A new receiving handle.
     pub fn receiver(&self) -> Result<Receiver<T>, JoinError> {
         self.core.join_fresh(Role::Receiver)?;
-        Ok(Receiver { core: self.core.clone(), spin: self.core.spin(), _t: PhantomData })
+        Ok(Receiver { core: self.core.clone(), spin: SpinCell::new(self.core.spin()), _t: PhantomData })
     }
 
     /// Number of slots.
@@ -452,7 +453,7 @@ impl Slots for Core {
 #[derive(Debug)]
 pub struct Sender<T> {
     core: Arc<Core>,
-    spin: SpinPolicy,
+    spin: SpinCell,
     _t: PhantomData<fn(T) -> T>,
 }
 
@@ -460,21 +461,21 @@ pub struct Sender<T> {
 #[derive(Debug)]
 pub struct Receiver<T> {
     core: Arc<Core>,
-    spin: SpinPolicy,
+    spin: SpinCell,
     _t: PhantomData<fn(T) -> T>,
 }
 
 impl<T> Clone for Sender<T> {
     fn clone(&self) -> Self {
         let _ = self.core.join(Role::Sender);
-        Sender { core: self.core.clone(), spin: self.spin, _t: PhantomData }
+        Sender { core: self.core.clone(), spin: self.spin.clone(), _t: PhantomData }
     }
 }
 
 impl<T> Clone for Receiver<T> {
     fn clone(&self) -> Self {
         let _ = self.core.join(Role::Receiver);
-        Receiver { core: self.core.clone(), spin: self.spin, _t: PhantomData }
+        Receiver { core: self.core.clone(), spin: self.spin.clone(), _t: PhantomData }
     }
 }
 
@@ -553,9 +554,12 @@ impl<T: Pod> Sender<T> {
             .map_err(|f| f.send(()))
     }
 
-    /// Changes how long this handle spins before parking.
-    pub fn set_spin(&mut self, spin: SpinPolicy) {
-        self.spin = spin;
+    /// Changes how long this handle spins before parking, for its later waits (a wait under way
+    /// keeps the policy it began with). Only this handle: its clones made earlier, and other
+    /// handles, keep theirs; a clone made later starts with this one's. Takes `&self`, so a
+    /// handle shared between threads can be tuned while in use.
+    pub fn set_spin(&self, spin: SpinPolicy) {
+        self.spin.set(spin);
     }
 
     /// Leaves the queue (same as dropping the handle).
@@ -566,7 +570,7 @@ impl<T: Pod> Sender<T> {
     #[inline]
     fn lock_room(&self, want: u64, wait: Wait) -> Result<(RobustMutexGuard<'_>, u64, u64), Fail> {
         let core = &*self.core;
-        let (guard, tail, free) = core.lock_for_send(self.spin, wait, 1, want, || core.repair_send())?;
+        let (guard, tail, free) = core.lock_for_send(self.spin.get(), wait, 1, want, || core.repair_send())?;
         Ok((guard, tail, free.min(want)))
     }
 
@@ -586,7 +590,8 @@ impl<T: Pod> Sender<T> {
                 (Some(g), tail, n, None)
             }
             Some(st) => {
-                let (g, tail, free) = core.lock_for_send_solo(st, self.spin, wait, 1, want, || core.repair_send())?;
+                let (g, tail, free) =
+                    core.lock_for_send_solo(st, self.spin.get(), wait, 1, want, || core.repair_send())?;
                 (g, tail, free.min(want), Some(st))
             }
         };
@@ -737,9 +742,12 @@ impl<T: Pod> Receiver<T> {
             .map_err(Fail::recv_timeout)
     }
 
-    /// Changes how long this handle spins before parking.
-    pub fn set_spin(&mut self, spin: SpinPolicy) {
-        self.spin = spin;
+    /// Changes how long this handle spins before parking, for its later waits (a wait under way
+    /// keeps the policy it began with). Only this handle: its clones made earlier, and other
+    /// handles, keep theirs; a clone made later starts with this one's. Takes `&self`, so a
+    /// handle shared between threads can be tuned while in use.
+    pub fn set_spin(&self, spin: SpinPolicy) {
+        self.spin.set(spin);
     }
 
     /// Leaves the queue (same as dropping the handle).
@@ -750,7 +758,7 @@ impl<T: Pod> Receiver<T> {
     fn lock_value(&self, wait: Wait) -> Result<(RobustMutexGuard<'_>, u64), Fail> {
         let core = &*self.core;
         let probe = |i| core.probe_slot(i).map(|published| published.then_some(()));
-        core.lock_for_recv(self.spin, wait, || core.repair_recv(), probe).map(|(g, head, ())| (g, head))
+        core.lock_for_recv(self.spin.get(), wait, || core.repair_recv(), probe).map(|(g, head, ())| (g, head))
     }
 
     #[inline]
@@ -777,7 +785,7 @@ impl<T: Pod> Receiver<T> {
             }
             Some(st) => {
                 let probe = |i| core.probe_slot(i).map(|published| published.then_some(()));
-                let (g, head, ()) = core.lock_for_recv_solo(st, self.spin, wait, || core.repair_recv(), probe)?;
+                let (g, head, ()) = core.lock_for_recv_solo(st, self.spin.get(), wait, || core.repair_recv(), probe)?;
                 (g, head, Some(st))
             }
         };
@@ -1011,6 +1019,11 @@ impl<T: Pod> SoloSender<T> {
 }
 
 impl<T> SoloSender<T> {
+    /// Changes how long this handle spins before parking: see [`Sender::set_spin`].
+    pub fn set_spin(&self, spin: SpinPolicy) {
+        self.sender.spin.set(spin);
+    }
+
     /// Gives the kept lock up now (a later send takes it again).
     pub fn release(&mut self) {
         let core = &*self.sender.core;
@@ -1073,6 +1086,11 @@ impl<T: Pod> SoloReceiver<T> {
 }
 
 impl<T> SoloReceiver<T> {
+    /// Changes how long this handle spins before parking: see [`Receiver::set_spin`].
+    pub fn set_spin(&self, spin: SpinPolicy) {
+        self.receiver.spin.set(spin);
+    }
+
     /// Gives the kept lock up now (a later receive takes it again).
     pub fn release(&mut self) {
         let core = &*self.receiver.core;

@@ -246,6 +246,11 @@ where
         self.send_until(value, Until::Forever).map_err(|f| f.with(()))
     }
 
+    /// Changes how long this handle spins before parking: see [`queue::Sender::set_spin`].
+    pub fn set_spin(&self, spin: SpinPolicy) {
+        self.inner.set_spin(spin);
+    }
+
     /// Leaves the queue (same as dropping the handle).
     pub fn close(self) {}
 
@@ -306,6 +311,11 @@ impl<T: Archivable, const N: usize> TypedQueueReceiver<T, N>
 where
     [u8; N]: Pod,
 {
+    /// Changes how long this handle spins before parking: see [`queue::Receiver::set_spin`].
+    pub fn set_spin(&self, spin: SpinPolicy) {
+        self.inner.set_spin(spin);
+    }
+
     /// Waits for a value and lends it in place, validated; it leaves the queue when the guard drops.
     pub fn recv_archived(&self) -> Result<ArchivedSlot<'_, T, N>, TypedRecvError> {
         ArchivedSlot::validate(self.inner.recv_in_place().map_err(TypedRecvError::from)?)
