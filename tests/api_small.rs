@@ -1,0 +1,95 @@
+//! Small API points of the ecosystem issue: spin policies set through `&self`, typed signals, the
+//! ring's membership error under its own name, lock timeouts told apart from waits for room,
+//! sizes in `TooLarge`, error sources, and senders that reconnect a ring.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{leftovers, spawn, unique_name};
+use ringpool::*;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn send_sync<T: Send + Sync>() {}
+
+#[test]
+fn set_spin_takes_a_shared_reference_and_changes_only_that_handle() {
+    // Handles stay Send + Sync with the policy in interior-mutable state.
+    send_sync::<ring::Sender>();
+    send_sync::<ring::Receiver>();
+    send_sync::<queue::Sender<u64>>();
+    send_sync::<queue::Receiver<u64>>();
+
+    let ring = Ring::builder().spin(SpinPolicy::park()).anonymous().unwrap();
+    let tx = Arc::new(ring.sender().unwrap());
+    let rx = ring.receiver().unwrap();
+    let earlier_clone = (*tx).clone();
+    let budget = Duration::from_micros(123);
+    std::thread::scope(|s| {
+        let tx = &tx;
+        s.spawn(move || tx.set_spin(SpinPolicy::spin_for(budget))).join().unwrap();
+    });
+    assert!(format!("{tx:?}").contains("123"), "{tx:?}");
+    assert!(!format!("{earlier_clone:?}").contains("123"), "{earlier_clone:?}");
+    let later_clone = (*tx).clone();
+    assert!(format!("{later_clone:?}").contains("123"), "{later_clone:?}");
+    // The handle works after the change, from several threads at once.
+    std::thread::scope(|s| {
+        for i in 0..4u8 {
+            let tx = &tx;
+            s.spawn(move || {
+                tx.set_spin(if i % 2 == 0 { SpinPolicy::busy() } else { SpinPolicy::park() });
+                tx.send([i]).unwrap();
+            });
+        }
+    });
+    let mut got: Vec<u8> = (0..4).map(|_| rx.recv_timeout(DEADLINE).unwrap()[0]).collect();
+    got.sort_unstable();
+    assert_eq!(got, [0, 1, 2, 3]);
+    rx.set_spin(SpinPolicy::busy());
+    assert!(format!("{rx:?}").contains("budget"), "{rx:?}");
+
+    // The same on a queue, a solo handle and their receivers.
+    let q = Queue::<u64>::builder().slots(4).anonymous().unwrap();
+    let qtx = q.sender().unwrap();
+    let qrx = q.receiver().unwrap();
+    qtx.set_spin(SpinPolicy::spin_for(budget));
+    qrx.set_spin(SpinPolicy::spin_for(budget));
+    assert!(format!("{qtx:?}").contains("123") && format!("{qrx:?}").contains("123"));
+    let solo = q.solo_sender().unwrap();
+    solo.set_spin(SpinPolicy::busy());
+    let solo_rx = ring.solo_receiver().unwrap();
+    solo_rx.set_spin(SpinPolicy::park());
+}
+
+#[test]
+fn send_signal_takes_a_checked_signal() {
+    // An invalid number is an error, never a panic, and never reaches a system call.
+    for bad in [0, -9, 65_000] {
+        let e = Signal::new(bad).unwrap_err();
+        assert!(matches!(e, process::SignalError::Invalid { signal, .. } if signal == bad), "{e:?}");
+        assert!(e.to_string().contains(&bad.to_string()), "{e}");
+    }
+    assert_eq!(Signal::try_from(libc::SIGUSR1), Ok(Signal::USR1));
+
+    let _g = common::FORK_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    // SAFETY: FORK_LOCK keeps this suite's other forks out; the child only sleeps (a plain system
+    // call) until the signal ends it.
+    let mut p = unsafe {
+        Process::builder().fork_unchecked(|| {
+            std::thread::sleep(DEADLINE);
+        })
+    }
+    .unwrap();
+    p.send_signal(Signal::USR1).unwrap();
+    match p.join_timeout(DEADLINE).unwrap() {
+        process::ExitStatus::Signaled { signal, .. } => assert_eq!(signal, Signal::USR1.number()),
+        other => panic!("SIGUSR1 should have ended the child: {other:?}"),
+    }
+    // After the reap a signal does nothing (the pid may be another process's now).
+    p.send_signal(Signal::new(libc::SIGRTMIN()).unwrap()).unwrap();
+    p.kill().unwrap();
+    p.terminate().unwrap();
+}
