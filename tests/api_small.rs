@@ -93,3 +93,27 @@ fn send_signal_takes_a_checked_signal() {
     p.kill().unwrap();
     p.terminate().unwrap();
 }
+
+#[test]
+fn a_full_member_table_is_a_join_ring_error_that_says_what_to_do() {
+    let ring = Ring::builder().max_members(1).anonymous().unwrap();
+    let _tx = ring.sender().unwrap();
+    let child = spawn(move || {
+        // Another process: the one entry of the member table is the parent's.
+        let e: ring::JoinRingError = match ring.receiver() {
+            Ok(_) => return 2,
+            Err(e) => e,
+        };
+        if e != ring::JoinRingError::TooManyMembers(1) {
+            return 3;
+        }
+        let text = e.to_string();
+        if !(text.contains("max_members") && text.contains('1')) {
+            return 4;
+        }
+        0
+    });
+    child.join(DEADLINE);
+    // The process-side name is a different type, about waiting for a child.
+    let _: Option<process::JoinError> = None;
+}

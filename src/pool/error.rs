@@ -3,7 +3,7 @@
 use std::fmt;
 
 use crate::process::{ExitStatus, StartError};
-use crate::ring::{Broken, JoinError};
+use crate::ring::{Broken, JoinRingError};
 use crate::segment::SegmentError;
 
 /// Why one task has no result.
@@ -51,7 +51,7 @@ pub enum PoolError {
     Start(#[from] StartError),
     /// The pool's rings refused a member (cannot happen with the pool's own sizes).
     #[error("joining the pool's rings: {0}")]
-    Join(#[from] JoinError),
+    Join(#[from] JoinRingError),
     /// The pool's rings are broken (their memory was overwritten).
     #[error("pool rings: {0}")]
     Broken(#[from] Broken),

@@ -118,7 +118,7 @@ use super::{
     Broken, ReadGuard, Receiver, RecvError, RecvTimeoutError, Ring, RingBuilder, SendError, SendTimeoutError, Sender,
     Stats, TryRecvError, TrySendError, WriteGuard, init_config,
 };
-use crate::ring::JoinError;
+use crate::ring::JoinRingError;
 use crate::segment::{Fingerprint, OpenMode, SegmentError};
 use crate::sync::SpinPolicy;
 
@@ -579,12 +579,12 @@ impl<T: Archivable> TypedRing<T> {
     }
 
     /// A new sending handle.
-    pub fn sender(&self) -> Result<TypedSender<T>, JoinError> {
+    pub fn sender(&self) -> Result<TypedSender<T>, JoinRingError> {
         Ok(TypedSender::new(self.ring.sender()?))
     }
 
     /// A new receiving handle.
-    pub fn receiver(&self) -> Result<TypedReceiver<T>, JoinError> {
+    pub fn receiver(&self) -> Result<TypedReceiver<T>, JoinRingError> {
         Ok(TypedReceiver { inner: self.ring.receiver()?, _t: PhantomData })
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::control::{Config, FORMAT_BYTES, MAX_MEMBERS, data_offset};
 use super::core::{Core, Role, Sticky, bump};
 use super::error::{
-    Broken, Fail, JoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+    Broken, Fail, JoinRingError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 use super::records::{record_size, room_needed};
 use super::wait::{SpinCell, Wait};
@@ -257,13 +257,13 @@ impl Ring {
     }
 
     /// A new sending handle.
-    pub fn sender(&self) -> Result<Sender, JoinError> {
+    pub fn sender(&self) -> Result<Sender, JoinRingError> {
         self.core.join_fresh(Role::Sender)?;
         Ok(Sender { core: self.core.clone(), spin: SpinCell::new(self.core.spin()) })
     }
 
     /// A new receiving handle.
-    pub fn receiver(&self) -> Result<Receiver, JoinError> {
+    pub fn receiver(&self) -> Result<Receiver, JoinRingError> {
         self.core.join_fresh(Role::Receiver)?;
         Ok(Receiver { core: self.core.clone(), spin: SpinCell::new(self.core.spin()) })
     }
@@ -905,12 +905,12 @@ impl Receiver {
 
 impl Ring {
     /// A new sending handle that keeps the send lock between messages: see [`SoloSender`].
-    pub fn solo_sender(&self) -> Result<SoloSender, JoinError> {
+    pub fn solo_sender(&self) -> Result<SoloSender, JoinRingError> {
         self.sender().map(Sender::into_solo)
     }
 
     /// A new receiving handle that keeps the receive lock between messages: see [`SoloReceiver`].
-    pub fn solo_receiver(&self) -> Result<SoloReceiver, JoinError> {
+    pub fn solo_receiver(&self) -> Result<SoloReceiver, JoinRingError> {
         self.receiver().map(Receiver::into_solo)
     }
 }

@@ -16,14 +16,24 @@ pub enum Broken {
     Poisoned,
 }
 
-/// Why a handle could not join a ring.
+/// Why a handle (a sender or a receiver of a ring or a queue) could not join the ring as a member.
+///
+/// Named apart from [`process::JoinError`](crate::process::JoinError), which is about waiting for
+/// a child process to end (`Process::join`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum JoinError {
+pub enum JoinRingError {
     /// Every entry of the ring's member table is taken by a live process.
-    #[error("the ring's member table is full ({0} processes)")]
+    #[error(
+        "the ring's member table is full ({0} processes hold handles): create the ring with a larger `max_members`"
+    )]
     TooManyMembers(usize),
 }
+
+/// The old name of [`JoinRingError`], which clashed with
+/// [`process::JoinError`](crate::process::JoinError).
+#[deprecated(since = "0.2.0", note = "renamed `ring::JoinRingError` (`process::JoinError` is about waiting for a child)")]
+pub type JoinError = JoinRingError;
 
 macro_rules! send_errors {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $var:ident => $msg:literal,)* }) => {

@@ -53,8 +53,10 @@ pub use bytes::{ReadGuard, Receiver, Ring, RingBuilder, Sender, SoloReceiver, So
 pub(crate) use bytes::{init as init_config, ring_id};
 pub(crate) use control::{Config, FORMAT_BYTES, FORMAT_SLOTS, MAX_MEMBERS, data_offset};
 pub(crate) use error::Fail;
+#[allow(deprecated)]
+pub use error::JoinError;
 pub use error::{
-    Broken, JoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+    Broken, JoinRingError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 pub use iter::ring_iter::{IntoIter, Iter, TryIter};
 pub(crate) use records::prefetch_write;

@@ -18,7 +18,7 @@ use bytemuck::Pod;
 use super::core::{Sticky, bump};
 use super::wait::SpinCell;
 use super::{
-    Config, Core, FORMAT_SLOTS, Fail, JoinError, MAX_MEMBERS, RecvError, RecvTimeoutError, Role, SendError,
+    Config, Core, FORMAT_SLOTS, Fail, JoinRingError, MAX_MEMBERS, RecvError, RecvTimeoutError, Role, SendError,
     SendTimeoutError, Stats, TryRecvError, TrySendError, Wait, data_offset, debug_pause,
 };
 use crate::segment::{Fingerprint, OpenMode, Segment, SegmentBuilder, SegmentError, SegmentKind};
@@ -272,13 +272,13 @@ impl<T: Pod> Queue<T> {
     }
 
     /// A new sending handle.
-    pub fn sender(&self) -> Result<Sender<T>, JoinError> {
+    pub fn sender(&self) -> Result<Sender<T>, JoinRingError> {
         self.core.join_fresh(Role::Sender)?;
         Ok(Sender { core: self.core.clone(), spin: SpinCell::new(self.core.spin()), _t: PhantomData })
     }
 
     /// A new receiving handle.
-    pub fn receiver(&self) -> Result<Receiver<T>, JoinError> {
+    pub fn receiver(&self) -> Result<Receiver<T>, JoinRingError> {
         self.core.join_fresh(Role::Receiver)?;
         Ok(Receiver { core: self.core.clone(), spin: SpinCell::new(self.core.spin()), _t: PhantomData })
     }
@@ -939,12 +939,12 @@ impl<T: Pod> Receiver<T> {
 
 impl<T: Pod> Queue<T> {
     /// A new sending handle that keeps the send lock between values: see [`SoloSender`].
-    pub fn solo_sender(&self) -> Result<SoloSender<T>, JoinError> {
+    pub fn solo_sender(&self) -> Result<SoloSender<T>, JoinRingError> {
         self.sender().map(Sender::into_solo)
     }
 
     /// A new receiving handle that keeps the receive lock between values: see [`SoloReceiver`].
-    pub fn solo_receiver(&self) -> Result<SoloReceiver<T>, JoinError> {
+    pub fn solo_receiver(&self) -> Result<SoloReceiver<T>, JoinRingError> {
         self.receiver().map(Receiver::into_solo)
     }
 }

@@ -21,7 +21,7 @@ use super::{
     until, write_into,
 };
 use crate::queue::{self, Queue, QueueBuilder, SlotReader};
-use crate::ring::{JoinError, SendError, SendTimeoutError, Stats, TrySendError};
+use crate::ring::{JoinRingError, SendError, SendTimeoutError, Stats, TrySendError};
 use crate::segment::{OpenMode, SegmentError};
 use crate::sync::SpinPolicy;
 
@@ -161,12 +161,12 @@ where
     }
 
     /// A new sending handle.
-    pub fn sender(&self) -> Result<TypedQueueSender<T, N>, JoinError> {
+    pub fn sender(&self) -> Result<TypedQueueSender<T, N>, JoinRingError> {
         Ok(TypedQueueSender { inner: self.queue.sender()?, scratch: Scratch::new(), _t: PhantomData })
     }
 
     /// A new receiving handle.
-    pub fn receiver(&self) -> Result<TypedQueueReceiver<T, N>, JoinError> {
+    pub fn receiver(&self) -> Result<TypedQueueReceiver<T, N>, JoinRingError> {
         Ok(TypedQueueReceiver { inner: self.queue.receiver()?, _t: PhantomData })
     }
 
