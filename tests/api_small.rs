@@ -117,3 +117,66 @@ fn a_full_member_table_is_a_join_ring_error_that_says_what_to_do() {
     // The process-side name is a different type, about waiting for a child.
     let _: Option<process::JoinError> = None;
 }
+
+#[test]
+fn a_timeout_on_a_held_lock_says_so_and_a_timeout_for_room_or_messages_keeps_its_words() {
+    use ring::{RecvTimeoutError, SendTimeoutError};
+    let short = Duration::from_millis(30);
+    let ring = Ring::builder().capacity(4096).anonymous().unwrap();
+    let up = Ring::builder().capacity(1024).anonymous().unwrap();
+    let down = Ring::builder().capacity(1024).anonymous().unwrap();
+    let (tx, rx) = (ring.sender().unwrap(), ring.receiver().unwrap());
+    let (up_rx, down_tx) = (up.receiver().unwrap(), down.sender().unwrap());
+
+    // Nothing held: a wait for a message, then for room.
+    let e = rx.recv_timeout(short).unwrap_err();
+    assert_eq!(e, RecvTimeoutError::Timeout);
+    assert!(e.is_timeout() && e.to_string().contains("waiting for a message"), "{e}");
+    while tx.try_send([7u8; 1000]).is_ok() {}
+    let e = tx.send_timeout([1u8; 1000], short).unwrap_err();
+    assert!(matches!(e, SendTimeoutError::Timeout(_)) && e.is_timeout(), "{e:?}");
+    assert!(e.to_string().contains("room"), "{e}");
+    while rx.try_recv().is_ok() {}
+    tx.send(b"held by the child").unwrap();
+
+    // A live child holds both locks: the receive lock through an in-place read, the send lock
+    // through a reservation, until told to let go.
+    let child = {
+        let (ring, up, down) = (ring.clone(), up.clone(), down.clone());
+        spawn(move || {
+            let (Ok(tx), Ok(rx), Ok(up_tx), Ok(down_rx)) = (ring.sender(), ring.receiver(), up.sender(), down.receiver())
+            else {
+                return 2;
+            };
+            let Ok(read) = rx.recv_in_place_timeout(DEADLINE) else { return 3 };
+            let Ok(write) = tx.reserve_timeout(8, DEADLINE) else { return 4 };
+            if up_tx.send(b"holding").is_err() || down_rx.recv_timeout(DEADLINE).is_err() {
+                return 5;
+            }
+            drop(write);
+            drop(read);
+            0
+        })
+    };
+    up_rx.recv_timeout(DEADLINE).unwrap();
+    let pid = child.pid.as_raw() as u32;
+    let e = tx.send_timeout(b"x", short).unwrap_err();
+    match &e {
+        SendTimeoutError::LockTimeout { msg, pid: holder } => assert_eq!((*msg, *holder), (b"x", Some(pid))),
+        other => panic!("expected a lock timeout: {other:?}"),
+    }
+    assert!(e.is_timeout());
+    let text = e.to_string();
+    assert!(text.contains("send lock") && text.contains(&pid.to_string()) && !text.contains("waiting for room"), "{text}");
+    let e = rx.recv_timeout(short).unwrap_err();
+    assert_eq!(e, RecvTimeoutError::LockTimeout { pid: Some(pid) });
+    assert!(e.is_timeout());
+    let text = e.to_string();
+    assert!(text.contains("receive lock") && text.contains(&pid.to_string()), "{text}");
+    down_tx.send(b"let go").unwrap();
+    child.join(DEADLINE);
+    // Let go: the child consumed the message it read, and published nothing.
+    assert_eq!(rx.recv_timeout(short), Err(RecvTimeoutError::Timeout));
+    tx.send_timeout(b"room again", short).unwrap();
+    assert!(leftovers().is_empty());
+}

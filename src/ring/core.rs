@@ -395,7 +395,8 @@ impl Core {
                 Ok(g) => return Ok(g),
                 Err(crate::sync::LockError::Poisoned) => return Err(Fail::Broken(Broken::Poisoned)),
                 Err(crate::sync::LockError::Timeout) if wait.deadline().is_some_and(|d| d.passed()) => {
-                    return Err(Fail::Timeout);
+                    // Not a wait for room or data: a live peer kept the lock all along.
+                    return Err(Fail::LockTimeout(self.lock_holder_pid(&side.lock)));
                 }
                 Err(crate::sync::LockError::Timeout) => {}
             }

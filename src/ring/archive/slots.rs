@@ -269,6 +269,7 @@ where
                 let left = d.saturating_duration_since(Instant::now());
                 self.inner.reserve_timeout(left).map_err(|e| match e {
                     SendTimeoutError::Timeout(_) => Fail::Timeout,
+                    SendTimeoutError::LockTimeout { pid, .. } => Fail::LockTimeout(pid),
                     SendTimeoutError::Broken(_, b) => Fail::Broken(b),
                     _ => Fail::Disconnected,
                 })
