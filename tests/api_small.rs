@@ -180,3 +180,51 @@ fn a_timeout_on_a_held_lock_says_so_and_a_timeout_for_room_or_messages_keeps_its
     tx.send_timeout(b"room again", short).unwrap();
     assert!(leftovers().is_empty());
 }
+
+#[test]
+fn too_large_errors_name_both_sizes_and_what_to_do() {
+    use ring::{SendError, SendTimeoutError, TrySendError};
+    let ring = Ring::builder().capacity(4096).anonymous().unwrap();
+    let (tx, _rx) = (ring.sender().unwrap(), ring.receiver().unwrap());
+    let max = ring.max_message_len();
+    let big = vec![0u8; max + 1];
+    let check = |text: String| {
+        assert!(
+            text.contains(&format!("{} bytes", max + 1))
+                && text.contains(&format!("({max} bytes)"))
+                && text.contains(&format!("capacity of at least {} bytes", max + 17)),
+            "{text}"
+        );
+    };
+    match tx.send(&big[..]) {
+        Err(e @ SendError::TooLarge { len, max: m, .. }) => {
+            assert_eq!((len, m), (max + 1, max));
+            check(e.to_string());
+            assert_eq!(e.into_inner().len(), max + 1, "the message comes back");
+        }
+        other => panic!("{other:?}"),
+    }
+    match tx.try_send(&big[..]) {
+        Err(e @ TrySendError::TooLarge { .. }) => check(e.to_string()),
+        other => panic!("{other:?}"),
+    }
+    match tx.send_timeout(&big[..], DEADLINE) {
+        Err(e @ SendTimeoutError::TooLarge { .. }) => check(format!("{e} / {e:?}")),
+        other => panic!("{other:?}"),
+    }
+    // A reservation and a batch: the batch's error holds how many went before the large one.
+    match tx.reserve(max + 1).map(drop) {
+        Err(e @ SendError::TooLarge { msg: n, .. }) => {
+            assert_eq!(n, max + 1);
+            check(e.to_string());
+        }
+        other => panic!("{other:?}"),
+    }
+    match tx.send_many(&[&b"ok"[..], &big[..]]) {
+        Err(e @ SendError::TooLarge { msg: sent, len, .. }) => {
+            assert_eq!((sent, len), (1, max + 1));
+            check(e.to_string());
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -423,7 +423,7 @@ impl<S: AsyncSend<M>, M> Future for SendFuture<'_, S, M> {
         let out = match this.tx.try_send_op(msg) {
             Ok(()) => Ok(()),
             Err(TrySendError::Disconnected(m)) => Err(SendError::Disconnected(m)),
-            Err(TrySendError::TooLarge(m)) => Err(SendError::TooLarge(m)),
+            Err(TrySendError::TooLarge { msg, len, max }) => Err(SendError::TooLarge { msg, len, max }),
             Err(TrySendError::Broken(m, b)) => Err(SendError::Broken(m, b)),
             Err(TrySendError::Full(m)) => {
                 this.msg = Some(m);

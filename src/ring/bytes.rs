@@ -477,7 +477,7 @@ impl Sender {
     fn send_one_in(&self, msg: &[u8], wait: Wait, solo: Option<&mut Sticky>) -> Result<(), Fail> {
         let core = &*self.core;
         if msg.len() as u64 > core.cfg.item_size {
-            return Err(Fail::TooLarge);
+            return Err(core.too_large(msg.len()));
         }
         let need = room_needed(msg.len());
         let (guard, tail, solo) = match solo {
@@ -514,7 +514,7 @@ impl Sender {
         let core = &*self.core;
         let first = msgs[0].as_ref();
         if first.len() as u64 > core.cfg.item_size {
-            return Err(Fail::TooLarge);
+            return Err(core.too_large(first.len()));
         }
         let (guard, tail, free) = self.lock_with_room(room_needed(first.len()), wait)?;
         let c = core.ctrl();
@@ -579,7 +579,7 @@ impl Sender {
     fn reserve_inner(&self, len: usize, wait: Wait) -> Result<WriteGuard<'_>, Fail> {
         let core = &*self.core;
         if len as u64 > core.cfg.item_size {
-            return Err(Fail::TooLarge);
+            return Err(core.too_large(len));
         }
         if !core.mirrored {
             return Err(Fail::Broken(Broken::Corrupted("in-place access needs a mirrored ring")));

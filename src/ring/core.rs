@@ -322,6 +322,12 @@ impl Core {
     }
 
     /// The default spin policy of handles made from this mapping.
+    /// The error for a message of `len` bytes, longer than the largest this ring takes.
+    #[cold]
+    pub(crate) fn too_large(&self, len: usize) -> Fail {
+        Fail::TooLarge { len, max: usize::try_from(self.cfg.item_size).unwrap_or(usize::MAX) }
+    }
+
     pub(crate) fn spin(&self) -> SpinPolicy {
         self.spin
     }

@@ -54,8 +54,17 @@ macro_rules! send_errors {
                 pid: Option<u32>,
             },
             )?
-            /// The message is longer than the ring's largest message.
-            TooLarge(M),
+            /// The message is longer than the ring's largest message
+            /// ([`Ring::max_message_len`](crate::ring::Ring::max_message_len)): it can never be
+            /// sent through this ring. A ring of capacity `len + 16` or more takes it.
+            TooLarge {
+                /// The message (for a batch, how many messages were sent before it).
+                msg: M,
+                /// The message's length in bytes.
+                len: usize,
+                /// The largest message the ring takes (`capacity - 16`).
+                max: usize,
+            },
             /// The ring is corrupted or poisoned.
             Broken(M, Broken),
         }
@@ -64,7 +73,7 @@ macro_rules! send_errors {
             /// The message that was not sent.
             pub fn into_inner(self) -> M {
                 match self {
-                    $($name::$var(m))|* | $name::TooLarge(m) | $name::Broken(m, _) => m,
+                    $($name::$var(m))|* | $name::TooLarge { msg: m, .. } | $name::Broken(m, _) => m,
                     $($name::$lock { msg, .. } => msg,)?
                 }
             }
@@ -77,7 +86,11 @@ macro_rules! send_errors {
                     $($name::$lock { pid, .. } => {
                         write!(f, concat!(stringify!($name), "::", stringify!($lock), " {{ pid: {:?}, .. }}"), pid)
                     })?
-                    $name::TooLarge(_) => f.write_str(concat!(stringify!($name), "::TooLarge(..)")),
+                    $name::TooLarge { len, max, .. } => write!(
+                        f,
+                        concat!(stringify!($name), "::TooLarge {{ len: {}, max: {}, .. }}"),
+                        len, max
+                    ),
                     $name::Broken(_, b) => write!(f, concat!(stringify!($name), "::Broken(.., {:?})"), b),
                 }
             }
@@ -88,7 +101,7 @@ macro_rules! send_errors {
                 match self {
                     $($name::$var(_) => f.write_str($msg),)*
                     $($name::$lock { pid, .. } => lock_timeout_text(f, "send", *pid),)?
-                    $name::TooLarge(_) => f.write_str("message larger than the ring's largest message"),
+                    $name::TooLarge { len, max, .. } => too_large_text(f, *len, *max),
                     $name::Broken(_, b) => write!(f, "{b}"),
                 }
             }
@@ -134,6 +147,17 @@ impl<M> SendTimeoutError<M> {
     pub fn is_timeout(&self) -> bool {
         matches!(self, SendTimeoutError::Timeout(_) | SendTimeoutError::LockTimeout { .. })
     }
+}
+
+/// The wording of a message too large for the ring, with what to do (the typed ring's error says
+/// the same of an archive).
+fn too_large_text(f: &mut fmt::Formatter<'_>, len: usize, max: usize) -> fmt::Result {
+    write!(
+        f,
+        "the message is {len} bytes, more than the ring's largest message ({max} bytes): make the ring \
+         larger (a capacity of at least {} bytes) or the message smaller",
+        len.saturating_add(16)
+    )
 }
 
 /// The wording of a timeout spent waiting for a side's lock held by a live peer.
@@ -231,7 +255,8 @@ pub(crate) enum Fail {
     /// Waiting for a side's lock held by a live peer (its pid, if known).
     LockTimeout(Option<u32>),
     Disconnected,
-    TooLarge,
+    /// A message of `len` bytes, the ring taking at most `max`.
+    TooLarge { len: usize, max: usize },
     Broken(Broken),
 }
 
@@ -244,7 +269,7 @@ impl From<Broken> for Fail {
 impl Fail {
     pub(crate) fn send<M>(self, m: M) -> SendError<M> {
         match self {
-            Fail::TooLarge => SendError::TooLarge(m),
+            Fail::TooLarge { len, max } => SendError::TooLarge { msg: m, len, max },
             Fail::Broken(b) => SendError::Broken(m, b),
             // A blocking send only ends on the above or on disconnection.
             Fail::Disconnected | Fail::WouldBlock | Fail::Timeout | Fail::LockTimeout(_) => {
@@ -257,7 +282,7 @@ impl Fail {
         match self {
             Fail::WouldBlock | Fail::Timeout | Fail::LockTimeout(_) => TrySendError::Full(m),
             Fail::Disconnected => TrySendError::Disconnected(m),
-            Fail::TooLarge => TrySendError::TooLarge(m),
+            Fail::TooLarge { len, max } => TrySendError::TooLarge { msg: m, len, max },
             Fail::Broken(b) => TrySendError::Broken(m, b),
         }
     }
@@ -267,7 +292,7 @@ impl Fail {
             Fail::WouldBlock | Fail::Timeout => SendTimeoutError::Timeout(m),
             Fail::LockTimeout(pid) => SendTimeoutError::LockTimeout { msg: m, pid },
             Fail::Disconnected => SendTimeoutError::Disconnected(m),
-            Fail::TooLarge => SendTimeoutError::TooLarge(m),
+            Fail::TooLarge { len, max } => SendTimeoutError::TooLarge { msg: m, len, max },
             Fail::Broken(b) => SendTimeoutError::Broken(m, b),
         }
     }
