@@ -228,3 +228,41 @@ fn too_large_errors_name_both_sizes_and_what_to_do() {
         other => panic!("{other:?}"),
     }
 }
+
+fn square(x: &u64) -> u64 {
+    x.wrapping_mul(*x)
+}
+
+fn panic_on_3(x: &u64) -> u64 {
+    assert!(*x != 3, "three");
+    *x
+}
+
+#[test]
+fn pool_errors_keep_their_source() {
+    use pool::{MapError, PoolError, SharedPoolError, TaskError};
+    use std::error::Error;
+
+    let p = Pool::new(1).unwrap();
+    // A map whose task panicked: the source is the first task's error.
+    let e = p.map(panic_on_3, 0..6u64).unwrap_err();
+    let first = e.source().expect("a source").downcast_ref::<TaskError>().expect("a TaskError");
+    assert!(matches!(first, TaskError::Panicked { message, .. } if message.contains("three")), "{first}");
+    assert!(matches!(e, MapError::Tasks(_)));
+
+    p.close();
+    // A task refused by a closed pool holds the PoolError itself, not its text.
+    let e = p.apply(square, 2).unwrap_err();
+    let TaskError::Pool(shared) = &e else { panic!("{e:?}") };
+    assert!(matches!(shared.get(), PoolError::Closed));
+    let source = e.source().expect("a source");
+    assert_eq!(source.to_string(), PoolError::Closed.to_string());
+    assert!(matches!(source.downcast_ref::<SharedPoolError>().map(|s| s.get()), Some(PoolError::Closed)));
+    // Clone and equality still hold (one failure shared by several tasks).
+    assert_eq!(e.clone(), e);
+
+    // A map on a closed pool: the source is the PoolError.
+    let e = p.map(square, 0..3u64).unwrap_err();
+    let source = e.source().expect("a source");
+    assert!(matches!(source.downcast_ref::<PoolError>(), Some(PoolError::Closed)), "{source}");
+}
