@@ -32,7 +32,10 @@ pub enum JoinRingError {
 
 /// The old name of [`JoinRingError`], which clashed with
 /// [`process::JoinError`](crate::process::JoinError).
-#[deprecated(since = "0.2.0", note = "renamed `ring::JoinRingError` (`process::JoinError` is about waiting for a child)")]
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed `ring::JoinRingError` (`process::JoinError` is about waiting for a child)"
+)]
 pub type JoinError = JoinRingError;
 
 macro_rules! send_errors {
@@ -256,7 +259,10 @@ pub(crate) enum Fail {
     LockTimeout(Option<u32>),
     Disconnected,
     /// A message of `len` bytes, the ring taking at most `max`.
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        len: usize,
+        max: usize,
+    },
     Broken(Broken),
 }
 
@@ -272,9 +278,7 @@ impl Fail {
             Fail::TooLarge { len, max } => SendError::TooLarge { msg: m, len, max },
             Fail::Broken(b) => SendError::Broken(m, b),
             // A blocking send only ends on the above or on disconnection.
-            Fail::Disconnected | Fail::WouldBlock | Fail::Timeout | Fail::LockTimeout(_) => {
-                SendError::Disconnected(m)
-            }
+            Fail::Disconnected | Fail::WouldBlock | Fail::Timeout | Fail::LockTimeout(_) => SendError::Disconnected(m),
         }
     }
 

@@ -48,7 +48,7 @@ pub(crate) use self::wait::Wait;
 #[cfg(feature = "tokio")]
 pub(crate) use async_io::AsyncWait;
 #[cfg(feature = "tokio")]
-pub use async_io::{AsyncRecv, AsyncSend, RecvFuture, SendFuture};
+pub use async_io::{AsyncRecv, AsyncSend, RecvFuture, SendFuture, SendManyFuture};
 pub use bytes::{ReadGuard, Receiver, Ring, RingBuilder, Sender, SoloReceiver, SoloSender, WriteGuard};
 pub(crate) use bytes::{init as init_config, ring_id};
 pub(crate) use control::{Config, FORMAT_BYTES, FORMAT_SLOTS, MAX_MEMBERS, data_offset};
