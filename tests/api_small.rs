@@ -144,7 +144,8 @@ fn a_timeout_on_a_held_lock_says_so_and_a_timeout_for_room_or_messages_keeps_its
     let child = {
         let (ring, up, down) = (ring.clone(), up.clone(), down.clone());
         spawn(move || {
-            let (Ok(tx), Ok(rx), Ok(up_tx), Ok(down_rx)) = (ring.sender(), ring.receiver(), up.sender(), down.receiver())
+            let (Ok(tx), Ok(rx), Ok(up_tx), Ok(down_rx)) =
+                (ring.sender(), ring.receiver(), up.sender(), down.receiver())
             else {
                 return 2;
             };
@@ -167,7 +168,10 @@ fn a_timeout_on_a_held_lock_says_so_and_a_timeout_for_room_or_messages_keeps_its
     }
     assert!(e.is_timeout());
     let text = e.to_string();
-    assert!(text.contains("send lock") && text.contains(&pid.to_string()) && !text.contains("waiting for room"), "{text}");
+    assert!(
+        text.contains("send lock") && text.contains(&pid.to_string()) && !text.contains("waiting for room"),
+        "{text}"
+    );
     let e = rx.recv_timeout(short).unwrap_err();
     assert_eq!(e, RecvTimeoutError::LockTimeout { pid: Some(pid) });
     assert!(e.is_timeout());

@@ -1,6 +1,6 @@
 //! Async sends and receives (feature `tokio`): `recv_async`, `send_async` and `send_many_async`
-//! on the receivers and senders of [`Ring`](super::Ring) and [`Queue`](super::queue::Queue), and the waker thread
-//! behind them.
+//! on the receivers and senders of [`Ring`](super::Ring) and [`Queue`](super::queue::Queue), and
+//! the waker thread behind them.
 //!
 //! A future first tries the operation (the `try_` form). When it would block, it registers its
 //! task's [`Waker`] with the process's one **waker thread** and returns `Pending`. The waker
