@@ -270,3 +270,78 @@ fn pool_errors_keep_their_source() {
     let source = e.source().expect("a source");
     assert!(matches!(source.downcast_ref::<PoolError>(), Some(PoolError::Closed)), "{source}");
 }
+
+#[test]
+fn a_new_sender_from_another_process_reconnects_a_disconnected_ring_and_queue() {
+    use ring::{RecvTimeoutError, TryRecvError};
+    let name = unique_name("reconnect");
+    let ring = Ring::builder().capacity(4096).create(&name).unwrap();
+    let queue = Queue::<u64>::builder().slots(8).anonymous().unwrap();
+    let (rx, qrx) = (ring.receiver().unwrap(), queue.receiver().unwrap());
+    // The first senders live in a child that sends one message each and is then killed.
+    let first = {
+        let (ring, queue) = (ring.clone(), queue.clone());
+        spawn(move || {
+            let (Ok(tx), Ok(qtx)) = (ring.sender(), queue.sender()) else { return 2 };
+            if tx.send(b"first").is_err() || qtx.send(1).is_err() {
+                return 3;
+            }
+            std::thread::sleep(DEADLINE);
+            0
+        })
+    };
+    // Drained, then Disconnected once the child is dead; the iterators end.
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), b"first");
+    assert_eq!(qrx.recv_timeout(DEADLINE).unwrap(), 1);
+    first.kill();
+    assert_eq!(rx.recv_timeout(DEADLINE), Err(RecvTimeoutError::Disconnected));
+    assert_eq!(qrx.recv_timeout(DEADLINE), Err(RecvTimeoutError::Disconnected));
+    assert_eq!(rx.iter().count(), 0);
+    assert_eq!(qrx.iter().count(), 0);
+
+    // A new sender, in another process (opening the ring by name): the receivers wait again and
+    // a fresh iterator yields what it sends, then ends when it leaves. Flags in shared memory:
+    // 0 = the child has joined, 1 = the parent lets it send.
+    let flags = common::SharedCounters::new(2);
+    let second = {
+        let (name, queue, flags) = (name.clone(), queue.clone(), &flags);
+        spawn(move || {
+            let Ok(ring) = Ring::builder().open(&name) else { return 2 };
+            let (Ok(tx), Ok(qtx)) = (ring.sender(), queue.sender()) else { return 3 };
+            flags.get(0).store(1, std::sync::atomic::Ordering::Release);
+            let t0 = std::time::Instant::now();
+            while flags.get(1).load(std::sync::atomic::Ordering::Acquire) == 0 {
+                if t0.elapsed() > DEADLINE {
+                    return 5;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            for i in 0..3u64 {
+                if tx.send(i.to_le_bytes()).is_err() || qtx.send(10 + i).is_err() {
+                    return 4;
+                }
+            }
+            0
+        })
+    };
+    let t0 = std::time::Instant::now();
+    while flags.get(0).load(std::sync::atomic::Ordering::Acquire) == 0 {
+        assert!(t0.elapsed() < DEADLINE, "the second child never joined");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(rx.try_recv(), Err(TryRecvError::Empty), "reconnected: empty, not disconnected");
+    assert_eq!(qrx.try_recv(), Err(TryRecvError::Empty));
+    flags.get(1).store(1, std::sync::atomic::Ordering::Release);
+    let got: Vec<Vec<u8>> = rx.iter().collect();
+    assert_eq!(got, (0..3u64).map(|i| i.to_le_bytes().to_vec()).collect::<Vec<_>>());
+    assert_eq!(qrx.iter().collect::<Vec<_>>(), [10, 11, 12]);
+    second.join(DEADLINE);
+    assert_eq!(rx.try_recv(), Err(TryRecvError::Disconnected));
+    // And one in this process, too.
+    let tx = ring.sender().unwrap();
+    assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+    tx.send(b"again").unwrap();
+    assert_eq!(rx.iter().next().unwrap(), b"again");
+    drop((tx, rx, ring));
+    assert!(leftovers().is_empty());
+}

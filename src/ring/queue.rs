@@ -272,6 +272,11 @@ impl<T: Pod> Queue<T> {
     }
 
     /// A new sending handle.
+    ///
+    /// It reconnects a queue whose receivers saw `Disconnected` (every earlier sender gone, dropped
+    /// or dead): from the moment this call returns, their receives wait for messages again, and
+    /// an iterator that ended can be made anew (`rx.iter()`) to yield what this sender sends. A
+    /// sender in any process does so, one that opens the queue by name included.
     pub fn sender(&self) -> Result<Sender<T>, JoinRingError> {
         self.core.join_fresh(Role::Sender)?;
         Ok(Sender { core: self.core.clone(), spin: SpinCell::new(self.core.spin()), _t: PhantomData })
