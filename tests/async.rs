@@ -450,8 +450,8 @@ fn a_dropped_send_many_async_has_sent_a_prefix_and_nothing_more() {
     let rt = runtime();
     rt.block_on(async {
         let first: Vec<u64> = (0..20).map(|i| (99 << 32) | i).collect();
-        let fut = tx.send_many_async(&first);
-        tokio::pin!(fut);
+        // The future is Unpin: awaited through `&mut`, it can be asked how far it got.
+        let mut fut = tx.send_many_async(&first);
         // Nobody receives: the future sends what fits (8 slots) and waits; the timeout drops it.
         assert!(timeout(Duration::from_millis(50), &mut fut).await.is_err(), "20 values fitted 8 slots");
         assert_eq!(fut.sent(), 8);

@@ -291,7 +291,7 @@ pub enum TypedSendError<T> {
     /// The timeout passed before there was room (`send_timeout`).
     Timeout(T),
     /// The timeout passed while another live handle held the send lock (`send_timeout`): see
-    /// [`SendTimeoutError::LockTimeout`](crate::ring::SendTimeoutError::LockTimeout).
+    /// [`SendTimeoutError::LockTimeout`].
     LockTimeout {
         /// The value, not sent.
         value: T,

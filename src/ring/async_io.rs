@@ -468,8 +468,8 @@ impl<S: AsyncSend<M>, M> Future for SendFuture<'_, S, M> {
 ///
 /// **Cancellation.** Dropped before it completes, the future has sent a **prefix** of the
 /// messages, possibly empty, and nothing after it: messages go in whole and in order, never one
-/// in part, and none is sent once the future is gone. [`sent`](Self::sent) says how many (poll
-/// the future through a pinned reference, `tokio::pin!` and `&mut fut`, to ask after a timeout).
+/// in part, and none is sent once the future is gone. [`sent`](Self::sent) says how many: the
+/// future is `Unpin`, so await it through `&mut fut` (under a timeout, say) to ask afterwards.
 #[must_use = "futures do nothing unless awaited"]
 #[derive(Debug)]
 pub struct SendManyFuture<'a, S: AsyncSend<M>, M> {
