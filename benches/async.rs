@@ -32,7 +32,7 @@ struct Rig {
 fn rig(peer_spin: SpinPolicy, my_spin: SpinPolicy) -> Rig {
     let ping_q = Queue::<u64>::builder().slots(64).anonymous().expect("queue");
     let pong_q = Queue::<u64>::builder().slots(64).anonymous().expect("queue");
-    let (mut peer_rx, mut peer_tx) = (ping_q.receiver().expect("rx"), pong_q.sender().expect("tx"));
+    let (peer_rx, peer_tx) = (ping_q.receiver().expect("rx"), pong_q.sender().expect("tx"));
     peer_rx.set_spin(peer_spin);
     peer_tx.set_spin(peer_spin);
     let peer = Process::start(move || {
@@ -44,7 +44,7 @@ fn rig(peer_spin: SpinPolicy, my_spin: SpinPolicy) -> Rig {
         }
     })
     .expect("fork the echo peer (the bench must start single-threaded)");
-    let (mut ping, mut pong) = (ping_q.sender().expect("tx"), pong_q.receiver().expect("rx"));
+    let (ping, pong) = (ping_q.sender().expect("tx"), pong_q.receiver().expect("rx"));
     ping.set_spin(my_spin);
     pong.set_spin(my_spin);
     Rig { ping, pong, peer }

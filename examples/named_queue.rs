@@ -216,9 +216,8 @@ fn send(name: &str, words: &[&str]) -> ExitCode {
                 eprintln!("client: the server of {name:?} is gone; sent {sent} of {} words", words.len());
                 return ExitCode::FAILURE;
             }
-            Err(SendError::TooLarge(_)) => {
-                let max = ring.max_message_len();
-                eprintln!("client: {word:?} is longer than the ring's largest message ({max} bytes)");
+            Err(SendError::TooLarge { len, max, .. }) => {
+                eprintln!("client: {word:?} is {len} bytes, longer than the ring's largest message ({max} bytes)");
                 return ExitCode::FAILURE;
             }
             Err(e) => {

@@ -47,7 +47,7 @@ pub mod __fuzz;
 /// shadow [`std::future::Future`] when the crate is glob-imported.
 pub use crate::pool::Future as TaskFuture;
 pub use crate::pool::{Pool, PoolBuilder};
-pub use crate::process::{Process, current_process};
+pub use crate::process::{Process, Signal, current_process};
 #[cfg(feature = "archive")]
 pub use crate::ring::archive::{TypedQueue, TypedRing, TypedRingBuilder};
 pub use crate::ring::queue::{Queue, QueueBuilder};

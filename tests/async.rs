@@ -352,6 +352,129 @@ fn pool_futures_are_std_futures() {
 }
 
 #[test]
+fn ring_send_many_async_waits_for_room_across_processes_and_keeps_each_batch_in_order() {
+    let _g = lock();
+    const TASKS: u64 = 8;
+    const BATCHES: u64 = 10;
+    const PER_BATCH: u64 = 50;
+    // 50 messages of 100 bytes (112 with their headers) do not fit the ring (4 KiB, a page): every
+    // batch waits for room that the child frees.
+    let ring = Ring::builder().capacity(1024).anonymous().unwrap();
+    assert!((ring.capacity() as u64) < PER_BATCH * 112, "{}", ring.capacity());
+    let rx = ring.receiver().unwrap();
+    let mut child = fork(move || {
+        let mut next = vec![0u64; TASKS as usize];
+        loop {
+            match rx.recv_timeout(LONG) {
+                Ok(m) => {
+                    assert_eq!(m.len(), 100, "child: a message of the wrong length");
+                    let (t, j) = (m[0] as usize, u64::from_le_bytes(m[1..9].try_into().unwrap()));
+                    assert!(m[9..].iter().all(|&b| b == (t as u64 + j) as u8), "child: a corrupted message");
+                    assert_eq!(j, next[t], "child: task {t}'s messages out of order");
+                    next[t] += 1;
+                }
+                Err(ringpool::ring::RecvTimeoutError::Disconnected) => break,
+                Err(e) => panic!("child: {e}"),
+            }
+        }
+        assert!(next.iter().all(|&n| n == BATCHES * PER_BATCH), "child: every message once: {next:?}");
+    });
+    let tx = Arc::new(ring.sender().unwrap());
+    let rt = runtime();
+    rt.block_on(async {
+        // A message too large for the ring stops the batch before it: the error says how many went.
+        let max = ring.max_message_len();
+        let bad = [vec![0u8; max + 1], vec![0u8; 100]];
+        let e = timeout(LONG, tx.send_many_async(&bad)).await.unwrap().unwrap_err();
+        assert!(matches!(e, ringpool::ring::SendError::TooLarge { msg: 0, .. }), "{e:?}");
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    for b in 0..BATCHES {
+                        let batch: Vec<Vec<u8>> = (b * PER_BATCH..(b + 1) * PER_BATCH)
+                            .map(|j| {
+                                let mut m = vec![t as u8];
+                                m.extend_from_slice(&j.to_le_bytes());
+                                m.resize(100, (t + j) as u8);
+                                m
+                            })
+                            .collect();
+                        timeout(LONG, tx.send_many_async(&batch))
+                            .await
+                            .expect("send_many_async timed out")
+                            .expect("send_many_async");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            timeout(LONG, t).await.expect("task timed out").expect("task panicked");
+        }
+    });
+    drop((tx, ring));
+    assert!(child.join_timeout(LONG).unwrap().success(), "the child saw every message, in order");
+}
+
+#[test]
+fn a_dropped_send_many_async_has_sent_a_prefix_and_nothing_more() {
+    let _g = lock();
+    const TASKS: u64 = 4;
+    const PER_BATCH: u64 = 50;
+    let queue = Queue::<u64>::builder().slots(8).anonymous().unwrap();
+    let go = Ring::builder().capacity(1024).anonymous().unwrap();
+    let (rx, go_rx) = (queue.receiver().unwrap(), go.receiver().unwrap());
+    let mut child = fork(move || {
+        // Nothing is received until the parent says so: the first batch fills the 8 slots and
+        // then waits for ever, until the parent drops it.
+        go_rx.recv_timeout(LONG).expect("child: no go");
+        let mut got: Vec<u64> = Vec::new();
+        loop {
+            match rx.recv_timeout(LONG) {
+                Ok(v) => got.push(v),
+                Err(ringpool::ring::RecvTimeoutError::Disconnected) => break,
+                Err(e) => panic!("child: {e}"),
+            }
+        }
+        // Values are (task << 32) | index; task 99 is the dropped batch.
+        let dropped: Vec<u64> = got.iter().filter(|&&v| v >> 32 == 99).map(|&v| v & 0xffff_ffff).collect();
+        assert_eq!(dropped, (0..8).collect::<Vec<_>>(), "child: the dropped batch's prefix, and nothing after");
+        for t in 0..TASKS {
+            let mine: Vec<u64> = got.iter().filter(|&&v| v >> 32 == t).map(|&v| v & 0xffff_ffff).collect();
+            assert_eq!(mine, (0..PER_BATCH).collect::<Vec<_>>(), "child: task {t}'s batch, whole and in order");
+        }
+    });
+    let tx = Arc::new(queue.sender().unwrap());
+    let go_tx = go.sender().unwrap();
+    drop((queue, go));
+    let rt = runtime();
+    rt.block_on(async {
+        let first: Vec<u64> = (0..20).map(|i| (99 << 32) | i).collect();
+        // The future is Unpin: awaited through `&mut`, it can be asked how far it got.
+        let mut fut = tx.send_many_async(&first);
+        // Nobody receives: the future sends what fits (8 slots) and waits; the timeout drops it.
+        assert!(timeout(Duration::from_millis(50), &mut fut).await.is_err(), "20 values fitted 8 slots");
+        assert_eq!(fut.sent(), 8);
+        drop(fut);
+        go_tx.send(b"go").unwrap();
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let values: Vec<u64> = (0..PER_BATCH).map(|i| (t << 32) | i).collect();
+                    timeout(LONG, tx.send_many_async(&values)).await.expect("timed out").expect("send_many_async");
+                })
+            })
+            .collect();
+        for t in tasks {
+            timeout(LONG, t).await.expect("task timed out").expect("task panicked");
+        }
+    });
+    drop(tx);
+    assert!(child.join_timeout(LONG).unwrap().success(), "the child saw exactly the sent prefix and the batches");
+}
+
+#[test]
 fn nothing_left_in_dev_shm() {
     assert!(common::leftovers().is_empty());
 }

@@ -30,7 +30,7 @@ fn the_glob_import_keeps_std_future_and_offers_the_pool_future_under_its_own_nam
 #[test]
 fn spin_policy_is_at_the_root() {
     let ring = Ring::builder().spin(SpinPolicy::park()).anonymous().unwrap();
-    let mut rx = ring.receiver().unwrap();
+    let rx = ring.receiver().unwrap();
     rx.set_spin(SpinPolicy::default());
 }
 

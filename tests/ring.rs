@@ -37,7 +37,7 @@ fn send_and_receive_every_form() {
     tx.try_send(vec![7u8; 4080]).unwrap();
     assert_eq!(rx.recv_with(|m| (m.len(), m.iter().all(|&b| b == 7))).unwrap(), (4080, true));
     match tx.try_send(vec![1u8; 4081]) {
-        Err(TrySendError::TooLarge(m)) => assert_eq!(m.len(), 4081),
+        Err(TrySendError::TooLarge { msg, len, max }) => assert_eq!((msg.len(), len, max), (4081, 4081, 4080)),
         other => panic!("{other:?}"),
     }
     // Zero-length messages are messages.
@@ -308,7 +308,7 @@ proptest! {
                     match tx.try_send(m.clone()) {
                         Ok(()) => { prop_assert!(fits); used += record(len); model.push_back(m); }
                         Err(TrySendError::Full(back)) => { prop_assert!(!fits && len <= CAP - 16); prop_assert_eq!(back, m); }
-                        Err(TrySendError::TooLarge(_)) => prop_assert!(len > CAP - 16),
+                        Err(TrySendError::TooLarge { .. }) => prop_assert!(len > CAP - 16),
                         Err(e) => prop_assert!(false, "{e}"),
                     }
                 }

@@ -725,7 +725,7 @@ fn timeouts_are_never_early() {
 fn timeouts_hold_for_every_spin_policy_and_for_sends() {
     let ring = Ring::builder().capacity(4096).anonymous().unwrap();
     let tx = ring.sender().unwrap();
-    let mut rx = ring.receiver().unwrap();
+    let rx = ring.receiver().unwrap();
     for spin in [SpinPolicy::park(), SpinPolicy::busy(), SpinPolicy::spin_for(Duration::from_millis(30))] {
         rx.set_spin(spin);
         let t = Instant::now();

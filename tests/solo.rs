@@ -33,7 +33,7 @@ fn solo_and_ordinary_handles_share_a_ring_exactly() {
             let ring = ring.clone();
             let shared = &shared;
             spawn(move || {
-                let mut rx = ring.receiver().unwrap();
+                let rx = ring.receiver().unwrap();
                 if c == 1 {
                     rx.set_spin(SpinPolicy::park());
                 }
@@ -257,7 +257,7 @@ fn queue_solo_and_ordinary_handles_share_a_queue_exactly() {
             let q = q.clone();
             let shared = &shared;
             spawn(move || {
-                let mut rx = q.receiver().unwrap();
+                let rx = q.receiver().unwrap();
                 if c == 1 {
                     rx.set_spin(SpinPolicy::park());
                 }

@@ -1,9 +1,10 @@
 //! Errors of the pool: a task's, the pool's, and a map's (which carries every item's outcome).
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::process::{ExitStatus, StartError};
-use crate::ring::{Broken, JoinError};
+use crate::ring::{Broken, JoinRingError};
 use crate::segment::SegmentError;
 
 /// Why one task has no result.
@@ -34,9 +35,62 @@ pub enum TaskError {
     #[error("pool terminated before the task finished")]
     Terminated,
     /// The pool itself failed while the task was outstanding (its rings broken, no worker left, or
-    /// it was closed before the task could be queued); the text says which.
+    /// it was closed before the task could be queued). The [`PoolError`] is inside (shared, so
+    /// that every task it failed holds it) and is this error's
+    /// [`source`](std::error::Error::source).
     #[error("the pool failed: {0}")]
-    Pool(String),
+    Pool(#[source] SharedPoolError),
+}
+
+impl From<PoolError> for TaskError {
+    fn from(e: PoolError) -> TaskError {
+        TaskError::Pool(SharedPoolError(Arc::new(e)))
+    }
+}
+
+/// A [`PoolError`] shared by every task it failed: what [`TaskError::Pool`] holds (a `TaskError`
+/// is `Clone`, a `PoolError` is not).
+///
+/// It stands for the pool error in an error chain: its `Display` and `source` are the pool
+/// error's. Reach the [`PoolError`] itself through [`get`](Self::get) or `Deref`.
+#[derive(Clone, Debug)]
+pub struct SharedPoolError(Arc<PoolError>);
+
+impl SharedPoolError {
+    /// The pool error.
+    pub fn get(&self) -> &PoolError {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for SharedPoolError {
+    type Target = PoolError;
+
+    fn deref(&self) -> &PoolError {
+        &self.0
+    }
+}
+
+impl PartialEq for SharedPoolError {
+    /// The same error (one failure shared by several tasks), or two that read the same (a
+    /// `PoolError` has no equality of its own: some of its causes are OS errors).
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for SharedPoolError {}
+
+impl fmt::Display for SharedPoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedPoolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 /// Why the pool could not do what was asked.
@@ -51,7 +105,7 @@ pub enum PoolError {
     Start(#[from] StartError),
     /// The pool's rings refused a member (cannot happen with the pool's own sizes).
     #[error("joining the pool's rings: {0}")]
-    Join(#[from] JoinError),
+    Join(#[from] JoinRingError),
     /// The pool's rings are broken (their memory was overwritten).
     #[error("pool rings: {0}")]
     Broken(#[from] Broken),
@@ -184,7 +238,15 @@ impl<R> fmt::Display for MapError<R> {
     }
 }
 
-impl<R> std::error::Error for MapError<R> {}
+impl<R> std::error::Error for MapError<R> {
+    /// For `Pool`, the [`PoolError`]; for `Tasks`, the first task's [`TaskError`].
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MapError::Pool(e) => Some(e),
+            MapError::Tasks(t) => t.first_error().map(|(_, e)| e as &(dyn std::error::Error + 'static)),
+        }
+    }
+}
 
 /// Why [`Future::wait_timeout`](super::Future::wait_timeout) has no result.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

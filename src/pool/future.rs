@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytemuck::Pod;
 
 use super::engine::{Chunk, PUMP_WAIT, Sink};
-use super::{Shared, TaskError, WaitError};
+use super::{PoolError, Shared, TaskError, WaitError};
 
 /// A future's result cell.
 pub(crate) struct FutureSink<R> {
@@ -73,17 +73,17 @@ impl<R: Pod + Send> Future<R> {
     }
 
     /// The result if the task has finished (`None` otherwise); drives the pool a little.
-    fn poll(&self, wait: Duration) -> Result<Option<Result<R, TaskError>>, WaitError> {
+    fn poll(&self, wait: Duration) -> Result<Option<Result<R, TaskError>>, PoolError> {
         let mut e = self.shared.lock();
         if let Some(r) = e.sink::<FutureSink<R>>(self.job).and_then(|s| s.result.clone()) {
             return Ok(Some(r));
         }
         if e.sink::<FutureSink<R>>(self.job).is_none() {
-            return Err(WaitError::Pool("the future's task is unknown to its pool".to_owned()));
+            return Err(unknown_task());
         }
         match e.pump(wait) {
             Ok(_) => Ok(e.sink::<FutureSink<R>>(self.job).and_then(|s| s.result.clone())),
-            Err(err) => Err(WaitError::Pool(err.to_string())),
+            Err(err) => Err(err),
         }
     }
 
@@ -93,7 +93,7 @@ impl<R: Pod + Send> Future<R> {
             match self.poll(PUMP_WAIT) {
                 Ok(Some(r)) => return r,
                 Ok(None) => {}
-                Err(e) => return Err(TaskError::Pool(e.to_string())),
+                Err(e) => return Err(TaskError::from(e)),
             }
         }
     }
@@ -103,7 +103,7 @@ impl<R: Pod + Send> Future<R> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if let Some(r) = self.poll(left.min(PUMP_WAIT))? {
+            if let Some(r) = self.poll(left.min(PUMP_WAIT)).map_err(|e| WaitError::Pool(e.to_string()))? {
                 return r.map_err(WaitError::Task);
             }
             if Instant::now() >= deadline {
@@ -328,10 +328,10 @@ impl<R: Pod + Send> std::future::Future for AsyncTask<R> {
         let job = this.inner.job;
         let taken = |e: &mut super::engine::Engine| e.sink::<FutureSink<R>>(job).map(|s| s.result.clone());
         let result = match taken(&mut e) {
-            None => Some(Err(TaskError::Pool("the future's task is unknown to its pool".to_owned()))),
+            None => Some(Err(TaskError::from(unknown_task()))),
             Some(Some(r)) => Some(r),
             Some(None) => match e.pump(Duration::ZERO) {
-                Err(err) => Some(Err(TaskError::Pool(err.to_string()))),
+                Err(err) => Some(Err(TaskError::from(err))),
                 Ok(n) => {
                     let r = taken(&mut e).flatten();
                     drop(e);
@@ -355,4 +355,9 @@ impl<R: Pod + Send> std::future::Future for AsyncTask<R> {
             }
         }
     }
+}
+
+/// A future whose task its pool does not know (cannot happen: a job lives as long as its future).
+fn unknown_task() -> PoolError {
+    PoolError::Broken(crate::ring::Broken::Corrupted("the future's task is unknown to its pool"))
 }

@@ -94,7 +94,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytemuck::Pod;
 
 pub use engine::PoolStats;
-pub use error::{MapError, PoolError, TaskError, TaskFailures, WaitError};
+pub use error::{MapError, PoolError, SharedPoolError, TaskError, TaskFailures, WaitError};
 #[doc(hidden)]
 pub use faults::{FAULT_POINTS, FaultPlan, FaultPoint};
 #[cfg(feature = "tokio")]
@@ -379,7 +379,7 @@ impl Pool {
     {
         match self.submit(f, input) {
             Ok(fut) => fut.wait(),
-            Err(e) => Err(TaskError::Pool(e.to_string())),
+            Err(e) => Err(TaskError::from(e)),
         }
     }
 
@@ -773,7 +773,7 @@ impl<R: Pod + Send, I: Iterator<Item: Pod>> Iterator for Imap<'_, R, I> {
                 if let Some(job) = self.stream.job.take() {
                     self.stream.pool.shared.lock().drop_job(job);
                 }
-                Some(Err(TaskError::Pool(e.to_string())))
+                Some(Err(TaskError::from(e)))
             }
         }
     }
@@ -795,7 +795,7 @@ impl<R: Pod + Send, I: Iterator<Item: Pod>> Iterator for ImapUnordered<'_, R, I>
                 if let Some(job) = self.stream.job.take() {
                     self.stream.pool.shared.lock().drop_job(job);
                 }
-                Some((usize::MAX, Err(TaskError::Pool(e.to_string()))))
+                Some((usize::MAX, Err(TaskError::from(e))))
             }
         }
     }

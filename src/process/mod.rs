@@ -99,6 +99,7 @@ pub(crate) mod code;
 mod current;
 mod fork;
 mod report;
+mod signal;
 mod spawn;
 mod status;
 mod wait;
@@ -108,6 +109,7 @@ use std::time::Duration;
 
 pub(crate) use child::{payload_text, register_panic_claimer};
 pub use current::{CurrentProcess, current_process, exit};
+pub use signal::Signal;
 pub use spawn::MAX_SPAWN_ARG;
 pub use status::{ExitStatus, JoinError, SignalError, StartError};
 
@@ -482,18 +484,20 @@ impl Process {
 
     /// Asks the child to end: SIGTERM. Does not wait. Does nothing once the child has been reaped.
     pub fn terminate(&mut self) -> Result<(), SignalError> {
-        self.send_signal(libc::SIGTERM)
+        self.send_signal(Signal::TERM)
     }
 
     /// Ends the child at once: SIGKILL. Does not wait; [`join`](Self::join) then answers
     /// `Signaled { signal: SIGKILL, .. }`. Does nothing once the child has been reaped.
     pub fn kill(&mut self) -> Result<(), SignalError> {
-        self.send_signal(libc::SIGKILL)
+        self.send_signal(Signal::KILL)
     }
 
-    /// Sends `signal` (`libc::SIGUSR1`, ...) to the child. Does nothing once the child has been
-    /// reaped, so a signal never reaches another process that got the pid since.
-    pub fn send_signal(&mut self, signal: i32) -> Result<(), SignalError> {
+    /// Sends `signal` ([`Signal::USR1`], ..., or any number through [`Signal::new`], which checks
+    /// it) to the child. Does nothing once the child has been reaped, so a signal never reaches
+    /// another process that got the pid since.
+    pub fn send_signal(&mut self, signal: Signal) -> Result<(), SignalError> {
+        let signal = signal.number();
         if self.state != State::Running {
             return Ok(());
         }

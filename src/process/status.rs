@@ -208,7 +208,16 @@ pub enum SignalError {
         /// The pid of the process that started it.
         owner: u32,
     },
-    /// The system call failed (an invalid signal number, say).
+    /// No signal has this number ([`Signal::new`](super::Signal::new)): signals are numbered 1 to
+    /// `max` (`SIGRTMAX`).
+    #[error("{signal} is not a signal number: signals are numbered 1 to {max} (SIGRTMAX)")]
+    Invalid {
+        /// The number given.
+        signal: i32,
+        /// The highest signal number of this system.
+        max: i32,
+    },
+    /// The system call failed.
     #[error("sending signal {signal} failed: {source}")]
     Os {
         /// The signal.

@@ -118,7 +118,7 @@ use super::{
     Broken, ReadGuard, Receiver, RecvError, RecvTimeoutError, Ring, RingBuilder, SendError, SendTimeoutError, Sender,
     Stats, TryRecvError, TrySendError, WriteGuard, init_config,
 };
-use crate::ring::JoinError;
+use crate::ring::JoinRingError;
 use crate::segment::{Fingerprint, OpenMode, SegmentError};
 use crate::sync::SpinPolicy;
 
@@ -290,6 +290,14 @@ pub enum TypedSendError<T> {
     Full(T),
     /// The timeout passed before there was room (`send_timeout`).
     Timeout(T),
+    /// The timeout passed while another live handle held the send lock (`send_timeout`): see
+    /// [`SendTimeoutError::LockTimeout`].
+    LockTimeout {
+        /// The value, not sent.
+        value: T,
+        /// The process that held the send lock, if known.
+        pid: Option<u32>,
+    },
     /// Every receiver is gone (dropped, closed or dead).
     Disconnected(T),
     /// The ring is corrupted or poisoned.
@@ -318,6 +326,7 @@ impl<T> TypedSendError<T> {
         match self {
             TypedSendError::Full(v)
             | TypedSendError::Timeout(v)
+            | TypedSendError::LockTimeout { value: v, .. }
             | TypedSendError::Disconnected(v)
             | TypedSendError::Broken(v, _)
             | TypedSendError::TooLarge { value: v, .. }
@@ -331,6 +340,7 @@ impl<T> fmt::Display for TypedSendError<T> {
         match self {
             TypedSendError::Full(_) => f.write_str("the ring is full"),
             TypedSendError::Timeout(_) => f.write_str("timed out waiting for room in the ring"),
+            TypedSendError::LockTimeout { pid, .. } => super::error::lock_timeout_text(f, "send", *pid),
             TypedSendError::Disconnected(_) => f.write_str("every receiver is gone"),
             TypedSendError::Broken(_, b) => write!(f, "{b}"),
             TypedSendError::TooLarge { size, max, .. } => write!(
@@ -348,6 +358,7 @@ impl<T> fmt::Debug for TypedSendError<T> {
         match self {
             TypedSendError::Full(_) => f.write_str("TypedSendError::Full(..)"),
             TypedSendError::Timeout(_) => f.write_str("TypedSendError::Timeout(..)"),
+            TypedSendError::LockTimeout { pid, .. } => write!(f, "TypedSendError::LockTimeout {{ pid: {pid:?}, .. }}"),
             TypedSendError::Disconnected(_) => f.write_str("TypedSendError::Disconnected(..)"),
             TypedSendError::Broken(_, b) => write!(f, "TypedSendError::Broken(.., {b:?})"),
             TypedSendError::TooLarge { size, max, .. } => {
@@ -375,6 +386,13 @@ pub enum TypedRecvError {
     /// The timeout passed with nothing to receive (`_timeout` forms).
     #[error("timed out waiting for a message")]
     Timeout,
+    /// The timeout passed while another live handle held the receive lock (`_timeout` forms):
+    /// see [`RecvTimeoutError::LockTimeout`].
+    #[error("{}", RecvTimeoutError::LockTimeout { pid: *.pid })]
+    LockTimeout {
+        /// The process that held the receive lock, if known.
+        pid: Option<u32>,
+    },
     /// The ring is empty and every sender is gone.
     #[error("the ring is empty and every sender is gone")]
     Disconnected,
@@ -418,6 +436,7 @@ impl From<RecvTimeoutError> for TypedRecvError {
     fn from(e: RecvTimeoutError) -> Self {
         match e {
             RecvTimeoutError::Timeout => TypedRecvError::Timeout,
+            RecvTimeoutError::LockTimeout { pid } => TypedRecvError::LockTimeout { pid },
             RecvTimeoutError::Broken(b) => TypedRecvError::Broken(b),
             _ => TypedRecvError::Disconnected,
         }
@@ -579,12 +598,12 @@ impl<T: Archivable> TypedRing<T> {
     }
 
     /// A new sending handle.
-    pub fn sender(&self) -> Result<TypedSender<T>, JoinError> {
+    pub fn sender(&self) -> Result<TypedSender<T>, JoinRingError> {
         Ok(TypedSender::new(self.ring.sender()?))
     }
 
     /// A new receiving handle.
-    pub fn receiver(&self) -> Result<TypedReceiver<T>, JoinError> {
+    pub fn receiver(&self) -> Result<TypedReceiver<T>, JoinRingError> {
         Ok(TypedReceiver { inner: self.ring.receiver()?, _t: PhantomData })
     }
 
@@ -710,8 +729,11 @@ impl<T: Archivable> TypedSender<T> {
         self.hint.store(bytes.min(self.max), Ordering::Relaxed);
     }
 
-    /// Changes how long this handle spins before parking.
-    pub fn set_spin(&mut self, spin: SpinPolicy) {
+    /// Changes how long this handle spins before parking, for its later waits (a wait under way
+    /// keeps the policy it began with). Only this handle: its clones made earlier, and other
+    /// handles, keep theirs; a clone made later starts with this one's. Takes `&self`, so a
+    /// handle shared between threads can be tuned while in use.
+    pub fn set_spin(&self, spin: SpinPolicy) {
         self.inner.set_spin(spin);
     }
 
@@ -738,6 +760,7 @@ impl<T: Archivable> TypedSender<T> {
                 let left = d.saturating_duration_since(Instant::now());
                 self.inner.reserve_timeout(len, left).map_err(|e| match e {
                     SendTimeoutError::Timeout(_) => Fail::Timeout,
+                    SendTimeoutError::LockTimeout { pid, .. } => Fail::LockTimeout(pid),
                     SendTimeoutError::Broken(_, b) => Fail::Broken(b),
                     _ => Fail::Disconnected,
                 })
@@ -793,6 +816,7 @@ fn until(timeout: Duration) -> Until {
 enum Fail {
     Full,
     Timeout,
+    LockTimeout(Option<u32>),
     Disconnected,
     Broken(Broken),
     TooLarge { size: usize, max: usize },
@@ -804,6 +828,7 @@ impl Fail {
         match self {
             Fail::Full => TypedSendError::Full(value),
             Fail::Timeout => TypedSendError::Timeout(value),
+            Fail::LockTimeout(pid) => TypedSendError::LockTimeout { value, pid },
             Fail::Disconnected => TypedSendError::Disconnected(value),
             Fail::Broken(b) => TypedSendError::Broken(value, b),
             Fail::TooLarge { size, max } => TypedSendError::TooLarge { value, size, max },
@@ -870,8 +895,11 @@ impl<T: Archivable> TypedReceiver<T> {
         self.recv_archived_timeout(timeout)?.deserialize()
     }
 
-    /// Changes how long this handle spins before parking.
-    pub fn set_spin(&mut self, spin: SpinPolicy) {
+    /// Changes how long this handle spins before parking, for its later waits (a wait under way
+    /// keeps the policy it began with). Only this handle: its clones made earlier, and other
+    /// handles, keep theirs; a clone made later starts with this one's. Takes `&self`, so a
+    /// handle shared between threads can be tuned while in use.
+    pub fn set_spin(&self, spin: SpinPolicy) {
         self.inner.set_spin(spin);
     }
 

@@ -1,6 +1,6 @@
-//! Async sends and receives (feature `tokio`): `recv_async` and `send_async` on the receivers and
-//! senders of [`Ring`](super::Ring) and [`Queue`](super::queue::Queue), and the waker thread
-//! behind them.
+//! Async sends and receives (feature `tokio`): `recv_async`, `send_async` and `send_many_async`
+//! on the receivers and senders of [`Ring`](super::Ring) and [`Queue`](super::queue::Queue), and
+//! the waker thread behind them.
 //!
 //! A future first tries the operation (the `try_` form). When it would block, it registers its
 //! task's [`Waker`] with the process's one **waker thread** and returns `Pending`. The waker
@@ -19,7 +19,10 @@
 //! **Cancellation safety.** A `recv_async` future never holds a message it has not returned: each
 //! poll either takes a message and returns it (`Ready`) or takes nothing. Dropping the future at
 //! an `.await` point (a `select!` branch that lost, a timeout) loses no message. A `send_async`
-//! future holds its message until it is sent; dropped before, the message is dropped unsent.
+//! future holds its message until it is sent; dropped before, the message is dropped unsent. A
+//! `send_many_async` future dropped before it completes has sent a prefix of its messages
+//! (possibly none), each whole and in order, and sends nothing more
+//! ([`SendManyFuture::sent`] says how many).
 //!
 //! **Forks.** The waker thread does not exist in a forked child; the first async operation there
 //! starts a new one (the parent's registrations are left behind, unused).
@@ -331,6 +334,9 @@ pub trait AsyncSend<M>: Handle {
     /// Room `msg` needs (bytes of record and marker, or slots).
     #[doc(hidden)]
     fn send_need(&self, msg: &M) -> u64;
+    /// Sends as many of `msgs` (not empty) as fit now, in order, under one lock hold.
+    #[doc(hidden)]
+    fn try_send_many_op(&self, msgs: &[M]) -> Result<usize, TrySendError<usize>>;
 }
 
 impl<M: AsRef<[u8]>> AsyncSend<M> for super::Sender {
@@ -340,6 +346,9 @@ impl<M: AsRef<[u8]>> AsyncSend<M> for super::Sender {
     fn send_need(&self, msg: &M) -> u64 {
         super::records::room_needed(msg.as_ref().len())
     }
+    fn try_send_many_op(&self, msgs: &[M]) -> Result<usize, TrySendError<usize>> {
+        self.try_send_many(msgs)
+    }
 }
 
 impl<T: Pod> AsyncSend<T> for super::queue::Sender<T> {
@@ -348,6 +357,9 @@ impl<T: Pod> AsyncSend<T> for super::queue::Sender<T> {
     }
     fn send_need(&self, _: &T) -> u64 {
         1
+    }
+    fn try_send_many_op(&self, msgs: &[T]) -> Result<usize, TrySendError<usize>> {
+        self.try_send_many(msgs)
     }
 }
 
@@ -423,7 +435,7 @@ impl<S: AsyncSend<M>, M> Future for SendFuture<'_, S, M> {
         let out = match this.tx.try_send_op(msg) {
             Ok(()) => Ok(()),
             Err(TrySendError::Disconnected(m)) => Err(SendError::Disconnected(m)),
-            Err(TrySendError::TooLarge(m)) => Err(SendError::TooLarge(m)),
+            Err(TrySendError::TooLarge { msg, len, max }) => Err(SendError::TooLarge { msg, len, max }),
             Err(TrySendError::Broken(m, b)) => Err(SendError::Broken(m, b)),
             Err(TrySendError::Full(m)) => {
                 this.msg = Some(m);
@@ -440,6 +452,76 @@ impl<S: AsyncSend<M>, M> Future for SendFuture<'_, S, M> {
                 };
                 this.reg.register(core, interest, deadline, cx.waker());
                 return Poll::Pending;
+            }
+        };
+        this.reg.done();
+        Poll::Ready(out)
+    }
+}
+
+/// The future of `send_many_async`: `Ok` once every message is in the ring, in order, or how many
+/// were sent with why the rest were not (as [`Sender::send_many`](super::Sender::send_many)).
+///
+/// Each poll sends as many of the remaining messages as there is room for, under one lock hold
+/// per batch, and waits (registered with the waker thread, as [`SendFuture`] does) only when no
+/// room is left for the next one.
+///
+/// **Cancellation.** Dropped before it completes, the future has sent a **prefix** of the
+/// messages, possibly empty, and nothing after it: messages go in whole and in order, never one
+/// in part, and none is sent once the future is gone. [`sent`](Self::sent) says how many: the
+/// future is `Unpin`, so await it through `&mut fut` (under a timeout, say) to ask afterwards.
+#[must_use = "futures do nothing unless awaited"]
+#[derive(Debug)]
+pub struct SendManyFuture<'a, S: AsyncSend<M>, M> {
+    tx: &'a S,
+    msgs: &'a [M],
+    sent: usize,
+    reg: Reg,
+}
+
+// Only indices and references change between polls; nothing is pinned.
+impl<S: AsyncSend<M>, M> Unpin for SendManyFuture<'_, S, M> {}
+
+impl<S: AsyncSend<M>, M> SendManyFuture<'_, S, M> {
+    /// How many messages are in the ring already (the first `sent()` of them).
+    pub fn sent(&self) -> usize {
+        self.sent
+    }
+}
+
+impl<S: AsyncSend<M>, M> Future for SendManyFuture<'_, S, M> {
+    type Output = Result<(), SendError<usize>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let out = loop {
+            let Some(rest) = this.msgs.get(this.sent..).filter(|r| !r.is_empty()) else {
+                break Ok(());
+            };
+            let core = this.tx.handle_ref().core;
+            let need = this.tx.send_need(&rest[0]);
+            let head = core.ctrl().head.load(Ordering::Acquire);
+            match this.tx.try_send_many_op(rest) {
+                Ok(n) if n > 0 => this.sent += n.min(rest.len()),
+                Ok(_) | Err(TrySendError::Full(_)) => {
+                    // As in SendFuture: room freed since the try, or the lock was held.
+                    if core.ctrl().head.load(Ordering::Acquire) != head {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    let (interest, deadline) = if core.send_ready(need, false) {
+                        (Interest::Timer, Some(Deadline::after(CONTENTION_RETRY)))
+                    } else {
+                        (Interest::Send { head }, None)
+                    };
+                    this.reg.register(core, interest, deadline, cx.waker());
+                    return Poll::Pending;
+                }
+                Err(TrySendError::Disconnected(_)) => break Err(SendError::Disconnected(this.sent)),
+                Err(TrySendError::TooLarge { len, max, .. }) => {
+                    break Err(SendError::TooLarge { msg: this.sent, len, max });
+                }
+                Err(TrySendError::Broken(_, b)) => break Err(SendError::Broken(this.sent, b)),
             }
         };
         this.reg.done();
@@ -489,6 +571,41 @@ impl<T: Pod> super::queue::Sender<T> {
     /// Sends a value without blocking the thread, waiting for a free slot (feature `tokio`).
     pub fn send_async(&self, value: T) -> SendFuture<'_, Self, T> {
         SendFuture { tx: self, msg: Some(value), reg: Reg::default() }
+    }
+
+    /// [`send_many`](Self::send_many) without blocking the thread (feature `tokio`): sends every
+    /// value, in order, as many per lock hold as there are free slots, waiting for slots in
+    /// between. On failure the error holds how many were sent.
+    ///
+    /// Cancellation safe in this sense: dropped before it completes, the future has sent a prefix
+    /// of `values` (possibly none) and sends nothing more; [`SendManyFuture::sent`] says how many.
+    pub fn send_many_async<'a>(&'a self, values: &'a [T]) -> SendManyFuture<'a, Self, T> {
+        SendManyFuture { tx: self, msgs: values, sent: 0, reg: Reg::default() }
+    }
+}
+
+impl super::Sender {
+    /// [`send_many`](Self::send_many) without blocking the thread (feature `tokio`): sends every
+    /// message, in order, as many per lock hold as there is room for, waiting for room in
+    /// between. On failure (every receiver gone, a message longer than the ring's largest, a
+    /// broken ring) the error holds how many were sent.
+    ///
+    /// Cancellation safe in this sense: dropped before it completes, the future has sent a prefix
+    /// of `msgs` (possibly none), each message whole, and sends nothing more;
+    /// [`SendManyFuture::sent`] says how many.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ring = ringpool::Ring::builder().capacity(4096).anonymous()?;
+    /// let (tx, rx) = (ring.sender()?, ring.receiver()?);
+    /// tx.send_many_async(&[&b"one"[..], b"two", b"three"]).await?;
+    /// assert_eq!(rx.recv()?, b"one");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn send_many_async<'a, M: AsRef<[u8]>>(&'a self, msgs: &'a [M]) -> SendManyFuture<'a, Self, M> {
+        SendManyFuture { tx: self, msgs, sent: 0, reg: Reg::default() }
     }
 }
 

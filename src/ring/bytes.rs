@@ -10,10 +10,10 @@ use std::time::Duration;
 use super::control::{Config, FORMAT_BYTES, MAX_MEMBERS, data_offset};
 use super::core::{Core, Role, Sticky, bump};
 use super::error::{
-    Broken, Fail, JoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+    Broken, Fail, JoinRingError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 use super::records::{record_size, room_needed};
-use super::wait::Wait;
+use super::wait::{SpinCell, Wait};
 use super::{Stats, debug_pause};
 use crate::segment::{Fingerprint, OpenMode, Segment, SegmentBuilder, SegmentError, SegmentKind, Uninit};
 use crate::sync::{RobustMutexGuard, SpinPolicy};
@@ -257,15 +257,20 @@ impl Ring {
     }
 
     /// A new sending handle.
-    pub fn sender(&self) -> Result<Sender, JoinError> {
+    ///
+    /// It reconnects a ring whose receivers saw `Disconnected` (every earlier sender gone, dropped
+    /// or dead): from the moment this call returns, their receives wait for messages again, and
+    /// an iterator that ended can be made anew (`rx.iter()`) to yield what this sender sends. A
+    /// sender in any process does so, one that opens the ring by name included.
+    pub fn sender(&self) -> Result<Sender, JoinRingError> {
         self.core.join_fresh(Role::Sender)?;
-        Ok(Sender { core: self.core.clone(), spin: self.core.spin() })
+        Ok(Sender { core: self.core.clone(), spin: SpinCell::new(self.core.spin()) })
     }
 
     /// A new receiving handle.
-    pub fn receiver(&self) -> Result<Receiver, JoinError> {
+    pub fn receiver(&self) -> Result<Receiver, JoinRingError> {
         self.core.join_fresh(Role::Receiver)?;
-        Ok(Receiver { core: self.core.clone(), spin: self.core.spin() })
+        Ok(Receiver { core: self.core.clone(), spin: SpinCell::new(self.core.spin()) })
     }
 
     /// Bytes of message storage.
@@ -333,14 +338,14 @@ impl Ring {
 #[derive(Debug)]
 pub struct Sender {
     core: Arc<Core>,
-    spin: SpinPolicy,
+    spin: SpinCell,
 }
 
 /// The receiving side of a [`Ring`]. Clone it for more receivers; each counts as one.
 #[derive(Debug)]
 pub struct Receiver {
     core: Arc<Core>,
-    spin: SpinPolicy,
+    spin: SpinCell,
 }
 
 impl Clone for Sender {
@@ -348,14 +353,14 @@ impl Clone for Sender {
         // Joining can only fail when the member table is full and this process has no entry,
         // which cannot be: this process holds a handle, so it has one.
         let _ = self.core.join(Role::Sender);
-        Sender { core: self.core.clone(), spin: self.spin }
+        Sender { core: self.core.clone(), spin: self.spin.clone() }
     }
 }
 
 impl Clone for Receiver {
     fn clone(&self) -> Self {
         let _ = self.core.join(Role::Receiver);
-        Receiver { core: self.core.clone(), spin: self.spin }
+        Receiver { core: self.core.clone(), spin: self.spin.clone() }
     }
 }
 
@@ -443,9 +448,12 @@ impl Sender {
         self.reserve_inner(len, Wait::timeout(timeout)).map_err(|f| f.send_timeout(len))
     }
 
-    /// Changes how long this handle spins before parking.
-    pub fn set_spin(&mut self, spin: SpinPolicy) {
-        self.spin = spin;
+    /// Changes how long this handle spins before parking, for its later waits (a wait under way
+    /// keeps the policy it began with). Only this handle: its clones made earlier, and other
+    /// handles, keep theirs; a clone made later starts with this one's. Takes `&self`, so a
+    /// handle shared between threads can be tuned while in use.
+    pub fn set_spin(&self, spin: SpinPolicy) {
+        self.spin.set(spin);
     }
 
     /// Leaves the ring (same as dropping the handle).
@@ -461,7 +469,7 @@ impl Sender {
     #[inline]
     fn lock_with_room(&self, need: u64, wait: Wait) -> Result<(RobustMutexGuard<'_>, u64, u64), Fail> {
         let core = &*self.core;
-        core.lock_for_send(self.spin, wait, need, need, || core.repair_bytes_send())
+        core.lock_for_send(self.spin.get(), wait, need, need, || core.repair_bytes_send())
     }
 
     #[inline]
@@ -474,7 +482,7 @@ impl Sender {
     fn send_one_in(&self, msg: &[u8], wait: Wait, solo: Option<&mut Sticky>) -> Result<(), Fail> {
         let core = &*self.core;
         if msg.len() as u64 > core.cfg.item_size {
-            return Err(Fail::TooLarge);
+            return Err(core.too_large(msg.len()));
         }
         let need = room_needed(msg.len());
         let (guard, tail, solo) = match solo {
@@ -484,7 +492,7 @@ impl Sender {
             }
             Some(st) => {
                 let (g, tail, _) =
-                    core.lock_for_send_solo(st, self.spin, wait, need, need, || core.repair_bytes_send())?;
+                    core.lock_for_send_solo(st, self.spin.get(), wait, need, need, || core.repair_bytes_send())?;
                 (g, tail, Some(st))
             }
         };
@@ -511,7 +519,7 @@ impl Sender {
         let core = &*self.core;
         let first = msgs[0].as_ref();
         if first.len() as u64 > core.cfg.item_size {
-            return Err(Fail::TooLarge);
+            return Err(core.too_large(first.len()));
         }
         let (guard, tail, free) = self.lock_with_room(room_needed(first.len()), wait)?;
         let c = core.ctrl();
@@ -576,7 +584,7 @@ impl Sender {
     fn reserve_inner(&self, len: usize, wait: Wait) -> Result<WriteGuard<'_>, Fail> {
         let core = &*self.core;
         if len as u64 > core.cfg.item_size {
-            return Err(Fail::TooLarge);
+            return Err(core.too_large(len));
         }
         if !core.mirrored {
             return Err(Fail::Broken(Broken::Corrupted("in-place access needs a mirrored ring")));
@@ -757,9 +765,12 @@ impl Receiver {
         self.in_place(Wait::timeout(timeout)).map_err(Fail::recv_timeout)
     }
 
-    /// Changes how long this handle spins before parking.
-    pub fn set_spin(&mut self, spin: SpinPolicy) {
-        self.spin = spin;
+    /// Changes how long this handle spins before parking, for its later waits (a wait under way
+    /// keeps the policy it began with). Only this handle: its clones made earlier, and other
+    /// handles, keep theirs; a clone made later starts with this one's. Takes `&self`, so a
+    /// handle shared between threads can be tuned while in use.
+    pub fn set_spin(&self, spin: SpinPolicy) {
+        self.spin.set(spin);
     }
 
     /// Leaves the ring (same as dropping the handle).
@@ -775,7 +786,7 @@ impl Receiver {
     #[inline]
     fn lock_with_record(&self, wait: Wait) -> Result<(RobustMutexGuard<'_>, u64, usize), Fail> {
         let core = &*self.core;
-        core.lock_for_recv(self.spin, wait, || core.repair_bytes_recv(), |i| core.probe_record(i))
+        core.lock_for_recv(self.spin.get(), wait, || core.repair_bytes_recv(), |i| core.probe_record(i))
     }
 
     #[inline]
@@ -795,7 +806,7 @@ impl Receiver {
             Some(st) => {
                 let probe = |i| core.probe_record(i);
                 let (g, head, len) =
-                    core.lock_for_recv_solo(st, self.spin, wait, || core.repair_bytes_recv(), probe)?;
+                    core.lock_for_recv_solo(st, self.spin.get(), wait, || core.repair_bytes_recv(), probe)?;
                 (g, head, len, Some(st))
             }
         };
@@ -899,12 +910,12 @@ impl Receiver {
 
 impl Ring {
     /// A new sending handle that keeps the send lock between messages: see [`SoloSender`].
-    pub fn solo_sender(&self) -> Result<SoloSender, JoinError> {
+    pub fn solo_sender(&self) -> Result<SoloSender, JoinRingError> {
         self.sender().map(Sender::into_solo)
     }
 
     /// A new receiving handle that keeps the receive lock between messages: see [`SoloReceiver`].
-    pub fn solo_receiver(&self) -> Result<SoloReceiver, JoinError> {
+    pub fn solo_receiver(&self) -> Result<SoloReceiver, JoinRingError> {
         self.receiver().map(Receiver::into_solo)
     }
 }
@@ -971,6 +982,11 @@ impl SoloSender {
             .map_err(|f| f.send_timeout(msg))
     }
 
+    /// Changes how long this handle spins before parking: see [`Sender::set_spin`].
+    pub fn set_spin(&self, spin: SpinPolicy) {
+        self.sender.set_spin(spin);
+    }
+
     /// Gives the kept lock up now (a later send takes it again).
     pub fn release(&mut self) {
         let core = &*self.sender.core;
@@ -1028,6 +1044,11 @@ impl SoloReceiver {
     /// Receives a message into a new vector.
     pub fn recv(&mut self) -> Result<Vec<u8>, RecvError> {
         self.recv_with(<[u8]>::to_vec)
+    }
+
+    /// Changes how long this handle spins before parking: see [`Receiver::set_spin`].
+    pub fn set_spin(&self, spin: SpinPolicy) {
+        self.receiver.set_spin(spin);
     }
 
     /// Gives the kept lock up now (a later receive takes it again).

@@ -341,6 +341,12 @@ impl Core {
     }
 
     /// The default spin policy of handles made from this mapping.
+    /// The error for a message of `len` bytes, longer than the largest this ring takes.
+    #[cold]
+    pub(crate) fn too_large(&self, len: usize) -> Fail {
+        Fail::TooLarge { len, max: usize::try_from(self.cfg.item_size).unwrap_or(usize::MAX) }
+    }
+
     pub(crate) fn spin(&self) -> SpinPolicy {
         self.spin
     }
@@ -418,7 +424,8 @@ impl Core {
                         return Ok(g);
                     }
                     if wait.deadline().is_some_and(|d| d.passed()) {
-                        return Err(Fail::Timeout);
+                        // Not a wait for room or data: a live peer kept the lock all along.
+                        return Err(Fail::LockTimeout(self.lock_holder_pid(&side.lock)));
                     }
                 }
             }

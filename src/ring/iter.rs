@@ -10,8 +10,11 @@
 //! itself, so a caller that must tell the two endings apart calls `recv` once more afterwards: it
 //! answers `Disconnected` or `Broken` again.
 //!
-//! A new sender reconnects a disconnected ring: an iterator that has ended can be made again
-//! (`rx.iter()`) and yields what the new sender sends.
+//! A new sender reconnects a disconnected ring or queue ([`Ring::sender`](crate::Ring::sender),
+//! [`Queue::sender`](crate::Queue::sender), in this process or any other): an iterator that has
+//! ended stays ended (the iterators are fused), but one made again (`rx.iter()`) after the new
+//! sender joined waits for and yields what it sends. An iterator made before any sender joined
+//! ends at once.
 
 use std::iter::FusedIterator;
 
@@ -88,6 +91,7 @@ pub mod ring_iter {
         /// A blocking iterator over the messages: each `next` is a [`recv`](Self::recv), and the
         /// iterator ends at the first error, which is `Disconnected` (every sender gone and the
         /// ring drained) unless the ring is broken. See the [module docs](crate::ring::iter).
+        /// After it ended, a new sender reconnects the receiver: call `iter()` again.
         ///
         /// ```no_run
         /// # let ring = ringpool::Ring::builder().anonymous()?;
@@ -193,6 +197,7 @@ pub mod queue_iter {
         /// A blocking iterator over the values: each `next` is a [`recv`](Self::recv), and the
         /// iterator ends at the first error, which is `Disconnected` (every sender gone and the
         /// queue drained) unless the queue is broken. See the [module docs](crate::ring::iter).
+        /// After it ended, a new sender reconnects the receiver: call `iter()` again.
         pub fn iter(&self) -> Iter<'_, T> {
             Iter { rx: self, done: false }
         }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use super::control::{CLAIMING, MAX_MEMBERS, Member, REAPING, TRANSIENT};
 use super::core::{Core, Role};
-use super::error::JoinError;
+use super::error::JoinRingError;
 use crate::sync::{OwnerToken, RobustMutex, current_pid, liveness};
 
 /// How often, at most, one process sweeps the member table for dead processes (ring-wide).
@@ -85,7 +85,7 @@ impl Core {
 
     /// Makes sure this process has a registry entry (claiming one after a fork). Returns its index.
     #[inline]
-    pub(crate) fn ensure_registered(&self) -> Result<usize, JoinError> {
+    pub(crate) fn ensure_registered(&self) -> Result<usize, JoinRingError> {
         let me = current_pid();
         if self.local.pid.load(Ordering::Acquire) == me {
             return Ok(self.local.slot.load(Ordering::Relaxed) as usize);
@@ -95,18 +95,18 @@ impl Core {
 
     /// This process's lock owner token in this ring (registering first if needed).
     #[inline]
-    pub(crate) fn owner_token(&self) -> Result<OwnerToken, JoinError> {
+    pub(crate) fn owner_token(&self) -> Result<OwnerToken, JoinRingError> {
         let me = current_pid();
         if self.local.pid.load(Ordering::Acquire) != me {
             self.register_slow(me)?;
         }
         // Written before `local.pid` (Release) by whichever thread registered.
         OwnerToken::new(self.local.token.load(Ordering::Relaxed))
-            .ok_or(JoinError::TooManyMembers(self.cfg.max_members as usize))
+            .ok_or(JoinRingError::TooManyMembers(self.cfg.max_members as usize))
     }
 
     #[cold]
-    fn register_slow(&self, me: u32) -> Result<usize, JoinError> {
+    fn register_slow(&self, me: u32) -> Result<usize, JoinRingError> {
         // A tiny spin lock among this process's threads (no std Mutex: a forked child may find a
         // std Mutex held by a thread that does not exist in it).
         while self.local.registering.swap(true, Ordering::Acquire) {
@@ -123,7 +123,7 @@ impl Core {
 
     /// Claims a free registry entry for `me`, carrying this process's current handle counts
     /// (inherited ones included, in a forked child).
-    fn claim_entry(&self, me: u32) -> Result<usize, JoinError> {
+    fn claim_entry(&self, me: u32) -> Result<usize, JoinRingError> {
         let c = self.ctrl();
         let max = self.cfg.max_members as usize;
         let senders = self.local.senders.load(Ordering::Relaxed);
@@ -161,7 +161,7 @@ impl Core {
                 self.sweep(true);
             }
         }
-        Err(JoinError::TooManyMembers(max))
+        Err(JoinRingError::TooManyMembers(max))
     }
 
     fn entry(&self, slot: usize) -> &super::control::Member {
@@ -171,13 +171,13 @@ impl Core {
     /// A new handle of `role` made from the ring (not cloned from another handle): dead members
     /// are swept first, so a handle made on a ring whose peers were all killed sees them gone at
     /// once, not only when it first waits.
-    pub(crate) fn join_fresh(&self, role: Role) -> Result<(), JoinError> {
+    pub(crate) fn join_fresh(&self, role: Role) -> Result<(), JoinRingError> {
         self.sweep(false);
         self.join(role)
     }
 
     /// A new handle of `role` in this process.
-    pub(crate) fn join(&self, role: Role) -> Result<(), JoinError> {
+    pub(crate) fn join(&self, role: Role) -> Result<(), JoinRingError> {
         let slot = self.ensure_registered()?;
         let m = self.entry(slot);
         match role {

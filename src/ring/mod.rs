@@ -48,13 +48,15 @@ pub(crate) use self::wait::Wait;
 #[cfg(feature = "tokio")]
 pub(crate) use async_io::AsyncWait;
 #[cfg(feature = "tokio")]
-pub use async_io::{AsyncRecv, AsyncSend, RecvFuture, SendFuture};
+pub use async_io::{AsyncRecv, AsyncSend, RecvFuture, SendFuture, SendManyFuture};
 pub use bytes::{ReadGuard, Receiver, Ring, RingBuilder, Sender, SoloReceiver, SoloSender, WriteGuard};
 pub(crate) use bytes::{init as init_config, ring_id};
 pub(crate) use control::{Config, FORMAT_BYTES, FORMAT_SLOTS, MAX_MEMBERS, data_offset};
 pub(crate) use error::Fail;
+#[allow(deprecated)]
+pub use error::JoinError;
 pub use error::{
-    Broken, JoinError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+    Broken, JoinRingError, RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 pub use iter::ring_iter::{IntoIter, Iter, TryIter};
 pub(crate) use records::prefetch_write;

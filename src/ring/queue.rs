@@ -16,8 +16,9 @@ use std::time::Duration;
 use bytemuck::Pod;
 
 use super::core::{Sticky, bump};
+use super::wait::SpinCell;
 use super::{
-    Config, Core, FORMAT_SLOTS, Fail, JoinError, MAX_MEMBERS, RecvError, RecvTimeoutError, Role, SendError,
+    Config, Core, FORMAT_SLOTS, Fail, JoinRingError, MAX_MEMBERS, RecvError, RecvTimeoutError, Role, SendError,
     SendTimeoutError, Stats, TryRecvError, TrySendError, Wait, data_offset, debug_pause,
 };
 use crate::segment::{Fingerprint, OpenMode, Segment, SegmentBuilder, SegmentError, SegmentKind};
@@ -271,15 +272,20 @@ impl<T: Pod> Queue<T> {
     }
 
     /// A new sending handle.
-    pub fn sender(&self) -> Result<Sender<T>, JoinError> {
+    ///
+    /// It reconnects a queue whose receivers saw `Disconnected` (every earlier sender gone, dropped
+    /// or dead): from the moment this call returns, their receives wait for messages again, and
+    /// an iterator that ended can be made anew (`rx.iter()`) to yield what this sender sends. A
+    /// sender in any process does so, one that opens the queue by name included.
+    pub fn sender(&self) -> Result<Sender<T>, JoinRingError> {
         self.core.join_fresh(Role::Sender)?;
-        Ok(Sender { core: self.core.clone(), spin: self.core.spin(), _t: PhantomData })
+        Ok(Sender { core: self.core.clone(), spin: SpinCell::new(self.core.spin()), _t: PhantomData })
     }
 
     /// A new receiving handle.
-    pub fn receiver(&self) -> Result<Receiver<T>, JoinError> {
+    pub fn receiver(&self) -> Result<Receiver<T>, JoinRingError> {
         self.core.join_fresh(Role::Receiver)?;
-        Ok(Receiver { core: self.core.clone(), spin: self.core.spin(), _t: PhantomData })
+        Ok(Receiver { core: self.core.clone(), spin: SpinCell::new(self.core.spin()), _t: PhantomData })
     }
 
     /// Number of slots.
@@ -452,7 +458,7 @@ impl Slots for Core {
 #[derive(Debug)]
 pub struct Sender<T> {
     core: Arc<Core>,
-    spin: SpinPolicy,
+    spin: SpinCell,
     _t: PhantomData<fn(T) -> T>,
 }
 
@@ -460,21 +466,21 @@ pub struct Sender<T> {
 #[derive(Debug)]
 pub struct Receiver<T> {
     core: Arc<Core>,
-    spin: SpinPolicy,
+    spin: SpinCell,
     _t: PhantomData<fn(T) -> T>,
 }
 
 impl<T> Clone for Sender<T> {
     fn clone(&self) -> Self {
         let _ = self.core.join(Role::Sender);
-        Sender { core: self.core.clone(), spin: self.spin, _t: PhantomData }
+        Sender { core: self.core.clone(), spin: self.spin.clone(), _t: PhantomData }
     }
 }
 
 impl<T> Clone for Receiver<T> {
     fn clone(&self) -> Self {
         let _ = self.core.join(Role::Receiver);
-        Receiver { core: self.core.clone(), spin: self.spin, _t: PhantomData }
+        Receiver { core: self.core.clone(), spin: self.spin.clone(), _t: PhantomData }
     }
 }
 
@@ -553,9 +559,12 @@ impl<T: Pod> Sender<T> {
             .map_err(|f| f.send(()))
     }
 
-    /// Changes how long this handle spins before parking.
-    pub fn set_spin(&mut self, spin: SpinPolicy) {
-        self.spin = spin;
+    /// Changes how long this handle spins before parking, for its later waits (a wait under way
+    /// keeps the policy it began with). Only this handle: its clones made earlier, and other
+    /// handles, keep theirs; a clone made later starts with this one's. Takes `&self`, so a
+    /// handle shared between threads can be tuned while in use.
+    pub fn set_spin(&self, spin: SpinPolicy) {
+        self.spin.set(spin);
     }
 
     /// Leaves the queue (same as dropping the handle).
@@ -566,7 +575,7 @@ impl<T: Pod> Sender<T> {
     #[inline]
     fn lock_room(&self, want: u64, wait: Wait) -> Result<(RobustMutexGuard<'_>, u64, u64), Fail> {
         let core = &*self.core;
-        let (guard, tail, free) = core.lock_for_send(self.spin, wait, 1, want, || core.repair_send())?;
+        let (guard, tail, free) = core.lock_for_send(self.spin.get(), wait, 1, want, || core.repair_send())?;
         Ok((guard, tail, free.min(want)))
     }
 
@@ -586,7 +595,8 @@ impl<T: Pod> Sender<T> {
                 (Some(g), tail, n, None)
             }
             Some(st) => {
-                let (g, tail, free) = core.lock_for_send_solo(st, self.spin, wait, 1, want, || core.repair_send())?;
+                let (g, tail, free) =
+                    core.lock_for_send_solo(st, self.spin.get(), wait, 1, want, || core.repair_send())?;
                 (g, tail, free.min(want), Some(st))
             }
         };
@@ -737,9 +747,12 @@ impl<T: Pod> Receiver<T> {
             .map_err(Fail::recv_timeout)
     }
 
-    /// Changes how long this handle spins before parking.
-    pub fn set_spin(&mut self, spin: SpinPolicy) {
-        self.spin = spin;
+    /// Changes how long this handle spins before parking, for its later waits (a wait under way
+    /// keeps the policy it began with). Only this handle: its clones made earlier, and other
+    /// handles, keep theirs; a clone made later starts with this one's. Takes `&self`, so a
+    /// handle shared between threads can be tuned while in use.
+    pub fn set_spin(&self, spin: SpinPolicy) {
+        self.spin.set(spin);
     }
 
     /// Leaves the queue (same as dropping the handle).
@@ -750,7 +763,7 @@ impl<T: Pod> Receiver<T> {
     fn lock_value(&self, wait: Wait) -> Result<(RobustMutexGuard<'_>, u64), Fail> {
         let core = &*self.core;
         let probe = |i| core.probe_slot(i).map(|published| published.then_some(()));
-        core.lock_for_recv(self.spin, wait, || core.repair_recv(), probe).map(|(g, head, ())| (g, head))
+        core.lock_for_recv(self.spin.get(), wait, || core.repair_recv(), probe).map(|(g, head, ())| (g, head))
     }
 
     #[inline]
@@ -777,7 +790,7 @@ impl<T: Pod> Receiver<T> {
             }
             Some(st) => {
                 let probe = |i| core.probe_slot(i).map(|published| published.then_some(()));
-                let (g, head, ()) = core.lock_for_recv_solo(st, self.spin, wait, || core.repair_recv(), probe)?;
+                let (g, head, ()) = core.lock_for_recv_solo(st, self.spin.get(), wait, || core.repair_recv(), probe)?;
                 (g, head, Some(st))
             }
         };
@@ -931,12 +944,12 @@ impl<T: Pod> Receiver<T> {
 
 impl<T: Pod> Queue<T> {
     /// A new sending handle that keeps the send lock between values: see [`SoloSender`].
-    pub fn solo_sender(&self) -> Result<SoloSender<T>, JoinError> {
+    pub fn solo_sender(&self) -> Result<SoloSender<T>, JoinRingError> {
         self.sender().map(Sender::into_solo)
     }
 
     /// A new receiving handle that keeps the receive lock between values: see [`SoloReceiver`].
-    pub fn solo_receiver(&self) -> Result<SoloReceiver<T>, JoinError> {
+    pub fn solo_receiver(&self) -> Result<SoloReceiver<T>, JoinRingError> {
         self.receiver().map(Receiver::into_solo)
     }
 }
@@ -1011,6 +1024,11 @@ impl<T: Pod> SoloSender<T> {
 }
 
 impl<T> SoloSender<T> {
+    /// Changes how long this handle spins before parking: see [`Sender::set_spin`].
+    pub fn set_spin(&self, spin: SpinPolicy) {
+        self.sender.spin.set(spin);
+    }
+
     /// Gives the kept lock up now (a later send takes it again).
     pub fn release(&mut self) {
         let core = &*self.sender.core;
@@ -1073,6 +1091,11 @@ impl<T: Pod> SoloReceiver<T> {
 }
 
 impl<T> SoloReceiver<T> {
+    /// Changes how long this handle spins before parking: see [`Receiver::set_spin`].
+    pub fn set_spin(&self, spin: SpinPolicy) {
+        self.receiver.spin.set(spin);
+    }
+
     /// Gives the kept lock up now (a later receive takes it again).
     pub fn release(&mut self) {
         let core = &*self.receiver.core;

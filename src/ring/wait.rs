@@ -189,3 +189,65 @@ impl Core {
         }
     }
 }
+
+/// A handle's spin policy, changeable through `&self`: handles are shared between threads (they
+/// are `Sync`), so the policy lives in an atomic. Process-local (never in shared memory), hence a
+/// plain std atomic. The budget is held in nanoseconds, saturating: a budget of 584 years or more
+/// reads back as [`SpinPolicy::busy`], which it is in effect.
+pub(crate) struct SpinCell(std::sync::atomic::AtomicU64);
+
+impl SpinCell {
+    pub(crate) fn new(spin: SpinPolicy) -> SpinCell {
+        SpinCell(std::sync::atomic::AtomicU64::new(Self::encode(spin)))
+    }
+
+    fn encode(spin: SpinPolicy) -> u64 {
+        u64::try_from(spin.budget().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The policy now.
+    #[inline(always)]
+    pub(crate) fn get(&self) -> SpinPolicy {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            u64::MAX => SpinPolicy::busy(),
+            ns => SpinPolicy::spin_for(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// Sets the policy for this handle's later waits (a wait under way keeps the one it began with).
+    pub(crate) fn set(&self, spin: SpinPolicy) {
+        self.0.store(Self::encode(spin), std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Clone for SpinCell {
+    fn clone(&self) -> SpinCell {
+        SpinCell::new(self.get())
+    }
+}
+
+impl std::fmt::Debug for SpinCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.get().fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod spin_cell_tests {
+    use super::*;
+
+    #[test]
+    fn round_trips() {
+        for p in [
+            SpinPolicy::park(),
+            SpinPolicy::busy(),
+            SpinPolicy::default(),
+            SpinPolicy::spin_for(Duration::from_nanos(7)),
+        ] {
+            let c = SpinCell::new(SpinPolicy::park());
+            c.set(p);
+            assert_eq!(c.get(), p);
+            assert_eq!(c.clone().get(), p);
+        }
+    }
+}

@@ -21,7 +21,7 @@ use super::{
     until, write_into,
 };
 use crate::queue::{self, Queue, QueueBuilder, SlotReader};
-use crate::ring::{JoinError, SendError, SendTimeoutError, Stats, TrySendError};
+use crate::ring::{JoinRingError, SendError, SendTimeoutError, Stats, TrySendError};
 use crate::segment::{OpenMode, SegmentError};
 use crate::sync::SpinPolicy;
 
@@ -161,12 +161,12 @@ where
     }
 
     /// A new sending handle.
-    pub fn sender(&self) -> Result<TypedQueueSender<T, N>, JoinError> {
+    pub fn sender(&self) -> Result<TypedQueueSender<T, N>, JoinRingError> {
         Ok(TypedQueueSender { inner: self.queue.sender()?, scratch: Scratch::new(), _t: PhantomData })
     }
 
     /// A new receiving handle.
-    pub fn receiver(&self) -> Result<TypedQueueReceiver<T, N>, JoinError> {
+    pub fn receiver(&self) -> Result<TypedQueueReceiver<T, N>, JoinRingError> {
         Ok(TypedQueueReceiver { inner: self.queue.receiver()?, _t: PhantomData })
     }
 
@@ -246,6 +246,11 @@ where
         self.send_until(value, Until::Forever).map_err(|f| f.with(()))
     }
 
+    /// Changes how long this handle spins before parking: see [`queue::Sender::set_spin`].
+    pub fn set_spin(&self, spin: SpinPolicy) {
+        self.inner.set_spin(spin);
+    }
+
     /// Leaves the queue (same as dropping the handle).
     pub fn close(self) {}
 
@@ -264,6 +269,7 @@ where
                 let left = d.saturating_duration_since(Instant::now());
                 self.inner.reserve_timeout(left).map_err(|e| match e {
                     SendTimeoutError::Timeout(_) => Fail::Timeout,
+                    SendTimeoutError::LockTimeout { pid, .. } => Fail::LockTimeout(pid),
                     SendTimeoutError::Broken(_, b) => Fail::Broken(b),
                     _ => Fail::Disconnected,
                 })
@@ -306,6 +312,11 @@ impl<T: Archivable, const N: usize> TypedQueueReceiver<T, N>
 where
     [u8; N]: Pod,
 {
+    /// Changes how long this handle spins before parking: see [`queue::Receiver::set_spin`].
+    pub fn set_spin(&self, spin: SpinPolicy) {
+        self.inner.set_spin(spin);
+    }
+
     /// Waits for a value and lends it in place, validated; it leaves the queue when the guard drops.
     pub fn recv_archived(&self) -> Result<ArchivedSlot<'_, T, N>, TypedRecvError> {
         ArchivedSlot::validate(self.inner.recv_in_place().map_err(TypedRecvError::from)?)
