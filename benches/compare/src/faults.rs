@@ -78,7 +78,11 @@ struct Sync {
 
 impl Sync {
     fn new(name: &str, create: bool) -> Result<Self> {
-        let shm = if create { ShmemConf::new().size(4096).os_id(name).create()? } else { ShmemConf::new().os_id(name).open()? };
+        let shm = if create {
+            ShmemConf::new().size(4096).os_id(name).create()?
+        } else {
+            ShmemConf::new().os_id(name).open()?
+        };
         if shm.len() < 4096 {
             return Err("segment too small".into());
         }
@@ -243,19 +247,19 @@ fn faults(args: &Args) -> Result<Value> {
     // raw_sync: a timed wait on an event nobody sets.
     let sync = Sync::new(&name, true)?;
     let (early, ok) = timed(|d| sync.event.wait(Timeout::Val(d)).is_ok());
-    rows.push(row(
-        "rawsync-event-early",
-        "raw_sync Event::wait(d), nobody sets it: returned before d",
-        early,
-        n,
-    ));
+    rows.push(row("rawsync-event-early", "raw_sync Event::wait(d), nobody sets it: returned before d", early, n));
     rows.push(row("rawsync-event-ok", "raw_sync Event::wait(d), nobody sets it: returned Ok (spurious)", ok, n));
 
     // ringpool: a timed receive on an empty ring.
     let ring = Ring::builder().capacity(4096).anonymous()?;
     let rx = ring.receiver()?;
     let (early, ok) = timed(|d| rx.recv_timeout(d).is_ok());
-    rows.push(row("ringpool-recv-early", "ringpool Receiver::recv_timeout(d), empty ring: returned before d", early, n));
+    rows.push(row(
+        "ringpool-recv-early",
+        "ringpool Receiver::recv_timeout(d), empty ring: returned before d",
+        early,
+        n,
+    ));
     rows.push(row("ringpool-recv-ok", "ringpool Receiver::recv_timeout(d), empty ring: returned a message", ok, n));
 
     // raw_sync: a lock held by another live process, then killed.

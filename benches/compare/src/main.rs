@@ -13,6 +13,7 @@
 //! | [`peers`] | **the `Peer` trait and its registration point**; one file per peer |
 //! | [`workload`] | one-way throughput and round trip, written once, generic over `Peer` |
 //! | [`payload`] | the message: how it is written and how it is checked |
+//! | [`faults`] | what goes wrong: failures counted for raw_sync and ringpool (timed waits, a SIGKILLed lock holder) |
 //! | [`limits`] | the floors: a bounced cache line, a futex ping-pong, memcpy, a system call |
 //! | [`python`] | Python's `multiprocessing` (scripts in `python/`) |
 //! | [`pools`] | **the `PoolPeer` trait and its registration point** (ringpool's `Pool` goes here) |
@@ -25,6 +26,7 @@
 
 mod child;
 mod cli;
+mod faults;
 mod harness;
 mod limits;
 mod payload;

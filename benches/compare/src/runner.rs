@@ -16,7 +16,8 @@ use crate::peers::{self, Entry, Role, Spec};
 use crate::pools::{self, PoolEntry, PoolWork};
 use crate::python::Python;
 use crate::report::{
-    BYTES, Bench, Kind, MSGS, Metric, NS_PER_CALL, NS_PER_MSG, RTT_MEDIAN, RTT_P99, Report, TASKS, WALL_MS,
+    BYTES, Bench, FAILURES, Kind, MSGS, Metric, NS_PER_CALL, NS_PER_MSG, RTT_MEDIAN, RTT_P99, Report, TASKS, TRIALS,
+    WALL_MS,
 };
 use crate::shm::ShmWatch;
 
@@ -86,7 +87,10 @@ impl Plan {
 enum Job {
     OneWay(Entry, usize),
     RoundTrip(Entry),
-    PyQueue { size: usize, maxsize: usize },
+    PyQueue {
+        size: usize,
+        maxsize: usize,
+    },
     PyRtt,
     PyPool(PoolWork),
     Pool(PoolEntry, PoolWork),
@@ -94,6 +98,8 @@ enum Job {
     Line,
     Futex,
     Calls,
+    /// The "what goes wrong" counts: once per run, not per round.
+    Faults,
 }
 
 impl Job {
@@ -113,6 +119,7 @@ impl Job {
             Job::Line => s("cache-line", "one cache line, both spinning"),
             Job::Futex => s("futex", "futex wake/wait, both sleeping"),
             Job::Calls => s("floors", "system call, clock read"),
+            Job::Faults => s("faults", "what goes wrong"),
         }
     }
 
@@ -134,7 +141,13 @@ impl Job {
             }
             Job::PyQueue { .. } | Job::PyRtt | Job::PyPool(_) => Kind::Python,
             Job::Memcpy(_) | Job::Line | Job::Futex | Job::Calls => Kind::Floor,
+            Job::Faults => Kind::Peer,
         }
+    }
+
+    /// Whether it runs in the first round only (counts of failures, not timings).
+    fn once(&self) -> bool {
+        matches!(self, Job::Faults)
     }
 
     /// Whether `--only` selects it: by its id, or by a group name.
@@ -147,7 +160,12 @@ impl Job {
             Kind::Python => "python",
             Kind::Floor => "floors",
         };
-        only.iter().any(|o| *o == id || o == group)
+        let extra = match self {
+            // The failure counts belong to both crates they test.
+            Job::Faults => ["shmsync", "ringpool"].as_slice(),
+            _ => &[],
+        };
+        only.iter().any(|o| *o == id || o == group || extra.contains(&o.as_str()))
     }
 }
 
@@ -240,7 +258,7 @@ impl Runner {
                     (NS_PER_MSG, num(&v, "ns_per_msg")?),
                 ])
             }
-            Job::Calls => unreachable!("handled by run_calls"),
+            Job::Calls | Job::Faults => unreachable!("handled by run_calls, run_faults"),
             Job::PyQueue { size, maxsize } => {
                 oneway(&self.py()?.queue_oneway(size, maxsize, p.py_queue, self.cpus, Duration::from_secs(slow))?)
             }
@@ -254,6 +272,17 @@ impl Runner {
                 pool_figures(work, &v)
             }
         }
+    }
+
+    /// The failure counts: one child, many rows.
+    fn run_faults(&mut self, bench: &mut Bench) -> Result<(), Failure> {
+        let a = self.args(8);
+        let v = run_single(&ChildCmd { role: "faults", args: a, cpu: None }, Duration::from_secs(120))?;
+        for (id, label, failures, trials) in crate::faults::rows(&v)? {
+            let kind = if id.starts_with("ringpool") { Kind::Ours } else { Kind::Peer };
+            bench.record(&id, &label, kind, &[(FAILURES, failures), (TRIALS, trials)]);
+        }
+        Ok(())
     }
 
     /// The floors' table has two rows from one child.
@@ -365,6 +394,21 @@ fn plan_tables(
         };
         tables.push((Bench::new(id, &title, None, &[metric], note), jobs));
     }
+    let mut faults = Bench::new(
+        "faults",
+        "what goes wrong: shared_memory + raw_sync beside ringpool (failures counted)",
+        None,
+        &[FAILURES, TRIALS],
+        "One process (and its helpers, each ended by its pid), once per run. Timed waits: timeouts of 50, 150, \
+         ..., 950 ms on something nobody signals, or on a lock another live process holds; a wait counts as \
+         failed when it returns more than 5 ms before its timeout (raw_sync adds the timeout's nanoseconds \
+         without carrying into seconds, so pthread answers EINVAL at once), or succeeds. Dead holder: a \
+         process takes the lock (raw_sync's Mutex; ringpool's send lock, through Sender::reserve) and is \
+         SIGKILLed; a failure if another process cannot take it within 2 s (timed) or 1 s (blocking call, \
+         then killed).",
+    );
+    faults.ratios = false;
+    tables.push((faults, vec![Job::Faults]));
     tables.push((
         Bench::new(
             "floors",
@@ -498,7 +542,7 @@ pub fn run(o: Options) -> i32 {
         jobs.retain(|j| j.selected(&o.only));
     }
     tables.retain(|(_, jobs)| !jobs.is_empty());
-    let total: usize = tables.iter().map(|(_, j)| j.len() * plan.runs).sum();
+    let total: usize = tables.iter().flat_map(|(_, j)| j.iter()).map(|j| if j.once() { 1 } else { plan.runs }).sum();
 
     let mut report = Report { quick: plan.quick, ..Default::default() };
     report.header = vec![
@@ -525,12 +569,16 @@ pub fn run(o: Options) -> i32 {
     for (mut bench, jobs) in tables {
         for round in 1..=plan.runs {
             for job in &jobs {
+                if job.once() && round > 1 {
+                    continue;
+                }
                 done += 1;
                 let (id, label) = job.names();
                 let kind = job.kind();
                 eprint!("[{done:>3}/{total}] {} · round {round}/{} · {label}: ", bench.title, plan.runs);
                 let outcome = match job {
                     Job::Calls => runner.run_calls(&mut bench).map(|_| Vec::new()),
+                    Job::Faults => runner.run_faults(&mut bench).map(|_| Vec::new()),
                     _ => runner.run(*job),
                 };
                 let swept = shm.sweep(&format!("{label} in {}", bench.id));

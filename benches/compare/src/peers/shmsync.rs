@@ -122,7 +122,8 @@ impl ShmRing {
         let (not_full, _) = unsafe { Event::from_existing(base.wrapping_add(NOT_FULL_AT)) }
             .map_err(|e| err("Event::from_existing", e))?;
         let mut ring = Self::assemble(shm, (mutex, not_empty, not_full), 1, 8)?;
-        let (depth, slot) = (ring.area.header()[2].load(Ordering::Relaxed), ring.area.header()[3].load(Ordering::Relaxed));
+        let (depth, slot) =
+            (ring.area.header()[2].load(Ordering::Relaxed), ring.area.header()[3].load(Ordering::Relaxed));
         // The shape read from shared memory is checked before it bounds anything.
         let slot = usize::try_from(slot)?;
         let need = usize::try_from(depth)?.checked_mul(slot).and_then(|b| b.checked_add(SLOTS_AT));
@@ -171,7 +172,6 @@ impl Area {
         unsafe { std::slice::from_raw_parts_mut(p, self.slot) }
     }
 }
-
 
 impl Peer for ShmSync {
     const NAME: &'static str = "shmsync";
