@@ -16,6 +16,7 @@
 //! | [`faults`] | what goes wrong: failures counted for raw_sync and ringpool (timed waits, a SIGKILLed lock holder) |
 //! | [`limits`] | the floors: a bounced cache line, a futex ping-pong, memcpy, a system call |
 //! | [`python`] | Python's `multiprocessing` (scripts in `python/`) |
+//! | [`mpmc`] | producers x consumers: N sending and M receiving processes on one ringpool channel (and ipmpsc Nx1) |
 //! | [`pools`] | **the `PoolPeer` trait and its registration point** (ringpool's `Pool` goes here) |
 //! | [`report`] | the markdown tables, the ratios and the JSON lines |
 //! | [`plot`] | the SVG of one-way throughput against message size |
@@ -29,6 +30,7 @@ mod cli;
 mod faults;
 mod harness;
 mod limits;
+mod mpmc;
 mod payload;
 mod peers;
 mod plot;

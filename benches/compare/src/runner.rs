@@ -11,7 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use crate::cli::{Options, USAGE};
-use crate::harness::{Args, ChildCmd, Failure, pin_pair, run_pair, run_single};
+use crate::harness::{Args, ChildCmd, Failure, pin_pair, run_many, run_pair, run_single};
+use crate::mpmc::Chan;
 use crate::peers::{self, Entry, Role, Spec};
 use crate::pools::{self, PoolEntry, PoolWork};
 use crate::python::Python;
@@ -46,6 +47,7 @@ struct Plan {
     chunk1_tasks: u64,
     executor_tasks: u64,
     limit_ms: u64,
+    mpmc_msgs: u64,
 }
 
 impl Plan {
@@ -63,6 +65,7 @@ impl Plan {
                 chunk1_tasks: 20_000,
                 executor_tasks: 5_000,
                 limit_ms: 50,
+                mpmc_msgs: 2_000_000,
             }
         } else {
             Self {
@@ -77,6 +80,7 @@ impl Plan {
                 chunk1_tasks: 100_000,
                 executor_tasks: 20_000,
                 limit_ms: 200,
+                mpmc_msgs: 8_000_000,
             }
         }
     }
@@ -100,6 +104,12 @@ enum Job {
     Calls,
     /// The "what goes wrong" counts: once per run, not per round.
     Faults,
+    /// Producers x consumers, 8-byte messages.
+    Mpmc {
+        chan: Chan,
+        senders: u64,
+        receivers: u64,
+    },
 }
 
 impl Job {
@@ -120,6 +130,18 @@ impl Job {
             Job::Futex => s("futex", "futex wake/wait, both sleeping"),
             Job::Calls => s("floors", "system call, clock read"),
             Job::Faults => s("faults", "what goes wrong"),
+            Job::Mpmc { chan, senders, receivers } => {
+                let what = match chan {
+                    Chan::Ring => "ringpool Ring",
+                    Chan::Queue => "ringpool Queue<u64>",
+                    Chan::Ipmpsc => "ipmpsc",
+                };
+                let procs = senders + receivers;
+                (
+                    format!("{}-{senders}x{receivers}", chan.as_str()),
+                    format!("{what} {senders}x{receivers} ({procs} processes on {} CPUs)", cpu_count()),
+                )
+            }
         }
     }
 
@@ -142,6 +164,8 @@ impl Job {
             Job::PyQueue { .. } | Job::PyRtt | Job::PyPool(_) => Kind::Python,
             Job::Memcpy(_) | Job::Line | Job::Futex | Job::Calls => Kind::Floor,
             Job::Faults => Kind::Peer,
+            Job::Mpmc { chan: Chan::Ipmpsc, .. } => Kind::Peer,
+            Job::Mpmc { .. } => Kind::Ours,
         }
     }
 
@@ -162,8 +186,9 @@ impl Job {
         };
         let extra = match self {
             // The failure counts belong to both crates they test.
-            Job::Faults => ["shmsync", "ringpool"].as_slice(),
-            _ => &[],
+            Job::Faults => vec!["shmsync", "ringpool"],
+            Job::Mpmc { chan, .. } => vec![chan.as_str(), "mpmc"],
+            _ => vec![],
         };
         only.iter().any(|o| *o == id || o == group || extra.contains(&o.as_str()))
     }
@@ -176,6 +201,11 @@ struct Runner {
     scratch: PathBuf,
     python: Option<Python>,
     next_tag: u64,
+}
+
+/// The CPUs the OS says this process may use (`available_parallelism`).
+fn cpu_count() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 fn kib(size: usize) -> String {
@@ -259,6 +289,7 @@ impl Runner {
                 ])
             }
             Job::Calls | Job::Faults => unreachable!("handled by run_calls, run_faults"),
+            Job::Mpmc { chan, senders, receivers } => self.run_mpmc(chan, senders, receivers),
             Job::PyQueue { size, maxsize } => {
                 oneway(&self.py()?.queue_oneway(size, maxsize, p.py_queue, self.cpus, Duration::from_secs(slow))?)
             }
@@ -272,6 +303,53 @@ impl Runner {
                 pool_figures(work, &v)
             }
         }
+    }
+
+    /// N senders and M receivers, each its own process, on one named channel.
+    fn run_mpmc(&mut self, chan: Chan, senders: u64, receivers: u64) -> Result<Vec<(Metric, f64)>, Failure> {
+        let total = if chan == Chan::Ipmpsc { self.plan.mpmc_msgs / 4 } else { self.plan.mpmc_msgs };
+        let per_sender = total / senders;
+        let mut a = self.args(8);
+        let name = format!("{}{}-mpmc", self.prefix, self.next_tag);
+        a.set("chan", chan.as_str())
+            .set("name", &name)
+            .set("senders", senders)
+            .set("receivers", receivers)
+            .set("per_sender", per_sender)
+            .set("start_at", crate::mpmc::mono_ns() + 1_000_000_000);
+        let mut cmds = Vec::new();
+        for (role, n) in [("mpmc-rx", receivers), ("mpmc-tx", senders)] {
+            for id in 0..n {
+                let mut args = a.clone();
+                args.set("id", id);
+                cmds.push(ChildCmd { role, args, cpu: None });
+            }
+        }
+        let out = run_many(&cmds, Duration::from_secs(if self.plan.quick { 120 } else { 300 }))?;
+        let (rx, tx) = out.split_at(receivers as usize);
+        let mut sums = vec![crate::mpmc::Tally::default(); senders as usize];
+        for r in rx {
+            let tally: Vec<crate::mpmc::Tally> = serde_json::from_value(r["tally"].clone())
+                .map_err(|e| Failure::Other(format!("mpmc receiver result: {e}")))?;
+            for (s, t) in sums.iter_mut().zip(&tally) {
+                s.count += t.count;
+                s.sum += t.sum;
+                s.sum_sq += t.sum_sq;
+            }
+        }
+        let want = crate::mpmc::Tally::expected(per_sender);
+        if let Some((i, got)) = sums.iter().enumerate().find(|(_, t)| **t != want) {
+            return Err(Failure::Mismatch(format!(
+                "{}: sender {i}'s messages arrived as {got:?}, expected {want:?} (lost or duplicated)",
+                chan.as_str()
+            )));
+        }
+        let start = tx.iter().map(|v| num(v, "start_ns")).collect::<Result<Vec<f64>, _>>()?;
+        let end = rx.iter().map(|v| num(v, "end_ns")).collect::<Result<Vec<f64>, _>>()?;
+        let secs =
+            (end.iter().cloned().fold(f64::MIN, f64::max) - start.iter().cloned().fold(f64::MAX, f64::min)) / 1e9;
+        let m = (per_sender * senders) as f64 / secs;
+        Ok(vec![(MSGS, m), (NS_PER_MSG, 1e9 / m)])
     }
 
     /// The failure counts: one child, many rows.
@@ -394,6 +472,41 @@ fn plan_tables(
         };
         tables.push((Bench::new(id, &title, None, &[metric], note), jobs));
     }
+    let shapes: Vec<Job> = [
+        (Chan::Ring, 1, 1),
+        (Chan::Ring, 2, 1),
+        (Chan::Ring, 4, 1),
+        (Chan::Ring, 2, 2),
+        (Chan::Ring, 4, 4),
+        (Chan::Queue, 1, 1),
+        (Chan::Queue, 2, 2),
+        (Chan::Queue, 4, 4),
+        (Chan::Ipmpsc, 1, 1),
+        (Chan::Ipmpsc, 2, 1),
+        (Chan::Ipmpsc, 4, 1),
+    ]
+    .into_iter()
+    .map(|(chan, senders, receivers)| Job::Mpmc { chan, senders, receivers })
+    .collect();
+    let mut mpmc = Bench::new(
+        "mpmc_8",
+        "producers x consumers, 8-byte messages, total msgs/s",
+        None,
+        &[MSGS, NS_PER_MSG],
+        &format!(
+            "N sending and M receiving processes on one channel (named, 1024 messages deep), none pinned: \
+             the label says how many processes share the {} CPUs. Each sender sends {} messages in all \
+             (ipmpsc: a quarter), split between the senders, then one END per receiver; every receiver \
+             checks each sender's sequence numbers rise, and the runner requires every message exactly \
+             once (count, sum and sum of squares per sender). msgs/s: all messages over the time from the \
+             first send to the last receipt. ipmpsc is multi-producer single-consumer: Nx1 only \
+             (ringpool Ring's Nx1 rows beside it).",
+            cpu_count(),
+            plan.mpmc_msgs
+        ),
+    );
+    mpmc.ratios = false;
+    tables.push((mpmc, shapes));
     let mut faults = Bench::new(
         "faults",
         "what goes wrong: shared_memory + raw_sync beside ringpool (failures counted)",
@@ -530,7 +643,7 @@ pub fn run(o: Options) -> i32 {
         let known: Vec<String> = tables
             .iter()
             .flat_map(|(_, jobs)| jobs.iter().map(|j| j.names().0))
-            .chain(["ringpool", "rust", "python", "floors"].map(String::from))
+            .chain(["ringpool", "rust", "python", "floors", "mpmc"].map(String::from))
             .collect();
         if let Some(unknown) = only.iter().find(|n| !known.contains(n)) {
             eprintln!("ringpool-compare: --only {unknown}: no such peer or group here (see --list)");
