@@ -30,6 +30,10 @@ const PY_SIZES: [usize; 2] = [8, 1024];
 const SHM_STEM: &str = "rpcmp";
 /// The run's scratch directory, in the temporary directory: this and the runner's pid.
 const SCRATCH_STEM: &str = "ringpool-compare-";
+/// The peers measured with both processes on one CPU.
+const ONE_CPU_PEERS: [&str; 5] = ["ringpool-ring", "ringpool-ring-park", "ringpool-queue", "pipe", "shmsync"];
+/// The one-way size on one CPU.
+const ONE_CPU_SIZE: usize = 8;
 /// The round trip's message size.
 const RTT_SIZE: usize = 8;
 
@@ -104,6 +108,12 @@ enum Job {
     Calls,
     /// The "what goes wrong" counts: once per run, not per round.
     Faults,
+    /// One-way with both processes pinned to the same CPU.
+    OneCpuOneWay(Entry, usize),
+    /// Round trip with both processes pinned to the same CPU.
+    OneCpuRtt(Entry),
+    /// The futex floor with both processes pinned to the same CPU.
+    OneCpuFutex,
     /// Producers x consumers, 8-byte messages.
     Mpmc {
         chan: Chan,
@@ -117,7 +127,8 @@ impl Job {
     fn names(&self) -> (String, String) {
         let s = |a: &str, b: &str| (a.to_string(), b.to_string());
         match self {
-            Job::OneWay(e, _) | Job::RoundTrip(e) => s(e.name, e.name),
+            Job::OneWay(e, _) | Job::RoundTrip(e) | Job::OneCpuOneWay(e, _) | Job::OneCpuRtt(e) => s(e.name, e.name),
+            Job::OneCpuFutex => s("futex", "futex wake/wait, both sleeping"),
             Job::PyQueue { maxsize: 0, .. } => s("python-queue", "Python mp.Queue()"),
             Job::PyQueue { .. } => s("python-queue-1000", "Python mp.Queue(maxsize=1000)"),
             Job::PyRtt => s("python-queue", "Python mp.Queue() pair"),
@@ -147,7 +158,7 @@ impl Job {
 
     fn kind(&self) -> Kind {
         match self {
-            Job::OneWay(e, _) | Job::RoundTrip(e) => {
+            Job::OneWay(e, _) | Job::RoundTrip(e) | Job::OneCpuOneWay(e, _) | Job::OneCpuRtt(e) => {
                 if e.ours {
                     Kind::Ours
                 } else {
@@ -162,7 +173,7 @@ impl Job {
                 }
             }
             Job::PyQueue { .. } | Job::PyRtt | Job::PyPool(_) => Kind::Python,
-            Job::Memcpy(_) | Job::Line | Job::Futex | Job::Calls => Kind::Floor,
+            Job::Memcpy(_) | Job::Line | Job::Futex | Job::Calls | Job::OneCpuFutex => Kind::Floor,
             Job::Faults => Kind::Peer,
             Job::Mpmc { chan: Chan::Ipmpsc, .. } => Kind::Peer,
             Job::Mpmc { .. } => Kind::Ours,
@@ -188,6 +199,7 @@ impl Job {
             // The failure counts belong to both crates they test.
             Job::Faults => vec!["shmsync", "ringpool"],
             Job::Mpmc { chan, .. } => vec![chan.as_str(), "mpmc"],
+            Job::OneCpuOneWay(..) | Job::OneCpuRtt(_) | Job::OneCpuFutex => vec!["one-cpu"],
             _ => vec![],
         };
         only.iter().any(|o| *o == id || o == group || extra.contains(&o.as_str()))
@@ -237,9 +249,25 @@ impl Runner {
     }
 
     fn pair(&mut self, roles: (&'static str, &'static str), args: Args, secs: u64) -> Result<Vec<Value>, Failure> {
-        let a = ChildCmd { role: roles.0, args: args.clone(), cpu: self.cpus.map(|c| c.0) };
-        let b = ChildCmd { role: roles.1, args, cpu: self.cpus.map(|c| c.1) };
+        let cpus = self.cpus;
+        self.pair_on(roles, args, secs, cpus)
+    }
+
+    fn pair_on(
+        &mut self,
+        roles: (&'static str, &'static str),
+        args: Args,
+        secs: u64,
+        cpus: Option<(usize, usize)>,
+    ) -> Result<Vec<Value>, Failure> {
+        let a = ChildCmd { role: roles.0, args: args.clone(), cpu: cpus.map(|c| c.0) };
+        let b = ChildCmd { role: roles.1, args, cpu: cpus.map(|c| c.1) };
         run_pair(&a, &b, Duration::from_secs(secs))
+    }
+
+    /// Both sides on the first CPU.
+    fn one_cpu(&self) -> Option<(usize, usize)> {
+        self.cpus.map(|(a, _)| (a, a))
     }
 
     fn py(&self) -> Result<&Python, Failure> {
@@ -269,6 +297,25 @@ impl Runner {
                 a.set("peer", e.name);
                 let out = self.pair((Role::RttClient.as_str(), Role::RttServer.as_str()), a, slow)?;
                 rtt(&out[0])
+            }
+            Job::OneCpuOneWay(e, size) => {
+                let mut a = self.args(size);
+                a.set("peer", e.name);
+                let cpus = self.one_cpu();
+                let out = self.pair_on((Role::OneWayTx.as_str(), Role::OneWayRx.as_str()), a, 60, cpus)?;
+                oneway(&out[1])
+            }
+            Job::OneCpuRtt(e) => {
+                let mut a = self.args(RTT_SIZE);
+                a.set("peer", e.name);
+                let cpus = self.one_cpu();
+                let out = self.pair_on((Role::RttClient.as_str(), Role::RttServer.as_str()), a, slow, cpus)?;
+                rtt(&out[0])
+            }
+            Job::OneCpuFutex => {
+                let a = self.args(RTT_SIZE);
+                let cpus = self.one_cpu();
+                rtt(&self.pair_on(("limit-futex-client", "limit-futex-server"), a, slow, cpus)?[0])
             }
             Job::Line => {
                 let a = self.args(RTT_SIZE);
@@ -472,6 +519,39 @@ fn plan_tables(
         };
         tables.push((Bench::new(id, &title, None, &[metric], note), jobs));
     }
+    if let Some((cpu, _)) = cpus {
+        let one_cpu: Vec<&Entry> =
+            peers.iter().filter(|e| ONE_CPU_PEERS.contains(&e.name) && (e.supports)(ONE_CPU_SIZE)).collect();
+        let note = format!(
+            "Both processes pinned to CPU {cpu}: every hand-off needs the other process scheduled, so a \
+             side that spins waiting only burns the time slice its peer needs. ringpool with its default \
+             (adaptive) waiting; the pipe blocks in the kernel; the futex floor sleeps at once. One-way: \
+             as the two-CPU table, {} ms measured after {} ms of warm-up.",
+            plan.measure_ms, plan.warm_ms
+        );
+        tables.push((
+            Bench::new(
+                "onecpu_oneway_8",
+                "one CPU shared: one-way throughput, 8 B messages",
+                None,
+                &[MSGS, BYTES, NS_PER_MSG],
+                &note,
+            ),
+            one_cpu.iter().map(|e| Job::OneCpuOneWay(**e, ONE_CPU_SIZE)).collect(),
+        ));
+        let mut jobs: Vec<Job> = one_cpu.iter().filter(|e| e.round_trip).map(|e| Job::OneCpuRtt(**e)).collect();
+        jobs.push(Job::OneCpuFutex);
+        tables.push((
+            Bench::new(
+                "onecpu_roundtrip_8",
+                "one CPU shared: round trip, 8-byte messages",
+                None,
+                &[RTT_MEDIAN, RTT_P99],
+                &format!("{note} Round trip: timed one by one as in the two-CPU table ({} per round).", plan.rtt.1),
+            ),
+            jobs,
+        ));
+    }
     let shapes: Vec<Job> = [
         (Chan::Ring, 1, 1),
         (Chan::Ring, 2, 1),
@@ -643,7 +723,7 @@ pub fn run(o: Options) -> i32 {
         let known: Vec<String> = tables
             .iter()
             .flat_map(|(_, jobs)| jobs.iter().map(|j| j.names().0))
-            .chain(["ringpool", "rust", "python", "floors", "mpmc"].map(String::from))
+            .chain(["ringpool", "rust", "python", "floors", "mpmc", "one-cpu"].map(String::from))
             .collect();
         if let Some(unknown) = only.iter().find(|n| !known.contains(n)) {
             eprintln!("ringpool-compare: --only {unknown}: no such peer or group here (see --list)");
