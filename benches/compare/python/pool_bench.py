@@ -3,8 +3,10 @@
     pool_bench.py map TASKS [CHUNKSIZE]   Pool(2).map(square, range(TASKS)) -> tasks/s
     pool_bench.py executor TASKS          ProcessPoolExecutor(2): submit each, as_completed -> tasks/s
     pool_bench.py scene3                  the seed's scene 3, Pool(4) start to shutdown -> ms
+    pool_bench.py bigparent fork|spawn    scene 3 with 1 GiB of touched heap in the parent -> ms
+    pool_bench.py mapworkers TASKS N      Pool(N).map(square, range(TASKS)) -> tasks/s
 
-Start method "fork". The pools are not pinned (the OS places the workers, as a user's would be).
+Start method "fork" (bigparent: the one named). The pools are not pinned (the OS places the workers, as a user's would be).
 For map and executor the pool is started and warmed up (one small map or a few tasks) before
 the clock starts; scene 3 times everything from Pool(4) to join(). Every result is checked;
 a wrong one ends the script with status 3. Prints one line: `RESULT {json}`.
@@ -67,10 +69,38 @@ def bench_scene3():
     return {"tasks": 100, "secs": secs, "wall_ms": secs * 1e3}
 
 
+def bench_bigparent(method):
+    # 1 GiB, every page written (repeating a non-zero byte writes every byte).
+    heap = bytearray(b"\x01") * (1 << 30)
+    t0 = time.perf_counter()
+    pool = mp.get_context(method).Pool(processes=4)
+    out = pool.map(square, list(range(100)))
+    pool.close()
+    pool.join()
+    secs = time.perf_counter() - t0
+    check(out == [i * i for i in range(100)], "bigparent results")
+    check(heap[len(heap) // 2] == 1, "the parent's heap changed")
+    return {"tasks": 100, "secs": secs, "wall_ms": secs * 1e3, "method": method}
+
+
+def bench_mapworkers(tasks, workers):
+    with mp.get_context("fork").Pool(workers) as pool:
+        check(pool.map(square, range(1000)) == [square(i) for i in range(1000)], "warm-up map")
+        t0 = time.perf_counter()
+        out = pool.map(square, range(tasks))
+        secs = time.perf_counter() - t0
+    check(len(out) == tasks and sum(out) == expect_sum(tasks), "map results")
+    return {"tasks": tasks, "workers": workers, "secs": secs, "tasks_per_s": tasks / secs}
+
+
 def main(argv):
     mode = argv[1]
     if mode == "map":
         result = bench_map(int(argv[2]), int(argv[3]) if len(argv) > 3 else None)
+    elif mode == "bigparent":
+        result = bench_bigparent(argv[2])
+    elif mode == "mapworkers":
+        result = bench_mapworkers(int(argv[2]), int(argv[3]))
     elif mode == "executor":
         result = bench_executor(int(argv[2]))
     else:

@@ -15,6 +15,8 @@
 //! | `Map { tasks, chunksize: Some(1) }` | the same with `chunksize=1` | tasks/s |
 //! | `Executor { tasks }` | `ProcessPoolExecutor(2)`: `submit` each task, then `as_completed`, summing results | tasks/s |
 //! | `Scene3` | `Pool(4)`, `map(square, range(100))`, `close`, `join`, all timed | milliseconds |
+//! | `BigParent { fork }` | scene 3 after touching 1 GiB of heap ([`BIG_PARENT_BYTES`]), start method fork or spawn | milliseconds |
+//! | `MapWorkers { tasks, workers }` | `Pool(workers).map(square, range(tasks))`, default chunk size, started and warmed up first | tasks/s |
 //!
 //! Check every result (the sum of squares is `(n-1)n(2n-1)/6`) and return an error on a wrong
 //! one. Name the struct's `LABEL` after what it runs, e.g. `"ringpool Pool(2)"`.
@@ -45,7 +47,22 @@ pub enum PoolWork {
     },
     /// The seed's scene 3: a 4-worker pool started, `map(square, range(100))`, shut down.
     Scene3,
+    /// Scene 3 with 1 GiB of touched heap in the parent, workers started by fork or by spawn.
+    BigParent {
+        /// `true`: fork; `false`: spawn (re-execute / a fresh interpreter).
+        fork: bool,
+    },
+    /// `map` of `tasks` tiny tasks with the default chunk size on a pool of `workers`.
+    MapWorkers {
+        /// How many tasks.
+        tasks: u64,
+        /// How many workers.
+        workers: u64,
+    },
 }
+
+/// The parent's heap for [`PoolWork::BigParent`]: 1 GiB.
+pub const BIG_PARENT_BYTES: usize = 1 << 30;
 
 impl PoolWork {
     /// As child arguments.
@@ -63,6 +80,12 @@ impl PoolWork {
             PoolWork::Scene3 => {
                 args.set("work", "scene3");
             }
+            PoolWork::BigParent { fork } => {
+                args.set("work", "bigparent").set("fork", fork);
+            }
+            PoolWork::MapWorkers { tasks, workers } => {
+                args.set("work", "mapworkers").set("tasks", tasks).set("workers", workers);
+            }
         }
     }
 
@@ -75,6 +98,8 @@ impl PoolWork {
             },
             "executor" => PoolWork::Executor { tasks: args.num("tasks")? },
             "scene3" => PoolWork::Scene3,
+            "bigparent" => PoolWork::BigParent { fork: args.num("fork")? },
+            "mapworkers" => PoolWork::MapWorkers { tasks: args.num("tasks")?, workers: args.num("workers")? },
             w => return Err(format!("unknown pool work {w}").into()),
         })
     }
@@ -122,7 +147,7 @@ pub fn run_child(args: &Args) -> Result<Value> {
     let work = PoolWork::from_args(args)?;
     let figure = (pool.run)(work)?;
     Ok(match work {
-        PoolWork::Scene3 => json!({ "wall_ms": figure }),
+        PoolWork::Scene3 | PoolWork::BigParent { .. } => json!({ "wall_ms": figure }),
         _ => json!({ "tasks_per_s": figure }),
     })
 }

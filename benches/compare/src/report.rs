@@ -140,7 +140,7 @@ impl Bench {
     }
 
     fn row_mut(&mut self, peer: &str, label: &str, kind: Kind) -> &mut Row {
-        if let Some(i) = self.rows.iter().position(|r| r.peer == peer) {
+        if let Some(i) = self.rows.iter().position(|r| r.peer == peer && r.label == label) {
             return &mut self.rows[i];
         }
         self.rows.push(Row {

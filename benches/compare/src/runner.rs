@@ -134,6 +134,18 @@ impl Job {
             Job::PyRtt => s("python-queue", "Python mp.Queue() pair"),
             Job::PyPool(PoolWork::Executor { .. }) => s("python-executor", "Python ProcessPoolExecutor(2)"),
             Job::PyPool(PoolWork::Scene3) => s("python-pool", "Python Pool(4)"),
+            Job::PyPool(PoolWork::BigParent { fork }) => {
+                s("python-pool", if *fork { "Python Pool(4), fork" } else { "Python Pool(4), spawn" })
+            }
+            Job::PyPool(PoolWork::MapWorkers { workers, .. }) => {
+                ("python-pool".into(), format!("Python Pool({workers})"))
+            }
+            Job::Pool(p, PoolWork::BigParent { fork }) => {
+                (p.name.to_string(), format!("{}(4), StartMethod::{}", p.label, if *fork { "Fork" } else { "Spawn" }))
+            }
+            Job::Pool(p, PoolWork::MapWorkers { workers, .. }) => {
+                (p.name.to_string(), format!("{}({workers})", p.label))
+            }
             Job::PyPool(_) => s("python-pool", "Python Pool(2)"),
             Job::Pool(p, _) => s(p.name, p.label),
             Job::Memcpy(_) => s("memcpy", "memcpy, hot cache"),
@@ -425,7 +437,7 @@ impl Runner {
 
 fn pool_figures(work: PoolWork, v: &Value) -> Result<Vec<(Metric, f64)>, Failure> {
     Ok(match work {
-        PoolWork::Scene3 => vec![(WALL_MS, num(v, "wall_ms")?)],
+        PoolWork::Scene3 | PoolWork::BigParent { .. } => vec![(WALL_MS, num(v, "wall_ms")?)],
         _ => vec![(TASKS, num(v, "tasks_per_s")?)],
     })
 }
@@ -504,6 +516,50 @@ fn plan_tables(
             PoolWork::Scene3,
         ),
     ];
+    let cores = cpu_count();
+    let big_note = format!(
+        "As scene 3, after the parent has touched 1 GiB of heap (a vector of a non-zero byte; Python: a \
+         bytearray), which it keeps: fork copies the parent's page tables into every worker (the pages \
+         themselves are shared copy-on-write); spawn re-executes the binary (ringpool) or starts a fresh \
+         interpreter (Python) and inherits nothing. From creating the pool to the end of join() ({cores} CPUs)."
+    );
+    let workers_note = format!(
+        "Pool(N).map of {} tiny tasks (x*x), default chunk size, pool started and warmed up first; \
+         {cores} CPUs: 8 workers oversubscribe them {}-fold.",
+        plan.map_tasks,
+        8 / cores.max(1)
+    );
+    let extra_pool_tables: [(&str, String, Vec<PoolWork>, Metric, String); 2] = [
+        (
+            "pool_start_1g",
+            "pool start with a 1 GiB parent: Pool(4), map of 100 tiny tasks, close, join; fork vs spawn".into(),
+            vec![PoolWork::BigParent { fork: true }, PoolWork::BigParent { fork: false }],
+            WALL_MS,
+            big_note,
+        ),
+        (
+            "pool_map_workers",
+            format!("Pool(8) vs Pool(2) on {cores} CPUs: map of {} tiny tasks", plan.map_tasks),
+            vec![
+                PoolWork::MapWorkers { tasks: plan.map_tasks, workers: 2 },
+                PoolWork::MapWorkers { tasks: plan.map_tasks, workers: 8 },
+            ],
+            TASKS,
+            workers_note,
+        ),
+    ];
+    for (id, title, works, metric, note) in extra_pool_tables {
+        let mut jobs: Vec<Job> = Vec::new();
+        for work in &works {
+            jobs.extend(pools.iter().map(|p| Job::Pool(*p, *work)));
+        }
+        if python {
+            jobs.extend(works.iter().map(|w| Job::PyPool(*w)));
+        }
+        let mut bench = Bench::new(id, &title, None, &[metric], &note);
+        bench.ratios = false;
+        tables.push((bench, jobs));
+    }
     for (id, title, work) in pool_tables {
         let mut jobs: Vec<Job> = pools.iter().map(|p| Job::Pool(*p, work)).collect();
         if python {
