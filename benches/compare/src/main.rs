@@ -18,6 +18,7 @@
 //! | [`python`] | Python's `multiprocessing` (scripts in `python/`) |
 //! | [`mpmc`] | producers x consumers: N sending and M receiving processes on one ringpool channel (and ipmpsc Nx1) |
 //! | [`pools`] | **the `PoolPeer` trait and its registration point** (ringpool's `Pool` goes here) |
+//! | [`typed`] | typed data: a 64-byte struct with a string, one-way, ringpool TypedRing beside ipc-channel and ipmpsc (serde) |
 //! | [`report`] | the markdown tables, the ratios and the JSON lines |
 //! | [`plot`] | the SVG of one-way throughput against message size |
 //! | [`harness`] | child processes, the link between them, pinning |
@@ -40,6 +41,7 @@ mod report;
 mod ringpool_pool;
 mod runner;
 mod shm;
+mod typed;
 mod workload;
 
 fn main() {

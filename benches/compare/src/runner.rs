@@ -114,6 +114,8 @@ enum Job {
     OneCpuRtt(Entry),
     /// The futex floor with both processes pinned to the same CPU.
     OneCpuFutex,
+    /// Typed one-way: `typed::PEERS[i]`.
+    Typed(usize),
     /// Producers x consumers, 8-byte messages.
     Mpmc {
         chan: Chan,
@@ -153,6 +155,7 @@ impl Job {
             Job::Futex => s("futex", "futex wake/wait, both sleeping"),
             Job::Calls => s("floors", "system call, clock read"),
             Job::Faults => s("faults", "what goes wrong"),
+            Job::Typed(i) => s(crate::typed::PEERS[*i].0, crate::typed::PEERS[*i].1),
             Job::Mpmc { chan, senders, receivers } => {
                 let what = match chan {
                     Chan::Ring => "ringpool Ring",
@@ -187,6 +190,8 @@ impl Job {
             Job::PyQueue { .. } | Job::PyRtt | Job::PyPool(_) => Kind::Python,
             Job::Memcpy(_) | Job::Line | Job::Futex | Job::Calls | Job::OneCpuFutex => Kind::Floor,
             Job::Faults => Kind::Peer,
+            Job::Typed(0) => Kind::Ours,
+            Job::Typed(_) => Kind::Peer,
             Job::Mpmc { chan: Chan::Ipmpsc, .. } => Kind::Peer,
             Job::Mpmc { .. } => Kind::Ours,
         }
@@ -212,6 +217,7 @@ impl Job {
             Job::Faults => vec!["shmsync", "ringpool"],
             Job::Mpmc { chan, .. } => vec![chan.as_str(), "mpmc"],
             Job::OneCpuOneWay(..) | Job::OneCpuRtt(_) | Job::OneCpuFutex => vec!["one-cpu"],
+            Job::Typed(_) => vec!["typed"],
             _ => vec![],
         };
         only.iter().any(|o| *o == id || o == group || extra.contains(&o.as_str()))
@@ -349,6 +355,11 @@ impl Runner {
             }
             Job::Calls | Job::Faults => unreachable!("handled by run_calls, run_faults"),
             Job::Mpmc { chan, senders, receivers } => self.run_mpmc(chan, senders, receivers),
+            Job::Typed(i) => {
+                let mut a = self.args(std::mem::size_of::<crate::typed::Record>());
+                a.set("peer", crate::typed::PEERS[i].0);
+                oneway(&self.pair(("typed-tx", "typed-rx"), a, 60)?[1])
+            }
             Job::PyQueue { size, maxsize } => {
                 oneway(&self.py()?.queue_oneway(size, maxsize, p.py_queue, self.cpus, Duration::from_secs(slow))?)
             }
@@ -608,6 +619,24 @@ fn plan_tables(
             jobs,
         ));
     }
+    tables.push((
+        Bench::new(
+            "typed_oneway_64",
+            "typed one-way: a 64-byte struct holding a short string",
+            None,
+            &[MSGS, BYTES, NS_PER_MSG],
+            &format!(
+                "Two processes {pin}. struct Record {{ seq, key, extra: u64, value: f64, count, flags: u32, \
+                 name: String (\"item-<seq>\", 6 to 25 bytes) }}, 64 bytes, built fresh per message (a new \
+                 String) and sent with each peer's typed API; every field of every message compared on arrival. \
+                 ringpool: TypedSender::send (rkyv, straight into the ring), TypedReceiver::recv_archived \
+                 (validated, read in place). ipc-channel and ipmpsc: serde (bincode), a new Record per \
+                 message on arrival. bytes/s counts 64 bytes per message. {} ms measured after {} ms of warm-up.",
+                plan.measure_ms, plan.warm_ms
+            ),
+        ),
+        (0..crate::typed::PEERS.len()).map(Job::Typed).collect(),
+    ));
     let shapes: Vec<Job> = [
         (Chan::Ring, 1, 1),
         (Chan::Ring, 2, 1),
@@ -779,7 +808,7 @@ pub fn run(o: Options) -> i32 {
         let known: Vec<String> = tables
             .iter()
             .flat_map(|(_, jobs)| jobs.iter().map(|j| j.names().0))
-            .chain(["ringpool", "rust", "python", "floors", "mpmc", "one-cpu"].map(String::from))
+            .chain(["ringpool", "rust", "python", "floors", "mpmc", "one-cpu", "typed"].map(String::from))
             .collect();
         if let Some(unknown) = only.iter().find(|n| !known.contains(n)) {
             eprintln!("ringpool-compare: --only {unknown}: no such peer or group here (see --list)");
