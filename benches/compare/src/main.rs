@@ -19,6 +19,7 @@
 //! | [`mpmc`] | producers x consumers: N sending and M receiving processes on one ringpool channel (and ipmpsc Nx1) |
 //! | [`pools`] | **the `PoolPeer` trait and its registration point** (ringpool's `Pool` goes here) |
 //! | [`typed`] | typed data: a 64-byte struct with a string, one-way, ringpool TypedRing beside ipc-channel and ipmpsc (serde) |
+//! | [`typed_pool`] | typed pool maps: strings and `Vec<f64>`s, ringpool (`archived-pool`), procspawn, Python |
 //! | [`report`] | the markdown tables, the ratios and the JSON lines |
 //! | [`plot`] | the SVG of one-way throughput against message size |
 //! | [`harness`] | child processes, the link between them, pinning |
@@ -42,9 +43,12 @@ mod ringpool_pool;
 mod runner;
 mod shm;
 mod typed;
+mod typed_pool;
 mod workload;
 
 fn main() {
+    // procspawn's pool (the typed pool rows) re-executes this binary; its workers stop here.
+    procspawn::init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child") {
         child::main(&args[1..]);

@@ -96,6 +96,8 @@ impl Python {
             PoolWork::Executor { tasks } => vec!["executor".into(), tasks.to_string()],
             PoolWork::Scene3 => vec!["scene3".into()],
             PoolWork::BigParent { fork } => vec!["bigparent".into(), if fork { "fork" } else { "spawn" }.into()],
+            PoolWork::Strings { items } => vec!["strings".into(), items.to_string()],
+            PoolWork::Vecs { items } => vec!["vecs".into(), items.to_string()],
             PoolWork::MapWorkers { tasks, workers } => {
                 vec!["mapworkers".into(), tasks.to_string(), workers.to_string()]
             }

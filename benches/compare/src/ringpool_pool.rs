@@ -37,6 +37,10 @@ impl PoolPeer for RingpoolPool {
          default chunking or chunk_size(1); submit + as_completed; inputs and results as 8 bytes in shared slots";
     const OURS: bool = true;
 
+    fn supports(work: PoolWork) -> bool {
+        !work.is_typed() || cfg!(feature = "archived-pool")
+    }
+
     fn run(work: PoolWork) -> Result<f64> {
         match work {
             PoolWork::Map { tasks, chunksize } => {
@@ -64,6 +68,14 @@ impl PoolPeer for RingpoolPool {
                 let secs = t.elapsed().as_secs_f64();
                 check(sum, tasks)?;
                 Ok(tasks as f64 / secs)
+            }
+            #[cfg(feature = "archived-pool")]
+            PoolWork::Strings { items } => crate::typed_pool::ringpool_side::strings(items),
+            #[cfg(feature = "archived-pool")]
+            PoolWork::Vecs { items } => crate::typed_pool::ringpool_side::vecs(items),
+            #[cfg(not(feature = "archived-pool"))]
+            PoolWork::Strings { .. } | PoolWork::Vecs { .. } => {
+                Err("built without the runner's feature archived-pool (Pool::map_archived)".into())
             }
             PoolWork::MapWorkers { tasks, workers } => {
                 let pool = Pool::new(workers as usize)?;

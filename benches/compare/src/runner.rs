@@ -52,6 +52,8 @@ struct Plan {
     executor_tasks: u64,
     limit_ms: u64,
     mpmc_msgs: u64,
+    typed_strings: u64,
+    typed_vecs: u64,
 }
 
 impl Plan {
@@ -70,6 +72,8 @@ impl Plan {
                 executor_tasks: 5_000,
                 limit_ms: 50,
                 mpmc_msgs: 2_000_000,
+                typed_strings: 20_000,
+                typed_vecs: 2_000,
             }
         } else {
             Self {
@@ -85,6 +89,8 @@ impl Plan {
                 executor_tasks: 20_000,
                 limit_ms: 200,
                 mpmc_msgs: 8_000_000,
+                typed_strings: 100_000,
+                typed_vecs: 10_000,
             }
         }
     }
@@ -145,6 +151,7 @@ impl Job {
             Job::Pool(p, PoolWork::BigParent { fork }) => {
                 (p.name.to_string(), format!("{}(4), StartMethod::{}", p.label, if *fork { "Fork" } else { "Spawn" }))
             }
+            Job::PyPool(PoolWork::Strings { .. } | PoolWork::Vecs { .. }) => s("python-pool", "Python Pool(2)"),
             Job::Pool(p, PoolWork::MapWorkers { workers, .. }) => {
                 (p.name.to_string(), format!("{}({workers})", p.label))
             }
@@ -559,20 +566,50 @@ fn plan_tables(
             workers_note,
         ),
     ];
-    for (id, title, works, metric, note) in extra_pool_tables {
+    let ringpool_typed = if cfg!(feature = "archived-pool") {
+        "ringpool: Pool::map_archived, each item rkyv-archived into shared memory and read in place by the task, the result deserialized in the parent."
+    } else {
+        "ringpool's row needs Pool::map_archived: build the runner with --features archived-pool once the crate has it."
+    };
+    let typed_note = |what: &str| {
+        format!(
+            "{what} Pool of 2 workers, started and warmed up before the clock; only the map is timed; every \
+             result compared with the task run in the parent. {ringpool_typed} procspawn: Pool::new(2), \
+             spawn(item, task) per item (serde through ipc-channel), 256 in flight. Python: Pool(2).map \
+             (fork, default chunk size), the same data and task."
+        )
+    };
+    let typed_tables: [(&str, String, Vec<PoolWork>, Metric, String); 2] = [
+        (
+            "pool_map_strings",
+            format!("pool map over {} strings of 16..200 bytes, returning a struct with a String", plan.typed_strings),
+            vec![PoolWork::Strings { items: plan.typed_strings }],
+            TASKS,
+            typed_note("Task: the length, the count of 'a's and the first 8 bytes uppercased (a new String)."),
+        ),
+        (
+            "pool_map_vecs",
+            format!("pool map over {} Vec<f64> of 1000, returning the sum and 10 block sums", plan.typed_vecs),
+            vec![PoolWork::Vecs { items: plan.typed_vecs }],
+            TASKS,
+            typed_note("Task: the sum of the 1000 values and the sums of their 10 blocks of 100 (a new Vec<f64>)."),
+        ),
+    ];
+    for (id, title, works, metric, note) in extra_pool_tables.into_iter().chain(typed_tables) {
         let mut jobs: Vec<Job> = Vec::new();
         for work in &works {
-            jobs.extend(pools.iter().map(|p| Job::Pool(*p, *work)));
+            jobs.extend(pools.iter().filter(|p| (p.supports)(*work)).map(|p| Job::Pool(*p, *work)));
         }
         if python {
             jobs.extend(works.iter().map(|w| Job::PyPool(*w)));
         }
         let mut bench = Bench::new(id, &title, None, &[metric], &note);
-        bench.ratios = false;
+        // Ratios only where ringpool's row compares with other pools on the same work.
+        bench.ratios = works.iter().all(|w| w.is_typed());
         tables.push((bench, jobs));
     }
     for (id, title, work) in pool_tables {
-        let mut jobs: Vec<Job> = pools.iter().map(|p| Job::Pool(*p, work)).collect();
+        let mut jobs: Vec<Job> = pools.iter().filter(|p| (p.supports)(work)).map(|p| Job::Pool(*p, work)).collect();
         if python {
             jobs.push(Job::PyPool(work));
         }
