@@ -809,7 +809,16 @@ pub fn run(o: Options) -> i32 {
         }
         println!("python: python-queue, python-queue-1000, python-pool, python-executor");
         println!("floors: memcpy, cache-line, futex, floors (system call and clock read)");
-        println!("groups: ringpool, rust, python, floors");
+        println!("typed one-way (a 64-byte struct with a String):");
+        for (id, label) in crate::typed::PEERS {
+            println!("  {id:<14} {label}");
+        }
+        println!("tables of their own (select with --only NAME, or with a peer's name or group):");
+        println!("  mpmc           producers x consumers, 8 B: ringpool Ring/Queue 1x1..4x4, ipmpsc Nx1");
+        println!("  one-cpu        both processes pinned to one CPU: {}, futex floor", ONE_CPU_PEERS.join(", "));
+        println!("  typed          typed one-way (above); the typed pool maps run with the pools");
+        println!("  faults         what goes wrong: raw_sync's timed waits and dead lock holder, beside ringpool's");
+        println!("groups: ringpool, rust, python, floors, mpmc, one-cpu, typed");
         return 0;
     }
     if cfg!(debug_assertions) {
