@@ -269,3 +269,26 @@ pub fn run(role: &str, args: &Args) -> Result<Value> {
         _ => Err(format!("unknown mpmc role {role}").into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_tally_is_the_sum_over_the_sequence() {
+        for n in [0u64, 1, 2, 7, 1000] {
+            let mut t = Tally::default();
+            for s in 0..n {
+                t.count += 1;
+                t.sum += u128::from(s);
+                t.sum_sq += u128::from(s) * u128::from(s);
+            }
+            assert_eq!(t, Tally::expected(n), "n = {n}");
+        }
+        // A lost message and a duplicated one do not cancel out.
+        let mut t = Tally::expected(100);
+        t.sum = t.sum - 40 + 41;
+        t.sum_sq = t.sum_sq - 40 * 40 + 41 * 41;
+        assert_ne!(t, Tally::expected(100));
+    }
+}

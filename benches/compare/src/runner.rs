@@ -152,6 +152,9 @@ impl Job {
                 (p.name.to_string(), format!("{}(4), StartMethod::{}", p.label, if *fork { "Fork" } else { "Spawn" }))
             }
             Job::PyPool(PoolWork::Strings { .. } | PoolWork::Vecs { .. }) => s("python-pool", "Python Pool(2)"),
+            Job::Pool(p, PoolWork::Strings { .. } | PoolWork::Vecs { .. }) if p.ours => {
+                (p.name.to_string(), format!("{}(2).map_archived", p.label))
+            }
             Job::Pool(p, PoolWork::MapWorkers { workers, .. }) => {
                 (p.name.to_string(), format!("{}({workers})", p.label))
             }

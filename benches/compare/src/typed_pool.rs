@@ -205,3 +205,25 @@ pub mod ringpool_side {
         Ok(items as f64 / secs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_has_the_promised_shape_and_checks_catch_a_wrong_result() {
+        let lens: Vec<usize> = (0..2000).map(|i| make_string(i).len()).collect();
+        assert!(lens.iter().all(|&n| (16..=200).contains(&n)));
+        assert_eq!((lens.iter().min(), lens.iter().max()), (Some(&16), Some(&200)));
+        assert_eq!(make_string(0), "afkpuzejotydinsx"); // as pool_bench.py makes it
+        assert_eq!(make_vec(3).len(), 1000);
+        let mut out: Vec<StrOut> = (0..10).map(|i| str_task(make_string(i))).collect();
+        check_strings(&out, 10).expect("right results check");
+        out[4].head.push('x');
+        assert!(check_strings(&out, 10).is_err());
+        let mut out: Vec<VecOut> = (0..3).map(|i| vec_task(make_vec(i))).collect();
+        check_vecs(&out, 3).expect("right results check");
+        out[2].blocks[9] += 1.0;
+        assert!(check_vecs(&out, 3).is_err());
+    }
+}
