@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::harness::{Args, Link, RESULT_PREFIX, Result, pin};
 use crate::peers::{Role, Session, Spec};
-use crate::{limits, peers, pools};
+use crate::{faults, limits, mpmc, peers, pools, typed};
 
 /// Runs one role and exits: status 0 with a `RESULT {json}` line, 1 on an error,
 /// [`crate::payload::MISMATCH_EXIT`] on a wrong message.
@@ -51,6 +51,12 @@ fn run(role: &str, words: &[String]) -> Result<serde_json::Value> {
         (entry.run)(r, &session)
     } else if limits::ROLES.contains(&role) {
         limits::run(role, link.as_ref(), &args)
+    } else if typed::ROLES.contains(&role) {
+        typed::run(role, link.as_ref(), &args)
+    } else if mpmc::ROLES.contains(&role) {
+        mpmc::run(role, &args)
+    } else if faults::ROLES.contains(&role) {
+        faults::run(role, &args)
     } else if role == "pool" {
         pools::run_child(&args)
     } else {

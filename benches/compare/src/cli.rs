@@ -7,7 +7,10 @@ pub const USAGE: &str = "\
 usage: cargo run --release -p ringpool-compare -- [OPTIONS]
 
 Measures ringpool beside every peer in one run: one-way throughput at 8 B, 1 KiB, 64 KiB and
-1 MiB, the 8-byte round trip, Python's multiprocessing queues and pools, and the physical floors.
+1 MiB, the 8-byte round trip, both on one shared CPU too, producers x consumers, typed data (a
+struct with a String one-way; pool maps over strings and Vec<f64>s), Python's multiprocessing
+queues and pools, pool start with a 1 GiB parent, what goes wrong (failures counted), and the
+physical floors.
 Every peer runs as two separate processes pinned to two CPUs; every message is written in full
 and checked. The tables go to stdout (markdown), progress to stderr.
 

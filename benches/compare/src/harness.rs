@@ -280,6 +280,22 @@ pub fn run_pair(a: &ChildCmd, b: &ChildCmd, deadline: Duration) -> std::result::
     collect(vec![(a.role.to_string(), ca), (b.role.to_string(), cb)], deadline)
 }
 
+/// Runs several children that need no link (they meet through a named channel and a start
+/// time); returns their results in the order given.
+pub fn run_many(cmds: &[ChildCmd], deadline: Duration) -> std::result::Result<Vec<Value>, Failure> {
+    let mut kids = Vec::new();
+    for cmd in cmds {
+        match spawn(cmd, None) {
+            Ok(c) => kids.push((cmd.role.to_string(), c)),
+            Err(e) => {
+                collect(kids, Duration::ZERO).ok();
+                return Err(e.into());
+            }
+        }
+    }
+    collect(kids, deadline)
+}
+
 /// Runs a child that needs no partner.
 pub fn run_single(a: &ChildCmd, deadline: Duration) -> std::result::Result<Value, Failure> {
     let c = spawn(a, None)?;

@@ -95,6 +95,12 @@ impl Python {
             PoolWork::Map { tasks, chunksize: Some(c) } => vec!["map".into(), tasks.to_string(), c.to_string()],
             PoolWork::Executor { tasks } => vec!["executor".into(), tasks.to_string()],
             PoolWork::Scene3 => vec!["scene3".into()],
+            PoolWork::BigParent { fork } => vec!["bigparent".into(), if fork { "fork" } else { "spawn" }.into()],
+            PoolWork::Strings { items } => vec!["strings".into(), items.to_string()],
+            PoolWork::Vecs { items } => vec!["vecs".into(), items.to_string()],
+            PoolWork::MapWorkers { tasks, workers } => {
+                vec!["mapworkers".into(), tasks.to_string(), workers.to_string()]
+            }
         };
         self.run("python pool", &self.pool_script, &args, deadline)
     }

@@ -37,6 +37,10 @@ pub const RTT_P99: Metric = Metric { id: "rtt_p99", title: "p99", unit: "ns", hi
 pub const TASKS: Metric = Metric { id: "tasks_per_s", title: "tasks/s", unit: "tasks/s", higher_is_better: true };
 /// Wall time of a whole scene.
 pub const WALL_MS: Metric = Metric { id: "wall_ms", title: "wall time", unit: "ms", higher_is_better: false };
+/// Failures counted (the "what goes wrong" table).
+pub const FAILURES: Metric = Metric { id: "failures", title: "failures", unit: "count", higher_is_better: false };
+/// Trials behind a count of failures.
+pub const TRIALS: Metric = Metric { id: "trials", title: "trials", unit: "count", higher_is_better: false };
 /// Time per call.
 pub const NS_PER_CALL: Metric = Metric { id: "ns_per_call", title: "per call", unit: "ns", higher_is_better: false };
 
@@ -94,6 +98,8 @@ pub struct Bench {
     pub note: String,
     /// The rows, in the order first measured.
     pub rows: Vec<Row>,
+    /// Whether ringpool's rows add ratio columns (not for counts of failures).
+    pub ratios: bool,
 }
 
 /// Median, min and max.
@@ -129,11 +135,12 @@ impl Bench {
             metrics: metrics.to_vec(),
             note: note.into(),
             rows: Vec::new(),
+            ratios: true,
         }
     }
 
     fn row_mut(&mut self, peer: &str, label: &str, kind: Kind) -> &mut Row {
-        if let Some(i) = self.rows.iter().position(|r| r.peer == peer) {
+        if let Some(i) = self.rows.iter().position(|r| r.peer == peer && r.label == label) {
             return &mut self.rows[i];
         }
         self.rows.push(Row {
@@ -199,6 +206,7 @@ pub fn human(value: f64, unit: &str) -> String {
         "ns" => format!("{} ns", sig3(value)),
         "ms" => format!("{} ms", sig3(value)),
         "B/s" => si(value, "B/s"),
+        "count" => format!("{value:.0}"),
         "msg/s" | "tasks/s" => si(value, "/s"),
         _ => sig3(value),
     }
@@ -243,7 +251,8 @@ impl Report {
     }
 
     fn table(&self, out: &mut String, b: &Bench) {
-        let ours: Vec<&Row> = b.rows.iter().filter(|r| r.kind == Kind::Ours && b.primary(r).is_some()).collect();
+        let ours: Vec<&Row> =
+            b.rows.iter().filter(|r| b.ratios && r.kind == Kind::Ours && b.primary(r).is_some()).collect();
         let m0 = b.metrics[0];
         writeln!(out, "\n### {}\n", b.title).ok();
         if !b.note.is_empty() {

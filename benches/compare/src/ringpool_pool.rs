@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use ringpool::Pool;
 use ringpool::pool::as_completed;
+use ringpool::process::StartMethod;
 
 use crate::harness::Result;
 use crate::pools::{PoolPeer, PoolWork};
@@ -36,6 +37,10 @@ impl PoolPeer for RingpoolPool {
          default chunking or chunk_size(1); submit + as_completed; inputs and results as 8 bytes in shared slots";
     const OURS: bool = true;
 
+    fn supports(work: PoolWork) -> bool {
+        !work.is_typed() || cfg!(feature = "archived-pool")
+    }
+
     fn run(work: PoolWork) -> Result<f64> {
         match work {
             PoolWork::Map { tasks, chunksize } => {
@@ -63,6 +68,41 @@ impl PoolPeer for RingpoolPool {
                 let secs = t.elapsed().as_secs_f64();
                 check(sum, tasks)?;
                 Ok(tasks as f64 / secs)
+            }
+            #[cfg(feature = "archived-pool")]
+            PoolWork::Strings { items } => crate::typed_pool::ringpool_side::strings(items),
+            #[cfg(feature = "archived-pool")]
+            PoolWork::Vecs { items } => crate::typed_pool::ringpool_side::vecs(items),
+            #[cfg(not(feature = "archived-pool"))]
+            PoolWork::Strings { .. } | PoolWork::Vecs { .. } => {
+                Err("built without the runner's feature archived-pool (Pool::map_archived)".into())
+            }
+            PoolWork::MapWorkers { tasks, workers } => {
+                let pool = Pool::new(workers as usize)?;
+                pool.map(square, 0..1000u64).map_err(|e| e.to_string())?;
+                let t = Instant::now();
+                let out = pool.map(square, 0..tasks).map_err(|e| e.to_string())?;
+                let secs = t.elapsed().as_secs_f64();
+                check(out.iter().fold(0u64, |a, &b| a.wrapping_add(b)), tasks)?;
+                Ok(tasks as f64 / secs)
+            }
+            PoolWork::BigParent { fork } => {
+                // 1 GiB, every page touched (vec! of a non-zero byte is a memset), kept alive
+                // across the measurement.
+                let heap = std::hint::black_box(vec![1u8; crate::pools::BIG_PARENT_BYTES]);
+                let method = if fork { StartMethod::Fork } else { StartMethod::Spawn };
+                let t = Instant::now();
+                let pool = Pool::builder().workers(4).start_method(method).build()?;
+                let out = pool.map(square, 0..100u64).map_err(|e| e.to_string())?;
+                pool.close();
+                pool.join()?;
+                drop(pool);
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                check(out.iter().sum(), 100)?;
+                if heap[heap.len() / 2] != 1 {
+                    return Err("the parent's heap changed".into());
+                }
+                Ok(ms)
             }
             PoolWork::Scene3 => {
                 let t = Instant::now();

@@ -32,6 +32,7 @@ mod ipmpsc;
 mod pipe;
 mod ringpool_queue;
 mod ringpool_ring;
+pub mod shmsync;
 mod stream;
 mod unix_socket;
 
@@ -53,6 +54,7 @@ pub fn all() -> Vec<Entry> {
         entry::<ipmpsc::Ipmpsc>(),
         entry::<ipc_channel::IpcChannel>(),
         entry::<iceoryx2::Iceoryx2>(),
+        entry::<shmsync::ShmSync>(),
     ]
 }
 
