@@ -322,12 +322,14 @@ fn cases(target: Target, (total_len, payload_len): (u64, u64)) -> Vec<Case> {
     // event count.
     out.extend(one("send.sticky", At::Payload(SEND_LOCK + 4), 4, few(0), &survive));
     out.extend(one("recv.sticky", At::Payload(RECV_LOCK + 4), 4, few(0), &survive));
-    // Layout 4: the solo holder's "inside an operation" word and a taker's claim, after each
-    // side's counters.
+    // Layout 4: the solo holder's "inside an operation" word, a taker's claim, and the yields
+    // counter, after each side's counters.
     out.extend(one("send.busy", At::Payload(SEND_LOCK + 48), 4, few(0), &survive));
     out.extend(one("send.steal", At::Payload(SEND_LOCK + 52), 4, few(0), &survive));
     out.extend(one("recv.busy", At::Payload(RECV_LOCK + 48), 4, few(0), &survive));
     out.extend(one("recv.steal", At::Payload(RECV_LOCK + 52), 4, few(0), &survive));
+    out.extend(one("send.yields", At::Payload(SEND_LOCK + 56), 8, few(0), &survive));
+    out.extend(one("recv.yields", At::Payload(RECV_LOCK + 56), 8, few(0), &survive));
     out.extend(one("not_empty.cpu", At::Payload(HEAD + 128 + 8), 4, few(0), &survive));
     out.extend(one("not_full.cpu", At::Payload(HEAD + 256 + 8), 4, few(0), &survive));
     out.extend(one("membership.gone", At::Payload(GONE), 4, few(0), &survive));

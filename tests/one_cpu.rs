@@ -1,5 +1,6 @@
-//! Both ends of a ring on one CPU: a waiter whose peer last ran on its own CPU parks instead of
-//! spinning through the time slice that peer needs (adaptive waiting, `ring/wait.rs`).
+//! Both ends of a ring on one CPU: a waiter whose peer last ran on its own CPU yields that CPU to
+//! the peer instead of spinning through the time slice the peer needs (adaptive waiting,
+//! `ring/wait.rs`).
 
 mod common;
 
@@ -21,11 +22,12 @@ fn pin(cpu: usize) {
 }
 
 /// A ping-pong with the default spin policy, both processes pinned to the same CPU: every value
-/// arrives, and the waiters park (the decision not to spin was taken) rather than spin until the
-/// scheduler happens to run the peer. Before adaptive waiting, each waiter spun (yielding now and
-/// then) and its spin usually caught the reply: almost no parks.
+/// arrives, and the waiters yield the CPU to their peer (the decision not to spin was taken)
+/// rather than spin until the scheduler happens to run the peer: at least one yield or park per
+/// wait. Before adaptive waiting, each waiter spun and its spin usually caught the reply with
+/// neither a yield nor a park.
 #[test]
-fn waiters_sharing_a_cpu_with_their_peer_park() {
+fn waiters_sharing_a_cpu_with_their_peer_yield_to_it() {
     let original = sched_getaffinity(Pid::from_raw(0)).unwrap();
     let cpu = (0..CpuSet::count()).find(|&i| original.is_set(i).unwrap_or(false)).expect("an allowed CPU");
     let there = Ring::builder().capacity(4096).anonymous().unwrap();
@@ -54,6 +56,9 @@ fn waiters_sharing_a_cpu_with_their_peer_park() {
     }
     sched_setaffinity(Pid::from_raw(0), &original).unwrap();
     echo.join(LONG);
-    let parks = there.stats().recv_parks + back.stats().recv_parks;
-    assert!(parks >= ROUNDS, "{parks} parks in {ROUNDS} round trips on one CPU: the waiters spun");
+    let (a, b) = (there.stats(), back.stats());
+    let yields = a.recv_yields + b.recv_yields;
+    let handed = yields + a.recv_parks + b.recv_parks;
+    assert!(handed >= ROUNDS, "{handed} yields and parks in {ROUNDS} round trips on one CPU: the waiters spun");
+    assert!(yields > 0, "no waiter yielded its CPU to the peer that shares it");
 }

@@ -275,6 +275,8 @@ fn ring_json(s: &RingSnapshot) -> Value {
             "bytes_received": s.stats.bytes_received,
             "send_parks": s.stats.send_parks,
             "recv_parks": s.stats.recv_parks,
+            "send_yields": s.stats.send_yields,
+            "recv_yields": s.stats.recv_yields,
             "send_recoveries": s.stats.send_recoveries,
             "recv_recoveries": s.stats.recv_recoveries,
         },
@@ -440,12 +442,12 @@ fn print_full(r: &SegmentReport) {
         println!("  locks:     send {}, receive {}", lock(s.send_lock), lock(s.recv_lock));
         let st = &s.stats;
         println!(
-            "  sent:      {} messages, {} bytes; {} parks, {} lock recoveries",
-            st.sent, st.bytes_sent, st.send_parks, st.send_recoveries
+            "  sent:      {} messages, {} bytes; {} parks, {} yields, {} lock recoveries",
+            st.sent, st.bytes_sent, st.send_parks, st.send_yields, st.send_recoveries
         );
         println!(
-            "  received:  {} messages, {} bytes; {} parks, {} lock recoveries",
-            st.received, st.bytes_received, st.recv_parks, st.recv_recoveries
+            "  received:  {} messages, {} bytes; {} parks, {} yields, {} lock recoveries",
+            st.received, st.bytes_received, st.recv_parks, st.recv_yields, st.recv_recoveries
         );
         println!("  members:   {} of {}", s.members.len(), s.max_members);
         for m in &s.members {

@@ -91,6 +91,8 @@ pub(crate) struct Side {
     /// The member taking the kept lock from an idle holder: its token, with [`STEAL_DONE`] once
     /// the lock word names it (0: nobody). Claimed and cleared by compare-and-swap only.
     pub steal: AtomicU32,
+    /// Times a member of this side, waiting, yielded its CPU to a peer that shares it.
+    pub yields: AtomicU64,
 }
 
 /// An event count and, on its line, the CPU the side that notifies it last ran on. The line is

@@ -830,7 +830,7 @@ impl Core {
             if let Wait::Try = wait {
                 return Err(Fail::WouldBlock);
             }
-            self.wait_for(&c.not_full, &c.recv.sticky, &c.send.parks, spin, wait, Role::Receiver, || {
+            self.wait_for(&c.not_full, &c.recv.sticky, &c.send, spin, wait, Role::Receiver, || {
                 let t = c.tail.load(Ordering::Relaxed);
                 let h = c.head.load(Ordering::Acquire);
                 // A tail behind the head means a sender died after publishing and before moving
@@ -995,7 +995,7 @@ impl Core {
             if let Wait::Try = wait {
                 return Err(Fail::WouldBlock);
             }
-            self.wait_for(&c.not_empty, &c.send.sticky, &c.recv.parks, spin, wait, Role::Sender, || {
+            self.wait_for(&c.not_empty, &c.send.sticky, &c.recv, spin, wait, Role::Sender, || {
                 !matches!(probe(c.head.load(Ordering::Acquire)), Ok(None))
             })?;
             waited = true;

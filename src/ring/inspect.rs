@@ -220,13 +220,14 @@ fn parse_control(buf: &[u8], h: &HeaderInfo, expected_format: u32) -> Result<Rin
     if cfg.format == FORMAT_SLOTS && cfg.item_size != h.fingerprint.size {
         return Err("the queue's slot size differs from its payload type's size");
     }
-    let side = |side_at: usize| -> Result<(u32, [u64; 4]), &'static str> {
+    let side = |side_at: usize| -> Result<(u32, [u64; 5]), &'static str> {
         let word = u32_at(buf, side_at + std::mem::offset_of!(Side, lock))?;
         let counters = [
             u64_at(buf, side_at + std::mem::offset_of!(Side, messages))?,
             u64_at(buf, side_at + std::mem::offset_of!(Side, bytes))?,
             u64_at(buf, side_at + std::mem::offset_of!(Side, parks))?,
             u64_at(buf, side_at + std::mem::offset_of!(Side, recoveries))?,
+            u64_at(buf, side_at + std::mem::offset_of!(Side, yields))?,
         ];
         Ok((word, counters))
     };
@@ -324,6 +325,8 @@ fn parse_control(buf: &[u8], h: &HeaderInfo, expected_format: u32) -> Result<Rin
         bytes_received: r[1],
         send_parks: s[2],
         recv_parks: r[2],
+        send_yields: s[4],
+        recv_yields: r[4],
         send_recoveries: s[3],
         recv_recoveries: r[3],
         senders: sa.saturating_add(sd),

@@ -79,6 +79,11 @@ pub struct Stats {
     pub send_parks: u64,
     /// Times a receiver parked in the kernel waiting for a message.
     pub recv_parks: u64,
+    /// Times a sender waiting for room yielded its CPU to a receiver that shares it (adaptive
+    /// waiting: instead of spinning through the time slice the receiver needs).
+    pub send_yields: u64,
+    /// Times a receiver waiting for a message yielded its CPU to a sender that shares it.
+    pub recv_yields: u64,
     /// Times the send lock was taken over from a dead owner.
     pub send_recoveries: u64,
     /// Times the receive lock was taken over from a dead owner.
@@ -99,6 +104,8 @@ impl Stats {
             bytes_received: r.bytes.load(Ordering::Relaxed),
             send_parks: s.parks.load(Ordering::Relaxed),
             recv_parks: r.parks.load(Ordering::Relaxed),
+            send_yields: s.yields.load(Ordering::Relaxed),
+            recv_yields: r.yields.load(Ordering::Relaxed),
             send_recoveries: s.recoveries.load(Ordering::Relaxed),
             recv_recoveries: r.recoveries.load(Ordering::Relaxed),
             senders: core.live_count(Role::Sender),

@@ -1,7 +1,7 @@
 //! Waiting for room or for data: spin for a bounded time, then park on an event count, waking
 //! now and then to look for dead peers.
 
-use crate::sys::atomic::{AtomicU32, AtomicU64, Ordering};
+use crate::sys::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use super::core::{Core, Role};
@@ -51,6 +51,9 @@ pub(crate) fn asymmetric_fence() -> bool {
     // SAFETY: as in register_for_fences.
     unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) == 0 }
 }
+
+/// How many times a waiter whose peer last ran on its own CPU yields that CPU before it parks.
+const SHARED_CPU_YIELDS: u32 = 8;
 
 /// How long an operation may wait.
 #[derive(Clone, Copy, Debug)]
@@ -123,16 +126,30 @@ impl Core {
         &self,
         event: &EventCount,
         sticky: &AtomicU32,
-        parks: &AtomicU64,
+        waiter: &super::control::Side,
         spin: SpinPolicy,
         wait: Wait,
         peers: Role,
         mut ready: impl FnMut() -> bool,
     ) -> Result<(), Fail> {
         let deadline = wait.deadline();
-        // Adaptive: a finite spin is skipped when the peer shares this CPU (`busy()` is the
-        // caller's explicit choice and stays; its spinner yields the CPU now and then).
+        // Adaptive: when the peer shares this CPU, a finite spin would burn the very time slice
+        // the peer needs. Yield it instead, a few times: a runnable peer then runs at once, and
+        // goes on with no wake-up to pay for (this waiter has not announced itself), for as long
+        // as it has work (a sender fills the ring, a receiver drains it); a peer that is not
+        // runnable hands the CPU straight back, and this waiter parks after a few rounds.
+        // (`busy()` is the caller's explicit choice and stays, and `park()` parks at once.)
         let spin = if spin != SpinPolicy::busy() && spin.budget() > Duration::ZERO && self.peer_shares_cpu(peers) {
+            for _ in 0..SHARED_CPU_YIELDS {
+                if ready() {
+                    return Ok(());
+                }
+                waiter.yields.fetch_add(1, Ordering::Relaxed);
+                std::thread::yield_now();
+            }
+            if wait.passed() {
+                return Err(Fail::Timeout);
+            }
             SpinPolicy::park()
         } else {
             spin
@@ -175,7 +192,7 @@ impl Core {
                 Some(d) => d.min_after(slice),
                 None => Deadline::after(slice),
             };
-            parks.fetch_add(1, Ordering::Relaxed);
+            waiter.parks.fetch_add(1, Ordering::Relaxed);
             let woke = event.wait(key, Some(until));
             if wait.passed() {
                 return Err(Fail::Timeout);
