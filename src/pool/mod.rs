@@ -76,6 +76,8 @@
 //! (`pool.submit(f, x)?.await`), and with the feature `tracing` worker starts, deaths and
 //! replacements are logged as `tracing` events under the target `ringpool`.
 
+#[cfg(feature = "archive")]
+mod archived;
 mod engine;
 mod error;
 mod faults;
@@ -101,6 +103,8 @@ pub use faults::{FAULT_POINTS, FaultPlan, FaultPoint};
 pub use future::AsyncTask;
 pub use future::{AsCompleted, Future, as_completed, wait};
 pub use task::{ByRef, ByValue, TaskFn};
+#[cfg(feature = "archive")]
+pub use archived::{ArchivedTask, ContextTask, ImapArchived, ImapUnorderedArchived, InitTask, StarTask};
 
 use engine::{Chunk, Dispatch, Engine, PUMP_WAIT, Settings, Sink, Types};
 use task::ITEM_OK;
@@ -125,6 +129,8 @@ pub struct PoolBuilder {
     chunk_size: Option<usize>,
     max_tasks: u64,
     init: Option<Result<crate::process::code::CodeOffset, String>>,
+    /// The initializer's arguments, archived (`initializer_with`), or why they could not be.
+    init_args: Option<Result<Vec<u8>, String>>,
     method: StartMethod,
     slots: Option<usize>,
     slot_bytes: usize,
@@ -139,6 +145,7 @@ impl Default for PoolBuilder {
             chunk_size: None,
             max_tasks: 0,
             init: None,
+            init_args: None,
             method: StartMethod::Auto,
             slots: None,
             slot_bytes: 16 * 1024,
@@ -173,6 +180,7 @@ impl PoolBuilder {
     pub fn initializer<F: Fn() + Copy + Send + Sync + 'static>(mut self, f: F) -> Self {
         let _ = f;
         self.init = Some(task::init_offset::<F>().map_err(|e| e.to_string()));
+        self.init_args = None;
         self
     }
 
@@ -244,6 +252,11 @@ impl PoolBuilder {
             Some(Ok(off)) => Some(off),
             Some(Err(_)) => return Err(PoolError::InvalidSetting("the initializer is not code of this executable")),
         };
+        let init_args = match self.init_args {
+            None => None,
+            Some(Ok(bytes)) => Some(bytes),
+            Some(Err(reason)) => return Err(PoolError::Archive { what: "initializer arguments", reason }),
+        };
         let settings = Settings {
             workers: self.workers,
             chunk_size: self.chunk_size,
@@ -254,6 +267,7 @@ impl PoolBuilder {
             slot_bytes,
             spin: self.spin,
             faults: self.faults,
+            init_args,
         };
         let engine = Engine::new(settings)?;
         Ok(Pool { shared: Arc::new(Shared { engine: Mutex::new(engine) }) })
@@ -481,9 +495,23 @@ impl Pool {
         let chunk = e.chunk_size((Some(lo) == hi).then_some(lo), types)?;
         let job = e.new_job(Box::new(MapSink::<R> { values: Vec::with_capacity(lo), failures: Vec::new() }));
         drop(e);
+        let (mut sink, next) = self.drive::<MapSink<R>, _, _>(iter, job, PodDispatch { tramp, types, chunk })?;
+        sink.values.truncate(next);
+        Ok(sink)
+    }
+
+    /// Feeds `job` from `iter` until every item is dispatched and every result is in, then takes
+    /// the job's sink; answers it and the number of items. The input iterator is pulled only
+    /// while the engine lock is not held (see [`Feeder`]).
+    fn drive<S: Sink, I: Iterator, D: Dispatcher<I::Item>>(
+        &self,
+        iter: I,
+        job: usize,
+        disp: D,
+    ) -> Result<(Box<S>, usize), PoolError> {
         // If the input iterator panics, the job goes with the unwinding (abandoned if items run).
         let mut owned = OwnedJob { shared: &self.shared, job: Some(job) };
-        let mut feed = Feeder::new(iter, job, tramp, types, chunk);
+        let mut feed = Feeder::new(iter, job, disp);
         let outcome = loop {
             let want = {
                 let mut e = self.shared.lock();
@@ -507,9 +535,8 @@ impl Pool {
         owned.job = None;
         let sink = self.shared.lock().take_job(job);
         outcome?;
-        let mut sink = sink.and_then(|s| s.into_any().downcast::<MapSink<R>>().ok()).ok_or(PoolError::Closed)?;
-        sink.values.truncate(feed.next);
-        Ok(sink)
+        let sink = sink.and_then(|s| s.into_any().downcast::<S>().ok()).ok_or(PoolError::Closed)?;
+        Ok((sink, feed.next))
     }
 }
 
@@ -528,6 +555,39 @@ impl Drop for OwnedJob<'_> {
     }
 }
 
+/// How a feeder's buffered items go into slots: as `Pod` values, or archived.
+pub(crate) trait Dispatcher<T> {
+    /// Under the lock: fills one free slot from the front of `buffer` (the job's items `first..`).
+    fn dispatch(&mut self, e: &mut Engine, job: usize, first: usize, buffer: &mut std::collections::VecDeque<T>)
+    -> Dispatch;
+    /// Items per chunk, at most.
+    fn chunk(&self) -> usize;
+}
+
+/// `Pod` items, written as they are into a slot.
+pub(crate) struct PodDispatch {
+    tramp: crate::process::code::CodeOffset,
+    types: Types,
+    chunk: usize,
+}
+
+impl<T: Pod> Dispatcher<T> for PodDispatch {
+    #[inline]
+    fn dispatch(
+        &mut self,
+        e: &mut Engine,
+        job: usize,
+        first: usize,
+        buffer: &mut std::collections::VecDeque<T>,
+    ) -> Dispatch {
+        let mut items = std::iter::from_fn(|| buffer.pop_front());
+        e.dispatch_from(job, self.tramp, self.types, first, &mut items, self.chunk)
+    }
+    fn chunk(&self) -> usize {
+        self.chunk
+    }
+}
+
 /// Feeds a job from the caller's input iterator.
 ///
 /// The iterator is the caller's code: it may be slow, block, or use this very pool (a map over an
@@ -535,7 +595,7 @@ impl Drop for OwnedJob<'_> {
 /// this feeder holds no slot either (the iterator may need every slot to make progress). Each
 /// round takes, under the lock, as many buffered items as the free slots hold, then, without the
 /// lock, pulls as many items as the slots that were free could take; the buffer never holds more.
-struct Feeder<I: Iterator> {
+struct Feeder<I: Iterator, D> {
     inputs: I,
     buffer: std::collections::VecDeque<I::Item>,
     /// The iterator ended.
@@ -543,32 +603,28 @@ struct Feeder<I: Iterator> {
     /// Index of the next item to dispatch (items dispatched so far).
     next: usize,
     job: usize,
-    tramp: crate::process::code::CodeOffset,
-    types: Types,
-    chunk: usize,
+    disp: D,
 }
 
-impl<I> Feeder<I>
+impl<I, D> Feeder<I, D>
 where
     I: Iterator,
-    I::Item: Pod,
+    D: Dispatcher<I::Item>,
 {
-    fn new(inputs: I, job: usize, tramp: crate::process::code::CodeOffset, types: Types, chunk: usize) -> Self {
-        Feeder { inputs, buffer: Default::default(), exhausted: false, next: 0, job, tramp, types, chunk }
+    fn new(inputs: I, job: usize, disp: D) -> Self {
+        Feeder { inputs, buffer: Default::default(), exhausted: false, next: 0, job, disp }
     }
 
     /// Under the lock: dispatches buffered items into free slots. Answers how many items to pull
     /// next: none while items wait in the buffer, once the iterator ended, or when no slot is free.
     fn dispatch(&mut self, e: &mut Engine) -> usize {
         while !self.buffer.is_empty() {
-            let buffer = &mut self.buffer;
-            let mut items = std::iter::from_fn(|| buffer.pop_front());
-            match e.dispatch_from(self.job, self.tramp, self.types, self.next, &mut items, self.chunk) {
+            match self.disp.dispatch(e, self.job, self.next, &mut self.buffer) {
                 Dispatch::Sent(n) => self.next += n,
                 Dispatch::NoSlot | Dispatch::Exhausted => break,
             }
         }
-        if self.buffer.is_empty() && !self.exhausted { e.free_slots().saturating_mul(self.chunk) } else { 0 }
+        if self.buffer.is_empty() && !self.exhausted { e.free_slots().saturating_mul(self.disp.chunk()) } else { 0 }
     }
 
     /// Without the lock: pulls up to `n` items into the buffer.
@@ -600,13 +656,13 @@ impl Drop for Pool {
 }
 
 /// Shared by the two lazy iterators: a job fed from an input iterator as slots free up.
-struct Stream<'p, I: Iterator> {
+struct Stream<'p, I: Iterator, D = PodDispatch> {
     pool: &'p Pool,
     job: Option<usize>,
-    feed: Feeder<I>,
+    feed: Feeder<I, D>,
 }
 
-impl<'p, I> Stream<'p, I>
+impl<'p, I> Stream<'p, I, PodDispatch>
 where
     I: Iterator,
     I::Item: Pod,
@@ -624,7 +680,27 @@ where
         let chunk = e.chunk_size((Some(lo) == hi).then_some(lo), types)?;
         let job = e.new_job(sink);
         drop(e);
-        Ok(Stream { pool, job: Some(job), feed: Feeder::new(inputs, job, tramp, types, chunk) })
+        Ok(Stream { pool, job: Some(job), feed: Feeder::new(inputs, job, PodDispatch { tramp, types, chunk }) })
+    }
+}
+
+impl<'p, I, D> Stream<'p, I, D>
+where
+    I: Iterator,
+    D: Dispatcher<I::Item>,
+{
+    /// A stream of an existing job.
+    #[cfg(feature = "archive")]
+    fn resume(pool: &'p Pool, job: usize, inputs: I, disp: D) -> Self {
+        Stream { pool, job: Some(job), feed: Feeder::new(inputs, job, disp) }
+    }
+
+    /// Drops the job (the pool failed): the stream ends.
+    #[cfg(feature = "archive")]
+    fn stop(&mut self) {
+        if let Some(job) = self.job.take() {
+            self.pool.shared.lock().drop_job(job);
+        }
     }
 
     /// Feeds free slots, then waits a little for results, until `take` finds something in the
@@ -661,7 +737,7 @@ where
     }
 }
 
-impl<I: Iterator> Drop for Stream<'_, I> {
+impl<I: Iterator, D> Drop for Stream<'_, I, D> {
     fn drop(&mut self) {
         if let Some(job) = self.job {
             self.pool.shared.lock().drop_job(job);

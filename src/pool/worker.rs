@@ -48,6 +48,9 @@ pub(crate) struct WorkerArg {
     pub spin_ns: u64,
     /// Faults to inject (tests only; all zero otherwise).
     pub faults: FaultPlan,
+    /// With `has_init` 2: the slot holding the initializer's archived arguments, and their length.
+    pub init_args_slot: u32,
+    pub init_args_len: u32,
 }
 
 /// What a forked worker inherits, mapped already.
@@ -58,6 +61,8 @@ pub(crate) struct Setup {
     pub errors: Ring,
     pub max_tasks: u64,
     pub init: Option<crate::process::code::CodeOffset>,
+    /// The initializer's archived arguments: their slot and length.
+    pub init_args: Option<(u32, u32)>,
     pub faults: FaultPlan,
 }
 
@@ -65,10 +70,7 @@ pub(crate) struct Setup {
 /// the parent held were forgotten by the fork.
 pub(crate) fn run_forked(setup: Setup) {
     if let Some(init) = setup.init {
-        match task::init_fn(init) {
-            Some(init) => init(),
-            None => crate::process::exit(EXIT_BAD_CODE),
-        }
+        run_init(&setup.slots, init, setup.init_args);
     }
     let code = serve(&setup.slots, &setup.tasks, &setup.results, &setup.errors, setup.max_tasks, &setup.faults);
     if code != 0 {
@@ -101,15 +103,49 @@ pub(crate) fn start(arg: &[u8]) {
     let Ok((slots, tasks, results, errors)) = opened else {
         crate::process::exit(EXIT_BAD_SETUP);
     };
-    if arg.has_init == 1 {
-        match task::init_fn(arg.init) {
-            Some(init) => init(),
-            None => crate::process::exit(EXIT_BAD_CODE),
-        }
+    match arg.has_init {
+        1 => run_init(&slots, arg.init, None),
+        2 => run_init(&slots, arg.init, Some((arg.init_args_slot, arg.init_args_len))),
+        _ => {}
     }
     let code = serve(&slots, &tasks, &results, &errors, arg.max_tasks, &arg.faults);
     if code != 0 {
         crate::process::exit(code);
+    }
+}
+
+/// Runs the pool's initializer: a plain one, or one that reads its archived arguments in place
+/// from their slot (`args`). Exits the worker if the code or the arguments are not right.
+fn run_init(slots: &Slots, init: crate::process::code::CodeOffset, args: Option<(u32, u32)>) {
+    let Some((slot, len)) = args else {
+        match task::init_fn(init) {
+            Some(init) => init(),
+            None => crate::process::exit(EXIT_BAD_CODE),
+        }
+        return;
+    };
+    #[cfg(feature = "archive")]
+    {
+        let (slot, len) = (slot as usize, len as usize);
+        if slot >= slots.count || len > slots.data_len() {
+            crate::process::exit(EXIT_BAD_SETUP);
+        }
+        let Some(init) = super::archived::init_args_fn(init) else {
+            crate::process::exit(EXIT_BAD_CODE);
+        };
+        // SAFETY: `slot` is a slot of the mapping and `len` at most its data area (checked above);
+        // the arguments' slot is written by the parent once, before any worker starts, and never
+        // again (it is never on the free list). The trampoline validates the bytes before it
+        // reads them as a value.
+        let bytes = unsafe { std::slice::from_raw_parts(slots.data(slot).cast_const(), len) };
+        if init(bytes).is_err() {
+            crate::process::exit(EXIT_BAD_SETUP);
+        }
+    }
+    #[cfg(not(feature = "archive"))]
+    {
+        let _ = (slots, slot, len);
+        crate::process::exit(EXIT_BAD_SETUP);
     }
 }
 
@@ -187,7 +223,7 @@ fn serve(
             Claim::Run => faults.worker_at(FaultPoint::Committed),
         }
         let desc = slots.read_desc(slot);
-        let ran = if desc.seq != seq || !desc.fits(slots.data_len()) {
+        let ran = if desc.seq != seq || !(desc.fits(slots.data_len()) || desc.fits_archived(slots.data_len())) {
             Err("slot descriptor is inconsistent")
         } else if let Some(chunk) = task::chunk_fn(desc.tramp) {
             let data = slots.data(slot);
@@ -212,8 +248,22 @@ fn serve(
                 align_t: desc.align_t as usize,
                 size_r: desc.size_r as usize,
                 align_r: desc.align_r as usize,
+                kind: desc.kind,
+                data,
+                desc,
+                ctx: std::ptr::null(),
+                ctx_len: 0,
                 on_panic: &mut on_panic,
             };
+            let ctx_slot = desc.ctx_slot as usize;
+            if desc.kind == slots::KIND_ARCHIVED
+                && ctx_slot < slots.count
+                && ctx_slot != slot
+                && desc.ctx_len as usize <= slots.data_len()
+            {
+                ctx.ctx = slots.data(ctx_slot).cast_const();
+                ctx.ctx_len = desc.ctx_len as usize;
+            }
             // SAFETY: the slot is claimed by this process (RUNNING with our pid), so no other
             // worker touches it and the parent does not until the result is published; `fits`
             // checked that inputs, outputs and status bytes lie inside its data area; the
