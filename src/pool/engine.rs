@@ -390,6 +390,7 @@ impl Engine {
             faults: self.settings.faults,
             init_args_slot: self.init_args.map_or(0, |a| a.0),
             init_args_len: self.init_args.map_or(0, |a| a.1),
+            _pad2: 0,
         };
         let fds = [self.slots.fd(), self.tasks.fd(), self.results.fd(), self.errors.fd()];
         let process =

@@ -51,6 +51,7 @@ pub(crate) struct WorkerArg {
     /// With `has_init` 2: the slot holding the initializer's archived arguments, and their length.
     pub init_args_slot: u32,
     pub init_args_len: u32,
+    pub _pad2: u32,
 }
 
 /// What a forked worker inherits, mapped already.
@@ -276,6 +277,9 @@ fn serve(
             // Leave every item's status as "not run": the parent reports it.
             return EXIT_BAD_CODE;
         }
+        if faults.scribble != 0 && desc.kind == slots::KIND_ARCHIVED {
+            scribble(slots, slot, &desc, faults.scribble);
+        }
         faults.worker_at(FaultPoint::Ran);
         slots.mark_done(slot, me);
         faults.worker_at(FaultPoint::Done);
@@ -285,6 +289,30 @@ fn serve(
         done = done.saturating_add(u64::from(desc.count.max(1)));
     }
     0
+}
+
+/// Tests only (`FaultPlan::scribble`): overwrites an archived chunk's output room and/or the
+/// worker's half of its item table with garbage.
+#[cold]
+fn scribble(slots: &Slots, slot: usize, desc: &slots::SlotDesc, what: u32) {
+    if !desc.fits_archived(slots.data_len()) {
+        return;
+    }
+    let data = slots.data(slot);
+    if what & super::faults::SCRIBBLE_OUTPUTS != 0 {
+        let len = (desc.status_off - desc.out_off) as usize;
+        // SAFETY: the output room lies inside the data area (`fits_archived`), and the slot is
+        // claimed by this worker.
+        unsafe { data.add(desc.out_off as usize).write_bytes(0xA5, len) };
+    }
+    if what & super::faults::SCRIBBLE_TABLE != 0 {
+        for i in 0..desc.count as usize {
+            let entry = desc.in_off as usize + i * slots::TABLE_ENTRY + 8;
+            let bogus = [0xFFu8, 0xFF, 0xFF, 0x7F, 0x00, 0x10, 0x00, 0x00];
+            // SAFETY: entry i of the table lies inside the data area (`fits_archived`).
+            unsafe { data.add(entry).copy_from_nonoverlapping(bogus.as_ptr(), 8) };
+        }
+    }
 }
 
 /// Claims the slot named by `msg` for `me`, inside the task queue's receive critical section.
