@@ -7,7 +7,7 @@
 //! parent validates it before it deserializes an owned `R`. The task's code crosses to the worker
 //! as for `Pod` tasks: a monomorphized trampoline's offset in the executable.
 //!
-//! See the [module docs](super#archived-tasks) for the layout of a slot, what happens when values
+//! See the [module docs](crate::pool#archived-tasks) for the layout of a slot, what happens when values
 //! do not fit, and examples.
 
 use std::marker::PhantomData;
@@ -711,7 +711,7 @@ impl Pool {
     /// returns the owned results in input order. `f` reads its input in place
     /// (`fn(&Archived<T>) -> R`); each result is validated before it is deserialized. An input
     /// or output larger than a slot fails only its item ([`TaskError::TooLarge`]); see the
-    /// [module docs](self#archived-tasks).
+    /// [module docs](crate::pool#archived-tasks).
     ///
     /// ```
     /// use ringpool::ring::archive::rkyv::{self, string::ArchivedString};

@@ -22,6 +22,74 @@
 //! crosses to the worker as an offset from the executable's load address (valid in forked and
 //! re-executed workers alike); its input and output cross as bytes in a shared slot.
 //!
+//! # Archived tasks
+//!
+//! With the feature `archive` (on by default), inputs and outputs may be anything
+//! [rkyv](https://docs.rs/rkyv/0.8) archives: `String`, `Vec`, enums with data, `Option`, `Result`,
+//! tuples, your own `#[derive(Archive, Serialize, Deserialize)]` structs. A task of
+//! [`map_archived`](Pool::map_archived) (and `imap_archived`, `imap_unordered_archived`,
+//! `submit_archived`, `apply_archived`) takes `&Archived<T>` and returns an owned `R`:
+//!
+//! - **In place.** The parent archives each input straight into a slot; the worker validates it
+//!   (`rkyv::access`, never `access_unchecked`) and the task reads it where it lies (a
+//!   `&ArchivedString` for a `String`, no copy); the worker archives the output into the same slot's
+//!   room; the parent checks every offset the worker wrote, validates the output, and deserializes
+//!   an owned `R`. A worker that writes garbage fails its items with [`TaskError::InvalidOutput`],
+//!   never undefined behaviour.
+//! - **Sizes.** A chunk takes items while their archives fit its slot (about half of it, the rest
+//!   left for outputs as large as those seen so far). An output that does not fit the room left
+//!   sends that item, alone, and the items after it to other slots; nothing is truncated. An input
+//!   or output larger than a whole slot fails only its item with [`TaskError::TooLarge`], naming
+//!   both sizes: raise [`slot_bytes`](PoolBuilder::slot_bytes).
+//! - **Context.** [`map_with`](Pool::map_with) (and `imap_with`, `imap_unordered_with`,
+//!   `submit_with`, `apply_with`) archives one value once per call into a slot of its own, which
+//!   forked and spawned workers alike map; every task reads it in place:
+//!   `fn(&Archived<C>, &Archived<T>) -> R`.
+//! - **Initializer arguments** (Python's `initargs`):
+//!   [`initializer_with`](PoolBuilder::initializer_with) archives them at build into a slot every
+//!   worker, replacements included, reads when it starts.
+//! - **starmap**: [`starmap`](Pool::starmap) calls `f(a, b)` (or `f(a, b, c)`) on items `(a, b)`,
+//!   deserialized in the worker.
+//!
+//! ```
+//! use ringpool::ring::archive::rkyv::{self, string::ArchivedString, vec::ArchivedVec};
+//! use ringpool::{Pool, PoolBuilder};
+//!
+//! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+//! #[rkyv(crate = rkyv)]
+//! struct Found {
+//!     word: String,
+//!     hits: Vec<u32>,
+//! }
+//!
+//! /// Where in `lines` (the context) the word (the input) appears.
+//! fn find(lines: &ArchivedVec<ArchivedString>, word: &ArchivedString) -> Found {
+//!     let hits = (0..lines.len() as u32).filter(|&i| lines[i as usize].contains(word.as_str())).collect();
+//!     Found { word: word.to_string(), hits }
+//! }
+//!
+//! fn setup(greeting: &ArchivedString) {
+//!     // Every worker runs this when it starts, on the arguments given at build.
+//!     assert_eq!(greeting, "hello");
+//! }
+//!
+//! let pool = PoolBuilder::new().workers(2).initializer_with(setup, "hello".to_string()).build()?;
+//! let text: Vec<String> = vec!["a cat".into(), "a dog".into(), "cat and dog".into()];
+//! let found = pool.map_with(&text, find, ["cat".to_string(), "dog".to_string(), "cow".to_string()])?;
+//! assert_eq!(found[0], Found { word: "cat".into(), hits: vec![0, 2] });
+//! assert_eq!(found[2].hits, Vec::<u32>::new());
+//!
+//! fn area(w: f64, h: f64) -> f64 {
+//!     w * h
+//! }
+//! assert_eq!(pool.starmap(area, [(2.0, 3.0), (1.5, 2.0)])?, [6.0, 3.0]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The derived `Serialize` of inputs and contexts and the `Drop` of inputs run under the pool's
+//! lock (when their items are packed into slots); an input type with a hand-written `Serialize`
+//! must not use the same pool.
+//!
 //! # What happens when things go wrong
 //!
 //! - A task that **panics** fails alone, with the panic's message ([`TaskError::Panicked`]); the
