@@ -163,7 +163,10 @@ fn crawl_counts_every_file_of_a_tree_and_ends_on_its_own() {
         words += w;
     }
     let unsafe_total: usize = (0..40).sum();
-    assert!(stdout.contains(&format!("total: 40 files, {lines} lines, {words} words (0 could not be read)")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("total: 40 files, {lines} lines, {words} words (0 could not be read)")),
+        "{stdout}"
+    );
     assert!(stdout.contains(&format!("  unsafe   {unsafe_total:>6} times; most in /f39.txt")), "{stdout}");
     assert!(stdout.lines().last().unwrap().contains("the program ended on its own"), "{stdout}");
 }

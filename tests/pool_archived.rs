@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use ringpool::pool::{FaultPlan, FaultPoint, MapError, PoolError, SCRIBBLE_OUTPUTS, SCRIBBLE_TABLE, StartMethod, TaskError};
+use ringpool::pool::{
+    FaultPlan, FaultPoint, MapError, PoolError, SCRIBBLE_OUTPUTS, SCRIBBLE_TABLE, StartMethod, TaskError,
+};
 use ringpool::ring::archive::rkyv::{
     self, Archived, option::ArchivedOption, string::ArchivedString, tuple::ArchivedTuple2, vec::ArchivedVec,
 };
@@ -116,7 +118,8 @@ fn enums_options_results_bools_and_primes() {
     let got = p.map_archived(run_cmd, cmds).unwrap();
     assert_eq!(got, vec![Err((true, 42)), Ok(Some("quiet".into())), Ok(Some("LOUD".into())), Ok(None)]);
     let primes = p.map_archived(is_prime, 0..2000u64).unwrap();
-    let expect: Vec<bool> = (0..2000u64).map(|n| n >= 2 && (2..n).take_while(|d| d * d <= n).all(|d| n % d != 0)).collect();
+    let expect: Vec<bool> =
+        (0..2000u64).map(|n| n >= 2 && (2..n).take_while(|d| d * d <= n).all(|d| n % d != 0)).collect();
     assert_eq!(primes, expect);
     assert_eq!(primes.iter().filter(|&&b| b).count(), 303);
     fn first_of_pair(t: &ArchivedTuple2<ArchivedString, ArchivedOption<u8>>) -> (String, bool) {
@@ -268,7 +271,8 @@ fn check_context(p: &Pool) -> Result<HashSet<u32>, String> {
     if lazy.iter().enumerate().any(|(x, r)| r.as_ref().map(|r| r.1) != Ok(x as u64 * u64::from(ctx.weights[x % 7]))) {
         return Err("imap_with".into());
     }
-    let n = p.imap_unordered_with(&ctx, salted, 0..10u32).map_err(|e| e.to_string())?.filter(|(_, r)| r.is_ok()).count();
+    let n =
+        p.imap_unordered_with(&ctx, salted, 0..10u32).map_err(|e| e.to_string())?.filter(|(_, r)| r.is_ok()).count();
     if n != 10 {
         return Err("imap_unordered_with".into());
     }
@@ -435,14 +439,19 @@ fn outputs_that_overflow_their_chunk_are_dispatched_again_and_come_back_exact() 
     let p = PoolBuilder::new().workers(2).slot_bytes(4096).build().unwrap();
     // Small inputs, outputs from nothing to most of a slot: chunks overflow all the time.
     let mut rng = common::Rng(0x9E37_79B9_7F4A_7C15);
-    let sizes: Vec<u32> = (0..3000).map(|_| if rng.below(10) == 0 { rng.below(3500) as u32 } else { rng.below(100) as u32 }).collect();
+    let sizes: Vec<u32> =
+        (0..3000).map(|_| if rng.below(10) == 0 { rng.below(3500) as u32 } else { rng.below(100) as u32 }).collect();
     let got = p.map_archived(text_of_len, sizes.clone()).unwrap();
     assert_eq!(got.len(), sizes.len());
     assert!(got.iter().zip(&sizes).all(|(s, &n)| s.len() == n as usize && s.bytes().all(|b| b == b'z')));
-    let unordered: HashSet<usize> = p.imap_unordered_archived(text_of_len, sizes.clone()).unwrap().map(|(i, r)| {
-        assert_eq!(r.unwrap().len(), sizes[i] as usize);
-        i
-    }).collect();
+    let unordered: HashSet<usize> = p
+        .imap_unordered_archived(text_of_len, sizes.clone())
+        .unwrap()
+        .map(|(i, r)| {
+            assert_eq!(r.unwrap().len(), sizes[i] as usize);
+            i
+        })
+        .collect();
     assert_eq!(unordered.len(), sizes.len());
 }
 
@@ -476,10 +485,7 @@ fn corrupted_outputs_fail_their_items_and_the_parent_lives() {
             other => panic!("scribble {what}: {other:?}"),
         }
         let f = p.submit_archived(checked, "one".to_string()).unwrap();
-        assert!(matches!(
-            f.wait_timeout(LONG),
-            Err(ringpool::pool::WaitError::Task(TaskError::InvalidOutput { .. }))
-        ));
+        assert!(matches!(f.wait_timeout(LONG), Err(ringpool::pool::WaitError::Task(TaskError::InvalidOutput { .. }))));
     }
 }
 

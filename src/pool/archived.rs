@@ -151,8 +151,11 @@ pub(crate) trait Body: 'static {
     fn run(ctx: Option<&Archived<Self::Ctx>>, input: &Archived<Self::In>) -> Result<Self::Out, String>;
 }
 
+/// A marker of types, owning none.
+type Phantom<T> = PhantomData<fn() -> T>;
+
 /// [`ArchivedTask`] `F` as a [`Body`].
-pub(crate) struct Plain<F, T, R>(PhantomData<fn() -> (F, T, R)>);
+pub(crate) struct Plain<F, T, R>(Phantom<(F, T, R)>);
 
 impl<F, T, R> Body for Plain<F, T, R>
 where
@@ -175,7 +178,7 @@ where
 }
 
 /// [`ContextTask`] `F` as a [`Body`].
-pub(crate) struct WithCtx<F, C, T, R>(PhantomData<fn() -> (F, C, T, R)>);
+pub(crate) struct WithCtx<F, C, T, R>(Phantom<(F, C, T, R)>);
 
 impl<F, C, T, R> Body for WithCtx<F, C, T, R>
 where
@@ -199,7 +202,7 @@ where
 }
 
 /// [`StarTask`] `F` as a [`Body`]: the tuple is deserialized, then `F` called by value.
-pub(crate) struct Star<F, Args, R>(PhantomData<fn() -> (F, Args, R)>);
+pub(crate) struct Star<F, Args, R>(Phantom<(F, Args, R)>);
 
 impl<F, Args, R> Body for Star<F, Args, R>
 where
@@ -296,7 +299,9 @@ pub(crate) unsafe fn run_archived<B: Body>(c: &mut ChunkCtx<'_>) -> Result<(), &
             continue;
         }
         // SAFETY: entry i lies inside the data area (see above).
-        let (in_off, in_len) = unsafe { (read_u32(entry), read_u32(entry.wrapping_add(4))) };
+        let in_off = unsafe { read_u32(entry) };
+        // SAFETY: as above.
+        let in_len = unsafe { read_u32(entry.wrapping_add(4)) };
         if in_off % ARCHIVE_ALIGN != 0 || in_off.checked_add(in_len).is_none_or(|e| e > table) {
             set(ITEM_INVALID_INPUT);
             (c.on_panic)(i, format!("the item table puts the input at {in_off}+{in_len}, outside the inputs"));
@@ -376,9 +381,7 @@ pub(crate) type InitArgsFn = fn(&[u8]) -> Result<(), String>;
 
 /// Validates the initializer's archived arguments in place, then runs `F` on them.
 fn run_init_with<F: InitTask<A>, A: Archivable>(bytes: &[u8]) -> Result<(), String> {
-    const {
-        assert!(size_of::<F>() == 0, "a pool initializer must be a function item or a closure that captures nothing")
-    };
+    const { assert!(size_of::<F>() == 0, "a pool initializer must be a function item or a closure that captures nothing") };
     let args = rkyv::access::<Archived<A>, RkyvError>(bytes).map_err(|e| e.to_string())?;
     // SAFETY: zero-sized (asserted above), a function item or non-capturing closure.
     let f: F = unsafe { conjure::<F>() };
@@ -413,9 +416,10 @@ impl RawOut {
         R: Archivable,
         Archived<R>: Deserialize<R, HighDeserializer<RkyvError>>,
     {
-        let bytes = self.off.checked_add(self.len).and_then(|end| self.buf.get(self.off..end)).ok_or_else(|| {
-            TaskError::InvalidOutput { reason: "the output lies outside what was copied".to_owned() }
-        })?;
+        let bytes =
+            self.off.checked_add(self.len).and_then(|end| self.buf.get(self.off..end)).ok_or_else(|| {
+                TaskError::InvalidOutput { reason: "the output lies outside what was copied".to_owned() }
+            })?;
         let archived = rkyv::access::<Archived<R>, RkyvError>(bytes)
             .map_err(|e| TaskError::InvalidOutput { reason: format!("not a valid archive: {e}") })?;
         rkyv::deserialize::<R, RkyvError>(archived)
@@ -660,7 +664,8 @@ impl Pool {
     {
         let iter = inputs.into_iter();
         let (lo, hi) = iter.size_hint();
-        let (job, disp) = self.start_archived::<B>(ctx, (Some(lo) == hi).then_some(lo), Box::new(MapSink::default()))?;
+        let (job, disp) =
+            self.start_archived::<B>(ctx, (Some(lo) == hi).then_some(lo), Box::new(MapSink::default()))?;
         let (sink, next) = self.drive::<MapSink, _, _>(iter, job, disp)?;
         let mut results = sink.results;
         results.resize_with(next, || None);
@@ -691,7 +696,8 @@ impl Pool {
     ) -> Result<ImapArchived<'_, B::Out, I::IntoIter>, PoolError> {
         let iter = inputs.into_iter();
         let (lo, hi) = iter.size_hint();
-        let (job, disp) = self.start_archived::<B>(ctx, (Some(lo) == hi).then_some(lo), Box::new(Ordered::default()))?;
+        let (job, disp) =
+            self.start_archived::<B>(ctx, (Some(lo) == hi).then_some(lo), Box::new(Ordered::default()))?;
         Ok(ImapArchived { stream: Stream::resume(self, job, iter, disp), _r: PhantomData })
     }
 

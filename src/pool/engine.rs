@@ -121,6 +121,7 @@ struct JobEntry {
     ctx_slot: Option<u32>,
     /// Archived jobs: bytes an output is expected to take (from the outputs seen so far), to
     /// leave room for them when packing inputs.
+    #[cfg_attr(not(feature = "archive"), allow(dead_code))]
     out_est: usize,
 }
 
@@ -143,6 +144,7 @@ struct Inflight {
     sent: bool,
     size_r: usize,
     /// An archived chunk: its items are in `Engine::arch[slot]`.
+    #[cfg_attr(not(feature = "archive"), allow(dead_code))]
     archived: bool,
 }
 
@@ -543,17 +545,16 @@ impl Engine {
         desc.seq = self.seq[slot];
         desc.tramp = tramp;
         self.slots.publish_queued(slot, &desc);
-        self.inflight[slot] =
-            Some(Inflight {
-                seq: desc.seq,
-                job,
-                first,
-                count: n,
-                queue_index: 0,
-                sent: false,
-                size_r: types.size_r,
-                archived: false,
-            });
+        self.inflight[slot] = Some(Inflight {
+            seq: desc.seq,
+            job,
+            first,
+            count: n,
+            queue_index: 0,
+            sent: false,
+            size_r: types.size_r,
+            archived: false,
+        });
         self.outbox.push(worker::message(slot as u32, desc.seq));
         if let Some(Some(j)) = self.jobs.get_mut(job) {
             j.remaining += n;

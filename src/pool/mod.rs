@@ -163,6 +163,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytemuck::Pod;
 
+#[cfg(feature = "archive")]
+pub use archived::{ArchivedTask, ContextTask, ImapArchived, ImapUnorderedArchived, InitTask, StarTask};
 pub use engine::PoolStats;
 pub use error::{MapError, PoolError, TaskError, TaskFailures, WaitError};
 #[doc(hidden)]
@@ -171,8 +173,6 @@ pub use faults::{FAULT_POINTS, FaultPlan, FaultPoint, SCRIBBLE_OUTPUTS, SCRIBBLE
 pub use future::AsyncTask;
 pub use future::{AsCompleted, Future, as_completed, wait};
 pub use task::{ByRef, ByValue, TaskFn};
-#[cfg(feature = "archive")]
-pub use archived::{ArchivedTask, ContextTask, ImapArchived, ImapUnorderedArchived, InitTask, StarTask};
 
 use engine::{Chunk, Dispatch, Engine, PUMP_WAIT, Settings, Sink, Types};
 use task::ITEM_OK;
@@ -626,8 +626,13 @@ impl Drop for OwnedJob<'_> {
 /// How a feeder's buffered items go into slots: as `Pod` values, or archived.
 pub(crate) trait Dispatcher<T> {
     /// Under the lock: fills one free slot from the front of `buffer` (the job's items `first..`).
-    fn dispatch(&mut self, e: &mut Engine, job: usize, first: usize, buffer: &mut std::collections::VecDeque<T>)
-    -> Dispatch;
+    fn dispatch(
+        &mut self,
+        e: &mut Engine,
+        job: usize,
+        first: usize,
+        buffer: &mut std::collections::VecDeque<T>,
+    ) -> Dispatch;
     /// Items per chunk, at most.
     fn chunk(&self) -> usize;
 }

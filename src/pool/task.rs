@@ -87,7 +87,9 @@ pub(crate) struct ChunkCtx<'a> {
     pub kind: u32,
     /// Archived chunks: the slot's data area, its descriptor (checked with `fits_archived`), and
     /// the context's archive (null and 0 when the chunk has none).
+    #[cfg_attr(not(feature = "archive"), allow(dead_code))]
     pub data: *mut u8,
+    #[cfg_attr(not(feature = "archive"), allow(dead_code))]
     pub desc: super::slots::SlotDesc,
     pub ctx: *const u8,
     pub ctx_len: usize,

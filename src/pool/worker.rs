@@ -267,8 +267,11 @@ fn serve(
             }
             // SAFETY: the slot is claimed by this process (RUNNING with our pid), so no other
             // worker touches it and the parent does not until the result is published; `fits`
-            // checked that inputs, outputs and status bytes lie inside its data area; the
-            // trampoline checks the types and alignments itself.
+            // (a `Pod` chunk) or `fits_archived` (an archived one) checked that every range the
+            // trampoline touches lies inside its data area; the trampoline checks the chunk's
+            // kind, types and alignments itself. The context (archived chunks) is another slot,
+            // checked above to lie in the mapping with its length, that the parent holds unwritten
+            // while the job runs (`Engine::put_context`); it is validated before it is read.
             unsafe { chunk(&mut ctx) }
         } else {
             Err("task code is not in this executable")
@@ -303,14 +306,14 @@ fn scribble(slots: &Slots, slot: usize, desc: &slots::SlotDesc, what: u32) {
         let len = (desc.status_off - desc.out_off) as usize;
         // SAFETY: the output room lies inside the data area (`fits_archived`), and the slot is
         // claimed by this worker.
-        unsafe { data.add(desc.out_off as usize).write_bytes(0xA5, len) };
+        unsafe { data.wrapping_add(desc.out_off as usize).write_bytes(0xA5, len) };
     }
     if what & super::faults::SCRIBBLE_TABLE != 0 {
         for i in 0..desc.count as usize {
             let entry = desc.in_off as usize + i * slots::TABLE_ENTRY + 8;
             let bogus = [0xFFu8, 0xFF, 0xFF, 0x7F, 0x00, 0x10, 0x00, 0x00];
             // SAFETY: entry i of the table lies inside the data area (`fits_archived`).
-            unsafe { data.add(entry).copy_from_nonoverlapping(bogus.as_ptr(), 8) };
+            unsafe { data.wrapping_add(entry).copy_from_nonoverlapping(bogus.as_ptr(), 8) };
         }
     }
 }

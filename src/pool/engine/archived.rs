@@ -388,9 +388,10 @@ impl Engine {
             // SAFETY: the worker published DONE (Release; loaded with Acquire) after writing, or
             // it is dead; the status bytes and the table lie inside the data area (`fits_archived`
             // on the parent's own descriptor); no one else writes the slot until it is freed.
-            let status = unsafe { std::slice::from_raw_parts(base.add(d.status_off as usize), n) }.to_vec();
+            let status = unsafe { std::slice::from_raw_parts(base.wrapping_add(d.status_off as usize), n) }.to_vec();
             // SAFETY: as above, for the item table.
-            let table = unsafe { std::slice::from_raw_parts(base.add(d.in_off as usize), n * TABLE_ENTRY) }.to_vec();
+            let table =
+                unsafe { std::slice::from_raw_parts(base.wrapping_add(d.in_off as usize), n * TABLE_ENTRY) }.to_vec();
             (status, table)
         } else {
             (vec![0; n], vec![0; n * TABLE_ENTRY])
@@ -422,7 +423,7 @@ impl Engine {
         if end > room.start {
             // SAFETY: `room.start..end` lies inside the output room (checked per item above), which
             // lies inside the data area; the slot is still ours (see the status bytes above).
-            let bytes = unsafe { std::slice::from_raw_parts(base.add(room.start), end - room.start) };
+            let bytes = unsafe { std::slice::from_raw_parts(base.wrapping_add(room.start), end - room.start) };
             buf.extend_from_slice(bytes);
         }
         let buf = std::sync::Arc::new(buf);
@@ -472,7 +473,7 @@ impl Engine {
                             // SAFETY: the parent wrote this input there (its own record, inside
                             // the inputs' part of the data area); the slot is still ours. A
                             // worker may have scribbled over it: the next worker validates it.
-                            bytes.extend_from_slice(unsafe { std::slice::from_raw_parts(base.add(off), len) });
+                            bytes.extend_from_slice(unsafe { std::slice::from_raw_parts(base.wrapping_add(off), len) });
                         }
                         self.retries.push_back(Retry {
                             job: inf.job,
