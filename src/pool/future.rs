@@ -264,7 +264,7 @@ pub fn wait<R: Send>(futures: &[Future<R>], timeout: Duration) -> (Vec<usize>, V
     loop {
         let (done, pending): (Vec<usize>, Vec<usize>) = (0..futures.len()).partition(|&i| {
             let f = &futures[i];
-            (f.take)(&mut f.shared.lock(), f.job).is_none_or(|r| r.is_some())
+            f.shared.lock().is_finished(f.job)
         });
         let left = deadline.saturating_duration_since(Instant::now());
         if pending.is_empty() || left.is_zero() {
