@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use ringpool::pool::{
-    FaultPlan, FaultPoint, MapError, PoolError, SCRIBBLE_OUTPUTS, SCRIBBLE_TABLE, StartMethod, TaskError,
+    FaultPlan, FaultPoint, MapError, PoolError, SCRIBBLE_INPUTS, SCRIBBLE_OUTPUTS, SCRIBBLE_TABLE, StartMethod,
+    TaskError,
 };
 use ringpool::ring::archive::rkyv::{
     self, Archived, option::ArchivedOption, string::ArchivedString, tuple::ArchivedTuple2, vec::ArchivedVec,
@@ -487,6 +488,35 @@ fn corrupted_outputs_fail_their_items_and_the_parent_lives() {
         let f = p.submit_archived(checked, "one".to_string()).unwrap();
         assert!(matches!(f.wait_timeout(LONG), Err(ringpool::pool::WaitError::Task(TaskError::InvalidOutput { .. }))));
     }
+}
+
+#[test]
+fn corrupted_inputs_are_refused_by_the_worker_and_fail_their_items() {
+    let p = PoolBuilder::new().workers(2).fault_plan(FaultPlan::none().scribble(SCRIBBLE_INPUTS)).build().unwrap();
+    let inputs: Vec<String> = (0..100).map(|i| format!("a name long enough to live out of line {i}")).collect();
+    match p.map_archived(checked, inputs) {
+        Err(MapError::Tasks(t)) => {
+            assert_eq!(t.failed(), 100);
+            for r in t.results() {
+                match r {
+                    Err(TaskError::InvalidInput { reason }) => {
+                        assert!(reason.contains("not a valid archive"), "{reason}")
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn an_archived_future_can_be_awaited() {
+    let p = pool(1);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let got = rt.block_on(async { p.submit_archived(file_stats, "x/y".to_string()).unwrap().await }).unwrap();
+    assert_eq!(got.upper, "X/Y");
 }
 
 #[test]

@@ -54,7 +54,8 @@ pub struct FaultPlan {
     /// Chance, in thousandths, that a worker kills itself (SIGKILL) at each point.
     pub die_per_mille: [u32; FAULT_POINTS],
     /// Archived chunks: what a worker scribbles over after running one, before it marks it done
-    /// ([`SCRIBBLE_OUTPUTS`], [`SCRIBBLE_TABLE`]; 0: nothing), as memory corruption would.
+    /// ([`SCRIBBLE_OUTPUTS`], [`SCRIBBLE_TABLE`]), or before running it ([`SCRIBBLE_INPUTS`]); 0:
+    /// nothing. As memory corruption would.
     pub scribble: u32,
 }
 
@@ -64,6 +65,9 @@ pub const SCRIBBLE_OUTPUTS: u32 = 1;
 /// [`FaultPlan::scribble`]: point every output's table entry outside the slot.
 #[doc(hidden)]
 pub const SCRIBBLE_TABLE: u32 = 2;
+/// [`FaultPlan::scribble`]: fill the inputs of every archived chunk with garbage before running it.
+#[doc(hidden)]
+pub const SCRIBBLE_INPUTS: u32 = 4;
 
 impl FaultPlan {
     /// No fault anywhere.

@@ -168,7 +168,7 @@ pub use archived::{ArchivedTask, ContextTask, ImapArchived, ImapUnorderedArchive
 pub use engine::PoolStats;
 pub use error::{MapError, PoolError, TaskError, TaskFailures, WaitError};
 #[doc(hidden)]
-pub use faults::{FAULT_POINTS, FaultPlan, FaultPoint, SCRIBBLE_OUTPUTS, SCRIBBLE_TABLE};
+pub use faults::{FAULT_POINTS, FaultPlan, FaultPoint, SCRIBBLE_INPUTS, SCRIBBLE_OUTPUTS, SCRIBBLE_TABLE};
 #[cfg(feature = "tokio")]
 pub use future::AsyncTask;
 pub use future::{AsCompleted, Future, as_completed, wait};

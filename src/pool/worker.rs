@@ -265,6 +265,9 @@ fn serve(
                 ctx.ctx = slots.data(ctx_slot).cast_const();
                 ctx.ctx_len = desc.ctx_len as usize;
             }
+            if faults.scribble & super::faults::SCRIBBLE_INPUTS != 0 && desc.kind == slots::KIND_ARCHIVED {
+                scribble(slots, slot, &desc, super::faults::SCRIBBLE_INPUTS);
+            }
             // SAFETY: the slot is claimed by this process (RUNNING with our pid), so no other
             // worker touches it and the parent does not until the result is published; `fits`
             // (a `Pod` chunk) or `fits_archived` (an archived one) checked that every range the
@@ -281,7 +284,7 @@ fn serve(
             return EXIT_BAD_CODE;
         }
         if faults.scribble != 0 && desc.kind == slots::KIND_ARCHIVED {
-            scribble(slots, slot, &desc, faults.scribble);
+            scribble(slots, slot, &desc, faults.scribble & !super::faults::SCRIBBLE_INPUTS);
         }
         faults.worker_at(FaultPoint::Ran);
         slots.mark_done(slot, me);
@@ -307,6 +310,11 @@ fn scribble(slots: &Slots, slot: usize, desc: &slots::SlotDesc, what: u32) {
         // SAFETY: the output room lies inside the data area (`fits_archived`), and the slot is
         // claimed by this worker.
         unsafe { data.wrapping_add(desc.out_off as usize).write_bytes(0xA5, len) };
+    }
+    if what & super::faults::SCRIBBLE_INPUTS != 0 {
+        // SAFETY: the inputs lie before the table, inside the data area (`fits_archived`), and the
+        // slot is claimed by this worker.
+        unsafe { data.write_bytes(0xA5, desc.in_off as usize) };
     }
     if what & super::faults::SCRIBBLE_TABLE != 0 {
         for i in 0..desc.count as usize {
