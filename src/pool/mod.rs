@@ -1,6 +1,7 @@
 //! Layer 5: the process pool. Worker processes over shared task slots: the parent writes each
 //! task's input into a slot in place, a worker writes the result into the same slot, the parent
-//! reads it in place. No serialization anywhere.
+//! reads it in place. No serialization for `Pod` values; any other data crosses archived with
+//! rkyv, read in place too ([archived tasks](#archived-tasks)).
 //!
 //! ```no_run
 //! use ringpool::Pool;
@@ -349,8 +350,10 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Engine> {
         // No caller's code runs under this lock (input iterators are pulled outside it, and task
-        // inputs and results are `Pod`: no destructor, no clone); a panic of the pool's own code
-        // under it leaves the engine as consistent as any other return.
+        // inputs and results are `Pod`: no destructor, no clone; archived inputs are archived and
+        // dropped under it, by their derived `Serialize` and `Drop`, and archived results are
+        // validated and deserialized outside it, except a future's); a panic of the pool's own
+        // code under it leaves the engine as consistent as any other return.
         self.engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
