@@ -443,6 +443,7 @@ fn outputs_that_overflow_their_chunk_are_dispatched_again_and_come_back_exact() 
     let sizes: Vec<u32> =
         (0..3000).map(|_| if rng.below(10) == 0 { rng.below(3500) as u32 } else { rng.below(100) as u32 }).collect();
     let got = p.map_archived(text_of_len, sizes.clone()).unwrap();
+    assert!(p.stats().redispatched > 0, "outputs overflowed their chunks: {:?}", p.stats());
     assert_eq!(got.len(), sizes.len());
     assert!(got.iter().zip(&sizes).all(|(s, &n)| s.len() == n as usize && s.bytes().all(|b| b == b'z')));
     let unordered: HashSet<usize> = p

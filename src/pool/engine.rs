@@ -209,6 +209,9 @@ pub struct PoolStats {
     pub workers_died: u64,
     /// Workers that retired after their task limit and were replaced.
     pub workers_retired: u64,
+    /// Archived items dispatched again because an output did not fit the room its chunk left
+    /// (the item itself, alone, and the items after it in its chunk).
+    pub redispatched: u64,
 }
 
 /// Whether one dispatch attempt sent a chunk.

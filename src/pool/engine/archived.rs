@@ -475,6 +475,7 @@ impl Engine {
                             // worker may have scribbled over it: the next worker validates it.
                             bytes.extend_from_slice(unsafe { std::slice::from_raw_parts(base.wrapping_add(off), len) });
                         }
+                        self.stats.redispatched += 1;
                         self.retries.push_back(Retry {
                             job: inf.job,
                             index,
