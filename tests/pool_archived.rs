@@ -375,6 +375,23 @@ fn initializer_arguments_reach_every_worker_and_replacements() {
 }
 
 #[test]
+fn initializer_arguments_reach_forked_workers() {
+    let child = common::spawn(|| {
+        let built = PoolBuilder::new()
+            .workers(2)
+            .start_method(StartMethod::Fork)
+            .initializer_with(remember, ("forked".to_string(), 7u64))
+            .build();
+        let Ok(p) = built else { return 2 };
+        match p.map_archived(init_value, 0..20u32) {
+            Ok(v) if v.iter().all(|(x, pid)| *x == 13 && *pid != std::process::id()) => 0,
+            _ => 3,
+        }
+    });
+    child.join(LONG);
+}
+
+#[test]
 fn initializer_arguments_larger_than_a_slot_fail_the_build() {
     match PoolBuilder::new().workers(1).slot_bytes(512).initializer_with(remember, ("x".repeat(4000), 1u64)).build() {
         Err(PoolError::ArchiveTooLarge { what: "initializer arguments", needed, available }) => {
