@@ -587,3 +587,20 @@ fn nothing_left_behind() {
     }
     assert!(common::leftovers().is_empty());
 }
+
+/// Outputs of 3000 bytes, or the input's length as text.
+fn grow(s: &ArchivedString) -> String {
+    if s.as_str() == "o" { "o".repeat(3000) } else { s.len().to_string() }
+}
+
+/// An input that takes most of a slot still runs (its output gets the rest), even after large
+/// outputs of the same map taught the pool to leave room for outputs.
+#[test]
+fn an_input_filling_most_of_a_slot_runs_after_large_outputs() {
+    let p = PoolBuilder::new().workers(1).chunk_size(1).slots(2).slot_bytes(4096).build().unwrap();
+    let mut inputs: Vec<String> = vec!["o".to_string(); 6];
+    inputs.extend(["w".repeat(3500), "short".into(), "v".repeat(3900)]);
+    let got = p.map_archived(grow, inputs).unwrap();
+    assert!(got[..6].iter().all(|s| s.len() == 3000));
+    assert_eq!(got[6..], ["3500", "5", "3900"]);
+}

@@ -264,13 +264,18 @@ impl Engine {
             let k = inputs.len() + 1;
             let start = up16(cursor);
             // Room for this input: leave the table (k entries), an estimated output per item and
-            // a status byte per item; the first item may take all but the table and a status byte.
+            // a status byte per item. The first item may take all but its table entry and status
+            // byte (its output gets what its input leaves; if that is too little, it goes again
+            // alone, and fails only if input and output together exceed a slot).
             let fixed = (ARCHIVE_ALIGN - 1) + k * (TABLE_ENTRY + 1);
             let with_outputs = fixed.saturating_add(k.saturating_mul(up16(est)));
-            let limit = match data_len.checked_sub(with_outputs) {
-                Some(l) if l > start => l,
-                _ if inputs.is_empty() => data_len.saturating_sub(fixed),
-                _ => break,
+            let limit = if inputs.is_empty() {
+                data_len.saturating_sub(fixed)
+            } else {
+                match data_len.checked_sub(with_outputs) {
+                    Some(l) if l > start => l,
+                    _ => break,
+                }
             };
             if limit <= start {
                 break;
