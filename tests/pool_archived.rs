@@ -302,8 +302,16 @@ fn a_context_reaches_every_spawned_worker() {
     assert!(pids.is_subset(&workers));
 }
 
+/// Starts (and ends) a process from this thread before a test forks a child that starts workers:
+/// the process layer's one-time setup then ran to its end here, so the child cannot inherit it
+/// half-done from another test's thread (it would wait for it forever).
+fn settle_process_setup() {
+    drop(PoolBuilder::new().workers(1).build().expect("a pool"));
+}
+
 #[test]
 fn a_context_reaches_every_forked_worker() {
+    settle_process_setup();
     let child = common::spawn(|| {
         let Ok(p) = PoolBuilder::new().workers(2).chunk_size(1).start_method(StartMethod::Fork).build() else {
             return 2;
@@ -376,6 +384,7 @@ fn initializer_arguments_reach_every_worker_and_replacements() {
 
 #[test]
 fn initializer_arguments_reach_forked_workers() {
+    settle_process_setup();
     let child = common::spawn(|| {
         let built = PoolBuilder::new()
             .workers(2)
