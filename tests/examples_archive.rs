@@ -121,3 +121,64 @@ fn typed_messages_serve_and_send_meet_by_name_as_two_programs() {
     assert_eq!(pid_after(&stdout, "got Bye from pid "), pid_after(&sent_out, "sender (pid "), "{stdout}");
     assert!(!std::path::Path::new("/dev/shm").join(&name).exists(), "/dev/shm/{name} left behind");
 }
+
+/// The `crawl` example over a tree made here: a row per file as it is done, with the right
+/// counts and top word, then the right totals and the context's counts; it ends on its own.
+#[test]
+fn crawl_counts_every_file_of_a_tree_and_ends_on_its_own() {
+    let exe = build_example("crawl");
+    let dir = std::env::temp_dir().join(unique_name("crawl-tree"));
+    std::fs::create_dir_all(dir.join("sub/deeper")).unwrap();
+    let mut files = Vec::new();
+    for i in 0..40usize {
+        let rel = match i % 3 {
+            0 => format!("f{i}.txt"),
+            1 => format!("sub/f{i}.txt"),
+            _ => format!("sub/deeper/f{i}.txt"),
+        };
+        // File i: i + 1 lines of "alpha beta", and the word "unsafe" i times on a last line.
+        let mut text = "alpha beta\n".repeat(i + 1);
+        text.push_str(&"unsafe ".repeat(i));
+        text.push('\n');
+        std::fs::write(dir.join(&rel), &text).unwrap();
+        files.push((rel, i));
+    }
+    let out = run_with_deadline(Command::new(&exe).arg(&dir), DEADLINE);
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with("crawl: 40 files under "), "{stdout}");
+    let (mut lines, mut words) = (0, 0);
+    for (rel, i) in &files {
+        let row = stdout
+            .lines()
+            .find(|l| l.ends_with(&format!("/{rel}")))
+            .unwrap_or_else(|| panic!("no row for {rel}:\n{stdout}"));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        let (l, w) = (i + 2, 2 * (i + 1) + i);
+        assert_eq!((cols[1], cols[2]), (l.to_string().as_str(), w.to_string().as_str()), "{row}");
+        // "alpha" and "beta" appear i + 1 times each, "unsafe" i times: alpha wins the tie.
+        assert_eq!((cols[3], cols[4]), ("alpha", format!("({})", i + 1).as_str()), "{row}");
+        lines += l;
+        words += w;
+    }
+    let unsafe_total: usize = (0..40).sum();
+    assert!(
+        stdout.contains(&format!("total: 40 files, {lines} lines, {words} words (0 could not be read)")),
+        "{stdout}"
+    );
+    assert!(stdout.contains(&format!("  unsafe   {unsafe_total:>6} times; most in /f39.txt")), "{stdout}");
+    assert!(stdout.lines().last().unwrap().contains("the program ended on its own"), "{stdout}");
+}
+
+/// With no argument it crawls the crate's own `src/`.
+#[test]
+fn crawl_defaults_to_the_crates_own_sources() {
+    let exe = build_example("crawl");
+    let out = run_with_deadline(&mut Command::new(&exe), DEADLINE);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", out.status);
+    assert!(stdout.contains("/src; 4 worker processes"), "{stdout}");
+    assert!(stdout.contains("/pool/archived.rs"), "{stdout}");
+    assert!(stdout.contains("(0 could not be read)"), "{stdout}");
+}

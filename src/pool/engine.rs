@@ -17,6 +17,9 @@
 //! No caller's code runs under the engine's lock: the callers in `mod.rs` pull input iterators
 //! outside it (their `Feeder`), and everything else the engine touches is `Pod`.
 
+#[cfg(feature = "archive")]
+mod archived;
+
 use crate::sys::atomic::Ordering;
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
@@ -54,6 +57,9 @@ pub(crate) struct Settings {
     pub slot_bytes: usize,
     pub spin: SpinPolicy,
     pub faults: super::faults::FaultPlan,
+    /// The initializer's arguments, archived (`initializer_with`): copied into a slot of their own
+    /// at build, where every worker reads them.
+    pub init_args: Option<Vec<u8>>,
 }
 
 /// Sizes and alignments of a task's input and output.
@@ -96,6 +102,12 @@ pub(crate) trait Sink: Send + 'static {
     fn fail(&mut self, first: usize, count: usize, e: &TaskError);
     fn as_any(&mut self) -> &mut dyn Any;
     fn into_any(self: Box<Self>) -> Box<dyn Any>;
+    /// One item of an archived chunk finished (archived jobs only): its output's bytes, copied
+    /// out of the slot and not yet validated, or its error.
+    #[cfg(feature = "archive")]
+    fn archived(&mut self, index: usize, r: Result<super::archived::RawOut, TaskError>) {
+        let _ = (index, r);
+    }
 }
 
 struct JobEntry {
@@ -104,6 +116,13 @@ struct JobEntry {
     remaining: usize,
     /// Nobody will read the results (a dropped future or iterator): remove when finished.
     abandoned: bool,
+    /// The slot holding the job's context (archived tasks with a context): back to the free list
+    /// when the job goes.
+    ctx_slot: Option<u32>,
+    /// Archived jobs: bytes an output is expected to take (from the outputs seen so far), to
+    /// leave room for them when packing inputs.
+    #[cfg_attr(not(feature = "archive"), allow(dead_code))]
+    out_est: usize,
 }
 
 /// A task waiting for a free slot (futures).
@@ -124,7 +143,51 @@ struct Inflight {
     queue_index: u64,
     sent: bool,
     size_r: usize,
+    /// An archived chunk: its items are in `Engine::arch[slot]`.
+    #[cfg_attr(not(feature = "archive"), allow(dead_code))]
+    archived: bool,
 }
+
+/// What the parent wrote into a slot for an archived chunk (it never reads back its own layout
+/// from shared memory).
+#[cfg(feature = "archive")]
+struct ArchSlot {
+    desc: SlotDesc,
+    /// Each item's index in its job.
+    indices: Vec<usize>,
+    /// Each item's input archive: offset in the data area, length.
+    inputs: Vec<(u32, u32)>,
+    /// Retries each item had (overflows of the items before it).
+    tries: Vec<u8>,
+    /// A single item re-dispatched alone after its output overflowed: another overflow is final.
+    alone: bool,
+    spec: ArchSpec,
+}
+
+/// How an archived job's chunks run: the trampoline, and where its context lies.
+#[cfg(feature = "archive")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ArchSpec {
+    pub tramp: CodeOffset,
+    /// The context's slot and archive length.
+    pub ctx: Option<(u32, u32)>,
+}
+
+/// An archived item to dispatch again (its output overflowed, or it was skipped after one that
+/// did), or a submitted one waiting for a slot.
+#[cfg(feature = "archive")]
+pub(crate) struct Retry {
+    pub job: usize,
+    pub index: usize,
+    pub bytes: rkyv::util::AlignedVec<16>,
+    pub spec: ArchSpec,
+    pub alone: bool,
+    pub tries: u8,
+}
+
+/// Skips after which an item is failed (only a worker that misbehaves skips an item that often).
+#[cfg(feature = "archive")]
+const MAX_TRIES: u8 = 16;
 
 struct Worker {
     process: Process,
@@ -146,6 +209,9 @@ pub struct PoolStats {
     pub workers_died: u64,
     /// Workers that retired after their task limit and were replaced.
     pub workers_retired: u64,
+    /// Archived items dispatched again because an output did not fit the room its chunk left
+    /// (the item itself, alone, and the items after it in its chunk).
+    pub redispatched: u64,
 }
 
 /// Whether one dispatch attempt sent a chunk.
@@ -182,12 +248,40 @@ pub(crate) struct Engine {
     pub closed: bool,
     pub terminated: bool,
     pub stats: PoolStats,
+    /// Slots held by contexts of running jobs.
+    ctx_held: usize,
+    /// The slot holding the initializer's arguments, and their length.
+    init_args: Option<(u32, u32)>,
+    #[cfg(feature = "archive")]
+    arch: Vec<Option<ArchSlot>>,
+    #[cfg(feature = "archive")]
+    retries: VecDeque<Retry>,
+    /// Scratch space for archiving inputs and contexts.
+    #[cfg(feature = "archive")]
+    arena: rkyv::ser::allocator::Arena,
 }
 
 impl Engine {
     pub(crate) fn new(settings: Settings) -> Result<Engine, PoolError> {
         let queue_slots = settings.slots.next_power_of_two().max(2);
-        let slots = Slots::create(settings.slots, settings.slot_bytes)?;
+        let extra = usize::from(settings.init_args.is_some());
+        let slots = Slots::create(settings.slots + extra, settings.slot_bytes)?;
+        let mut init_args = None;
+        if let Some(args) = &settings.init_args {
+            let available = slots.data_len();
+            if args.len() > available {
+                return Err(PoolError::ArchiveTooLarge {
+                    what: "initializer arguments",
+                    needed: args.len(),
+                    available,
+                });
+            }
+            let slot = settings.slots;
+            // SAFETY: the slot past the task slots is the arguments' own: no task is ever queued in
+            // it and no worker runs yet; `args` fits its data area (checked above).
+            unsafe { std::ptr::copy_nonoverlapping(args.as_ptr(), slots.data(slot), args.len()) };
+            init_args = Some((slot as u32, args.len() as u32));
+        }
         let tasks = Queue::<u64>::builder().slots(queue_slots).spin(settings.spin).anonymous()?;
         let results = Queue::<u64>::builder().slots(queue_slots).spin(settings.spin).anonymous()?;
         let errors = Ring::builder().capacity(16 * 1024).spin(settings.spin).anonymous()?;
@@ -219,6 +313,14 @@ impl Engine {
             closed: false,
             terminated: false,
             stats: PoolStats::default(),
+            ctx_held: 0,
+            init_args,
+            #[cfg(feature = "archive")]
+            arch: (0..n).map(|_| None).collect(),
+            #[cfg(feature = "archive")]
+            retries: VecDeque::new(),
+            #[cfg(feature = "archive")]
+            arena: rkyv::ser::allocator::Arena::new(),
             settings,
         };
         let fork = engine.fork_now()?;
@@ -259,6 +361,7 @@ impl Engine {
                 errors: self.errors.clone(),
                 max_tasks: self.settings.max_tasks,
                 init: self.settings.init,
+                init_args: self.init_args,
                 faults: self.settings.faults,
             };
             // SAFETY: `fork_now` found this thread to be the process's only one, and since then
@@ -282,10 +385,17 @@ impl Engine {
             }),
             max_tasks: self.settings.max_tasks,
             init: self.settings.init.unwrap_or(0),
-            has_init: u32::from(self.settings.init.is_some()),
+            has_init: match (self.settings.init, self.init_args) {
+                (None, _) => 0,
+                (Some(_), None) => 1,
+                (Some(_), Some(_)) => 2,
+            },
             _pad: 0,
             spin_ns: u64::try_from(self.settings.spin.budget().as_nanos()).unwrap_or(u64::MAX),
             faults: self.settings.faults,
+            init_args_slot: self.init_args.map_or(0, |a| a.0),
+            init_args_len: self.init_args.map_or(0, |a| a.1),
+            _pad2: 0,
         };
         let fds = [self.slots.fd(), self.tasks.fd(), self.results.fd(), self.errors.fd()];
         let process =
@@ -329,7 +439,7 @@ impl Engine {
     }
 
     pub(crate) fn new_job(&mut self, sink: Box<dyn Sink>) -> usize {
-        let entry = JobEntry { sink, remaining: 0, abandoned: false };
+        let entry = JobEntry { sink, remaining: 0, abandoned: false, ctx_slot: None, out_est: 64 };
         match self.free_jobs.pop() {
             Some(i) => {
                 self.jobs[i] = Some(entry);
@@ -357,6 +467,7 @@ impl Engine {
         let entry = self.jobs.get_mut(job)?.take()?;
         if entry.remaining == 0 {
             self.free_jobs.push(job);
+            self.release_context(entry.ctx_slot);
             Some(entry.sink)
         } else {
             self.jobs[job] = Some(JobEntry { abandoned: true, ..entry });
@@ -369,11 +480,24 @@ impl Engine {
     pub(crate) fn drop_job(&mut self, job: usize) {
         if let Some(Some(entry)) = self.jobs.get_mut(job) {
             if entry.remaining == 0 {
+                let ctx = entry.ctx_slot;
                 self.jobs[job] = None;
                 self.free_jobs.push(job);
+                self.release_context(ctx);
             } else {
                 entry.abandoned = true;
             }
+        }
+    }
+
+    /// A finished job's context slot goes back to the free list: every chunk that named it has
+    /// settled, so no worker reads it any more (a worker reads a context only while it holds a
+    /// chunk of the job, and the job finished only once each of its chunks was delivered, failed
+    /// with its dead worker, or cancelled before any worker claimed it).
+    fn release_context(&mut self, ctx: Option<u32>) {
+        if let Some(slot) = ctx {
+            self.ctx_held = self.ctx_held.saturating_sub(1);
+            self.free.push(slot);
         }
     }
 
@@ -424,8 +548,16 @@ impl Engine {
         desc.seq = self.seq[slot];
         desc.tramp = tramp;
         self.slots.publish_queued(slot, &desc);
-        self.inflight[slot] =
-            Some(Inflight { seq: desc.seq, job, first, count: n, queue_index: 0, sent: false, size_r: types.size_r });
+        self.inflight[slot] = Some(Inflight {
+            seq: desc.seq,
+            job,
+            first,
+            count: n,
+            queue_index: 0,
+            sent: false,
+            size_r: types.size_r,
+            archived: false,
+        });
         self.outbox.push(worker::message(slot as u32, desc.seq));
         if let Some(Some(j)) = self.jobs.get_mut(job) {
             j.remaining += n;
@@ -442,7 +574,24 @@ impl Engine {
         self.dispatch_pending();
     }
 
+    /// Fails every item of an in-flight chunk with `e` (its items' indices are its own when it is
+    /// an archived chunk).
+    fn fail_slot_items(&mut self, slot: usize, inf: Inflight, e: &TaskError) {
+        #[cfg(feature = "archive")]
+        if inf.archived {
+            let indices = self.arch.get_mut(slot).and_then(Option::take).map(|a| a.indices).unwrap_or_default();
+            for i in indices {
+                self.fail_items(inf.job, i, 1, e);
+            }
+            return;
+        }
+        let _ = slot;
+        self.fail_items(inf.job, inf.first, inf.count, e);
+    }
+
     fn dispatch_pending(&mut self) {
+        #[cfg(feature = "archive")]
+        self.dispatch_retries();
         while !self.pending.is_empty() {
             let Some(slot) = self.free.pop() else { return };
             let Some(p) = self.pending.pop_front() else { return };
@@ -546,6 +695,11 @@ impl Engine {
     /// Hands a slot's outputs to its job and frees the slot. `death`: the worker died before it
     /// finished the chunk; items it marked done are delivered, the others fail with its death.
     fn deliver(&mut self, slot: usize, inf: Inflight, pid: u32, death: Option<ExitStatus>) {
+        #[cfg(feature = "archive")]
+        if inf.archived {
+            self.deliver_archived(slot, inf, pid, death);
+            return;
+        }
         let desc = self.slots.read_desc(slot);
         let data = self.slots.data(slot);
         if desc.fits(self.slots.data_len()) && desc.count as usize == inf.count {
@@ -592,6 +746,10 @@ impl Engine {
     fn free_slot(&mut self, slot: usize) {
         self.slots.free(slot);
         self.inflight[slot] = None;
+        #[cfg(feature = "archive")]
+        {
+            self.arch[slot] = None;
+        }
         self.free.push(slot as u32);
     }
 
@@ -600,8 +758,10 @@ impl Engine {
             j.remaining = j.remaining.saturating_sub(n);
             if j.remaining == 0 {
                 if j.abandoned {
+                    let ctx = j.ctx_slot;
                     self.jobs[job] = None;
                     self.free_jobs.push(job);
+                    self.release_context(ctx);
                 } else {
                     self.log_done(job);
                 }
@@ -718,6 +878,13 @@ impl Engine {
             self.fail_items(job, 0, 1, &TaskError::Cancelled);
             return true;
         }
+        #[cfg(feature = "archive")]
+        if let Some(pos) = self.retries.iter().position(|r| r.job == job) {
+            if let Some(r) = self.retries.remove(pos) {
+                self.fail_items(job, r.index, 1, &TaskError::Cancelled);
+            }
+            return true;
+        }
         for slot in 0..self.inflight.len() {
             let Some(inf) = self.inflight[slot] else { continue };
             if inf.job != job {
@@ -725,7 +892,7 @@ impl Engine {
             }
             self.settings.faults.parent_at(FaultPoint::ParentCancel);
             if self.slots.cancel_queued(slot) {
-                self.fail_items(job, inf.first, inf.count, &TaskError::Cancelled);
+                self.fail_slot_items(slot, inf, &TaskError::Cancelled);
                 if !inf.sent {
                     // Still in our outbox: take the message back, free the slot now.
                     self.outbox.retain(|&m| worker::split(m).0 != slot);
@@ -739,7 +906,15 @@ impl Engine {
 
     /// Whether any task is pending or running.
     pub(crate) fn busy(&self) -> bool {
-        !self.pending.is_empty() || self.inflight.iter().any(Option::is_some)
+        let retries = {
+            #[cfg(feature = "archive")]
+            {
+                !self.retries.is_empty()
+            }
+            #[cfg(not(feature = "archive"))]
+            false
+        };
+        retries || !self.pending.is_empty() || self.inflight.iter().any(Option::is_some)
     }
 
     /// Stops taking tasks, waits for every outstanding task, lets the workers leave, reaps them.
@@ -780,9 +955,13 @@ impl Engine {
         while let Some(p) = self.pending.pop_front() {
             self.fail_items(p.job, 0, 1, &TaskError::Terminated);
         }
+        #[cfg(feature = "archive")]
+        while let Some(r) = self.retries.pop_front() {
+            self.fail_items(r.job, r.index, 1, &TaskError::Terminated);
+        }
         for slot in 0..self.inflight.len() {
             if let Some(inf) = self.inflight[slot] {
-                self.fail_items(inf.job, inf.first, inf.count, &TaskError::Terminated);
+                self.fail_slot_items(slot, inf, &TaskError::Terminated);
                 self.free_slot(slot);
             }
         }

@@ -40,6 +40,33 @@ pub enum TaskError {
     /// [`source`](std::error::Error::source).
     #[error("the pool failed: {0}")]
     Pool(#[source] SharedPoolError),
+    /// An archived task's input or output does not fit a slot (archived tasks: `map_archived` and
+    /// the rest of its family). The other items are not affected.
+    #[error(
+        "the task's {what} archives to {needed} bytes, a slot has room for {available}: raise PoolBuilder::slot_bytes"
+    )]
+    TooLarge {
+        /// `"input"` or `"output"`.
+        what: &'static str,
+        /// Bytes the archive needs.
+        needed: usize,
+        /// Bytes a slot has for it.
+        available: usize,
+    },
+    /// A worker's result is not a valid archive of the task's output type (its memory was
+    /// overwritten, or its `Serialize` failed); nothing of it was used.
+    #[error("the task's output is invalid: {reason}")]
+    InvalidOutput {
+        /// What validation found.
+        reason: String,
+    },
+    /// The task's input could not be archived (its `Serialize` failed), or the worker found it
+    /// invalid (the slot's memory was overwritten); the task did not run.
+    #[error("the task's input is invalid: {reason}")]
+    InvalidInput {
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 impl From<PoolError> for TaskError {
@@ -140,6 +167,25 @@ pub enum PoolError {
         value: u128,
         /// What is accepted.
         limit: &'static str,
+    },
+    /// A value the pool archives into one slot once for many tasks (a context, an initializer's
+    /// arguments) does not fit it.
+    #[error("the {what} archives to {needed} bytes, a slot holds {available}: raise PoolBuilder::slot_bytes")]
+    ArchiveTooLarge {
+        /// `"context"` or `"initializer arguments"`.
+        what: &'static str,
+        /// Bytes the archive needs.
+        needed: usize,
+        /// Bytes a slot holds.
+        available: usize,
+    },
+    /// A value could not be archived (its `Serialize` failed; rkyv's reason).
+    #[error("the {what} could not be archived: {reason}")]
+    Archive {
+        /// What was being archived.
+        what: &'static str,
+        /// rkyv's reason.
+        reason: String,
     },
 }
 

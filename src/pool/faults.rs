@@ -53,7 +53,21 @@ pub struct FaultPlan {
     pub pause_us: [u32; FAULT_POINTS],
     /// Chance, in thousandths, that a worker kills itself (SIGKILL) at each point.
     pub die_per_mille: [u32; FAULT_POINTS],
+    /// Archived chunks: what a worker scribbles over after running one, before it marks it done
+    /// ([`SCRIBBLE_OUTPUTS`], [`SCRIBBLE_TABLE`]), or before running it ([`SCRIBBLE_INPUTS`]); 0:
+    /// nothing. As memory corruption would.
+    pub scribble: u32,
 }
+
+/// [`FaultPlan::scribble`]: fill the output room of every archived chunk with garbage.
+#[doc(hidden)]
+pub const SCRIBBLE_OUTPUTS: u32 = 1;
+/// [`FaultPlan::scribble`]: point every output's table entry outside the slot.
+#[doc(hidden)]
+pub const SCRIBBLE_TABLE: u32 = 2;
+/// [`FaultPlan::scribble`]: fill the inputs of every archived chunk with garbage before running it.
+#[doc(hidden)]
+pub const SCRIBBLE_INPUTS: u32 = 4;
 
 impl FaultPlan {
     /// No fault anywhere.
@@ -70,6 +84,13 @@ impl FaultPlan {
     /// A worker at `point` kills itself with a chance of `per_mille` thousandths (at most 1000).
     pub fn die(mut self, point: FaultPoint, per_mille: u32) -> FaultPlan {
         self.die_per_mille[point as usize] = per_mille.min(1000);
+        self
+    }
+
+    /// Archived chunks: a worker scribbles over its outputs (`SCRIBBLE_*` bits) after running a
+    /// chunk, as memory corruption would; the parent must fail those items, never trust them.
+    pub fn scribble(mut self, what: u32) -> FaultPlan {
+        self.scribble = what;
         self
     }
 

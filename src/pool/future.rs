@@ -48,7 +48,18 @@ pub struct Future<R> {
     shared: Arc<Shared>,
     job: usize,
     id: u64,
+    /// Looks the result up in the job's sink (`None`: the job is unknown; `Some(None)`: not yet).
+    take: Take<R>,
     _r: PhantomData<fn() -> R>,
+}
+
+/// How a [`Future`] finds its result: a `Pod` one's sink, or an archived one's (validated and
+/// deserialized as it is taken).
+pub(crate) type Take<R> = fn(&mut super::engine::Engine, usize) -> Option<Option<Result<R, TaskError>>>;
+
+/// [`Take`] for `Pod` results.
+fn take_pod<R: Pod + Send>(e: &mut super::engine::Engine, job: usize) -> Option<Option<Result<R, TaskError>>> {
+    e.sink::<FutureSink<R>>(job).map(|s| s.result.clone())
 }
 
 /// Numbers futures for [`Future::id`].
@@ -62,8 +73,14 @@ impl<R> std::fmt::Debug for Future<R> {
 
 impl<R: Pod + Send> Future<R> {
     pub(crate) fn new(shared: Arc<Shared>, job: usize) -> Future<R> {
+        Future::with_take(shared, job, take_pod::<R>)
+    }
+}
+
+impl<R: Send> Future<R> {
+    pub(crate) fn with_take(shared: Arc<Shared>, job: usize, take: Take<R>) -> Future<R> {
         let id = NEXT_ID.fetch_add(1, crate::sys::atomic::Ordering::Relaxed);
-        Future { shared, job, id, _r: PhantomData }
+        Future { shared, job, id, take, _r: PhantomData }
     }
 
     /// A number unique to this future in this process (in submission order): a key to tell
@@ -75,14 +92,13 @@ impl<R: Pod + Send> Future<R> {
     /// The result if the task has finished (`None` otherwise); drives the pool a little.
     fn poll(&self, wait: Duration) -> Result<Option<Result<R, TaskError>>, PoolError> {
         let mut e = self.shared.lock();
-        if let Some(r) = e.sink::<FutureSink<R>>(self.job).and_then(|s| s.result.clone()) {
-            return Ok(Some(r));
-        }
-        if e.sink::<FutureSink<R>>(self.job).is_none() {
-            return Err(unknown_task());
+        match (self.take)(&mut e, self.job) {
+            Some(Some(r)) => return Ok(Some(r)),
+            Some(None) => {}
+            None => return Err(unknown_task()),
         }
         match e.pump(wait) {
-            Ok(_) => Ok(e.sink::<FutureSink<R>>(self.job).and_then(|s| s.result.clone())),
+            Ok(_) => Ok((self.take)(&mut e, self.job).flatten()),
             Err(err) => Err(err),
         }
     }
@@ -133,7 +149,7 @@ impl<R> Drop for Future<R> {
 /// Yields the futures in the order they finish (Python's `as_completed`). Each yielded future's
 /// [`wait`](Future::wait) returns at once. Futures of several pools may be mixed; each pool is
 /// driven in turn while none is done.
-pub fn as_completed<R: Pod + Send>(futures: impl IntoIterator<Item = Future<R>>) -> AsCompleted<R> {
+pub fn as_completed<R: Send>(futures: impl IntoIterator<Item = Future<R>>) -> AsCompleted<R> {
     let mut groups: Vec<Group<R>> = Vec::new();
     for f in futures {
         match groups.iter_mut().find(|g| Arc::ptr_eq(&g.shared, &f.shared)) {
@@ -210,7 +226,7 @@ impl<R> std::fmt::Debug for AsCompleted<R> {
     }
 }
 
-impl<R: Pod + Send> Iterator for AsCompleted<R> {
+impl<R: Send> Iterator for AsCompleted<R> {
     type Item = Future<R>;
 
     fn next(&mut self) -> Option<Future<R>> {
@@ -243,12 +259,12 @@ impl<R: Pod + Send> Iterator for AsCompleted<R> {
 
 /// Waits until every future is done or `timeout` passes (Python's `concurrent.futures.wait`).
 /// Answers the indices of the done and of the not-yet-done futures.
-pub fn wait<R: Pod + Send>(futures: &[Future<R>], timeout: Duration) -> (Vec<usize>, Vec<usize>) {
+pub fn wait<R: Send>(futures: &[Future<R>], timeout: Duration) -> (Vec<usize>, Vec<usize>) {
     let deadline = Instant::now() + timeout;
     loop {
         let (done, pending): (Vec<usize>, Vec<usize>) = (0..futures.len()).partition(|&i| {
             let f = &futures[i];
-            f.shared.lock().sink::<FutureSink<R>>(f.job).is_none_or(|s| s.result.is_some())
+            f.shared.lock().is_finished(f.job)
         });
         let left = deadline.saturating_duration_since(Instant::now());
         if pending.is_empty() || left.is_zero() {
@@ -298,7 +314,7 @@ impl<R> std::fmt::Debug for AsyncTask<R> {
 }
 
 #[cfg(feature = "tokio")]
-impl<R: Pod + Send> std::future::IntoFuture for Future<R> {
+impl<R: Send> std::future::IntoFuture for Future<R> {
     type Output = Result<R, TaskError>;
     type IntoFuture = AsyncTask<R>;
 
@@ -309,7 +325,7 @@ impl<R: Pod + Send> std::future::IntoFuture for Future<R> {
 }
 
 #[cfg(feature = "tokio")]
-impl<R: Pod + Send> std::future::Future for AsyncTask<R> {
+impl<R: Send> std::future::Future for AsyncTask<R> {
     type Output = Result<R, TaskError>;
 
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
@@ -326,7 +342,8 @@ impl<R: Pod + Send> std::future::Future for AsyncTask<R> {
             }
         };
         let job = this.inner.job;
-        let taken = |e: &mut super::engine::Engine| e.sink::<FutureSink<R>>(job).map(|s| s.result.clone());
+        let take = this.inner.take;
+        let taken = |e: &mut super::engine::Engine| take(e, job);
         let result = match taken(&mut e) {
             None => Some(Err(TaskError::from(unknown_task()))),
             Some(Some(r)) => Some(r),

@@ -1,6 +1,7 @@
 //! Layer 5: the process pool. Worker processes over shared task slots: the parent writes each
 //! task's input into a slot in place, a worker writes the result into the same slot, the parent
-//! reads it in place. No serialization anywhere.
+//! reads it in place. No serialization for `Pod` values; any other data crosses archived with
+//! rkyv, read in place too ([archived tasks](#archived-tasks)).
 //!
 //! ```no_run
 //! use ringpool::Pool;
@@ -21,6 +22,74 @@
 //! with `T` and `R` [`Pod`] (plain bytes: numbers, arrays, `#[repr(C)]` structs of them). Its code
 //! crosses to the worker as an offset from the executable's load address (valid in forked and
 //! re-executed workers alike); its input and output cross as bytes in a shared slot.
+//!
+//! # Archived tasks
+//!
+//! With the feature `archive` (on by default), inputs and outputs may be anything
+//! [rkyv](https://docs.rs/rkyv/0.8) archives: `String`, `Vec`, enums with data, `Option`, `Result`,
+//! tuples, your own `#[derive(Archive, Serialize, Deserialize)]` structs. A task of
+//! [`map_archived`](Pool::map_archived) (and `imap_archived`, `imap_unordered_archived`,
+//! `submit_archived`, `apply_archived`) takes `&Archived<T>` and returns an owned `R`:
+//!
+//! - **In place.** The parent archives each input straight into a slot; the worker validates it
+//!   (`rkyv::access`, never `access_unchecked`) and the task reads it where it lies (a
+//!   `&ArchivedString` for a `String`, no copy); the worker archives the output into the same slot's
+//!   room; the parent checks every offset the worker wrote, validates the output, and deserializes
+//!   an owned `R`. A worker that writes garbage fails its items with [`TaskError::InvalidOutput`],
+//!   never undefined behaviour.
+//! - **Sizes.** A chunk takes items while their archives fit its slot (about half of it, the rest
+//!   left for outputs as large as those seen so far). An output that does not fit the room left
+//!   sends that item, alone, and the items after it to other slots; nothing is truncated. An input
+//!   or output larger than a whole slot fails only its item with [`TaskError::TooLarge`], naming
+//!   both sizes: raise [`slot_bytes`](PoolBuilder::slot_bytes).
+//! - **Context.** [`map_with`](Pool::map_with) (and `imap_with`, `imap_unordered_with`,
+//!   `submit_with`, `apply_with`) archives one value once per call into a slot of its own, which
+//!   forked and spawned workers alike map; every task reads it in place:
+//!   `fn(&Archived<C>, &Archived<T>) -> R`.
+//! - **Initializer arguments** (Python's `initargs`):
+//!   [`initializer_with`](PoolBuilder::initializer_with) archives them at build into a slot every
+//!   worker, replacements included, reads when it starts.
+//! - **starmap**: [`starmap`](Pool::starmap) calls `f(a, b)` (or `f(a, b, c)`) on items `(a, b)`,
+//!   deserialized in the worker.
+//!
+//! ```
+//! use ringpool::ring::archive::rkyv::{self, string::ArchivedString, vec::ArchivedVec};
+//! use ringpool::{Pool, PoolBuilder};
+//!
+//! #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+//! #[rkyv(crate = rkyv)]
+//! struct Found {
+//!     word: String,
+//!     hits: Vec<u32>,
+//! }
+//!
+//! /// Where in `lines` (the context) the word (the input) appears.
+//! fn find(lines: &ArchivedVec<ArchivedString>, word: &ArchivedString) -> Found {
+//!     let hits = (0..lines.len() as u32).filter(|&i| lines[i as usize].contains(word.as_str())).collect();
+//!     Found { word: word.to_string(), hits }
+//! }
+//!
+//! fn setup(greeting: &ArchivedString) {
+//!     // Every worker runs this when it starts, on the arguments given at build.
+//!     assert_eq!(greeting, "hello");
+//! }
+//!
+//! let pool = PoolBuilder::new().workers(2).initializer_with(setup, "hello".to_string()).build()?;
+//! let text: Vec<String> = vec!["a cat".into(), "a dog".into(), "cat and dog".into()];
+//! let found = pool.map_with(&text, find, ["cat".to_string(), "dog".to_string(), "cow".to_string()])?;
+//! assert_eq!(found[0], Found { word: "cat".into(), hits: vec![0, 2] });
+//! assert_eq!(found[2].hits, Vec::<u32>::new());
+//!
+//! fn area(w: f64, h: f64) -> f64 {
+//!     w * h
+//! }
+//! assert_eq!(pool.starmap(area, [(2.0, 3.0), (1.5, 2.0)])?, [6.0, 3.0]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The derived `Serialize` of inputs and contexts and the `Drop` of inputs run under the pool's
+//! lock (when their items are packed into slots); an input type with a hand-written `Serialize`
+//! must not use the same pool.
 //!
 //! # What happens when things go wrong
 //!
@@ -76,6 +145,8 @@
 //! (`pool.submit(f, x)?.await`), and with the feature `tracing` worker starts, deaths and
 //! replacements are logged as `tracing` events under the target `ringpool`.
 
+#[cfg(feature = "archive")]
+mod archived;
 mod engine;
 mod error;
 mod faults;
@@ -93,10 +164,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytemuck::Pod;
 
+#[cfg(feature = "archive")]
+pub use archived::{ArchivedTask, ContextTask, ImapArchived, ImapUnorderedArchived, InitTask, StarTask};
 pub use engine::PoolStats;
 pub use error::{MapError, PoolError, SharedPoolError, TaskError, TaskFailures, WaitError};
 #[doc(hidden)]
-pub use faults::{FAULT_POINTS, FaultPlan, FaultPoint};
+pub use faults::{FAULT_POINTS, FaultPlan, FaultPoint, SCRIBBLE_INPUTS, SCRIBBLE_OUTPUTS, SCRIBBLE_TABLE};
 #[cfg(feature = "tokio")]
 pub use future::AsyncTask;
 pub use future::{AsCompleted, Future, as_completed, wait};
@@ -125,6 +198,8 @@ pub struct PoolBuilder {
     chunk_size: Option<usize>,
     max_tasks: u64,
     init: Option<Result<crate::process::code::CodeOffset, String>>,
+    /// The initializer's arguments, archived (`initializer_with`), or why they could not be.
+    init_args: Option<Result<Vec<u8>, String>>,
     method: StartMethod,
     slots: Option<usize>,
     slot_bytes: usize,
@@ -139,6 +214,7 @@ impl Default for PoolBuilder {
             chunk_size: None,
             max_tasks: 0,
             init: None,
+            init_args: None,
             method: StartMethod::Auto,
             slots: None,
             slot_bytes: 16 * 1024,
@@ -173,6 +249,7 @@ impl PoolBuilder {
     pub fn initializer<F: Fn() + Copy + Send + Sync + 'static>(mut self, f: F) -> Self {
         let _ = f;
         self.init = Some(task::init_offset::<F>().map_err(|e| e.to_string()));
+        self.init_args = None;
         self
     }
 
@@ -244,6 +321,11 @@ impl PoolBuilder {
             Some(Ok(off)) => Some(off),
             Some(Err(_)) => return Err(PoolError::InvalidSetting("the initializer is not code of this executable")),
         };
+        let init_args = match self.init_args {
+            None => None,
+            Some(Ok(bytes)) => Some(bytes),
+            Some(Err(reason)) => return Err(PoolError::Archive { what: "initializer arguments", reason }),
+        };
         let settings = Settings {
             workers: self.workers,
             chunk_size: self.chunk_size,
@@ -254,6 +336,7 @@ impl PoolBuilder {
             slot_bytes,
             spin: self.spin,
             faults: self.faults,
+            init_args,
         };
         let engine = Engine::new(settings)?;
         Ok(Pool { shared: Arc::new(Shared { engine: Mutex::new(engine) }) })
@@ -267,8 +350,10 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn lock(&self) -> MutexGuard<'_, Engine> {
         // No caller's code runs under this lock (input iterators are pulled outside it, and task
-        // inputs and results are `Pod`: no destructor, no clone); a panic of the pool's own code
-        // under it leaves the engine as consistent as any other return.
+        // inputs and results are `Pod`: no destructor, no clone; archived inputs are archived and
+        // dropped under it, by their derived `Serialize` and `Drop`, and archived results are
+        // validated and deserialized outside it, except a future's); a panic of the pool's own
+        // code under it leaves the engine as consistent as any other return.
         self.engine.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
@@ -481,9 +566,23 @@ impl Pool {
         let chunk = e.chunk_size((Some(lo) == hi).then_some(lo), types)?;
         let job = e.new_job(Box::new(MapSink::<R> { values: Vec::with_capacity(lo), failures: Vec::new() }));
         drop(e);
+        let (mut sink, next) = self.drive::<MapSink<R>, _, _>(iter, job, PodDispatch { tramp, types, chunk })?;
+        sink.values.truncate(next);
+        Ok(sink)
+    }
+
+    /// Feeds `job` from `iter` until every item is dispatched and every result is in, then takes
+    /// the job's sink; answers it and the number of items. The input iterator is pulled only
+    /// while the engine lock is not held (see [`Feeder`]).
+    fn drive<S: Sink, I: Iterator, D: Dispatcher<I::Item>>(
+        &self,
+        iter: I,
+        job: usize,
+        disp: D,
+    ) -> Result<(Box<S>, usize), PoolError> {
         // If the input iterator panics, the job goes with the unwinding (abandoned if items run).
         let mut owned = OwnedJob { shared: &self.shared, job: Some(job) };
-        let mut feed = Feeder::new(iter, job, tramp, types, chunk);
+        let mut feed = Feeder::new(iter, job, disp);
         let outcome = loop {
             let want = {
                 let mut e = self.shared.lock();
@@ -507,9 +606,8 @@ impl Pool {
         owned.job = None;
         let sink = self.shared.lock().take_job(job);
         outcome?;
-        let mut sink = sink.and_then(|s| s.into_any().downcast::<MapSink<R>>().ok()).ok_or(PoolError::Closed)?;
-        sink.values.truncate(feed.next);
-        Ok(sink)
+        let sink = sink.and_then(|s| s.into_any().downcast::<S>().ok()).ok_or(PoolError::Closed)?;
+        Ok((sink, feed.next))
     }
 }
 
@@ -528,6 +626,44 @@ impl Drop for OwnedJob<'_> {
     }
 }
 
+/// How a feeder's buffered items go into slots: as `Pod` values, or archived.
+pub(crate) trait Dispatcher<T> {
+    /// Under the lock: fills one free slot from the front of `buffer` (the job's items `first..`).
+    fn dispatch(
+        &mut self,
+        e: &mut Engine,
+        job: usize,
+        first: usize,
+        buffer: &mut std::collections::VecDeque<T>,
+    ) -> Dispatch;
+    /// Items per chunk, at most.
+    fn chunk(&self) -> usize;
+}
+
+/// `Pod` items, written as they are into a slot.
+pub(crate) struct PodDispatch {
+    tramp: crate::process::code::CodeOffset,
+    types: Types,
+    chunk: usize,
+}
+
+impl<T: Pod> Dispatcher<T> for PodDispatch {
+    #[inline]
+    fn dispatch(
+        &mut self,
+        e: &mut Engine,
+        job: usize,
+        first: usize,
+        buffer: &mut std::collections::VecDeque<T>,
+    ) -> Dispatch {
+        let mut items = std::iter::from_fn(|| buffer.pop_front());
+        e.dispatch_from(job, self.tramp, self.types, first, &mut items, self.chunk)
+    }
+    fn chunk(&self) -> usize {
+        self.chunk
+    }
+}
+
 /// Feeds a job from the caller's input iterator.
 ///
 /// The iterator is the caller's code: it may be slow, block, or use this very pool (a map over an
@@ -535,7 +671,7 @@ impl Drop for OwnedJob<'_> {
 /// this feeder holds no slot either (the iterator may need every slot to make progress). Each
 /// round takes, under the lock, as many buffered items as the free slots hold, then, without the
 /// lock, pulls as many items as the slots that were free could take; the buffer never holds more.
-struct Feeder<I: Iterator> {
+struct Feeder<I: Iterator, D> {
     inputs: I,
     buffer: std::collections::VecDeque<I::Item>,
     /// The iterator ended.
@@ -543,32 +679,28 @@ struct Feeder<I: Iterator> {
     /// Index of the next item to dispatch (items dispatched so far).
     next: usize,
     job: usize,
-    tramp: crate::process::code::CodeOffset,
-    types: Types,
-    chunk: usize,
+    disp: D,
 }
 
-impl<I> Feeder<I>
+impl<I, D> Feeder<I, D>
 where
     I: Iterator,
-    I::Item: Pod,
+    D: Dispatcher<I::Item>,
 {
-    fn new(inputs: I, job: usize, tramp: crate::process::code::CodeOffset, types: Types, chunk: usize) -> Self {
-        Feeder { inputs, buffer: Default::default(), exhausted: false, next: 0, job, tramp, types, chunk }
+    fn new(inputs: I, job: usize, disp: D) -> Self {
+        Feeder { inputs, buffer: Default::default(), exhausted: false, next: 0, job, disp }
     }
 
     /// Under the lock: dispatches buffered items into free slots. Answers how many items to pull
     /// next: none while items wait in the buffer, once the iterator ended, or when no slot is free.
     fn dispatch(&mut self, e: &mut Engine) -> usize {
         while !self.buffer.is_empty() {
-            let buffer = &mut self.buffer;
-            let mut items = std::iter::from_fn(|| buffer.pop_front());
-            match e.dispatch_from(self.job, self.tramp, self.types, self.next, &mut items, self.chunk) {
+            match self.disp.dispatch(e, self.job, self.next, &mut self.buffer) {
                 Dispatch::Sent(n) => self.next += n,
                 Dispatch::NoSlot | Dispatch::Exhausted => break,
             }
         }
-        if self.buffer.is_empty() && !self.exhausted { e.free_slots().saturating_mul(self.chunk) } else { 0 }
+        if self.buffer.is_empty() && !self.exhausted { e.free_slots().saturating_mul(self.disp.chunk()) } else { 0 }
     }
 
     /// Without the lock: pulls up to `n` items into the buffer.
@@ -600,13 +732,13 @@ impl Drop for Pool {
 }
 
 /// Shared by the two lazy iterators: a job fed from an input iterator as slots free up.
-struct Stream<'p, I: Iterator> {
+struct Stream<'p, I: Iterator, D = PodDispatch> {
     pool: &'p Pool,
     job: Option<usize>,
-    feed: Feeder<I>,
+    feed: Feeder<I, D>,
 }
 
-impl<'p, I> Stream<'p, I>
+impl<'p, I> Stream<'p, I, PodDispatch>
 where
     I: Iterator,
     I::Item: Pod,
@@ -624,7 +756,27 @@ where
         let chunk = e.chunk_size((Some(lo) == hi).then_some(lo), types)?;
         let job = e.new_job(sink);
         drop(e);
-        Ok(Stream { pool, job: Some(job), feed: Feeder::new(inputs, job, tramp, types, chunk) })
+        Ok(Stream { pool, job: Some(job), feed: Feeder::new(inputs, job, PodDispatch { tramp, types, chunk }) })
+    }
+}
+
+impl<'p, I, D> Stream<'p, I, D>
+where
+    I: Iterator,
+    D: Dispatcher<I::Item>,
+{
+    /// A stream of an existing job.
+    #[cfg(feature = "archive")]
+    fn resume(pool: &'p Pool, job: usize, inputs: I, disp: D) -> Self {
+        Stream { pool, job: Some(job), feed: Feeder::new(inputs, job, disp) }
+    }
+
+    /// Drops the job (the pool failed): the stream ends.
+    #[cfg(feature = "archive")]
+    fn stop(&mut self) {
+        if let Some(job) = self.job.take() {
+            self.pool.shared.lock().drop_job(job);
+        }
     }
 
     /// Feeds free slots, then waits a little for results, until `take` finds something in the
@@ -661,7 +813,7 @@ where
     }
 }
 
-impl<I: Iterator> Drop for Stream<'_, I> {
+impl<I: Iterator, D> Drop for Stream<'_, I, D> {
     fn drop(&mut self) {
         if let Some(job) = self.job {
             self.pool.shared.lock().drop_job(job);

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! segment payload: [ PoolHeader (one page) ][ slot 0 ][ slot 1 ] ... [ slot n-1 ]
-//! slot:            [ state: u64 | pad | SlotDesc (48 B) ][ data: inputs | outputs | status bytes ]
+//! slot:            [ state: u64 | SlotDesc (56 B) ][ data: inputs | outputs | status bytes ]
+//! archived chunk:  data = [ inputs, each 16-aligned | item table | outputs, each 16-aligned | status bytes ]
 //! ```
 //!
 //! The **state word** is the slot's whole life in one atomic: what stage it is in and, while a
@@ -77,7 +78,7 @@ pub(crate) fn owner(w: u64) -> u32 {
     w as u32
 }
 
-/// Bytes before a slot's data: the state word, padding, the descriptor.
+/// Bytes before a slot's data: the state word, the descriptor.
 pub(crate) const SLOT_HEADER: usize = 64;
 /// The largest alignment a task's input or output type may have.
 pub(crate) const MAX_ALIGN: usize = 64;
@@ -98,8 +99,28 @@ pub(crate) struct SlotDesc {
     pub in_off: u32,
     pub out_off: u32,
     pub status_off: u32,
-    pub _pad: u32,
+    /// [`KIND_POD`] (the layout above) or [`KIND_ARCHIVED`] (see [`SlotDesc::fits_archived`]).
+    pub kind: u32,
+    /// Archived chunks with a context: the slot holding the context's archive, and its length.
+    pub ctx_slot: u32,
+    pub ctx_len: u32,
 }
+
+const _: () = assert!(8 + std::mem::size_of::<SlotDesc>() <= SLOT_HEADER, "the descriptor must fit the slot header");
+
+/// A chunk of `Pod` values at fixed sizes.
+pub(crate) const KIND_POD: u32 = 0;
+/// A chunk of archived values: an item table says where each lies.
+#[cfg_attr(not(feature = "archive"), allow(dead_code))]
+pub(crate) const KIND_ARCHIVED: u32 = 1;
+/// Bytes of one entry of an archived chunk's item table: input offset and length (written by the
+/// parent), output offset and length (written by the worker), each a little-endian `u32`
+/// relative to the data area.
+#[cfg_attr(not(feature = "archive"), allow(dead_code))]
+pub(crate) const TABLE_ENTRY: usize = 16;
+/// Alignment of every archived input and output in a slot (rkyv's largest, `u128`'s).
+#[cfg_attr(not(feature = "archive"), allow(dead_code))]
+pub(crate) const ARCHIVE_ALIGN: usize = 16;
 
 impl SlotDesc {
     /// Lays out a chunk of `count` items in a data area of `data_len` bytes; `None` if it does
@@ -131,7 +152,9 @@ impl SlotDesc {
             in_off: 0,
             out_off: out_off as u32,
             status_off: out_end as u32,
-            _pad: 0,
+            kind: KIND_POD,
+            ctx_slot: 0,
+            ctx_len: 0,
         })
     }
 
@@ -142,10 +165,28 @@ impl SlotDesc {
         let in_end = u128::from(self.in_off) + c * u128::from(self.size_t);
         let out_end = u128::from(self.out_off) + c * u128::from(self.size_r);
         let status_end = u128::from(self.status_off) + c;
-        self.in_off == 0
+        self.kind == KIND_POD
+            && self.in_off == 0
             && in_end <= u128::from(self.out_off)
             && out_end <= u128::from(self.status_off)
             && status_end <= data_len as u128
+    }
+
+    /// Re-checks an archived chunk's descriptor read from shared memory: `[0, in_off)` inputs,
+    /// `[in_off, in_off + 16 * count)` the item table, `[out_off, status_off)` room for outputs,
+    /// `[status_off, status_off + count)` status bytes, in that order inside the data area, the
+    /// table and the output room 16-aligned.
+    #[cfg_attr(not(feature = "archive"), allow(dead_code))]
+    pub(crate) fn fits_archived(&self, data_len: usize) -> bool {
+        let c = u128::from(self.count);
+        let table_end = u128::from(self.in_off) + c * TABLE_ENTRY as u128;
+        self.kind == KIND_ARCHIVED
+            && self.count > 0
+            && self.in_off as usize % ARCHIVE_ALIGN == 0
+            && self.out_off as usize % ARCHIVE_ALIGN == 0
+            && table_end <= u128::from(self.out_off)
+            && self.out_off <= self.status_off
+            && u128::from(self.status_off) + c <= data_len as u128
     }
 
     /// How many items of these sizes fit in a data area.
@@ -241,10 +282,10 @@ impl Slots {
 
     /// Writes the slot's descriptor (parent, before queuing).
     pub(crate) fn write_desc(&self, slot: usize, desc: &SlotDesc) {
-        // SAFETY: bytes 16..64 of the slot, 8-aligned, inside the mapping; only the parent writes
+        // SAFETY: bytes 8..64 of the slot, 8-aligned, inside the mapping; only the parent writes
         // descriptors, and only while the slot is FREE (no worker reads it until it is queued,
         // which happens after this write, published by the queue's Release).
-        unsafe { self.base(slot).wrapping_add(16).cast::<SlotDesc>().write(*desc) }
+        unsafe { self.base(slot).wrapping_add(8).cast::<SlotDesc>().write(*desc) }
     }
 
     /// Reads the slot's descriptor by value (worker, after claiming). Garbage is possible only if
@@ -252,7 +293,7 @@ impl Slots {
     pub(crate) fn read_desc(&self, slot: usize) -> SlotDesc {
         // SAFETY: as in write_desc; a volatile read by value, so a concurrent scribbler can only
         // give us garbage that the checks reject.
-        unsafe { self.base(slot).wrapping_add(16).cast::<SlotDesc>().read_volatile() }
+        unsafe { self.base(slot).wrapping_add(8).cast::<SlotDesc>().read_volatile() }
     }
 
     /// The slot's data area.
@@ -270,7 +311,7 @@ impl Slots {
     /// the state (Release). The task message is sent after this.
     pub(crate) fn publish_queued(&self, slot: usize, desc: &SlotDesc) {
         self.write_desc(slot, desc);
-        if desc.fits(self.data_len()) {
+        if desc.fits(self.data_len()) || desc.fits_archived(self.data_len()) {
             // SAFETY: `fits` checked that the status bytes lie inside the slot's data area; the
             // slot is FREE, so only the parent (this caller) touches it.
             unsafe { self.data(slot).wrapping_add(desc.status_off as usize).write_bytes(0, desc.count as usize) };

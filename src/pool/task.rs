@@ -60,6 +60,18 @@ where
 pub(crate) const ITEM_PENDING: u8 = 0;
 pub(crate) const ITEM_OK: u8 = 1;
 pub(crate) const ITEM_PANICKED: u8 = 2;
+/// Archived chunks: the worker found the input invalid (the text follows on the panic ring).
+#[cfg_attr(not(feature = "archive"), allow(dead_code))]
+pub(crate) const ITEM_INVALID_INPUT: u8 = 3;
+/// Archived chunks: the output did not fit the room left; its table entry holds the size needed.
+#[cfg_attr(not(feature = "archive"), allow(dead_code))]
+pub(crate) const ITEM_OVERFLOW: u8 = 4;
+/// Archived chunks: not run, because an item before it overflowed.
+#[cfg_attr(not(feature = "archive"), allow(dead_code))]
+pub(crate) const ITEM_SKIPPED: u8 = 5;
+/// Archived chunks: the output could not be archived (its `Serialize` failed; text follows).
+#[cfg_attr(not(feature = "archive"), allow(dead_code))]
+pub(crate) const ITEM_BAD_OUTPUT: u8 = 6;
 
 /// One chunk, as a worker hands it to a trampoline: pointers into a slot it has claimed.
 pub(crate) struct ChunkCtx<'a> {
@@ -71,6 +83,16 @@ pub(crate) struct ChunkCtx<'a> {
     pub align_t: usize,
     pub size_r: usize,
     pub align_r: usize,
+    /// The descriptor's kind ([`KIND_POD`](super::slots::KIND_POD) for the fields above).
+    pub kind: u32,
+    /// Archived chunks: the slot's data area, its descriptor (checked with `fits_archived`), and
+    /// the context's archive (null and 0 when the chunk has none).
+    #[cfg_attr(not(feature = "archive"), allow(dead_code))]
+    pub data: *mut u8,
+    #[cfg_attr(not(feature = "archive"), allow(dead_code))]
+    pub desc: super::slots::SlotDesc,
+    pub ctx: *const u8,
+    pub ctx_len: usize,
     /// Called with (item, panic text) for every task that panicked.
     pub on_panic: &'a mut dyn FnMut(usize, String),
 }
@@ -87,7 +109,7 @@ pub(crate) type InitFn = fn();
 /// `F` must be zero-sized (checked at compile time by the callers' `const` assertions) and a
 /// function item or a closure that captures nothing: such a type has exactly one value and no
 /// invariant, so "making" it creates nothing that did not exist.
-unsafe fn conjure<F>() -> F {
+pub(crate) unsafe fn conjure<F>() -> F {
     // SAFETY: per this function's contract F is zero-sized: reading it reads no byte, and a
     // dangling, aligned pointer is valid for zero-sized reads.
     unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() }
@@ -110,7 +132,8 @@ where
     const {
         assert!(std::mem::size_of::<F>() == 0, "a pool task must be a function item or a closure that captures nothing")
     };
-    if ctx.size_t != std::mem::size_of::<T>()
+    if ctx.kind != super::slots::KIND_POD
+        || ctx.size_t != std::mem::size_of::<T>()
         || ctx.align_t != std::mem::align_of::<T>()
         || ctx.size_r != std::mem::size_of::<R>()
         || ctx.align_r != std::mem::align_of::<R>()

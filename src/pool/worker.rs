@@ -48,6 +48,10 @@ pub(crate) struct WorkerArg {
     pub spin_ns: u64,
     /// Faults to inject (tests only; all zero otherwise).
     pub faults: FaultPlan,
+    /// With `has_init` 2: the slot holding the initializer's archived arguments, and their length.
+    pub init_args_slot: u32,
+    pub init_args_len: u32,
+    pub _pad2: u32,
 }
 
 /// What a forked worker inherits, mapped already.
@@ -58,6 +62,8 @@ pub(crate) struct Setup {
     pub errors: Ring,
     pub max_tasks: u64,
     pub init: Option<crate::process::code::CodeOffset>,
+    /// The initializer's archived arguments: their slot and length.
+    pub init_args: Option<(u32, u32)>,
     pub faults: FaultPlan,
 }
 
@@ -65,10 +71,7 @@ pub(crate) struct Setup {
 /// the parent held were forgotten by the fork.
 pub(crate) fn run_forked(setup: Setup) {
     if let Some(init) = setup.init {
-        match task::init_fn(init) {
-            Some(init) => init(),
-            None => crate::process::exit(EXIT_BAD_CODE),
-        }
+        run_init(&setup.slots, init, setup.init_args);
     }
     let code = serve(&setup.slots, &setup.tasks, &setup.results, &setup.errors, setup.max_tasks, &setup.faults);
     if code != 0 {
@@ -101,15 +104,49 @@ pub(crate) fn start(arg: &[u8]) {
     let Ok((slots, tasks, results, errors)) = opened else {
         crate::process::exit(EXIT_BAD_SETUP);
     };
-    if arg.has_init == 1 {
-        match task::init_fn(arg.init) {
-            Some(init) => init(),
-            None => crate::process::exit(EXIT_BAD_CODE),
-        }
+    match arg.has_init {
+        1 => run_init(&slots, arg.init, None),
+        2 => run_init(&slots, arg.init, Some((arg.init_args_slot, arg.init_args_len))),
+        _ => {}
     }
     let code = serve(&slots, &tasks, &results, &errors, arg.max_tasks, &arg.faults);
     if code != 0 {
         crate::process::exit(code);
+    }
+}
+
+/// Runs the pool's initializer: a plain one, or one that reads its archived arguments in place
+/// from their slot (`args`). Exits the worker if the code or the arguments are not right.
+fn run_init(slots: &Slots, init: crate::process::code::CodeOffset, args: Option<(u32, u32)>) {
+    let Some((slot, len)) = args else {
+        match task::init_fn(init) {
+            Some(init) => init(),
+            None => crate::process::exit(EXIT_BAD_CODE),
+        }
+        return;
+    };
+    #[cfg(feature = "archive")]
+    {
+        let (slot, len) = (slot as usize, len as usize);
+        if slot >= slots.count || len > slots.data_len() {
+            crate::process::exit(EXIT_BAD_SETUP);
+        }
+        let Some(init) = super::archived::init_args_fn(init) else {
+            crate::process::exit(EXIT_BAD_CODE);
+        };
+        // SAFETY: `slot` is a slot of the mapping and `len` at most its data area (checked above);
+        // the arguments' slot is written by the parent once, before any worker starts, and never
+        // again (it is never on the free list). The trampoline validates the bytes before it
+        // reads them as a value.
+        let bytes = unsafe { std::slice::from_raw_parts(slots.data(slot).cast_const(), len) };
+        if init(bytes).is_err() {
+            crate::process::exit(EXIT_BAD_SETUP);
+        }
+    }
+    #[cfg(not(feature = "archive"))]
+    {
+        let _ = (slots, slot, len);
+        crate::process::exit(EXIT_BAD_SETUP);
     }
 }
 
@@ -187,7 +224,7 @@ fn serve(
             Claim::Run => faults.worker_at(FaultPoint::Committed),
         }
         let desc = slots.read_desc(slot);
-        let ran = if desc.seq != seq || !desc.fits(slots.data_len()) {
+        let ran = if desc.seq != seq || !(desc.fits(slots.data_len()) || desc.fits_archived(slots.data_len())) {
             Err("slot descriptor is inconsistent")
         } else if let Some(chunk) = task::chunk_fn(desc.tramp) {
             let data = slots.data(slot);
@@ -212,12 +249,32 @@ fn serve(
                 align_t: desc.align_t as usize,
                 size_r: desc.size_r as usize,
                 align_r: desc.align_r as usize,
+                kind: desc.kind,
+                data,
+                desc,
+                ctx: std::ptr::null(),
+                ctx_len: 0,
                 on_panic: &mut on_panic,
             };
+            let ctx_slot = desc.ctx_slot as usize;
+            if desc.kind == slots::KIND_ARCHIVED
+                && ctx_slot < slots.count
+                && ctx_slot != slot
+                && desc.ctx_len as usize <= slots.data_len()
+            {
+                ctx.ctx = slots.data(ctx_slot).cast_const();
+                ctx.ctx_len = desc.ctx_len as usize;
+            }
+            if faults.scribble & super::faults::SCRIBBLE_INPUTS != 0 && desc.kind == slots::KIND_ARCHIVED {
+                scribble(slots, slot, &desc, super::faults::SCRIBBLE_INPUTS);
+            }
             // SAFETY: the slot is claimed by this process (RUNNING with our pid), so no other
             // worker touches it and the parent does not until the result is published; `fits`
-            // checked that inputs, outputs and status bytes lie inside its data area; the
-            // trampoline checks the types and alignments itself.
+            // (a `Pod` chunk) or `fits_archived` (an archived one) checked that every range the
+            // trampoline touches lies inside its data area; the trampoline checks the chunk's
+            // kind, types and alignments itself. The context (archived chunks) is another slot,
+            // checked above to lie in the mapping with its length, that the parent holds unwritten
+            // while the job runs (`Engine::put_context`); it is validated before it is read.
             unsafe { chunk(&mut ctx) }
         } else {
             Err("task code is not in this executable")
@@ -225,6 +282,9 @@ fn serve(
         if ran.is_err() {
             // Leave every item's status as "not run": the parent reports it.
             return EXIT_BAD_CODE;
+        }
+        if faults.scribble != 0 && desc.kind == slots::KIND_ARCHIVED {
+            scribble(slots, slot, &desc, faults.scribble & !super::faults::SCRIBBLE_INPUTS);
         }
         faults.worker_at(FaultPoint::Ran);
         slots.mark_done(slot, me);
@@ -235,6 +295,35 @@ fn serve(
         done = done.saturating_add(u64::from(desc.count.max(1)));
     }
     0
+}
+
+/// Tests only (`FaultPlan::scribble`): overwrites an archived chunk's output room and/or the
+/// worker's half of its item table with garbage.
+#[cold]
+fn scribble(slots: &Slots, slot: usize, desc: &slots::SlotDesc, what: u32) {
+    if !desc.fits_archived(slots.data_len()) {
+        return;
+    }
+    let data = slots.data(slot);
+    if what & super::faults::SCRIBBLE_OUTPUTS != 0 {
+        let len = (desc.status_off - desc.out_off) as usize;
+        // SAFETY: the output room lies inside the data area (`fits_archived`), and the slot is
+        // claimed by this worker.
+        unsafe { data.wrapping_add(desc.out_off as usize).write_bytes(0xA5, len) };
+    }
+    if what & super::faults::SCRIBBLE_INPUTS != 0 {
+        // SAFETY: the inputs lie before the table, inside the data area (`fits_archived`), and the
+        // slot is claimed by this worker.
+        unsafe { data.write_bytes(0xA5, desc.in_off as usize) };
+    }
+    if what & super::faults::SCRIBBLE_TABLE != 0 {
+        for i in 0..desc.count as usize {
+            let entry = desc.in_off as usize + i * slots::TABLE_ENTRY + 8;
+            let bogus = [0xFFu8, 0xFF, 0xFF, 0x7F, 0x00, 0x10, 0x00, 0x00];
+            // SAFETY: entry i of the table lies inside the data area (`fits_archived`).
+            unsafe { data.wrapping_add(entry).copy_from_nonoverlapping(bogus.as_ptr(), 8) };
+        }
+    }
 }
 
 /// Claims the slot named by `msg` for `me`, inside the task queue's receive critical section.

@@ -247,7 +247,7 @@ impl Scratch {
 }
 
 /// How serializing into reserved room ended.
-enum Written {
+pub(crate) enum Written {
     /// This many bytes.
     Done(usize),
     /// The room was too small.
@@ -258,7 +258,7 @@ enum Written {
 
 /// Serializes `value` into `out`, whose first byte lies at position `base`, with scratch space
 /// from `arena`.
-fn write_into<T: Archivable>(value: &T, out: &mut [u8], base: usize, arena: &mut Arena) -> Written {
+pub(crate) fn write_into<T: Archivable>(value: &T, out: &mut [u8], base: usize, arena: &mut Arena) -> Written {
     let overflowed = Cell::new(false);
     let w = ArchiveWriter { out, len: 0, base, measure_only: false, overflowed: &overflowed };
     match rkyv::api::high::to_bytes_in_with_alloc::<_, _, RkyvError>(value, w, arena.acquire()) {
@@ -269,7 +269,7 @@ fn write_into<T: Archivable>(value: &T, out: &mut [u8], base: usize, arena: &mut
 }
 
 /// The size of `value`'s archive when its first byte lies at position `base` (writes nothing).
-fn measure<T: Archivable>(value: &T, base: usize, arena: &mut Arena) -> Result<usize, String> {
+pub(crate) fn measure<T: Archivable>(value: &T, base: usize, arena: &mut Arena) -> Result<usize, String> {
     let overflowed = Cell::new(false);
     let w = ArchiveWriter { out: &mut [], len: 0, base, measure_only: true, overflowed: &overflowed };
     match rkyv::api::high::to_bytes_in_with_alloc::<_, _, RkyvError>(value, w, arena.acquire()) {

@@ -1,0 +1,615 @@
+//! The pool with archived (rkyv) inputs and outputs: round trips of strings, vectors, enums,
+//! options, results, tuples; random nested values; contexts and initializer arguments reaching
+//! forked and spawned workers (replacements too); values too large for a slot; outputs that
+//! overflow a chunk; corrupted outputs; workers killed mid-map.
+//!
+//! The harness runs threads, so pools built here spawn their workers (re-executing this test
+//! binary); the fork start method is tested from a forked, single-threaded child.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use ringpool::pool::{
+    FaultPlan, FaultPoint, MapError, PoolError, SCRIBBLE_INPUTS, SCRIBBLE_OUTPUTS, SCRIBBLE_TABLE, StartMethod,
+    TaskError,
+};
+use ringpool::ring::archive::rkyv::{
+    self, Archived, option::ArchivedOption, string::ArchivedString, tuple::ArchivedTuple2, vec::ArchivedVec,
+};
+use ringpool::{Pool, PoolBuilder};
+
+const LONG: Duration = Duration::from_secs(120);
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Clone)]
+#[rkyv(crate = rkyv)]
+struct FileStats {
+    path: String,
+    len: u64,
+    upper: String,
+}
+
+fn file_stats(path: &ArchivedString) -> FileStats {
+    FileStats { path: path.as_str().to_owned(), len: path.len() as u64, upper: path.as_str().to_uppercase() }
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Clone)]
+#[rkyv(crate = rkyv)]
+struct Summary {
+    sum: f64,
+    first: Vec<f64>,
+}
+
+fn summarize(v: &ArchivedVec<Archived<f64>>) -> Summary {
+    Summary { sum: v.iter().map(|x| x.to_native()).sum(), first: v.iter().take(10).map(|x| x.to_native()).collect() }
+}
+
+fn is_prime(n: &Archived<u64>) -> bool {
+    let n = n.to_native();
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Clone)]
+#[rkyv(crate = rkyv)]
+enum Cmd {
+    Add(i64, i64),
+    Say { text: String, loud: bool },
+    Nothing,
+}
+
+fn run_cmd(c: &ArchivedCmd) -> Result<Option<String>, (bool, i64)> {
+    match c {
+        ArchivedCmd::Add(a, b) => Err((true, a.to_native() + b.to_native())),
+        ArchivedCmd::Say { text, loud } => Ok(Some(if *loud { text.to_uppercase() } else { text.as_str().to_owned() })),
+        ArchivedCmd::Nothing => Ok(None),
+    }
+}
+
+fn pool(workers: usize) -> Pool {
+    PoolBuilder::new().workers(workers).build().expect("a pool")
+}
+
+#[test]
+fn strings_in_structs_with_strings_out() {
+    let p = pool(2);
+    let paths: Vec<String> = (0..5000).map(|i| format!("/some/dir/{i}/file-{}.rs", "x".repeat(i % 150))).collect();
+    let got = p.map_archived(file_stats, paths.clone()).unwrap();
+    assert_eq!(got.len(), paths.len());
+    for (s, p) in got.iter().zip(&paths) {
+        assert_eq!(s, &FileStats { path: p.clone(), len: p.len() as u64, upper: p.to_uppercase() });
+    }
+    // The lazy forms and the single ones agree.
+    let ordered: Vec<FileStats> = p.imap_archived(file_stats, paths.clone()).unwrap().map(Result::unwrap).collect();
+    assert_eq!(ordered, got);
+    let mut unordered: Vec<(usize, FileStats)> =
+        p.imap_unordered_archived(file_stats, paths.clone()).unwrap().map(|(i, r)| (i, r.unwrap())).collect();
+    unordered.sort_by_key(|(i, _)| *i);
+    assert!(unordered.iter().enumerate().all(|(k, (i, s))| k == *i && s == &got[k]));
+    assert_eq!(p.apply_archived(file_stats, "abc".to_string()).unwrap().upper, "ABC");
+    let futures: Vec<_> = paths[..50].iter().map(|s| p.submit_archived(file_stats, s.clone()).unwrap()).collect();
+    for (f, s) in futures.iter().zip(&got) {
+        assert_eq!(&f.wait_timeout(LONG).unwrap(), s);
+    }
+}
+
+#[test]
+fn vectors_of_floats_in_structs_with_vectors_out() {
+    let p = pool(2);
+    let inputs: Vec<Vec<f64>> = (0..300).map(|i| (0..(i * 7 % 1000)).map(|k| (k * i) as f64 * 0.5).collect()).collect();
+    let got = p.map_archived(summarize, inputs.clone()).unwrap();
+    for (s, v) in got.iter().zip(&inputs) {
+        assert_eq!(s.sum, v.iter().sum::<f64>());
+        assert_eq!(s.first, v.iter().take(10).copied().collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn enums_options_results_bools_and_primes() {
+    let p = pool(2);
+    let cmds = vec![
+        Cmd::Add(2, 40),
+        Cmd::Say { text: "quiet".into(), loud: false },
+        Cmd::Say { text: "loud".into(), loud: true },
+        Cmd::Nothing,
+    ];
+    let got = p.map_archived(run_cmd, cmds).unwrap();
+    assert_eq!(got, vec![Err((true, 42)), Ok(Some("quiet".into())), Ok(Some("LOUD".into())), Ok(None)]);
+    let primes = p.map_archived(is_prime, 0..2000u64).unwrap();
+    let expect: Vec<bool> =
+        (0..2000u64).map(|n| n >= 2 && (2..n).take_while(|d| d * d <= n).all(|d| n % d != 0)).collect();
+    assert_eq!(primes, expect);
+    assert_eq!(primes.iter().filter(|&&b| b).count(), 303);
+    fn first_of_pair(t: &ArchivedTuple2<ArchivedString, ArchivedOption<u8>>) -> (String, bool) {
+        (t.0.as_str().to_owned(), t.1.is_some())
+    }
+    let pairs = vec![("a".to_string(), Some(1u8)), ("b".to_string(), None)];
+    assert_eq!(p.map_archived(first_of_pair, pairs).unwrap(), vec![("a".into(), true), ("b".into(), false)]);
+}
+
+fn repeat(s: String, n: u32) -> String {
+    s.repeat(n as usize)
+}
+
+fn join3(a: String, b: Vec<u16>, c: bool) -> String {
+    format!("{a}:{}:{c}", b.len())
+}
+
+#[test]
+fn starmap_over_pairs_and_triples() {
+    let p = pool(2);
+    let out = p.starmap(repeat, (0..200u32).map(|i| (format!("{i}"), i % 5))).unwrap();
+    assert!(out.iter().enumerate().all(|(i, s)| *s == format!("{i}").repeat(i % 5)));
+    let out = p.starmap(join3, vec![("x".to_string(), vec![1u16, 2], true), ("y".to_string(), vec![], false)]).unwrap();
+    assert_eq!(out, vec!["x:2:true".to_string(), "y:0:false".to_string()]);
+}
+
+// ----- random nested values ---------------------------------------------------------------------
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Clone)]
+#[rkyv(crate = rkyv)]
+enum Shape {
+    Empty,
+    Point(i32, i32),
+    Named { name: String, tags: Vec<String> },
+    Bytes(Vec<u8>),
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Clone)]
+#[rkyv(crate = rkyv)]
+struct Item {
+    id: u64,
+    name: String,
+    values: Vec<u64>,
+    maybe: Option<String>,
+    outcome: Result<u32, String>,
+    pair: (u8, String),
+    shapes: Vec<Shape>,
+    nested: Vec<Vec<Option<i16>>>,
+    letter: char,
+    /// 16-aligned when archived: correct in place only if every side aligned for the real address.
+    wide: u128,
+}
+
+fn shape() -> impl Strategy<Value = Shape> {
+    prop_oneof![
+        Just(Shape::Empty),
+        (any::<i32>(), any::<i32>()).prop_map(|(x, y)| Shape::Point(x, y)),
+        (".{0,20}", proptest::collection::vec(".{0,8}", 0..5)).prop_map(|(name, tags)| Shape::Named { name, tags }),
+        proptest::collection::vec(any::<u8>(), 0..300).prop_map(Shape::Bytes),
+    ]
+}
+
+fn item() -> impl Strategy<Value = Item> {
+    (
+        (any::<u64>(), ".{0,60}", proptest::collection::vec(any::<u64>(), 0..40)),
+        (proptest::option::of(".{0,16}"), prop_oneof![any::<u32>().prop_map(Ok), ".{0,16}".prop_map(Err)]),
+        ((any::<u8>(), ".{0,10}"), proptest::collection::vec(shape(), 0..4)),
+        (
+            proptest::collection::vec(proptest::collection::vec(proptest::option::of(any::<i16>()), 0..5), 0..4),
+            any::<char>(),
+            any::<u128>(),
+        ),
+    )
+        .prop_map(|((id, name, values), (maybe, outcome), (pair, shapes), (nested, letter, wide))| Item {
+            id,
+            name,
+            values,
+            maybe,
+            outcome,
+            pair,
+            shapes,
+            nested,
+            letter,
+            wide,
+        })
+}
+
+/// Deserializes the item in the worker and sends it back whole (and twice as large, sometimes:
+/// outputs larger than inputs overflow chunks and are dispatched again).
+fn echo(i: &ArchivedItem) -> (Item, Vec<u64>) {
+    let item: Item = rkyv::deserialize::<Item, rkyv::rancor::Error>(i).expect("a valid archive deserializes");
+    let extra = if item.id % 3 == 0 { item.values.iter().chain(&item.values).copied().collect() } else { vec![] };
+    (item, extra)
+}
+
+/// One pool for every proptest case (small slots, so chunks split and outputs overflow).
+fn shared_pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| PoolBuilder::new().workers(2).slot_bytes(8192).build().expect("a pool"))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Random nested values through map_archived: what comes back is exactly what went, in order.
+    #[test]
+    fn random_nested_values_round_trip_exactly(items in proptest::collection::vec(item(), 1..60)) {
+        let got = shared_pool().map_archived(echo, items.clone()).unwrap();
+        prop_assert_eq!(got.len(), items.len());
+        for ((back, extra), sent) in got.iter().zip(&items) {
+            prop_assert_eq!(back, sent);
+            let want: Vec<u64> =
+                if sent.id % 3 == 0 { sent.values.iter().chain(&sent.values).copied().collect() } else { vec![] };
+            prop_assert_eq!(extra, &want);
+        }
+    }
+}
+
+// ----- contexts ---------------------------------------------------------------------------------
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Clone)]
+#[rkyv(crate = rkyv)]
+struct Ctx {
+    salt: String,
+    weights: Vec<u32>,
+}
+
+/// The context's salt and weighted input, and the worker's pid; sleeps a little so that both
+/// workers take tasks.
+fn salted(ctx: &ArchivedCtx, x: &Archived<u32>) -> (String, u64, u32) {
+    std::thread::sleep(Duration::from_millis(3));
+    let x = x.to_native();
+    let w = ctx.weights.get(x as usize % ctx.weights.len().max(1)).map_or(0, |w| w.to_native());
+    (ctx.salt.as_str().to_owned(), u64::from(x) * u64::from(w), std::process::id())
+}
+
+/// Runs a map_with and the other context forms on `p`; answers the distinct worker pids seen.
+fn check_context(p: &Pool) -> Result<HashSet<u32>, String> {
+    let ctx = Ctx { salt: "pepper".repeat(20), weights: (1..=7).collect() };
+    let got = p.map_with(&ctx, salted, 0..60u32).map_err(|e| e.to_string())?;
+    let mut pids = HashSet::new();
+    for (x, (salt, v, pid)) in got.iter().enumerate() {
+        if salt != &ctx.salt || *v != x as u64 * u64::from(ctx.weights[x % 7]) {
+            return Err(format!("item {x}: {salt} {v}"));
+        }
+        pids.insert(*pid);
+    }
+    let lazy: Vec<_> = p.imap_with(&ctx, salted, 0..10u32).map_err(|e| e.to_string())?.collect();
+    if lazy.iter().enumerate().any(|(x, r)| r.as_ref().map(|r| r.1) != Ok(x as u64 * u64::from(ctx.weights[x % 7]))) {
+        return Err("imap_with".into());
+    }
+    let n =
+        p.imap_unordered_with(&ctx, salted, 0..10u32).map_err(|e| e.to_string())?.filter(|(_, r)| r.is_ok()).count();
+    if n != 10 {
+        return Err("imap_unordered_with".into());
+    }
+    let one = p.apply_with(&ctx, salted, 3u32).map_err(|e| e.to_string())?;
+    let fut = p.submit_with(&ctx, salted, 4u32).map_err(|e| e.to_string())?;
+    let two = fut.wait_timeout(LONG).map_err(|e| e.to_string())?;
+    if (one.1, two.1) != (12, 20) {
+        return Err(format!("apply/submit_with: {one:?} {two:?}"));
+    }
+    // Every context slot went back: many more calls than slots still work.
+    for k in 0..40u32 {
+        let r = p.apply_with(&ctx, salted, k).map_err(|e| e.to_string())?;
+        if r.0 != ctx.salt {
+            return Err("context lost".into());
+        }
+    }
+    Ok(pids)
+}
+
+#[test]
+fn a_context_reaches_every_spawned_worker() {
+    let p = PoolBuilder::new().workers(2).chunk_size(1).slots(4).start_method(StartMethod::Spawn).build().unwrap();
+    let pids = check_context(&p).unwrap();
+    let workers: HashSet<u32> = p.worker_pids().into_iter().collect();
+    assert!(pids.len() >= 2, "both workers read the context: {pids:?}");
+    assert!(pids.is_subset(&workers));
+}
+
+/// Starts (and ends) a process from this thread before a test forks a child that starts workers:
+/// the process layer's one-time setup then ran to its end here, so the child cannot inherit it
+/// half-done from another test's thread (it would wait for it forever).
+fn settle_process_setup() {
+    drop(PoolBuilder::new().workers(1).build().expect("a pool"));
+}
+
+#[test]
+fn a_context_reaches_every_forked_worker() {
+    settle_process_setup();
+    let child = common::spawn(|| {
+        let Ok(p) = PoolBuilder::new().workers(2).chunk_size(1).start_method(StartMethod::Fork).build() else {
+            return 2;
+        };
+        match check_context(&p) {
+            Ok(pids) if pids.len() >= 2 => 0,
+            Ok(_) => 3,
+            Err(e) => {
+                eprintln!("{e}");
+                4
+            }
+        }
+    });
+    child.join(LONG);
+}
+
+#[test]
+fn a_context_larger_than_a_slot_is_refused_with_both_sizes() {
+    let p = PoolBuilder::new().workers(1).slot_bytes(1024).build().unwrap();
+    let ctx = Ctx { salt: "s".repeat(5000), weights: vec![] };
+    match p.map_with(&ctx, salted, 0..3u32) {
+        Err(MapError::Pool(PoolError::ArchiveTooLarge { what: "context", needed, available })) => {
+            assert!(needed > 5000 && available < 1024, "{needed} {available}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The pool goes on.
+    assert_eq!(p.map_archived(is_prime, [7u64]).unwrap(), [true]);
+}
+
+// ----- initializer arguments --------------------------------------------------------------------
+
+static INIT_VALUE: AtomicU64 = AtomicU64::new(0);
+
+fn remember(args: &ArchivedTuple2<ArchivedString, Archived<u64>>) {
+    INIT_VALUE.store(args.1.to_native() + args.0.len() as u64, Ordering::SeqCst);
+}
+
+fn init_value(_: &Archived<u32>) -> (u64, u32) {
+    std::thread::sleep(Duration::from_millis(3));
+    (INIT_VALUE.load(Ordering::SeqCst), std::process::id())
+}
+
+#[test]
+fn initializer_arguments_reach_every_worker_and_replacements() {
+    let p = PoolBuilder::new()
+        .workers(2)
+        .chunk_size(1)
+        .initializer_with(remember, ("abc".to_string(), 1000u64))
+        .build()
+        .unwrap();
+    let first = p.map_archived(init_value, 0..40u32).unwrap();
+    assert!(first.iter().all(|(v, _)| *v == 1003), "{first:?}");
+    let victim = p.worker_pids()[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    // Tasks go on; the replacement ran the initializer on the same arguments.
+    let mut seen = HashSet::new();
+    for _ in 0..50 {
+        let again = p.map_archived(init_value, 0..40u32).unwrap();
+        assert!(again.iter().all(|(v, _)| *v == 1003), "{again:?}");
+        seen.extend(again.iter().map(|(_, pid)| *pid));
+        if p.stats().workers_died >= 1 && p.worker_pids().iter().all(|pid| seen.contains(pid)) {
+            break;
+        }
+    }
+    assert!(p.stats().workers_died >= 1);
+    assert!(!p.worker_pids().contains(&victim));
+    assert!(p.worker_pids().iter().all(|pid| seen.contains(pid)), "the replacement ran tasks with the arguments");
+}
+
+#[test]
+fn initializer_arguments_reach_forked_workers() {
+    settle_process_setup();
+    let child = common::spawn(|| {
+        let built = PoolBuilder::new()
+            .workers(2)
+            .start_method(StartMethod::Fork)
+            .initializer_with(remember, ("forked".to_string(), 7u64))
+            .build();
+        let Ok(p) = built else { return 2 };
+        match p.map_archived(init_value, 0..20u32) {
+            Ok(v) if v.iter().all(|(x, pid)| *x == 13 && *pid != std::process::id()) => 0,
+            _ => 3,
+        }
+    });
+    child.join(LONG);
+}
+
+#[test]
+fn initializer_arguments_larger_than_a_slot_fail_the_build() {
+    match PoolBuilder::new().workers(1).slot_bytes(512).initializer_with(remember, ("x".repeat(4000), 1u64)).build() {
+        Err(PoolError::ArchiveTooLarge { what: "initializer arguments", needed, available }) => {
+            assert!(needed >= 4000 && available < 512);
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}
+
+// ----- sizes ------------------------------------------------------------------------------------
+
+fn text_of_len(n: &Archived<u32>) -> String {
+    "z".repeat(n.to_native() as usize)
+}
+
+fn len_of(s: &ArchivedString) -> u64 {
+    s.len() as u64
+}
+
+#[test]
+fn oversized_inputs_and_outputs_fail_alone_with_both_sizes() {
+    let p = PoolBuilder::new().workers(2).slot_bytes(4096).build().unwrap();
+    let inputs: Vec<String> = (0..100).map(|i| if i == 37 { "big".repeat(3000) } else { format!("s{i}") }).collect();
+    match p.map_archived(len_of, inputs.clone()) {
+        Err(MapError::Tasks(t)) => {
+            assert_eq!(t.failed(), 1);
+            for (i, r) in t.results().iter().enumerate() {
+                match (i, r) {
+                    (37, Err(TaskError::TooLarge { what: "input", needed, available })) => {
+                        assert!(*needed >= 9000 && *available < 4096, "{needed} {available}");
+                        assert!(r.as_ref().unwrap_err().to_string().contains("slot_bytes"));
+                    }
+                    (i, Ok(n)) => assert_eq!(*n, inputs[i].len() as u64),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    let sizes: Vec<u32> = (0..100).map(|i| if i == 50 { 10_000 } else { i * 10 }).collect();
+    match p.map_archived(text_of_len, sizes.clone()) {
+        Err(MapError::Tasks(t)) => {
+            assert_eq!(t.failed(), 1);
+            for (i, r) in t.results().iter().enumerate() {
+                match (i, r) {
+                    (50, Err(TaskError::TooLarge { what: "output", needed, available })) => {
+                        assert!(*needed >= 10_000 && *available < 4096, "{needed} {available}");
+                    }
+                    (i, Ok(s)) => assert_eq!(s.len(), sizes[i] as usize),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    // A submitted input too large: its future fails, nothing hangs.
+    let f = p.submit_archived(len_of, "q".repeat(8000)).unwrap();
+    assert!(matches!(f.wait_timeout(LONG), Err(ringpool::pool::WaitError::Task(TaskError::TooLarge { .. }))));
+}
+
+#[test]
+fn outputs_that_overflow_their_chunk_are_dispatched_again_and_come_back_exact() {
+    let p = PoolBuilder::new().workers(2).slot_bytes(4096).build().unwrap();
+    // Small inputs, outputs from nothing to most of a slot: chunks overflow all the time.
+    let mut rng = common::Rng(0x9E37_79B9_7F4A_7C15);
+    let sizes: Vec<u32> =
+        (0..3000).map(|_| if rng.below(10) == 0 { rng.below(3500) as u32 } else { rng.below(100) as u32 }).collect();
+    let got = p.map_archived(text_of_len, sizes.clone()).unwrap();
+    assert!(p.stats().redispatched > 0, "outputs overflowed their chunks: {:?}", p.stats());
+    assert_eq!(got.len(), sizes.len());
+    assert!(got.iter().zip(&sizes).all(|(s, &n)| s.len() == n as usize && s.bytes().all(|b| b == b'z')));
+    let unordered: HashSet<usize> = p
+        .imap_unordered_archived(text_of_len, sizes.clone())
+        .unwrap()
+        .map(|(i, r)| {
+            assert_eq!(r.unwrap().len(), sizes[i] as usize);
+            i
+        })
+        .collect();
+    assert_eq!(unordered.len(), sizes.len());
+}
+
+// ----- hostile workers --------------------------------------------------------------------------
+
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq, Clone)]
+#[rkyv(crate = rkyv)]
+struct Checked {
+    ok: bool,
+    name: String,
+}
+
+fn checked(s: &ArchivedString) -> Checked {
+    Checked { ok: true, name: s.as_str().to_owned() }
+}
+
+#[test]
+fn corrupted_outputs_fail_their_items_and_the_parent_lives() {
+    for what in [SCRIBBLE_OUTPUTS, SCRIBBLE_TABLE, SCRIBBLE_OUTPUTS | SCRIBBLE_TABLE] {
+        let p = PoolBuilder::new().workers(2).fault_plan(FaultPlan::none().scribble(what)).build().unwrap();
+        let inputs: Vec<String> = (0..200).map(|i| format!("name number {i} of many")).collect();
+        match p.map_archived(checked, inputs) {
+            Err(MapError::Tasks(t)) => {
+                assert_eq!(t.failed(), 200);
+                assert!(
+                    t.results().iter().all(|r| matches!(r, Err(TaskError::InvalidOutput { .. }))),
+                    "{:?}",
+                    t.first_error()
+                );
+            }
+            other => panic!("scribble {what}: {other:?}"),
+        }
+        let f = p.submit_archived(checked, "one".to_string()).unwrap();
+        assert!(matches!(f.wait_timeout(LONG), Err(ringpool::pool::WaitError::Task(TaskError::InvalidOutput { .. }))));
+    }
+}
+
+#[test]
+fn corrupted_inputs_are_refused_by_the_worker_and_fail_their_items() {
+    let p = PoolBuilder::new().workers(2).fault_plan(FaultPlan::none().scribble(SCRIBBLE_INPUTS)).build().unwrap();
+    let inputs: Vec<String> = (0..100).map(|i| format!("a name long enough to live out of line {i}")).collect();
+    match p.map_archived(checked, inputs) {
+        Err(MapError::Tasks(t)) => {
+            assert_eq!(t.failed(), 100);
+            for r in t.results() {
+                match r {
+                    Err(TaskError::InvalidInput { reason }) => {
+                        assert!(reason.contains("not a valid archive"), "{reason}")
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn an_archived_future_can_be_awaited() {
+    let p = pool(1);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let got = rt.block_on(async { p.submit_archived(file_stats, "x/y".to_string()).unwrap().await }).unwrap();
+    assert_eq!(got.upper, "X/Y");
+}
+
+#[test]
+fn workers_killed_mid_map_lose_and_duplicate_nothing() {
+    let plan = FaultPlan::none().die(FaultPoint::Ran, 30).die(FaultPoint::Committed, 20).die(FaultPoint::Claimed, 20);
+    let p = PoolBuilder::new().workers(3).chunk_size(8).fault_plan(plan).build().unwrap();
+    let inputs: Vec<String> = (0..3000).map(|i| format!("item-{i}")).collect();
+    let results = match p.map_archived(checked, inputs.clone()) {
+        Ok(v) => v.into_iter().map(Ok).collect(),
+        Err(MapError::Tasks(t)) => t.into_results(),
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(results.len(), inputs.len());
+    let mut died = 0;
+    for (r, input) in results.iter().zip(&inputs) {
+        match r {
+            Ok(c) => assert_eq!(&c.name, input),
+            Err(TaskError::WorkerDied { .. }) => died += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(p.stats().workers_died > 0);
+    assert!(died > 0, "some tasks died with their workers");
+    assert_eq!(p.stats().completed + p.stats().failed, inputs.len() as u64);
+}
+
+#[test]
+fn a_task_that_panics_fails_alone() {
+    fn picky(s: &ArchivedString) -> u32 {
+        assert!(s.as_str() != "bad", "refusing {s}");
+        s.len() as u32
+    }
+    let p = pool(1);
+    match p.map_archived(picky, ["ok".to_string(), "bad".to_string(), "fine".to_string()]) {
+        Err(MapError::Tasks(t)) => {
+            let r = t.results();
+            assert_eq!(r[0], Ok(2));
+            assert!(matches!(&r[1], Err(TaskError::Panicked { message, .. }) if message.contains("refusing bad")));
+            assert_eq!(r[2], Ok(4));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn nothing_left_behind() {
+    {
+        let p = pool(2);
+        p.map_archived(len_of, vec!["a".to_string(); 10]).unwrap();
+    }
+    assert!(common::leftovers().is_empty());
+}
+
+/// Outputs of 3000 bytes, or the input's length as text.
+fn grow(s: &ArchivedString) -> String {
+    if s.as_str() == "o" { "o".repeat(3000) } else { s.len().to_string() }
+}
+
+/// An input that takes most of a slot still runs (its output gets the rest), even after large
+/// outputs of the same map taught the pool to leave room for outputs.
+#[test]
+fn an_input_filling_most_of_a_slot_runs_after_large_outputs() {
+    let p = PoolBuilder::new().workers(1).chunk_size(1).slots(2).slot_bytes(4096).build().unwrap();
+    let mut inputs: Vec<String> = vec!["o".to_string(); 6];
+    inputs.extend(["w".repeat(3500), "short".into(), "v".repeat(3900)]);
+    let got = p.map_archived(grow, inputs).unwrap();
+    assert!(got[..6].iter().all(|s| s.len() == 3000));
+    assert_eq!(got[6..], ["3500", "5", "3900"]);
+}
