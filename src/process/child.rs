@@ -280,14 +280,23 @@ pub(crate) fn prepare_watch() -> Result<(), nix::errno::Errno> {
 }
 
 /// Registers, once per process image, the at-fork handler that closes the watch's write end in
-/// every forked child.
+/// every forked child. Called under [`WATCH_LOCK`], so no two threads race here.
+///
+/// Not a `std::sync::Once`: a child forked while another thread of its parent ran a `Once`'s
+/// closure inherits it "running" for ever, and its first call would wait for a thread that does
+/// not exist there (found by a test that forks while a pool starts on another thread). A flag set
+/// after the registration is fork-safe: glibc serializes `pthread_atfork` with `fork`, so a child
+/// either inherits the handler or not; one that inherits it but not the flag registers it again,
+/// and the handler is idempotent.
 fn register_watch_atfork() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: registers a child handler that only swaps an atomic and calls close(2), both
-        // async-signal-safe, as a handler that runs in a child of a threaded fork must be.
-        unsafe { libc::pthread_atfork(None, None, Some(close_watch_write_end)) };
-    });
+    static REGISTERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if REGISTERED.load(Ordering::Acquire) {
+        return;
+    }
+    // SAFETY: registers a child handler that only swaps an atomic and calls close(2), both
+    // async-signal-safe, as a handler that runs in a child of a threaded fork must be.
+    unsafe { libc::pthread_atfork(None, None, Some(close_watch_write_end)) };
+    REGISTERED.store(true, Ordering::Release);
 }
 
 /// In a freshly forked child: the parent's watch write end is not ours to hold.
