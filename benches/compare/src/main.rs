@@ -19,7 +19,7 @@
 //! | [`mpmc`] | producers x consumers: N sending and M receiving processes on one ringpool channel (and ipmpsc Nx1) |
 //! | [`pools`] | **the `PoolPeer` trait and its registration point** (ringpool's `Pool` goes here) |
 //! | [`typed`] | typed data: a 64-byte struct with a string, one-way, ringpool TypedRing beside ipc-channel and ipmpsc (serde) |
-//! | [`typed_pool`] | typed pool maps: strings and `Vec<f64>`s, ringpool (`archived-pool`), procspawn, Python |
+//! | [`typed_pool`] | typed pool maps: strings and `Vec<f64>`s, ringpool (`map_archived`), procspawn, Python |
 //! | [`report`] | the markdown tables, the ratios and the JSON lines |
 //! | [`plot`] | the SVG of one-way throughput against message size |
 //! | [`harness`] | child processes, the link between them, pinning |

@@ -38,7 +38,8 @@ impl PoolPeer for RingpoolPool {
     const OURS: bool = true;
 
     fn supports(work: PoolWork) -> bool {
-        !work.is_typed() || cfg!(feature = "archived-pool")
+        let _ = work;
+        true
     }
 
     fn run(work: PoolWork) -> Result<f64> {
@@ -69,14 +70,8 @@ impl PoolPeer for RingpoolPool {
                 check(sum, tasks)?;
                 Ok(tasks as f64 / secs)
             }
-            #[cfg(feature = "archived-pool")]
             PoolWork::Strings { items } => crate::typed_pool::ringpool_side::strings(items),
-            #[cfg(feature = "archived-pool")]
             PoolWork::Vecs { items } => crate::typed_pool::ringpool_side::vecs(items),
-            #[cfg(not(feature = "archived-pool"))]
-            PoolWork::Strings { .. } | PoolWork::Vecs { .. } => {
-                Err("built without the runner's feature archived-pool (Pool::map_archived)".into())
-            }
             PoolWork::MapWorkers { tasks, workers } => {
                 let pool = Pool::new(workers as usize)?;
                 pool.map(square, 0..1000u64).map_err(|e| e.to_string())?;

@@ -569,11 +569,7 @@ fn plan_tables(
             workers_note,
         ),
     ];
-    let ringpool_typed = if cfg!(feature = "archived-pool") {
-        "ringpool: Pool::map_archived, each item rkyv-archived into shared memory and read in place by the task, the result deserialized in the parent."
-    } else {
-        "ringpool's row needs Pool::map_archived: build the runner with --features archived-pool once the crate has it."
-    };
+    let ringpool_typed = "ringpool: Pool::map_archived, each item rkyv-archived into shared memory and read in place by the task, the result deserialized in the parent.";
     let typed_note = |what: &str| {
         format!(
             "{what} Pool of 2 workers, started and warmed up before the clock; only the map is timed; every \

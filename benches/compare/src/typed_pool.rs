@@ -15,9 +15,7 @@
 //!   would run out of descriptors), joined in order.
 //! - **ringpool** `Pool::map_archived(task, items)`: each item rkyv-archived into the pool's
 //!   shared memory, the task reads it in place as `&Archived<T>`, the result comes back archived
-//!   and is deserialized in the parent. Behind the runner's cargo feature `archived-pool` (off by
-//!   default) until that API is on the crate's main branch; without it the row is left out and
-//!   the table says so.
+//!   and is deserialized in the parent.
 //! - **Python** `Pool(2).map(task, items)` (fork, default chunk size): `python/pool_bench.py`
 //!   `strings` and `vecs`, the same data and tasks.
 
@@ -160,10 +158,7 @@ pub fn procspawn_vecs(items: u64) -> Result<f64> {
     Ok(items as f64 / secs)
 }
 
-/// ringpool's side, written against `Pool::map_archived(f, items)` with
-/// `f: fn(&rkyv::Archived<T>) -> R`; built with `--features archived-pool` once that API is on
-/// the crate's main branch.
-#[cfg(feature = "archived-pool")]
+/// ringpool's side: `Pool::map_archived(f, items)` with `f: fn(&rkyv::Archived<T>) -> R`.
 pub mod ringpool_side {
     use std::time::Instant;
 
