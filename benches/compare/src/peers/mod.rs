@@ -45,6 +45,7 @@ pub fn all() -> Vec<Entry> {
         entry::<ringpool_ring::RingpoolRingInPlace>(),
         entry::<ringpool_ring::RingpoolRingPark>(),
         entry::<ringpool_ring::RingpoolRingBatch>(),
+        entry::<ringpool_ring::RingpoolRingSolo>(),
         entry::<ringpool_queue::RingpoolQueue<8>>(),
         entry::<ringpool_queue::RingpoolQueue<1024>>(),
         entry::<ringpool_queue::RingpoolQueue<65536>>(),

@@ -1,4 +1,4 @@
-//! **ringpool `Ring`**, ringpool's byte ring, in four uses:
+//! **ringpool `Ring`**, ringpool's byte ring, in five uses:
 //!
 //! - `ringpool-ring`: one message per call, the way ipmpsc's row sends: the message is written
 //!   into a reused local buffer, `Sender::send` copies it into the ring; received in place with
@@ -7,6 +7,9 @@
 //!   message written into the reserved bytes, `commit`; received as above.
 //! - `ringpool-ring-park`: as `ringpool-ring`, with `SpinPolicy::park()` on both ends: every wait
 //!   sleeps in the kernel at once (compare with the futex floor).
+//! - `ringpool-ring-solo`: as `ringpool-ring`, through solo handles (`Ring::solo_sender`,
+//!   `Ring::solo_receiver`): each side keeps its lock between messages, so a message costs no
+//!   locked instruction (the single-producer, single-consumer case).
 //! - `ringpool-ring-batch`: the batch API: the sender writes messages into a local buffer and
 //!   hands up to 256 at a time to `Sender::send_many` (one lock hold, one copy into the ring); the
 //!   receiver takes up to 256 per `Receiver::recv_many` (one lock hold), checking each in place. A
@@ -37,6 +40,9 @@ pub struct RingpoolRingPark;
 
 /// The batch API.
 pub struct RingpoolRingBatch;
+
+/// One message per call, copied in, through solo handles.
+pub struct RingpoolRingSolo;
 
 fn open_rx_ring(ctx: &mut Ctx<'_>, spin: SpinPolicy) -> Result<(Ring, Receiver)> {
     let ring = Ring::builder().capacity(ctx.spec().capacity_bytes.max(4096)).spin(spin).anonymous()?;
@@ -110,6 +116,53 @@ single_peer!(
     SpinPolicy::park(),
     true
 );
+
+impl Peer for RingpoolRingSolo {
+    const NAME: &'static str = "ringpool-ring-solo";
+    const ABOUT: &'static str = "ringpool Ring as ringpool-ring, through solo handles (Ring::solo_sender, \
+         Ring::solo_receiver): each side keeps its lock between messages, no locked instruction per message";
+    const OURS: bool = true;
+    type Tx = SoloTx;
+    type Rx = SoloRx;
+
+    fn open_rx(ctx: &mut Ctx<'_>) -> Result<SoloRx> {
+        let (ring, rx) = open_rx_ring(ctx, SpinPolicy::default())?;
+        Ok(SoloRx { rx: rx.into_solo(), _ring: ring })
+    }
+
+    fn open_tx(ctx: &mut Ctx<'_>) -> Result<SoloTx> {
+        let (ring, tx) = open_tx_ring(ctx, SpinPolicy::default())?;
+        Ok(SoloTx { tx: tx.into_solo(), buf: Vec::new(), _ring: ring })
+    }
+}
+
+/// The sending end through a solo handle, copied from `buf`.
+pub struct SoloTx {
+    tx: ringpool::ring::SoloSender,
+    buf: Vec<u8>,
+    _ring: Ring,
+}
+
+/// The receiving end through a solo handle.
+pub struct SoloRx {
+    rx: ringpool::ring::SoloReceiver,
+    _ring: Ring,
+}
+
+impl Tx for SoloTx {
+    fn send(&mut self, msg: &Message) -> Result<()> {
+        self.buf.resize(msg.len(), 0);
+        msg.write(&mut self.buf);
+        self.tx.send(&self.buf[..]).map_err(|e| format!("send: {e}"))?;
+        Ok(())
+    }
+}
+
+impl Rx for SoloRx {
+    fn recv<R>(&mut self, read: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        Ok(self.rx.recv_with(read)?)
+    }
+}
 
 impl Tx for RingTx {
     fn send(&mut self, msg: &Message) -> Result<()> {
