@@ -28,7 +28,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::Mutex;
-use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What a forked child does with the handles it inherited.
@@ -74,6 +73,12 @@ thread_local! {
 }
 
 extern "C" fn prepare_handler() {
+    // Installed twice in a child that took the installation over from its parent's thread (see
+    // `register`): then this runs twice before each fork, and only the first prepares (a second
+    // `prepare` would wait for the locks the first holds). The parent or child handler takes it.
+    if PENDING.try_with(|cell| cell.try_borrow().map_or(true, |slot| slot.is_some())).unwrap_or(true) {
+        return;
+    }
     // Nothing here may unwind: a panic out of an extern "C" fn aborts.
     let prepared = std::panic::catch_unwind(prepare);
     if let Ok(p) = prepared {
@@ -95,6 +100,8 @@ extern "C" fn parent_handler() {
     }
 }
 
+/// Runs the hooks' child halves. Installed twice in some children (see `register`): the second run
+/// finds nothing pending and only refreshes the pid cache again, which is harmless.
 extern "C" fn child_handler() {
     let inherit = MODE.try_with(|m| m.replace(Inherit::Keep)).unwrap_or(Inherit::Keep);
     if let Some(p) = take_pending() {
@@ -104,14 +111,20 @@ extern "C" fn child_handler() {
     }
 }
 
-/// Registers a layer's fork hooks (once per layer: callers guard with a `Once`). The first
-/// registration installs the `pthread_atfork` handlers that run them around every fork.
+/// Registers a layer's fork hooks; the same hooks twice are kept once (a forked child may run a
+/// layer's registration again, see [`super::once`]). The first registration installs the
+/// `pthread_atfork` handlers that run them around every fork.
 pub(crate) fn register(hooks: &'static dyn AtFork) {
-    if let Ok(mut all) = HOOKS.lock() {
+    if let Ok(mut all) = HOOKS.lock()
+        && !all.iter().any(|h| std::ptr::addr_eq(*h as *const dyn AtFork, hooks as *const dyn AtFork))
+    {
         all.push(hooks);
     }
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
+    // A `ForkSafeOnce`: a child forked while another thread installs the handlers installs them
+    // again (glibc serializes `pthread_atfork` with `fork`, so it then has them twice); the
+    // handlers act once per fork however often they are installed.
+    static INSTALL: super::once::ForkSafeOnce = super::once::ForkSafeOnce::new();
+    INSTALL.call(|| {
         // The pid cache's own child handler first (it is registered on the first pid query):
         // handlers run in registration order in the child.
         let _ = super::current_pid();
@@ -220,5 +233,56 @@ pub(crate) fn child_exit() {
     let Ok(hooks) = HOOKS.try_lock() else { return };
     for h in hooks.iter() {
         h.child_exit();
+    }
+}
+
+#[cfg(all(test, not(miri)))]
+mod tests {
+    use super::*;
+
+    thread_local! {
+        static PREPARES: Cell<u32> = const { Cell::new(0) };
+        static PARENTS: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// Counts, on the forking thread only, how often it prepares and finishes in the parent.
+    struct Counting;
+    struct CountingSide;
+    impl AtFork for Counting {
+        fn prepare(&self) -> Box<dyn ForkSide> {
+            PREPARES.with(|c| c.set(c.get() + 1));
+            Box::new(CountingSide)
+        }
+        fn child_exit(&self) {}
+    }
+    impl ForkSide for CountingSide {
+        fn in_child(self: Box<Self>, _: Inherit) {}
+        fn in_parent(self: Box<Self>) {
+            PARENTS.with(|c| c.set(c.get() + 1));
+        }
+    }
+    static COUNTING: Counting = Counting;
+
+    fn registered() -> usize {
+        let all = HOOKS.lock().unwrap();
+        all.iter().filter(|h| std::ptr::addr_eq(**h as *const dyn AtFork, &COUNTING as *const dyn AtFork)).count()
+    }
+
+    /// The handlers installed twice (a child that took the installation over) act once per fork,
+    /// and a layer registered twice is kept once.
+    #[test]
+    fn handlers_installed_twice_act_once() {
+        register(&COUNTING);
+        register(&COUNTING);
+        assert_eq!(registered(), 1);
+        let before = (PREPARES.with(Cell::get), PARENTS.with(Cell::get));
+        // What two installed triples do around one fork, in the parent.
+        prepare_handler();
+        prepare_handler();
+        parent_handler();
+        parent_handler();
+        assert_eq!(PREPARES.with(Cell::get) - before.0, 1);
+        assert_eq!(PARENTS.with(Cell::get) - before.1, 1);
+        assert!(take_pending().is_none());
     }
 }
