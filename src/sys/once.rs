@@ -139,7 +139,7 @@ impl<T> ForkSafeLazy<T> {
         // SAFETY: `call` returned normally, so the state is `DONE`: the closure above ran to the end
         // (here, or before `DONE` was stored with `Release`, seen with `Acquire`), the cell holds an
         // initialized value, and nothing writes it any more in this process.
-        unsafe { (*self.value.get()).assume_init_ref() }
+        unsafe { &*self.value.get().cast::<T>() }
     }
 }
 
@@ -157,7 +157,7 @@ impl<T: std::fmt::Debug> std::fmt::Debug for ForkSafeLazy<T> {
         let mut d = f.debug_struct("ForkSafeLazy");
         if self.once.is_done() {
             // SAFETY: as in `get_or_init`, after `DONE` was seen with `Acquire`.
-            d.field("value", unsafe { (*self.value.get()).assume_init_ref() });
+            d.field("value", unsafe { &*self.value.get().cast::<T>() });
         } else {
             d.field("value", &format_args!("<not computed>"));
         }
@@ -186,10 +186,9 @@ mod tests {
             }
             if Instant::now() >= deadline {
                 // SAFETY: kill and reap our own child, which has not been reaped yet.
-                unsafe {
-                    libc::kill(pid, libc::SIGKILL);
-                    libc::waitpid(pid, &mut status, 0);
-                }
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                // SAFETY: as above.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
                 return None;
             }
             std::thread::sleep(Duration::from_millis(5));
