@@ -14,8 +14,8 @@
 //!
 //! What the child handler may do: it runs in the child of a possibly threaded parent, where only
 //! the forking thread exists. It takes no lock that another thread could have held (the list of
-//! hooks and the ring layer's list of mappings are taken by `prepare`, in the forking thread, and
-//! handed over to the child); it reads a thread-local cell that the forking thread filled; the
+//! hooks has no lock; the ring layer's list of mappings is taken by `prepare`, in the forking
+//! thread, and handed over to the child); it reads a thread-local cell that the forking thread filled; the
 //! ring layer's part makes atomic operations on shared memory, reads `/proc/self/stat` through
 //! `open`/`read` into a stack buffer, and may `futex`-wake. The heap is used only to free what
 //! `prepare` allocated, which glibc allows there (its `fork` resets the allocator's locks in the
@@ -26,8 +26,8 @@
 //! (a `std::process::Command` with `pre_exec`) can call [`child_exit`] (public as
 //! `ringpool::process::before_exec`) in the child before `exec`.
 
+use super::once::ForkSafeLazy;
 use std::cell::{Cell, RefCell};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What a forked child does with the handles it inherited.
@@ -58,7 +58,23 @@ pub(crate) trait ForkSide {
     fn in_parent(self: Box<Self>);
 }
 
-static HOOKS: Mutex<Vec<&'static dyn AtFork>> = Mutex::new(Vec::new());
+/// How many layers can register hooks (the ring is the only one today).
+const MAX_HOOKS: usize = 4;
+
+/// The registered hooks, in registration order. Not behind a lock: a child forked while another
+/// thread of its parent registered would inherit the lock held by a thread it does not have, and
+/// its own registration would wait for ever. Each slot is filled once, fork-safely (a child takes
+/// a half-done fill over, see [`super::once`]).
+static HOOKS: [ForkSafeLazy<&'static dyn AtFork>; MAX_HOOKS] = [const { ForkSafeLazy::new() }; MAX_HOOKS];
+
+/// The registered hooks.
+fn hooks() -> impl Iterator<Item = &'static dyn AtFork> {
+    HOOKS.iter().map_while(|slot| slot.get().copied())
+}
+
+fn same(a: &'static dyn AtFork, b: &'static dyn AtFork) -> bool {
+    std::ptr::addr_eq(a as *const dyn AtFork, b as *const dyn AtFork)
+}
 
 /// Whether the `pthread_atfork` triple runs the hooks around every fork.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
@@ -115,11 +131,10 @@ extern "C" fn child_handler() {
 /// layer's registration again, see [`super::once`]). The first registration installs the
 /// `pthread_atfork` handlers that run them around every fork.
 pub(crate) fn register(hooks: &'static dyn AtFork) {
-    if let Ok(mut all) = HOOKS.lock()
-        && !all.iter().any(|h| std::ptr::addr_eq(*h as *const dyn AtFork, hooks as *const dyn AtFork))
-    {
-        all.push(hooks);
-    }
+    // The first slot that is empty or holds these hooks (a slot being filled by another thread of
+    // this process is waited for; one left half-filled by a parent's thread is taken over).
+    let kept = HOOKS.iter().any(|slot| same(*slot.get_or_init(|| hooks), hooks));
+    debug_assert!(kept, "more than {MAX_HOOKS} layers register fork hooks");
     // A `ForkSafeOnce`: a child forked while another thread installs the handlers installs them
     // again (glibc serializes `pthread_atfork` with `fork`, so it then has them twice); the
     // handlers act once per fork however often they are installed.
@@ -205,8 +220,7 @@ impl std::fmt::Debug for Prepared {
 
 /// Before `fork()`, in the parent: every registered layer prepares.
 pub(crate) fn prepare() -> Prepared {
-    let hooks: Vec<&'static dyn AtFork> = HOOKS.lock().map(|h| h.clone()).unwrap_or_default();
-    Prepared { sides: hooks.iter().map(|h| h.prepare()).collect() }
+    Prepared { sides: hooks().map(|h| h.prepare()).collect() }
 }
 
 impl Prepared {
@@ -227,11 +241,9 @@ impl Prepared {
 }
 
 /// In a forked child about to `_exit` (or `exec`): every layer gives up what the child holds.
-/// Skips the hooks if their list is locked (by a thread that does not exist in this child).
-/// Allocates nothing: it may run between `fork` and `exec`.
+/// Takes no lock (the list of hooks has none). Allocates nothing: it may run between `fork` and `exec`.
 pub(crate) fn child_exit() {
-    let Ok(hooks) = HOOKS.try_lock() else { return };
-    for h in hooks.iter() {
+    for h in hooks() {
         h.child_exit();
     }
 }
@@ -264,8 +276,7 @@ mod tests {
     static COUNTING: Counting = Counting;
 
     fn registered() -> usize {
-        let all = HOOKS.lock().unwrap();
-        all.iter().filter(|h| std::ptr::addr_eq(**h as *const dyn AtFork, &COUNTING as *const dyn AtFork)).count()
+        hooks().filter(|h| same(*h, &COUNTING)).count()
     }
 
     /// The handlers installed twice (a child that took the installation over) act once per fork,

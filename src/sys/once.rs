@@ -143,6 +143,14 @@ impl<T> ForkSafeLazy<T> {
     }
 }
 
+impl<T> ForkSafeLazy<T> {
+    /// The value, if computed (in this process, or before the fork in one it was forked from).
+    pub(crate) fn get(&self) -> Option<&T> {
+        // SAFETY: as in `get_or_init`, after `DONE` was seen with `Acquire`.
+        self.once.is_done().then(|| unsafe { &*self.value.get().cast::<T>() })
+    }
+}
+
 impl<T> Drop for ForkSafeLazy<T> {
     fn drop(&mut self) {
         if *self.once.state.get_mut() == DONE {
@@ -155,12 +163,10 @@ impl<T> Drop for ForkSafeLazy<T> {
 impl<T: std::fmt::Debug> std::fmt::Debug for ForkSafeLazy<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut d = f.debug_struct("ForkSafeLazy");
-        if self.once.is_done() {
-            // SAFETY: as in `get_or_init`, after `DONE` was seen with `Acquire`.
-            d.field("value", unsafe { &*self.value.get().cast::<T>() });
-        } else {
-            d.field("value", &format_args!("<not computed>"));
-        }
+        match self.get() {
+            Some(v) => d.field("value", v),
+            None => d.field("value", &format_args!("<not computed>")),
+        };
         d.finish()
     }
 }
