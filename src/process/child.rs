@@ -66,7 +66,8 @@ pub(crate) type PanicClaimer = fn(&PanicHookInfo<'_>) -> bool;
 static CLAIMERS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
 
 /// Registers a [`PanicClaimer`] (an upper layer does, once: callers guard with a fork-safe once,
-/// which a forked child may run again; the same function twice is kept once). Answers false when the registry is full.
+/// which a forked child may run again; the same function twice is kept once). Answers false when
+/// the registry is full.
 pub(crate) fn register_panic_claimer(claimer: PanicClaimer) -> bool {
     let addr = claimer as usize;
     for slot in &CLAIMERS {

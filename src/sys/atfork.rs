@@ -15,9 +15,9 @@
 //! What the child handler may do: it runs in the child of a possibly threaded parent, where only
 //! the forking thread exists. It takes no lock that another thread could have held (the list of
 //! hooks has no lock; the ring layer's list of mappings is taken by `prepare`, in the forking
-//! thread, and handed over to the child); it reads a thread-local cell that the forking thread filled; the
-//! ring layer's part makes atomic operations on shared memory, reads `/proc/self/stat` through
-//! `open`/`read` into a stack buffer, and may `futex`-wake. The heap is used only to free what
+//! thread, and handed over to the child); it reads a thread-local cell that the forking thread
+//! filled; the ring layer's part makes atomic operations on shared memory, reads
+//! `/proc/self/stat` through `open`/`read` into a stack buffer, and may `futex`-wake. The heap is used only to free what
 //! `prepare` allocated, which glibc allows there (its `fork` resets the allocator's locks in the
 //! child before the child handlers run).
 //!
@@ -241,7 +241,8 @@ impl Prepared {
 }
 
 /// In a forked child about to `_exit` (or `exec`): every layer gives up what the child holds.
-/// Takes no lock (the list of hooks has none). Allocates nothing: it may run between `fork` and `exec`.
+/// Takes no lock (the list of hooks has none). Allocates nothing: it may run between `fork` and
+/// `exec`.
 pub(crate) fn child_exit() {
     for h in hooks() {
         h.child_exit();
