@@ -10,7 +10,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::panic::PanicHookInfo;
-use std::sync::Once;
 
 thread_local! {
     /// True while this thread runs tasks: a panic is a task's.
@@ -23,8 +22,9 @@ thread_local! {
 /// panic is neither reported to the parent as the process's panic nor printed: its text is kept
 /// for the trampoline, which catches the unwind and fails only that task.
 pub(crate) fn capture_task_panics(on: bool) {
-    static REGISTER: Once = Once::new();
-    REGISTER.call_once(|| {
+    // Fork-safe (a child forked mid-registration registers again; the same claimer is kept once).
+    static REGISTER: crate::sys::once::ForkSafeOnce = crate::sys::once::ForkSafeOnce::new();
+    REGISTER.call(|| {
         // Four places, and the pool is the only layer that registers: cannot be full.
         let _ = crate::process::register_panic_claimer(claim);
     });

@@ -25,11 +25,11 @@ use std::cell::Cell;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::panic::{self, AssertUnwindSafe, PanicHookInfo};
-use std::sync::Once;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
 use super::current::{self, Identity};
 use super::report;
+use crate::sys::once::ForkSafeOnce;
 
 /// What kind of process this is. Decides how a panic is printed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,8 +65,9 @@ pub(crate) type PanicClaimer = fn(&PanicHookInfo<'_>) -> bool;
 /// a child forked from a threaded parent, where a lock could be held by a thread that is gone.
 static CLAIMERS: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
 
-/// Registers a [`PanicClaimer`] (an upper layer does, once: callers guard with a `Once`; the same
-/// function twice is kept once). Answers false when the registry is full.
+/// Registers a [`PanicClaimer`] (an upper layer does, once: callers guard with a fork-safe once,
+/// which a forked child may run again; the same function twice is kept once). Answers false when
+/// the registry is full.
 pub(crate) fn register_panic_claimer(claimer: PanicClaimer) -> bool {
     let addr = claimer as usize;
     for slot in &CLAIMERS {
@@ -100,12 +101,17 @@ fn kind() -> Kind {
 
 /// Installs ringpool's panic hook around the current one, once per process. Does nothing on a
 /// thread that is panicking (where `set_hook` itself would panic).
+///
+/// A fork-safe once (see `crate::sys::once`): a child forked while another thread installs it
+/// installs it again. If the parent's thread had set the hook already, ours then wraps ours: the
+/// inner one passes the panic straight on ([`IN_HOOK`]). If it had taken the previous hook and not
+/// yet set ours, that hook was in the parent thread's hands and the child wraps the default one.
 pub(crate) fn install_hook() {
-    static ONCE: Once = Once::new();
+    static ONCE: ForkSafeOnce = ForkSafeOnce::new();
     if std::thread::panicking() {
         return;
     }
-    ONCE.call_once(|| {
+    ONCE.call(|| {
         let wrapped = panic::take_hook();
         panic::set_hook(Box::new(move |info| hook(info, &wrapped)));
     });
@@ -113,7 +119,23 @@ pub(crate) fn install_hook() {
 
 type Hook = Box<dyn Fn(&PanicHookInfo<'_>) + Sync + Send + 'static>;
 
+thread_local! {
+    /// True while this thread runs [`hook`]: a hook installed twice (see [`install_hook`]) finds
+    /// itself called by itself, and passes the panic on untouched.
+    static IN_HOOK: Cell<bool> = const { Cell::new(false) };
+}
+
 fn hook(info: &PanicHookInfo<'_>, wrapped: &Hook) {
+    if IN_HOOK.try_with(|h| h.replace(true)).unwrap_or(false) {
+        return wrapped(info);
+    }
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            let _ = IN_HOOK.try_with(|h| h.set(false));
+        }
+    }
+    let _leave = Leave;
     if claimed(info) {
         return;
     }

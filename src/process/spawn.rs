@@ -33,7 +33,6 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
-use std::sync::OnceLock;
 
 use super::child::{self, Kind};
 use super::code::CodeMap;
@@ -190,9 +189,10 @@ fn exe_id_now() -> Result<ExeId, Errno> {
     Ok(ExeId { dev: m.dev(), ino: m.ino(), size: m.size(), mtime: m.mtime(), mtime_nsec: m.mtime_nsec() })
 }
 
-/// The parent's executable identity, read once.
+/// The parent's executable identity, read once (fork-safe: a child forked while another thread
+/// reads it reads it again, see `crate::sys::once`).
 fn exe_id() -> Result<ExeId, Errno> {
-    static ID: OnceLock<Result<ExeId, Errno>> = OnceLock::new();
+    static ID: crate::sys::once::ForkSafeLazy<Result<ExeId, Errno>> = crate::sys::once::ForkSafeLazy::new();
     *ID.get_or_init(exe_id_now)
 }
 

@@ -74,8 +74,9 @@ pub(crate) struct Local {
 static ALL_CORES: Mutex<Vec<Weak<Core>>> = Mutex::new(Vec::new());
 impl Core {
     pub(super) fn track(self: &Arc<Self>) {
-        static HOOKS: std::sync::Once = std::sync::Once::new();
-        HOOKS.call_once(|| crate::sys::atfork::register(&super::fork::RingForkHooks));
+        // Fork-safe (a child forked mid-registration registers again; the registry keeps one).
+        static HOOKS: crate::sys::once::ForkSafeOnce = crate::sys::once::ForkSafeOnce::new();
+        HOOKS.call(|| crate::sys::atfork::register(&super::fork::RingForkHooks));
         if let Ok(mut all) = ALL_CORES.lock() {
             all.retain(|w| w.strong_count() > 0);
             all.push(Arc::downgrade(self));

@@ -14,10 +14,10 @@
 //!
 //! What the child handler may do: it runs in the child of a possibly threaded parent, where only
 //! the forking thread exists. It takes no lock that another thread could have held (the list of
-//! hooks and the ring layer's list of mappings are taken by `prepare`, in the forking thread, and
-//! handed over to the child); it reads a thread-local cell that the forking thread filled; the
-//! ring layer's part makes atomic operations on shared memory, reads `/proc/self/stat` through
-//! `open`/`read` into a stack buffer, and may `futex`-wake. The heap is used only to free what
+//! hooks has no lock; the ring layer's list of mappings is taken by `prepare`, in the forking
+//! thread, and handed over to the child); it reads a thread-local cell that the forking thread
+//! filled; the ring layer's part makes atomic operations on shared memory, reads
+//! `/proc/self/stat` through `open`/`read` into a stack buffer, and may `futex`-wake. The heap is used only to free what
 //! `prepare` allocated, which glibc allows there (its `fork` resets the allocator's locks in the
 //! child before the child handlers run).
 //!
@@ -26,9 +26,8 @@
 //! (a `std::process::Command` with `pre_exec`) can call [`child_exit`] (public as
 //! `ringpool::process::before_exec`) in the child before `exec`.
 
+use super::once::ForkSafeLazy;
 use std::cell::{Cell, RefCell};
-use std::sync::Mutex;
-use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What a forked child does with the handles it inherited.
@@ -59,7 +58,23 @@ pub(crate) trait ForkSide {
     fn in_parent(self: Box<Self>);
 }
 
-static HOOKS: Mutex<Vec<&'static dyn AtFork>> = Mutex::new(Vec::new());
+/// How many layers can register hooks (the ring is the only one today).
+const MAX_HOOKS: usize = 4;
+
+/// The registered hooks, in registration order. Not behind a lock: a child forked while another
+/// thread of its parent registered would inherit the lock held by a thread it does not have, and
+/// its own registration would wait for ever. Each slot is filled once, fork-safely (a child takes
+/// a half-done fill over, see [`super::once`]).
+static HOOKS: [ForkSafeLazy<&'static dyn AtFork>; MAX_HOOKS] = [const { ForkSafeLazy::new() }; MAX_HOOKS];
+
+/// The registered hooks.
+fn hooks() -> impl Iterator<Item = &'static dyn AtFork> {
+    HOOKS.iter().map_while(|slot| slot.get().copied())
+}
+
+fn same(a: &'static dyn AtFork, b: &'static dyn AtFork) -> bool {
+    std::ptr::addr_eq(a as *const dyn AtFork, b as *const dyn AtFork)
+}
 
 /// Whether the `pthread_atfork` triple runs the hooks around every fork.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
@@ -74,6 +89,12 @@ thread_local! {
 }
 
 extern "C" fn prepare_handler() {
+    // Installed twice in a child that took the installation over from its parent's thread (see
+    // `register`): then this runs twice before each fork, and only the first prepares (a second
+    // `prepare` would wait for the locks the first holds). The parent or child handler takes it.
+    if PENDING.try_with(|cell| cell.try_borrow().map_or(true, |slot| slot.is_some())).unwrap_or(true) {
+        return;
+    }
     // Nothing here may unwind: a panic out of an extern "C" fn aborts.
     let prepared = std::panic::catch_unwind(prepare);
     if let Ok(p) = prepared {
@@ -95,6 +116,8 @@ extern "C" fn parent_handler() {
     }
 }
 
+/// Runs the hooks' child halves. Installed twice in some children (see `register`): the second run
+/// finds nothing pending and only refreshes the pid cache again, which is harmless.
 extern "C" fn child_handler() {
     let inherit = MODE.try_with(|m| m.replace(Inherit::Keep)).unwrap_or(Inherit::Keep);
     if let Some(p) = take_pending() {
@@ -104,14 +127,19 @@ extern "C" fn child_handler() {
     }
 }
 
-/// Registers a layer's fork hooks (once per layer: callers guard with a `Once`). The first
-/// registration installs the `pthread_atfork` handlers that run them around every fork.
+/// Registers a layer's fork hooks; the same hooks twice are kept once (a forked child may run a
+/// layer's registration again, see [`super::once`]). The first registration installs the
+/// `pthread_atfork` handlers that run them around every fork.
 pub(crate) fn register(hooks: &'static dyn AtFork) {
-    if let Ok(mut all) = HOOKS.lock() {
-        all.push(hooks);
-    }
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
+    // The first slot that is empty or holds these hooks (a slot being filled by another thread of
+    // this process is waited for; one left half-filled by a parent's thread is taken over).
+    let kept = HOOKS.iter().any(|slot| same(*slot.get_or_init(|| hooks), hooks));
+    debug_assert!(kept, "more than {MAX_HOOKS} layers register fork hooks");
+    // A `ForkSafeOnce`: a child forked while another thread installs the handlers installs them
+    // again (glibc serializes `pthread_atfork` with `fork`, so it then has them twice); the
+    // handlers act once per fork however often they are installed.
+    static INSTALL: super::once::ForkSafeOnce = super::once::ForkSafeOnce::new();
+    INSTALL.call(|| {
         // The pid cache's own child handler first (it is registered on the first pid query):
         // handlers run in registration order in the child.
         let _ = super::current_pid();
@@ -192,8 +220,7 @@ impl std::fmt::Debug for Prepared {
 
 /// Before `fork()`, in the parent: every registered layer prepares.
 pub(crate) fn prepare() -> Prepared {
-    let hooks: Vec<&'static dyn AtFork> = HOOKS.lock().map(|h| h.clone()).unwrap_or_default();
-    Prepared { sides: hooks.iter().map(|h| h.prepare()).collect() }
+    Prepared { sides: hooks().map(|h| h.prepare()).collect() }
 }
 
 impl Prepared {
@@ -214,11 +241,60 @@ impl Prepared {
 }
 
 /// In a forked child about to `_exit` (or `exec`): every layer gives up what the child holds.
-/// Skips the hooks if their list is locked (by a thread that does not exist in this child).
-/// Allocates nothing: it may run between `fork` and `exec`.
+/// Takes no lock (the list of hooks has none). Allocates nothing: it may run between `fork` and
+/// `exec`.
 pub(crate) fn child_exit() {
-    let Ok(hooks) = HOOKS.try_lock() else { return };
-    for h in hooks.iter() {
+    for h in hooks() {
         h.child_exit();
+    }
+}
+
+#[cfg(all(test, not(miri)))]
+mod tests {
+    use super::*;
+
+    thread_local! {
+        static PREPARES: Cell<u32> = const { Cell::new(0) };
+        static PARENTS: Cell<u32> = const { Cell::new(0) };
+    }
+
+    /// Counts, on the forking thread only, how often it prepares and finishes in the parent.
+    struct Counting;
+    struct CountingSide;
+    impl AtFork for Counting {
+        fn prepare(&self) -> Box<dyn ForkSide> {
+            PREPARES.with(|c| c.set(c.get() + 1));
+            Box::new(CountingSide)
+        }
+        fn child_exit(&self) {}
+    }
+    impl ForkSide for CountingSide {
+        fn in_child(self: Box<Self>, _: Inherit) {}
+        fn in_parent(self: Box<Self>) {
+            PARENTS.with(|c| c.set(c.get() + 1));
+        }
+    }
+    static COUNTING: Counting = Counting;
+
+    fn registered() -> usize {
+        hooks().filter(|h| same(*h, &COUNTING)).count()
+    }
+
+    /// The handlers installed twice (a child that took the installation over) act once per fork,
+    /// and a layer registered twice is kept once.
+    #[test]
+    fn handlers_installed_twice_act_once() {
+        register(&COUNTING);
+        register(&COUNTING);
+        assert_eq!(registered(), 1);
+        let before = (PREPARES.with(Cell::get), PARENTS.with(Cell::get));
+        // What two installed triples do around one fork, in the parent.
+        prepare_handler();
+        prepare_handler();
+        parent_handler();
+        parent_handler();
+        assert_eq!(PREPARES.with(Cell::get) - before.0, 1);
+        assert_eq!(PARENTS.with(Cell::get) - before.1, 1);
+        assert!(take_pending().is_none());
     }
 }

@@ -14,6 +14,7 @@ pub(crate) mod atomic;
 pub mod liveness;
 #[cfg(ringpool_model)]
 pub mod model;
+pub(crate) mod once;
 mod pid;
 pub(crate) mod waitv;
 
