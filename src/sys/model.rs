@@ -473,10 +473,22 @@ impl Processes {
 /// `SHUTTLE_RANDOM_SEED` overrides them, and `RINGPOOL_MODEL_REPLAY` (a failing schedule shuttle
 /// printed, or `@path` of a file holding it) replays one execution.
 pub fn check(iterations: usize, max_steps: usize, f: impl Fn() + Send + Sync + 'static) {
+    run_check(iterations, 0, max_steps, f)
+}
+
+/// [`check`] with at least `floor` iterations whatever `RINGPOOL_MODEL_ITERS` says: for a model
+/// that must *find* a planted defect (a `should_panic` test), whose first failing execution under
+/// the fixed seed moves whenever the code under test changes its atomic operations.
+pub fn check_at_least(floor: usize, max_steps: usize, f: impl Fn() + Send + Sync + 'static) {
+    run_check(floor, floor, max_steps, f)
+}
+
+fn run_check(iterations: usize, floor: usize, max_steps: usize, f: impl Fn() + Send + Sync + 'static) {
     // Process-wide caches filled on first use would make the first execution differ from the
     // others (and from a replay): they use std's atomics, not this seam (see `ring/records.rs`'s
     // PREFETCHW check), so no model hook runs for them.
-    let iterations = std::env::var("RINGPOOL_MODEL_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(iterations);
+    let iterations =
+        std::env::var("RINGPOOL_MODEL_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(iterations).max(floor);
     let mut config = shuttle::Config::new();
     config.max_steps = shuttle::MaxSteps::FailAfter(max_steps);
     config.silence_warnings = true;
