@@ -96,9 +96,25 @@ pub struct Tally {
     /// Messages.
     pub count: u64,
     /// Sum of their sequence numbers.
+    #[serde(with = "u128_text")]
     pub sum: u128,
-    /// Sum of their squares.
+    /// Sum of their squares (above 2^64 from about 3.8 million messages per sender).
+    #[serde(with = "u128_text")]
     pub sum_sq: u128,
+}
+
+/// A `u128` as decimal text in JSON: serde_json's numbers stop at 64 bits (a full run's tally of
+/// 8 million messages overflowed them, "number out of range").
+mod u128_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u128, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u128, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl Tally {
@@ -273,6 +289,14 @@ pub fn run(role: &str, args: &Args) -> Result<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_runs_tally_crosses_the_json_link() {
+        let t = Tally::expected(8_000_000);
+        assert!(t.sum_sq > u128::from(u64::MAX));
+        let text = serde_json::to_string(&t).expect("serialize");
+        assert_eq!(serde_json::from_str::<Tally>(&text).expect("deserialize"), t);
+    }
 
     #[test]
     fn expected_tally_is_the_sum_over_the_sequence() {
