@@ -2,7 +2,11 @@
 //! first ring of a process is mapped: before the fork the forking thread holds the list of this
 //! process's mappings, so that no other thread is registering a ring while the child is made; the
 //! child then registers its inherited handles as members under its own pid (or forgets them, for a
-//! pool worker) before the parent goes on (and, say, drops its copy of a sender).
+//! pool worker), in its at-fork handler. `Process::fork`/`start` wait for the child's "started",
+//! so the parent goes on (and, say, drops its copy of a sender) only after that registration. A
+//! plain `fork()` does not wait: its parent may run first, and a copy it drops at once can leave the
+//! ring for a moment with no sender (or receiver) counted, which a peer in that window reads as
+//! `Disconnected` (SAFETY.md's hazard list).
 //!
 //! Inherited handles behave like inherited file descriptors: the child holds a copy of each, and
 //! counts as a member for each, until it drops them or exits.
