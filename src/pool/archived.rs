@@ -452,12 +452,6 @@ impl Sink for MapSink {
     fn archived(&mut self, index: usize, r: Result<RawOut, TaskError>) {
         self.put(index, r);
     }
-    fn as_any(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
-    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
-        self
-    }
 }
 
 /// Ordered raw results (`imap_archived`).
@@ -474,12 +468,6 @@ impl Sink for Ordered {
     fn archived(&mut self, index: usize, r: Result<RawOut, TaskError>) {
         self.0.put(index, r);
     }
-    fn as_any(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
-    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
-        self
-    }
 }
 
 /// Raw results in completion order (`imap_unordered_archived`).
@@ -493,12 +481,6 @@ impl Sink for Unordered {
     }
     fn archived(&mut self, index: usize, r: Result<RawOut, TaskError>) {
         self.0.ready.push_back((index, r));
-    }
-    fn as_any(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
-    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
-        self
     }
 }
 
@@ -515,12 +497,6 @@ impl Sink for FutureSink {
     }
     fn archived(&mut self, _: usize, r: Result<RawOut, TaskError>) {
         self.result = Some(r);
-    }
-    fn as_any(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
-    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
-        self
     }
 }
 

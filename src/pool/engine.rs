@@ -94,14 +94,28 @@ pub(crate) struct Chunk<'a> {
     pub error: &'a dyn Fn(usize) -> TaskError,
 }
 
+/// A sink as `Any`, to take its concrete type back (every sink has it, through the blanket impl).
+/// Call it on the `dyn Sink` itself: a `Box<dyn Sink>` is `Any` too, and would answer as the box.
+pub(crate) trait AsAny {
+    fn as_any(&mut self) -> &mut dyn Any;
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+impl<T: Any> AsAny for T {
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
 /// Where a job's results go: a map's vector, an iterator's buffer, a future's cell.
-pub(crate) trait Sink: Send + 'static {
+pub(crate) trait Sink: AsAny + Send + 'static {
     /// A chunk finished.
     fn chunk(&mut self, c: &Chunk<'_>);
     /// Items `first..first + count` failed without running.
     fn fail(&mut self, first: usize, count: usize, e: &TaskError);
-    fn as_any(&mut self) -> &mut dyn Any;
-    fn into_any(self: Box<Self>) -> Box<dyn Any>;
     /// One item of an archived chunk finished (archived jobs only): its output's bytes, copied
     /// out of the slot and not yet validated, or its error.
     #[cfg(feature = "archive")]
@@ -459,7 +473,9 @@ impl Engine {
 
     /// The job's sink, to read results from.
     pub(crate) fn sink<S: Sink + 'static>(&mut self, job: usize) -> Option<&mut S> {
-        self.jobs.get_mut(job)?.as_mut()?.sink.as_any().downcast_mut::<S>()
+        let sink: &mut dyn Sink = &mut *self.jobs.get_mut(job)?.as_mut()?.sink;
+        // Through the trait object (not `Box<dyn Sink>`, which is itself `Any`): see `AsAny`.
+        AsAny::as_any(sink).downcast_mut::<S>()
     }
 
     /// Removes a finished job and hands back its sink; an unfinished one is abandoned instead.

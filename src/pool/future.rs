@@ -32,12 +32,6 @@ impl<R: Pod + Send> Sink for FutureSink<R> {
     fn fail(&mut self, _first: usize, _count: usize, e: &TaskError) {
         self.result = Some(Err(e.clone()));
     }
-    fn as_any(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
-    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
-        self
-    }
 }
 
 /// The result of a task, to come. See [`Pool::submit`](super::Pool::submit).

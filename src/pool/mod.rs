@@ -175,7 +175,7 @@ pub use future::AsyncTask;
 pub use future::{AsCompleted, Future, as_completed, wait};
 pub use task::{ByRef, ByValue, TaskFn};
 
-use engine::{Chunk, Dispatch, Engine, PUMP_WAIT, Settings, Sink, Types};
+use engine::{AsAny, Chunk, Dispatch, Engine, PUMP_WAIT, Settings, Sink, Types};
 use task::ITEM_OK;
 
 pub use crate::process::StartMethod;
@@ -412,13 +412,6 @@ impl<R: Pod + Send> Sink for MapSink<R> {
         }
         self.failures.extend((first..first + count).map(|i| (i, e.clone())));
     }
-
-    fn as_any(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
-    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
-        self
-    }
 }
 
 impl Pool {
@@ -606,7 +599,8 @@ impl Pool {
         owned.job = None;
         let sink = self.shared.lock().take_job(job);
         outcome?;
-        let sink = sink.and_then(|s| s.into_any().downcast::<S>().ok()).ok_or(PoolError::Closed)?;
+        let sink =
+            sink.and_then(|s: Box<dyn Sink>| AsAny::into_any(s).downcast::<S>().ok()).ok_or(PoolError::Closed)?;
         Ok((sink, feed.next))
     }
 }
@@ -861,12 +855,6 @@ impl<R: Pod + Send> Sink for OrderedSink<R> {
             self.put(i, Err(e.clone()));
         }
     }
-    fn as_any(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
-    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
-        self
-    }
 }
 
 /// Unordered results: a queue in completion order.
@@ -886,12 +874,6 @@ impl<R: Pod + Send> Sink for UnorderedSink<R> {
     }
     fn fail(&mut self, first: usize, count: usize, e: &TaskError) {
         self.ready.extend((first..first + count).map(|i| (i, Err(e.clone()))));
-    }
-    fn as_any(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
-    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any> {
-        self
     }
 }
 

@@ -290,6 +290,29 @@ impl Reg {
         r.register(id, core, interest, deadline, waker);
     }
 
+    /// A receive found nothing: waits for the senders' event, or, when the ring is ready already
+    /// (the receive lock was held by another receiver), retries after [`CONTENTION_RETRY`].
+    fn wait_recv(&mut self, core: &Arc<Core>, waker: &Waker) {
+        if core.recv_ready(false) {
+            self.register(core, Interest::Timer, Some(Deadline::after(CONTENTION_RETRY)), waker);
+        } else {
+            self.register(core, Interest::Recv, None, waker);
+        }
+    }
+
+    /// A send of `need` units found no room (the head was at `head`): waits for the head to
+    /// move, or, when there is room already (the send lock was held), retries after
+    /// [`CONTENTION_RETRY`]; if the head moved since the try, wakes at once.
+    fn wait_send(&mut self, core: &Arc<Core>, head: u64, need: u64, waker: &Waker) {
+        if core.ctrl().head.load(Ordering::Acquire) != head {
+            waker.wake_by_ref();
+        } else if core.send_ready(need, false) {
+            self.register(core, Interest::Timer, Some(Deadline::after(CONTENTION_RETRY)), waker);
+        } else {
+            self.register(core, Interest::Send { head }, None, waker);
+        }
+    }
+
     fn done(&mut self) {
         if let Some(id) = self.0.take() {
             reactor().deregister(id);
@@ -393,13 +416,7 @@ impl<R: AsyncRecv> Future for RecvFuture<'_, R> {
             Err(TryRecvError::Broken(b)) => Err(RecvError::Broken(b)),
             Err(TryRecvError::Empty) => {
                 let core = self.rx.handle_ref().core;
-                // Ready already: the lock was held by another receiver. Try again shortly.
-                let (interest, deadline) = if core.recv_ready(false) {
-                    (Interest::Timer, Some(Deadline::after(CONTENTION_RETRY)))
-                } else {
-                    (Interest::Recv, None)
-                };
-                self.reg.register(core, interest, deadline, cx.waker());
+                self.reg.wait_recv(core, cx.waker());
                 return Poll::Pending;
             }
         };
@@ -439,18 +456,7 @@ impl<S: AsyncSend<M>, M> Future for SendFuture<'_, S, M> {
             Err(TrySendError::Broken(m, b)) => Err(SendError::Broken(m, b)),
             Err(TrySendError::Full(m)) => {
                 this.msg = Some(m);
-                // The head moved since the try (room was freed), or the ring had room and the
-                // lock was held by another sender: try again (shortly).
-                if core.ctrl().head.load(Ordering::Acquire) != head {
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                let (interest, deadline) = if core.send_ready(need, false) {
-                    (Interest::Timer, Some(Deadline::after(CONTENTION_RETRY)))
-                } else {
-                    (Interest::Send { head }, None)
-                };
-                this.reg.register(core, interest, deadline, cx.waker());
+                this.reg.wait_send(core, head, need, cx.waker());
                 return Poll::Pending;
             }
         };
@@ -504,17 +510,7 @@ impl<S: AsyncSend<M>, M> Future for SendManyFuture<'_, S, M> {
             match this.tx.try_send_many_op(rest) {
                 Ok(n) if n > 0 => this.sent += n.min(rest.len()),
                 Ok(_) | Err(TrySendError::Full(_)) => {
-                    // As in SendFuture: room freed since the try, or the lock was held.
-                    if core.ctrl().head.load(Ordering::Acquire) != head {
-                        cx.waker().wake_by_ref();
-                        return Poll::Pending;
-                    }
-                    let (interest, deadline) = if core.send_ready(need, false) {
-                        (Interest::Timer, Some(Deadline::after(CONTENTION_RETRY)))
-                    } else {
-                        (Interest::Send { head }, None)
-                    };
-                    this.reg.register(core, interest, deadline, cx.waker());
+                    this.reg.wait_send(core, head, need, cx.waker());
                     return Poll::Pending;
                 }
                 Err(TrySendError::Disconnected(_)) => break Err(SendError::Disconnected(this.sent)),
@@ -632,12 +628,7 @@ impl<H: Handle, F: FnMut(&H) -> Result<T, TryRecvError>, T> Future for RecvOp<'_
             Err(TryRecvError::Broken(b)) => Err(RecvError::Broken(b)),
             Err(TryRecvError::Empty) => {
                 let core = this.rx.handle_ref().core;
-                let (interest, deadline) = if core.recv_ready(false) {
-                    (Interest::Timer, Some(Deadline::after(CONTENTION_RETRY)))
-                } else {
-                    (Interest::Recv, None)
-                };
-                this.reg.register(core, interest, deadline, cx.waker());
+                this.reg.wait_recv(core, cx.waker());
                 return Poll::Pending;
             }
         };
