@@ -302,23 +302,17 @@ pub(crate) fn prepare_watch() -> Result<(), nix::errno::Errno> {
 }
 
 /// Registers, once per process image, the at-fork handler that closes the watch's write end in
-/// every forked child. Called under [`WATCH_LOCK`], so no two threads race here.
-///
-/// Not a `std::sync::Once`: a child forked while another thread of its parent ran a `Once`'s
-/// closure inherits it "running" for ever, and its first call would wait for a thread that does
-/// not exist there (found by a test that forks while a pool starts on another thread). A flag set
-/// after the registration is fork-safe: glibc serializes `pthread_atfork` with `fork`, so a child
-/// either inherits the handler or not; one that inherits it but not the flag registers it again,
-/// and the handler is idempotent.
+/// every forked child. A [`ForkSafeOnce`]: a child forked while another thread of its parent ran
+/// the registration takes it over instead of waiting for a thread it does not have; glibc
+/// serializes `pthread_atfork` with `fork`, so such a child either inherited the handler or not,
+/// and the handler is idempotent if it registers it again.
 fn register_watch_atfork() {
-    static REGISTERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if REGISTERED.load(Ordering::Acquire) {
-        return;
-    }
-    // SAFETY: registers a child handler that only swaps an atomic and calls close(2), both
-    // async-signal-safe, as a handler that runs in a child of a threaded fork must be.
-    unsafe { libc::pthread_atfork(None, None, Some(close_watch_write_end)) };
-    REGISTERED.store(true, Ordering::Release);
+    static REGISTERED: ForkSafeOnce = ForkSafeOnce::new();
+    REGISTERED.call(|| {
+        // SAFETY: registers a child handler that only swaps an atomic and calls close(2), both
+        // async-signal-safe, as a handler that runs in a child of a threaded fork must be.
+        unsafe { libc::pthread_atfork(None, None, Some(close_watch_write_end)) };
+    });
 }
 
 /// In a freshly forked child: the parent's watch write end is not ours to hold.
