@@ -416,14 +416,107 @@ impl RawOut {
         R: Archivable,
         Archived<R>: Deserialize<R, HighDeserializer<RkyvError>>,
     {
+        self.clone().view::<R>()?.deserialize()
+    }
+}
+
+/// A task's result read in place: its archive validated (bytecheck: every relative pointer,
+/// length, tag and alignment checked), not deserialized. Derefs to `Archived<R>`
+/// (`ArchivedString`, `ArchivedVec<..>`, `ArchivedFoo`, ...), so reading it costs no allocation.
+///
+/// The bytes are the parent's own copy of the chunk's outputs, taken out of the slot before
+/// validation (a worker could still write the slot; a copy it cannot reach is what makes the
+/// validation hold). A view keeps that copy alive, shared with the other views of its chunk (at
+/// most one slot's bytes, [`PoolBuilder::slot_bytes`]); [`deserialize`](Self::deserialize) gives
+/// an owned `R` when one is needed.
+///
+/// Yielded by [`Pool::map_views`], [`ImapArchived::views`], [`ImapUnorderedArchived::views`] and
+/// the futures of [`Pool::submit_view`] (so [`as_completed`](super::as_completed) yields views too).
+///
+/// ```
+/// use ringpool::ring::archive::rkyv::string::ArchivedString;
+///
+/// fn shout(s: &ArchivedString) -> String {
+///     s.as_str().to_uppercase()
+/// }
+///
+/// let pool = ringpool::Pool::new(2)?;
+/// let views = pool.map_views(shout, ["a".to_string(), "b".to_string()])?;
+/// // `views[0]` derefs to an `ArchivedString`: compared and read without building a `String`.
+/// assert_eq!(views[0].as_str(), "A");
+/// assert_eq!(views[1].deserialize()?, "B");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct OutputView<R: Archive> {
+    /// The chunk's outputs, copied out of the slot; never written once shared.
+    buf: Arc<AlignedVec<16>>,
+    /// The archive's root, inside `buf`, validated by `rkyv::access`.
+    root: std::ptr::NonNull<Archived<R>>,
+    /// The archive's bytes in `buf`.
+    off: usize,
+    len: usize,
+}
+
+// SAFETY: a view is an `Arc` of immutable bytes plus a pointer into them; sending or sharing it
+// shares `&Archived<R>` across threads, which is sound when `Archived<R>` is `Sync`.
+unsafe impl<R: Archive> Send for OutputView<R> where Archived<R>: Sync {}
+// SAFETY: as above.
+unsafe impl<R: Archive> Sync for OutputView<R> where Archived<R>: Sync {}
+
+impl<R: Archive> std::ops::Deref for OutputView<R> {
+    type Target = Archived<R>;
+    fn deref(&self) -> &Archived<R> {
+        // SAFETY: `root` was returned by `rkyv::access` (bytecheck validation) over
+        // `buf[off..off + len]` (`RawOut::view`); `buf` is a heap buffer this view keeps alive
+        // through its `Arc`, at a fixed address, and nobody writes it once it is shared (it is
+        // the parent's private copy, only ever read). The reference is tied to `&self`.
+        unsafe { self.root.as_ref() }
+    }
+}
+
+impl<R: Archive> Clone for OutputView<R> {
+    fn clone(&self) -> Self {
+        OutputView { buf: self.buf.clone(), root: self.root, off: self.off, len: self.len }
+    }
+}
+
+impl<R: Archive> std::fmt::Debug for OutputView<R>
+where
+    Archived<R>: std::fmt::Debug,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl<R: Archive> OutputView<R> {
+    /// Deserializes an owned `R` from the view.
+    pub fn deserialize(&self) -> Result<R, TaskError>
+    where
+        Archived<R>: Deserialize<R, HighDeserializer<RkyvError>>,
+    {
+        rkyv::deserialize::<R, RkyvError>(&**self)
+            .map_err(|e| TaskError::InvalidOutput { reason: format!("could not be deserialized: {e}") })
+    }
+
+    /// The archive's bytes (validated; 16-aligned at their start).
+    pub fn bytes(&self) -> &[u8] {
+        // In bounds: checked when the view was made, and `buf` never changes.
+        self.buf.get(self.off..self.off + self.len).unwrap_or(&[])
+    }
+}
+
+impl RawOut {
+    /// Validates the archive (`rkyv::access`) and answers a view of it.
+    pub(crate) fn view<R: Archivable>(self) -> Result<OutputView<R>, TaskError> {
         let bytes =
             self.off.checked_add(self.len).and_then(|end| self.buf.get(self.off..end)).ok_or_else(|| {
                 TaskError::InvalidOutput { reason: "the output lies outside what was copied".to_owned() }
             })?;
-        let archived = rkyv::access::<Archived<R>, RkyvError>(bytes)
+        let root = rkyv::access::<Archived<R>, RkyvError>(bytes)
+            .map(std::ptr::NonNull::from)
             .map_err(|e| TaskError::InvalidOutput { reason: format!("not a valid archive: {e}") })?;
-        rkyv::deserialize::<R, RkyvError>(archived)
-            .map_err(|e| TaskError::InvalidOutput { reason: format!("could not be deserialized: {e}") })
+        Ok(OutputView { buf: self.buf, root, off: self.off, len: self.len })
     }
 }
 
@@ -509,6 +602,11 @@ where
     e.sink::<FutureSink>(job).map(|s| s.result.as_ref().map(|r| r.as_ref().map_err(Clone::clone)?.decode::<R>()))
 }
 
+/// An archived future's result, validated as it is taken and answered as a view.
+fn take_view<R: Archivable>(e: &mut Engine, job: usize) -> Option<Option<Result<OutputView<R>, TaskError>>> {
+    e.sink::<FutureSink>(job).map(|s| s.result.as_ref().map(|r| r.clone().and_then(RawOut::view::<R>)))
+}
+
 /// Archived items, packed into slots as they go.
 pub(crate) struct ArchDispatch {
     spec: ArchSpec,
@@ -584,16 +682,15 @@ fn chunk_size(e: &Engine, len: Option<usize>) -> usize {
     wanted.max(1)
 }
 
-/// Turns a map's raw results into owned values, validating each.
-fn finish_map<R>(results: Vec<Option<Result<RawOut, TaskError>>>) -> Result<Vec<R>, MapError<R>>
-where
-    R: Archivable,
-    Archived<R>: Deserialize<R, HighDeserializer<RkyvError>>,
-{
-    let results: Vec<Result<R, TaskError>> = results
+/// Turns a map's raw results into values (`read`: owned or views), validating each.
+fn finish_map<X>(
+    results: Vec<Option<Result<RawOut, TaskError>>>,
+    read: impl Fn(RawOut) -> Result<X, TaskError>,
+) -> Result<Vec<X>, MapError<X>> {
+    let results: Vec<Result<X, TaskError>> = results
         .into_iter()
         .map(|r| match r {
-            Some(Ok(raw)) => raw.decode::<R>(),
+            Some(Ok(raw)) => read(raw),
             Some(Err(e)) => Err(e),
             None => {
                 Err(TaskError::from(PoolError::Broken(crate::ring::Broken::Corrupted("the item's result was lost"))))
@@ -632,14 +729,13 @@ impl Pool {
         Ok((job, ArchDispatch { spec: ArchSpec { tramp, ctx }, chunk }))
     }
 
-    fn map_body<B: Body>(
+    /// Runs a map; `read` turns each raw result into what the caller answers (owned or a view).
+    fn map_body<B: Body, X>(
         &self,
         ctx: Option<&B::Ctx>,
         inputs: impl IntoIterator<Item = B::In>,
-    ) -> Result<Vec<B::Out>, MapError<B::Out>>
-    where
-        Archived<B::Out>: Deserialize<B::Out, HighDeserializer<RkyvError>>,
-    {
+        read: impl Fn(RawOut) -> Result<X, TaskError>,
+    ) -> Result<Vec<X>, MapError<X>> {
         let iter = inputs.into_iter();
         let (lo, hi) = iter.size_hint();
         let (job, disp) =
@@ -647,21 +743,23 @@ impl Pool {
         let (sink, next) = self.drive::<MapSink, _, _>(iter, job, disp)?;
         let mut results = sink.results;
         results.resize_with(next, || None);
-        finish_map(results)
+        finish_map(results, read)
     }
 
-    fn submit_body<B: Body>(&self, ctx: Option<&B::Ctx>, input: B::In) -> Result<Future<B::Out>, PoolError>
-    where
-        B::Out: Send,
-        Archived<B::Out>: Deserialize<B::Out, HighDeserializer<RkyvError>>,
-    {
+    /// Submits one item; `take` turns its raw result into what the future answers.
+    fn submit_body<B: Body, X: Send>(
+        &self,
+        ctx: Option<&B::Ctx>,
+        input: B::In,
+        take: super::future::Take<X>,
+    ) -> Result<Future<X>, PoolError> {
         let (job, disp) = self.start_archived::<B>(ctx, Some(1), Box::new(FutureSink::default()))?;
         let mut e = self.shared.lock();
         e.push_archived(job, disp.spec, &input);
         let flushed = e.flush();
         drop(e);
         // The future owns the job from here: dropping it (on an error too) removes the job.
-        let future = Future::with_take(self.shared.clone(), job, take_archived::<B::Out>);
+        let future = Future::with_take(self.shared.clone(), job, take);
         drop(input);
         flushed?;
         Ok(future)
@@ -741,7 +839,7 @@ impl Pool {
         F: ArchivedTask<T, R>,
     {
         let _ = f;
-        self.map_body::<Plain<F, T, R>>(None, inputs)
+        self.map_body::<Plain<F, T, R>, R>(None, inputs, |raw| raw.decode::<R>())
     }
 
     /// Like [`imap`](Self::imap), for archivable inputs and outputs (see
@@ -787,7 +885,7 @@ impl Pool {
         F: ArchivedTask<T, R>,
     {
         let _ = f;
-        self.submit_body::<Plain<F, T, R>>(None, input)
+        self.submit_body::<Plain<F, T, R>, R>(None, input, take_archived::<R>)
     }
 
     /// Like [`apply`](Self::apply), for an archivable input and output.
@@ -802,6 +900,58 @@ impl Pool {
             Ok(fut) => fut.wait(),
             Err(e) => Err(TaskError::from(e)),
         }
+    }
+
+    /// Like [`map_archived`](Self::map_archived), answering each result read in place
+    /// ([`OutputView`]: validated, derefs to `Archived<R>`, not deserialized): no allocation per
+    /// result. For a context, `imap_with(..)?.views()`.
+    ///
+    /// ```
+    /// use ringpool::ring::archive::rkyv::{self, string::ArchivedString};
+    ///
+    /// #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    /// #[rkyv(crate = rkyv)]
+    /// struct Word {
+    ///     text: String,
+    ///     vowels: u32,
+    /// }
+    ///
+    /// fn word(s: &ArchivedString) -> Word {
+    ///     Word { text: s.to_uppercase(), vowels: s.chars().filter(|c| "aeiou".contains(*c)).count() as u32 }
+    /// }
+    ///
+    /// let pool = ringpool::Pool::new(2)?;
+    /// let views = pool.map_views(word, ["shared".to_string(), "memory".to_string()])?;
+    /// assert_eq!(views[0].text, "SHARED"); // an `ArchivedString`, compared in place
+    /// assert_eq!(views[1].vowels, 2); // an archived `u32`
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn map_views<T, R, F>(
+        &self,
+        f: F,
+        inputs: impl IntoIterator<Item = T>,
+    ) -> Result<Vec<OutputView<R>>, MapError<OutputView<R>>>
+    where
+        T: Archivable + 'static,
+        R: Archivable + 'static,
+        F: ArchivedTask<T, R>,
+    {
+        let _ = f;
+        self.map_body::<Plain<F, T, R>, OutputView<R>>(None, inputs, RawOut::view::<R>)
+    }
+
+    /// Like [`submit_archived`](Self::submit_archived), the future answering the result read in
+    /// place ([`OutputView`]); [`as_completed`](super::as_completed) over such futures yields
+    /// views.
+    pub fn submit_view<T, R, F>(&self, f: F, input: T) -> Result<Future<OutputView<R>>, PoolError>
+    where
+        T: Archivable + 'static,
+        R: Archivable + 'static,
+        Archived<R>: Sync,
+        F: ArchivedTask<T, R>,
+    {
+        let _ = f;
+        self.submit_body::<Plain<F, T, R>, OutputView<R>>(None, input, take_view::<R>)
     }
 
     /// Like [`map_archived`](Self::map_archived), with a context: `ctx` is archived once, into a
@@ -836,7 +986,7 @@ impl Pool {
         F: ContextTask<C, T, R>,
     {
         let _ = f;
-        self.map_body::<WithCtx<F, C, T, R>>(Some(ctx), inputs)
+        self.map_body::<WithCtx<F, C, T, R>, R>(Some(ctx), inputs, |raw| raw.decode::<R>())
     }
 
     /// [`imap_archived`](Self::imap_archived) with a context (see [`map_with`](Self::map_with)).
@@ -889,7 +1039,7 @@ impl Pool {
         F: ContextTask<C, T, R>,
     {
         let _ = f;
-        self.submit_body::<WithCtx<F, C, T, R>>(Some(ctx), input)
+        self.submit_body::<WithCtx<F, C, T, R>, R>(Some(ctx), input, take_archived::<R>)
     }
 
     /// [`apply_archived`](Self::apply_archived) with a context (see [`map_with`](Self::map_with)).
@@ -930,7 +1080,7 @@ impl Pool {
         F: StarTask<Args, R>,
     {
         let _ = f;
-        self.map_body::<Star<F, Args, R>>(None, inputs)
+        self.map_body::<Star<F, Args, R>, R>(None, inputs, |raw| raw.decode::<R>())
     }
 }
 
@@ -957,6 +1107,44 @@ where
                 Some(Err(TaskError::from(e)))
             }
         }
+    }
+}
+
+impl<'p, R, I: Iterator> ImapArchived<'p, R, I> {
+    /// The same results, each read in place ([`OutputView`]: validated, not deserialized).
+    pub fn views(self) -> ImapViews<'p, R, I> {
+        ImapViews { stream: self.stream, _r: PhantomData }
+    }
+}
+
+/// [`ImapArchived::views`]: results in input order, each read in place.
+pub struct ImapViews<'p, R, I: Iterator> {
+    stream: Stream<'p, I, ArchDispatch>,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R, I> Iterator for ImapViews<'_, R, I>
+where
+    R: Archivable,
+    I: Iterator<Item: Archivable>,
+{
+    type Item = Result<OutputView<R>, TaskError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.stream.step::<Ordered, _>(|s| s.0.take())? {
+            // Validated here, without the pool's lock.
+            Ok(r) => Some(r.and_then(RawOut::view::<R>)),
+            Err(e) => {
+                self.stream.stop();
+                Some(Err(TaskError::from(e)))
+            }
+        }
+    }
+}
+
+impl<R, I: Iterator> std::fmt::Debug for ImapViews<'_, R, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImapViews").field("job", &self.stream.job).finish()
     }
 }
 
@@ -989,6 +1177,44 @@ where
                 Some((usize::MAX, Err(TaskError::from(e))))
             }
         }
+    }
+}
+
+impl<'p, R, I: Iterator> ImapUnorderedArchived<'p, R, I> {
+    /// The same results, each read in place ([`OutputView`]: validated, not deserialized).
+    pub fn views(self) -> ImapUnorderedViews<'p, R, I> {
+        ImapUnorderedViews { stream: self.stream, _r: PhantomData }
+    }
+}
+
+/// [`ImapUnorderedArchived::views`]: `(input index, result)` in completion order, each read in
+/// place.
+pub struct ImapUnorderedViews<'p, R, I: Iterator> {
+    stream: Stream<'p, I, ArchDispatch>,
+    _r: PhantomData<fn() -> R>,
+}
+
+impl<R, I> Iterator for ImapUnorderedViews<'_, R, I>
+where
+    R: Archivable,
+    I: Iterator<Item: Archivable>,
+{
+    type Item = (usize, Result<OutputView<R>, TaskError>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.stream.step::<Unordered, _>(|s| s.0.ready.pop_front())? {
+            Ok((i, r)) => Some((i, r.and_then(RawOut::view::<R>))),
+            Err(e) => {
+                self.stream.stop();
+                Some((usize::MAX, Err(TaskError::from(e))))
+            }
+        }
+    }
+}
+
+impl<R, I: Iterator> std::fmt::Debug for ImapUnorderedViews<'_, R, I> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImapUnorderedViews").field("job", &self.stream.job).finish()
     }
 }
 

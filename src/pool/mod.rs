@@ -165,7 +165,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytemuck::Pod;
 
 #[cfg(feature = "archive")]
-pub use archived::{ArchivedTask, ContextTask, ImapArchived, ImapUnorderedArchived, InitTask, StarTask};
+pub use archived::{
+    ArchivedTask, ContextTask, ImapArchived, ImapUnorderedArchived, ImapUnorderedViews, ImapViews, InitTask,
+    OutputView, StarTask,
+};
 pub use engine::PoolStats;
 pub use error::{MapError, PoolError, SharedPoolError, TaskError, TaskFailures, WaitError};
 #[doc(hidden)]

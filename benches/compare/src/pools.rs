@@ -28,7 +28,11 @@ use crate::harness::{Args, Result};
 
 /// The registration point for pools (Python's are run by [`crate::python`]).
 pub fn all() -> Vec<PoolEntry> {
-    vec![entry::<crate::ringpool_pool::RingpoolPool>(), entry::<ProcspawnPool>()]
+    vec![
+        entry::<crate::ringpool_pool::RingpoolPool>(),
+        entry::<crate::ringpool_pool::RingpoolPoolViews>(),
+        entry::<ProcspawnPool>(),
+    ]
 }
 
 /// One pool workload.

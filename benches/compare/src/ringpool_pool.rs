@@ -113,3 +113,26 @@ impl PoolPeer for RingpoolPool {
         }
     }
 }
+
+/// ringpool's pool on the typed maps, each result read in place (`Pool::map_views`).
+pub struct RingpoolPoolViews;
+
+impl PoolPeer for RingpoolPoolViews {
+    const NAME: &'static str = "ringpool-pool-views";
+    const LABEL: &'static str = "ringpool Pool";
+    const ABOUT: &'static str = "ringpool Pool::map_views: the typed maps with each result validated and read in \
+         place in the parent (no deserialization); typed maps only";
+    const OURS: bool = true;
+
+    fn supports(work: PoolWork) -> bool {
+        work.is_typed()
+    }
+
+    fn run(work: PoolWork) -> Result<f64> {
+        match work {
+            PoolWork::Strings { items } => crate::typed_pool::ringpool_side::strings_views(items),
+            PoolWork::Vecs { items } => crate::typed_pool::ringpool_side::vecs_views(items),
+            _ => Err("map_views runs the typed maps only".into()),
+        }
+    }
+}

@@ -153,7 +153,12 @@ impl Job {
             }
             Job::PyPool(PoolWork::Strings { .. } | PoolWork::Vecs { .. }) => s("python-pool", "Python Pool(2)"),
             Job::Pool(p, PoolWork::Strings { .. } | PoolWork::Vecs { .. }) if p.ours => {
-                (p.name.to_string(), format!("{}(2).map_archived", p.label))
+                let call = if p.name == <crate::ringpool_pool::RingpoolPoolViews as crate::pools::PoolPeer>::NAME {
+                    "map_views"
+                } else {
+                    "map_archived"
+                };
+                (p.name.to_string(), format!("{}(2).{call}", p.label))
             }
             Job::Pool(p, PoolWork::MapWorkers { workers, .. }) => {
                 (p.name.to_string(), format!("{}({workers})", p.label))
@@ -569,7 +574,7 @@ fn plan_tables(
             workers_note,
         ),
     ];
-    let ringpool_typed = "ringpool: Pool::map_archived, each item rkyv-archived into shared memory and read in place by the task, the result deserialized in the parent.";
+    let ringpool_typed = "ringpool: Pool::map_archived, each item rkyv-archived into shared memory and read in place by the task, the result deserialized in the parent; Pool::map_views, the same with each result validated and read in place (an OutputView), not deserialized.";
     let typed_note = |what: &str| {
         format!(
             "{what} Pool of 2 workers, started and warmed up before the clock; only the map is timed; every \

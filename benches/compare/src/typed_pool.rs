@@ -28,7 +28,7 @@ use crate::harness::Result;
 
 /// What a string task returns.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-#[rkyv(crate = rkyv)]
+#[rkyv(crate = rkyv, derive(Debug))]
 pub struct StrOut {
     /// The string's length in bytes.
     pub len: u64,
@@ -40,7 +40,7 @@ pub struct StrOut {
 
 /// What a vector task returns.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-#[rkyv(crate = rkyv)]
+#[rkyv(crate = rkyv, derive(Debug))]
 pub struct VecOut {
     /// The sum of the 1000 values, left to right.
     pub sum: f64,
@@ -185,6 +185,48 @@ pub mod ringpool_side {
         let out = pool.map_archived(str_task_archived, input).map_err(|e| e.to_string())?;
         let secs = t.elapsed().as_secs_f64();
         check_strings(&out, items)?;
+        Ok(items as f64 / secs)
+    }
+
+    /// ringpool over the strings, each result read in place (`map_views`): tasks/s. Every view
+    /// is compared, field by field in place, with the task run here.
+    pub fn strings_views(items: u64) -> Result<f64> {
+        let pool = Pool::new(2)?;
+        pool.map_views(str_task_archived, (0..64).map(make_string)).map_err(|e| e.to_string())?;
+        let input: Vec<String> = (0..items).map(make_string).collect();
+        let t = Instant::now();
+        let out = pool.map_views(str_task_archived, input).map_err(|e| e.to_string())?;
+        let secs = t.elapsed().as_secs_f64();
+        if out.len() as u64 != items {
+            return Err(format!("{} results for {items} strings", out.len()).into());
+        }
+        for (i, got) in out.iter().enumerate() {
+            let want = str_out(&make_string(i as u64));
+            if got.len.to_native() != want.len || got.count_a.to_native() != want.count_a || got.head != want.head {
+                return Err(format!("string {i}: got {got:?}, expected {want:?}").into());
+            }
+        }
+        Ok(items as f64 / secs)
+    }
+
+    /// ringpool over the vectors, each result read in place (`map_views`): tasks/s.
+    pub fn vecs_views(items: u64) -> Result<f64> {
+        let pool = Pool::new(2)?;
+        pool.map_views(vec_task_archived, (0..16).map(make_vec)).map_err(|e| e.to_string())?;
+        let input: Vec<Vec<f64>> = (0..items).map(make_vec).collect();
+        let t = Instant::now();
+        let out = pool.map_views(vec_task_archived, input).map_err(|e| e.to_string())?;
+        let secs = t.elapsed().as_secs_f64();
+        if out.len() as u64 != items {
+            return Err(format!("{} results for {items} vectors", out.len()).into());
+        }
+        for (i, got) in out.iter().enumerate() {
+            let want = super::vec_task(make_vec(i as u64));
+            let blocks: Vec<f64> = got.blocks.iter().map(|x| x.to_native()).collect();
+            if got.sum.to_native().to_bits() != want.sum.to_bits() || blocks != want.blocks {
+                return Err(format!("vector {i}: got {got:?}, expected {want:?}").into());
+            }
+        }
         Ok(items as f64 / secs)
     }
 
