@@ -87,7 +87,7 @@ fn count(number: u64) -> u64 {
 }
 
 /// The seed's `add_number`, the task: an ordinary function, run in a worker process.
-fn add_number(number: u64) -> Counted {
+fn add_number(&number: &u64) -> Counted {
     Counted { number, result: count(number), worker_pid: u64::from(std::process::id()) }
 }
 
@@ -124,7 +124,7 @@ fn main() -> Result<(), Box<dyn Error>> {
 
     // --- the same work in this process alone, one count after the other ---------------------------
     let started = Instant::now();
-    let sequential_total: u64 = (1..=10).map(|n| add_number(n).result).sum();
+    let sequential_total: u64 = (1..=10).map(|n| add_number(&n).result).sum();
     let alone = started.elapsed();
     println!("main: the same 10 counts one after the other in this process took {alone:.1?}; sum {sequential_total}");
     if sequential_total != total {

@@ -187,7 +187,7 @@ fn cpu_time() -> Duration {
 }
 
 /// The seed's `add_number`: counts `STEPS` steps, then answers `steps * number`.
-fn add_number(number: u64) -> Counted {
+fn add_number(&number: &u64) -> Counted {
     let started = cpu_time();
     let mut i = 0;
     for step in 0..STEPS {

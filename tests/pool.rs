@@ -137,7 +137,10 @@ fn imap_is_ordered_and_lazy() {
 #[test]
 fn by_value_tasks_and_struct_types() {
     let p = pool(2);
-    assert_eq!(p.map(double_by_value, 0..10u32).unwrap(), (0..10u64).map(|i| i * 2).collect::<Vec<_>>());
+    assert_eq!(
+        p.map(ringpool::pool::by_value(double_by_value), 0..10u32).unwrap(),
+        (0..10u64).map(|i| i * 2).collect::<Vec<_>>()
+    );
     let pts = (0..1000).map(|i| Point { x: f64::from(i), y: 0.0 });
     let norms = p.map(norm, pts).unwrap();
     assert_eq!(norms[999], 999.0);

@@ -18,8 +18,8 @@
 //!
 //! # Tasks
 //!
-//! A task is a function item or a closure that captures nothing: `fn(&T) -> R` or `fn(T) -> R`,
-//! with `T` and `R` [`Pod`] (plain bytes: numbers, arrays, `#[repr(C)]` structs of them). Its code
+//! A task is a function item or a closure that captures nothing: `fn(&T) -> R` (or a by-value
+//! `fn(T) -> R` wrapped in [`by_value`]), with `T` and `R` [`Pod`] (plain bytes: numbers, arrays, `#[repr(C)]` structs of them). Its code
 //! crosses to the worker as an offset from the executable's load address (valid in forked and
 //! re-executed workers alike); its input and output cross as bytes in a shared slot.
 //!
@@ -176,7 +176,7 @@ pub use faults::{FAULT_POINTS, FaultPlan, FaultPoint, SCRIBBLE_INPUTS, SCRIBBLE_
 #[cfg(feature = "tokio")]
 pub use future::AsyncTask;
 pub use future::{AsCompleted, Future, as_completed, wait};
-pub use task::{ByRef, ByValue, TaskFn};
+pub use task::{ByValue, TaskFn, by_value};
 
 use engine::{AsAny, Chunk, Dispatch, Engine, PUMP_WAIT, Settings, Sink, Types};
 use task::ITEM_OK;
@@ -431,14 +431,14 @@ impl Pool {
     /// Runs `f` on every input and returns the results in input order. If some tasks fail (panic,
     /// or their worker dies), the others still complete and [`MapError::Tasks`] holds every
     /// item's outcome.
-    pub fn map<T, R, M, F>(&self, f: F, inputs: impl IntoIterator<Item = T>) -> Result<Vec<R>, MapError<R>>
+    pub fn map<T, R, F>(&self, f: F, inputs: impl IntoIterator<Item = T>) -> Result<Vec<R>, MapError<R>>
     where
         T: Pod,
         R: Pod + Send,
-        F: TaskFn<T, R, M>,
+        F: TaskFn<T, R>,
     {
         let _ = f;
-        let sink = self.run_to_end::<T, R, M, F>(inputs)?;
+        let sink = self.run_to_end::<T, R, F>(inputs)?;
         if sink.failures.is_empty() {
             return Ok(sink.values);
         }
@@ -452,11 +452,11 @@ impl Pool {
     }
 
     /// Runs `f` on one input and waits for the result (Python's `apply`).
-    pub fn apply<T, R, M, F>(&self, f: F, input: T) -> Result<R, TaskError>
+    pub fn apply<T, R, F>(&self, f: F, input: T) -> Result<R, TaskError>
     where
         T: Pod,
         R: Pod + Send,
-        F: TaskFn<T, R, M>,
+        F: TaskFn<T, R>,
     {
         match self.submit(f, input) {
             Ok(fut) => fut.wait(),
@@ -465,14 +465,14 @@ impl Pool {
     }
 
     /// Queues one task and returns a [`Future`] for its result at once.
-    pub fn submit<T, R, M, F>(&self, f: F, input: T) -> Result<Future<R>, PoolError>
+    pub fn submit<T, R, F>(&self, f: F, input: T) -> Result<Future<R>, PoolError>
     where
         T: Pod,
         R: Pod + Send,
-        F: TaskFn<T, R, M>,
+        F: TaskFn<T, R>,
     {
         let _ = f;
-        let tramp = task::chunk_offset::<F, T, R, M>()?;
+        let tramp = task::chunk_offset::<F, T, R>()?;
         let types = Types::of::<T, R>();
         let mut e = self.shared.lock();
         e.check_open()?;
@@ -488,16 +488,16 @@ impl Pool {
     /// it and all before it are done; inputs are taken lazily, as slots free up. Fails at once if
     /// the pool is closed or the task does not fit a slot; a pool failure later in the stream comes
     /// as one `Err(TaskError::Pool(..))` item, after which the iterator ends.
-    pub fn imap<T, R, M, F, I>(&self, f: F, inputs: I) -> Result<Imap<'_, R, I::IntoIter>, PoolError>
+    pub fn imap<T, R, F, I>(&self, f: F, inputs: I) -> Result<Imap<'_, R, I::IntoIter>, PoolError>
     where
         T: Pod,
         R: Pod + Send,
-        F: TaskFn<T, R, M>,
+        F: TaskFn<T, R>,
         I: IntoIterator<Item = T>,
     {
         let _ = f;
         Ok(Imap {
-            stream: Stream::new::<R, M, F>(self, inputs.into_iter(), Box::new(OrderedSink::<R>::default()))?,
+            stream: Stream::new::<R, F>(self, inputs.into_iter(), Box::new(OrderedSink::<R>::default()))?,
             _r: std::marker::PhantomData,
         })
     }
@@ -505,16 +505,16 @@ impl Pool {
     /// Like [`imap`](Self::imap), but each result comes as soon as it is done, with its input's
     /// index. A pool failure later in the stream comes as one item `(usize::MAX,
     /// Err(TaskError::Pool(..)))`, after which the iterator ends.
-    pub fn imap_unordered<T, R, M, F, I>(&self, f: F, inputs: I) -> Result<ImapUnordered<'_, R, I::IntoIter>, PoolError>
+    pub fn imap_unordered<T, R, F, I>(&self, f: F, inputs: I) -> Result<ImapUnordered<'_, R, I::IntoIter>, PoolError>
     where
         T: Pod,
         R: Pod + Send,
-        F: TaskFn<T, R, M>,
+        F: TaskFn<T, R>,
         I: IntoIterator<Item = T>,
     {
         let _ = f;
         Ok(ImapUnordered {
-            stream: Stream::new::<R, M, F>(self, inputs.into_iter(), Box::new(UnorderedSink::<R>::default()))?,
+            stream: Stream::new::<R, F>(self, inputs.into_iter(), Box::new(UnorderedSink::<R>::default()))?,
             _r: std::marker::PhantomData,
         })
     }
@@ -547,13 +547,13 @@ impl Pool {
 
     /// Dispatches everything and waits for every result. The input iterator is pulled only
     /// while the engine lock is not held (see [`Feeder`]).
-    fn run_to_end<T, R, M, F>(&self, inputs: impl IntoIterator<Item = T>) -> Result<Box<MapSink<R>>, PoolError>
+    fn run_to_end<T, R, F>(&self, inputs: impl IntoIterator<Item = T>) -> Result<Box<MapSink<R>>, PoolError>
     where
         T: Pod,
         R: Pod + Send,
-        F: TaskFn<T, R, M>,
+        F: TaskFn<T, R>,
     {
-        let tramp = task::chunk_offset::<F, T, R, M>()?;
+        let tramp = task::chunk_offset::<F, T, R>()?;
         let types = Types::of::<T, R>();
         let iter = inputs.into_iter();
         let (lo, hi) = iter.size_hint();
@@ -740,13 +740,13 @@ where
     I: Iterator,
     I::Item: Pod,
 {
-    fn new<R, M, F>(pool: &'p Pool, inputs: I, sink: Box<dyn Sink>) -> Result<Stream<'p, I>, PoolError>
+    fn new<R, F>(pool: &'p Pool, inputs: I, sink: Box<dyn Sink>) -> Result<Stream<'p, I>, PoolError>
     where
         R: Pod + Send,
-        F: TaskFn<I::Item, R, M>,
+        F: TaskFn<I::Item, R>,
     {
         let types = Types::of::<I::Item, R>();
-        let tramp = task::chunk_offset::<F, I::Item, R, M>()?;
+        let tramp = task::chunk_offset::<F, I::Item, R>()?;
         let (lo, hi) = inputs.size_hint();
         let mut e = pool.shared.lock();
         e.check_open()?;

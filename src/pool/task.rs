@@ -16,26 +16,47 @@ use crate::process::code::{CodeMap, CodeOffset};
 
 use super::PoolError;
 
-/// A function the pool can run as a task: `Fn(&T) -> R` or `Fn(T) -> R`, zero-sized (a function
-/// item, or a closure that captures nothing). The marker `M` ([`ByRef`] or [`ByValue`]) is
-/// inferred; it only tells the two forms apart.
+/// A function the pool can run as a task: `Fn(&T) -> R`, zero-sized (a function item, or a
+/// closure that captures nothing), with `T` and `R` [`Pod`]; or a by-value `Fn(T) -> R` wrapped in
+/// [`by_value`]. No marker type: a generic wrapper names it as `F: TaskFn<T, R>`.
 ///
 /// Passing a function *pointer* (`let f: fn(&u64) -> u64 = square;`) or a capturing closure fails
 /// to compile with "a pool task must be a function item or a closure that captures nothing": the
 /// code of a task crosses to the worker, its data cannot.
-pub trait TaskFn<T, R, M>: Copy + Send + Sync + 'static {
+///
+/// ```
+/// use ringpool::pool::{MapError, TaskFn};
+///
+/// // A user's own wrapper, generic over the task: no marker parameter to name.
+/// fn squares_of<F: TaskFn<u64, u64>>(pool: &ringpool::Pool, f: F, n: u64) -> Result<Vec<u64>, MapError<u64>> {
+///     pool.map(f, 0..n)
+/// }
+///
+/// fn square(x: &u64) -> u64 {
+///     x * x
+/// }
+/// fn cube(x: u64) -> u64 {
+///     x * x * x
+/// }
+///
+/// let pool = ringpool::Pool::new(2)?;
+/// assert_eq!(squares_of(&pool, square, 4)?, [0, 1, 4, 9]);
+/// assert_eq!(squares_of(&pool, ringpool::pool::by_value(cube), 3)?, [0, 1, 8]);
+/// assert_eq!(squares_of(&pool, |x: &u64| x + 1, 2)?, [1, 2]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a pool task taking `&{T}` and returning `{R}`",
+    label = "expected `fn(&{T}) -> {R}`, a function item or a closure that captures nothing",
+    note = "a task that takes its input by value (`fn(x: {T}) -> {R}`) goes as `ringpool::pool::by_value(f)`; \
+            `{T}` and `{R}` must be `bytemuck::Pod` (for other types, see `Pool::map_archived`)"
+)]
+pub trait TaskFn<T, R>: Copy + Send + Sync + 'static {
     /// Runs the task on one input.
     fn call(&self, input: &T) -> R;
 }
 
-/// Marker: the task takes its input by reference.
-#[derive(Debug)]
-pub enum ByRef {}
-/// Marker: the task takes its input by value.
-#[derive(Debug)]
-pub enum ByValue {}
-
-impl<F, T, R> TaskFn<T, R, ByRef> for F
+impl<F, T, R> TaskFn<T, R> for F
 where
     F: Fn(&T) -> R + Copy + Send + Sync + 'static,
 {
@@ -45,13 +66,25 @@ where
     }
 }
 
-impl<F, T: Copy, R> TaskFn<T, R, ByValue> for F
+/// A task that takes its input by value (`fn(T) -> R`), made by [`by_value`]; zero-sized when
+/// the function is.
+#[derive(Clone, Copy, Debug)]
+pub struct ByValue<F>(F);
+
+/// Wraps a by-value task `f: fn(T) -> R` (a function item or a closure that captures nothing) so
+/// the pool can run it: `pool.map(by_value(cube), 0..n)`. The worker copies each input out of its
+/// slot and calls `f` on it.
+pub fn by_value<F>(f: F) -> ByValue<F> {
+    ByValue(f)
+}
+
+impl<F, T: Copy, R> TaskFn<T, R> for ByValue<F>
 where
     F: Fn(T) -> R + Copy + Send + Sync + 'static,
 {
     #[inline(always)]
     fn call(&self, input: &T) -> R {
-        self(*input)
+        (self.0)(*input)
     }
 }
 
@@ -123,9 +156,9 @@ pub(crate) unsafe fn conjure<F>() -> F {
 /// bytes, all inside one mapping, not accessed by anyone else meanwhile, and aligned as `align_t`
 /// and `align_r` say. This function checks that those sizes and alignments are `T`'s and `R`'s and
 /// that the pointers are so aligned, and refuses the chunk otherwise.
-pub(crate) unsafe fn run_chunk<F, T, R, M>(ctx: &mut ChunkCtx<'_>) -> Result<(), &'static str>
+pub(crate) unsafe fn run_chunk<F, T, R>(ctx: &mut ChunkCtx<'_>) -> Result<(), &'static str>
 where
-    F: TaskFn<T, R, M>,
+    F: TaskFn<T, R>,
     T: Pod,
     R: Pod,
 {
@@ -143,8 +176,9 @@ where
     if (ctx.input as usize) % std::mem::align_of::<T>() != 0 || (ctx.output as usize) % std::mem::align_of::<R>() != 0 {
         return Err("slot data is misaligned for the task's types");
     }
-    // SAFETY: F is zero-sized (asserted above at compile time) and, by TaskFn's bounds, a
-    // function item or non-capturing closure.
+    // SAFETY: F is zero-sized (asserted above at compile time) and, by TaskFn's impls, a
+    // function item or non-capturing closure, or `ByValue` of one (a struct of that one field:
+    // zero-sized with a single value too).
     let f: F = unsafe { conjure::<F>() };
     for i in 0..ctx.count {
         // SAFETY: i < count; input holds count aligned T values (caller's contract, alignment and
@@ -185,13 +219,13 @@ pub(crate) fn run_init<F: Fn() + Copy + Send + Sync + 'static>() {
 }
 
 /// The code offset of the trampoline for `F`.
-pub(crate) fn chunk_offset<F, T, R, M>() -> Result<CodeOffset, PoolError>
+pub(crate) fn chunk_offset<F, T, R>() -> Result<CodeOffset, PoolError>
 where
-    F: TaskFn<T, R, M>,
+    F: TaskFn<T, R>,
     T: Pod,
     R: Pod,
 {
-    let f: ChunkFn = run_chunk::<F, T, R, M>;
+    let f: ChunkFn = run_chunk::<F, T, R>;
     CodeMap::get().and_then(|m| m.offset(f as usize)).map_err(PoolError::Start)
 }
 
