@@ -37,6 +37,11 @@
 //!   room; the parent checks every offset the worker wrote, validates the output, and deserializes
 //!   an owned `R`. A worker that writes garbage fails its items with [`TaskError::InvalidOutput`],
 //!   never undefined behaviour.
+//! - **Results in place.** [`map_views`](Pool::map_views), [`submit_view`](Pool::submit_view)
+//!   (so [`as_completed`] yields views) and the `views()` of the `imap` iterators answer
+//!   [`OutputView`]s instead of owned values: validated, derefs to `Archived<R>`, no deserialization
+//!   and no allocation per result. A view reads the parent's own copy of its chunk's outputs, not
+//!   the slot (which a worker could still write), and outlives the pool.
 //! - **Sizes.** A chunk takes items while their archives fit its slot (about half of it, the rest
 //!   left for outputs as large as those seen so far). An output that does not fit the room left
 //!   sends that item, alone, and the items after it to other slots; nothing is truncated. An input
