@@ -1084,6 +1084,33 @@ impl Pool {
     }
 }
 
+/// The next raw result of an ordered archived stream; a pool error ends the stream.
+fn next_ordered<I: Iterator<Item: Archivable>>(
+    stream: &mut Stream<'_, I, ArchDispatch>,
+) -> Option<Result<RawOut, TaskError>> {
+    match stream.step::<Ordered, _>(|s| s.0.take())? {
+        Ok(r) => Some(r),
+        Err(e) => {
+            stream.stop();
+            Some(Err(TaskError::from(e)))
+        }
+    }
+}
+
+/// The next `(index, raw result)` of an unordered archived stream; a pool error ends the stream
+/// (its index is `usize::MAX`).
+fn next_unordered<I: Iterator<Item: Archivable>>(
+    stream: &mut Stream<'_, I, ArchDispatch>,
+) -> Option<(usize, Result<RawOut, TaskError>)> {
+    match stream.step::<Unordered, _>(|s| s.0.ready.pop_front())? {
+        Ok(r) => Some(r),
+        Err(e) => {
+            stream.stop();
+            Some((usize::MAX, Err(TaskError::from(e))))
+        }
+    }
+}
+
 /// The iterator of [`Pool::imap_archived`] and [`Pool::imap_with`]: owned results in input order.
 pub struct ImapArchived<'p, R, I: Iterator> {
     stream: Stream<'p, I, ArchDispatch>,
@@ -1099,14 +1126,8 @@ where
     type Item = Result<R, TaskError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.stream.step::<Ordered, _>(|s| s.0.take())? {
-            // Validated and deserialized here, without the pool's lock.
-            Ok(r) => Some(r.and_then(|raw| raw.decode::<R>())),
-            Err(e) => {
-                self.stream.stop();
-                Some(Err(TaskError::from(e)))
-            }
-        }
+        // Validated and deserialized here, without the pool's lock.
+        Some(next_ordered(&mut self.stream)?.and_then(|raw| raw.decode::<R>()))
     }
 }
 
@@ -1131,14 +1152,8 @@ where
     type Item = Result<OutputView<R>, TaskError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.stream.step::<Ordered, _>(|s| s.0.take())? {
-            // Validated here, without the pool's lock.
-            Ok(r) => Some(r.and_then(RawOut::view::<R>)),
-            Err(e) => {
-                self.stream.stop();
-                Some(Err(TaskError::from(e)))
-            }
-        }
+        // Validated here, without the pool's lock.
+        Some(next_ordered(&mut self.stream)?.and_then(RawOut::view::<R>))
     }
 }
 
@@ -1170,13 +1185,8 @@ where
     type Item = (usize, Result<R, TaskError>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.stream.step::<Unordered, _>(|s| s.0.ready.pop_front())? {
-            Ok((i, r)) => Some((i, r.and_then(|raw| raw.decode::<R>()))),
-            Err(e) => {
-                self.stream.stop();
-                Some((usize::MAX, Err(TaskError::from(e))))
-            }
-        }
+        let (i, r) = next_unordered(&mut self.stream)?;
+        Some((i, r.and_then(|raw| raw.decode::<R>())))
     }
 }
 
@@ -1202,13 +1212,8 @@ where
     type Item = (usize, Result<OutputView<R>, TaskError>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.stream.step::<Unordered, _>(|s| s.0.ready.pop_front())? {
-            Ok((i, r)) => Some((i, r.and_then(RawOut::view::<R>))),
-            Err(e) => {
-                self.stream.stop();
-                Some((usize::MAX, Err(TaskError::from(e))))
-            }
-        }
+        let (i, r) = next_unordered(&mut self.stream)?;
+        Some((i, r.and_then(RawOut::view::<R>)))
     }
 }
 
