@@ -157,6 +157,8 @@ mod future;
 pub mod model_support;
 mod panics;
 mod slots;
+#[cfg(feature = "archive")]
+mod spill;
 mod task;
 mod worker;
 
@@ -169,7 +171,9 @@ pub use archived::{ArchivedTask, ContextTask, ImapArchived, ImapUnorderedArchive
 pub use engine::PoolStats;
 pub use error::{MapError, PoolError, SharedPoolError, TaskError, TaskFailures, WaitError};
 #[doc(hidden)]
-pub use faults::{FAULT_POINTS, FaultPlan, FaultPoint, SCRIBBLE_INPUTS, SCRIBBLE_OUTPUTS, SCRIBBLE_TABLE};
+pub use faults::{
+    FAULT_POINTS, FaultPlan, FaultPoint, SCRIBBLE_INPUTS, SCRIBBLE_OUTPUTS, SCRIBBLE_SPILLED, SCRIBBLE_TABLE,
+};
 #[cfg(feature = "tokio")]
 pub use future::AsyncTask;
 pub use future::{AsCompleted, Future, as_completed, wait};
@@ -189,6 +193,10 @@ pub const MAX_SLOTS: usize = 1 << 20;
 pub const MIN_SLOT_BYTES: usize = slots::SLOT_HEADER + 64;
 /// The largest slot.
 pub const MAX_SLOT_BYTES: usize = 1 << 30;
+/// The default [`PoolBuilder::max_value_bytes`]: 1 GiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 30;
+/// The largest [`PoolBuilder::max_value_bytes`]: 4 GiB less 16 bytes (lengths cross in 32 bits).
+pub const MAX_VALUE_BYTES: usize = (u32::MAX as usize) & !15;
 
 /// How to build a [`Pool`].
 #[derive(Clone, Debug)]
@@ -203,6 +211,7 @@ pub struct PoolBuilder {
     method: StartMethod,
     slots: Option<usize>,
     slot_bytes: usize,
+    max_value: usize,
     spin: SpinPolicy,
     faults: FaultPlan,
 }
@@ -218,6 +227,7 @@ impl Default for PoolBuilder {
             method: StartMethod::Auto,
             slots: None,
             slot_bytes: 16 * 1024,
+            max_value: DEFAULT_MAX_VALUE_BYTES,
             spin: SpinPolicy::default(),
             faults: FaultPlan::none(),
         }
@@ -282,6 +292,17 @@ impl PoolBuilder {
         self
     }
 
+    /// Archived tasks: the largest input or output archive, in bytes (default
+    /// [`DEFAULT_MAX_VALUE_BYTES`], 1 GiB; at least the slot size, at most [`MAX_VALUE_BYTES`]).
+    /// A value larger than a slot crosses through a spill file (see the
+    /// [module docs](self#archived-tasks)); one larger than this fails its item with
+    /// [`TaskError::TooLarge`] naming both sizes. A worker never allocates more than this for one
+    /// value, nor does the parent for one result.
+    pub fn max_value_bytes(mut self, n: usize) -> Self {
+        self.max_value = n;
+        self
+    }
+
     /// How long the pool's processes spin before parking when they wait.
     pub fn spin(mut self, spin: SpinPolicy) -> Self {
         self.spin = spin;
@@ -316,6 +337,13 @@ impl PoolBuilder {
         }
         // At most MAX_SLOT_BYTES, a multiple of 64: no overflow.
         let slot_bytes = self.slot_bytes.div_ceil(64) * 64;
+        if !(slot_bytes..=MAX_VALUE_BYTES).contains(&self.max_value) {
+            return out_of_range(
+                "max_value_bytes",
+                self.max_value as u128,
+                "at least slot_bytes (rounded up to 64), at most 4294967280 (4 GiB - 16)",
+            );
+        }
         let init = match self.init {
             None => None,
             Some(Ok(off)) => Some(off),
@@ -334,6 +362,7 @@ impl PoolBuilder {
             method: self.method,
             slots,
             slot_bytes,
+            max_value: self.max_value,
             spin: self.spin,
             faults: self.faults,
             init_args,
