@@ -403,7 +403,7 @@ fn scribble(slots: &Slots, slot: usize, desc: &slots::SlotDesc, what: u32) {
             let [fd, len] = [0, 4].map(|k| unsafe { entry.wrapping_add(k).cast::<[u8; 4]>().read_unaligned() });
             let (fd, len) = (u32::from_le_bytes(fd), u32::from_le_bytes(len));
             // Each spilled output of each chunk gets one kind of garbage, in turn.
-            let (fd, len) = match (desc.seq as usize + i) % 4 {
+            let (fd, len) = match (slot + desc.seq as usize + i) % 4 {
                 0 => (0, len),                       // stdin: not a spill file
                 1 => (0x7fff_0000, len),             // no such descriptor
                 2 => (fd, u32::MAX),                 // longer than any value may be
