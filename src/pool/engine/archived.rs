@@ -523,9 +523,6 @@ impl Engine {
             buf.extend_from_slice(bytes);
         }
         let buf = std::sync::Arc::new(buf);
-        // A worker's spill files are read only while it is alive and not reaped: its pid cannot
-        // name another process then.
-        let reachable = death.is_none() && self.workers.iter().any(|w| w.process.pid() == pid);
         let mut a = a;
         let mut settled = 0usize;
         let mut failed = 0usize;
@@ -549,7 +546,7 @@ impl Engine {
                     Some(Err(reason)) => Err(TaskError::InvalidOutput { reason }),
                     None => Err(TaskError::InvalidOutput { reason: "no output".to_owned() }),
                 },
-                ITEM_SPILLED => match self.read_spilled(pid, reachable, word(k, 2), word(k, 3)) {
+                ITEM_SPILLED => match self.read_spilled(pid, death.is_none(), word(k, 2), word(k, 3)) {
                     Ok(raw) => Ok(raw),
                     Err(Unread::Failed(e)) => Err(e),
                     Err(Unread::Lost(_)) if a.tries[k] < MAX_TRIES => {
@@ -643,12 +640,15 @@ impl Engine {
     }
 
     /// Reads a spilled output: `fd` and `len` as worker `pid` wrote them in the table (hostile
-    /// until checked); `reachable`: the worker is alive and not reaped.
-    fn read_spilled(&mut self, pid: u32, reachable: bool, fd: usize, len: usize) -> Result<RawOut, Unread> {
+    /// until checked); `finished`: the worker finished the chunk (it did not die running it).
+    fn read_spilled(&mut self, pid: u32, finished: bool, fd: usize, len: usize) -> Result<RawOut, Unread> {
         let max = self.settings.max_value;
         if len > max {
             return Err(Unread::Failed(TaskError::TooLarge { what: "output", needed: len, available: max }));
         }
+        // A worker's spill files are read only while it is one of ours not reaped: its pid cannot
+        // name another process then.
+        let reachable = finished && self.workers.iter().any(|w| w.process.pid() == pid);
         if !reachable {
             return Err(Unread::Lost(format!("worker {pid} ended before its spilled output was read")));
         }
@@ -657,7 +657,7 @@ impl Engine {
                 self.stats.spilled_outputs += 1;
                 Ok(RawOut { buf: std::sync::Arc::new(bytes), off: 0, len })
             }
-            Err(spill::ReadError::Open(e)) if has_exited(pid) => {
+            Err(spill::ReadError::Open(e)) if is_ending(pid) => {
                 Err(Unread::Lost(format!("worker {pid} ended before its spilled output was read: {e}")))
             }
             Err(e) => {
@@ -675,9 +675,12 @@ enum Unread {
     Failed(TaskError),
 }
 
-/// Whether our child `pid` has ended (a zombie not yet reaped, or gone), without reaping it.
-fn has_exited(pid: u32) -> bool {
+/// Whether our child `pid` has ended or is ending, without reaping it: a zombie (or gone), or a
+/// process whose descriptors are closed already (a killed process closes them on its way out,
+/// before it becomes a zombie; a live worker always holds some: its slots, its queues).
+fn is_ending(pid: u32) -> bool {
     use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
     let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-    !matches!(waitid(Id::Pid(nix::unistd::Pid::from_raw(pid as i32)), flags), Ok(WaitStatus::StillAlive))
+    let exited = !matches!(waitid(Id::Pid(nix::unistd::Pid::from_raw(pid as i32)), flags), Ok(WaitStatus::StillAlive));
+    exited || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(true, |mut d| d.next().is_none())
 }
