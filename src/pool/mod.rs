@@ -39,9 +39,19 @@
 //!   never undefined behaviour.
 //! - **Sizes.** A chunk takes items while their archives fit its slot (about half of it, the rest
 //!   left for outputs as large as those seen so far). An output that does not fit the room left
-//!   sends that item, alone, and the items after it to other slots; nothing is truncated. An input
-//!   or output larger than a whole slot fails only its item with [`TaskError::TooLarge`], naming
-//!   both sizes: raise [`slot_bytes`](PoolBuilder::slot_bytes).
+//!   sends that item, alone, and the items after it to other slots; nothing is truncated.
+//! - **Values larger than a slot** go through a *spill file* (a `memfd`) instead: an input whose
+//!   archive does not fit a slot is written into a file the parent holds until the chunk is done,
+//!   and the worker reads it into memory of its own; an output that would not fit a slot even alone
+//!   is written by the worker into a file it holds until the parent has read it. Each reader opens
+//!   the writer's descriptor through `/proc/<pid>/fd`, checks that it is such a file and at least as
+//!   long as the slot says, copies the archive out (`pread`, no mapping) and validates it as any
+//!   other. Only a value larger than [`max_value_bytes`](PoolBuilder::max_value_bytes) (1 GiB by
+//!   default) fails its item, with [`TaskError::TooLarge`] naming both sizes. A spilled value costs
+//!   a few copies and system calls more than one in a slot: for many large values, raise
+//!   [`slot_bytes`](PoolBuilder::slot_bytes). If a worker dies holding a spilled output the parent
+//!   has not read yet, the item runs again. A context or initializer arguments larger than a slot
+//!   are refused ([`PoolError::ArchiveTooLarge`]): they are read in place by every task.
 //! - **Context.** [`map_with`](Pool::map_with) (and `imap_with`, `imap_unordered_with`,
 //!   `submit_with`, `apply_with`) archives one value once per call into a slot of its own, which
 //!   forked and spawned workers alike map; every task reads it in place:
