@@ -856,3 +856,16 @@ fn workers_killed_holding_spilled_outputs_lose_nothing() {
     assert_eq!(s.completed, sizes.len() as u64, "{s:?}");
     assert_eq!(s.failed, 0, "{s:?}");
 }
+
+/// A worker that retires after each task waits for the parent to read its spilled output before
+/// it leaves: nothing runs twice for it.
+#[test]
+fn retiring_workers_wait_for_their_spilled_outputs_to_be_read() {
+    let p = PoolBuilder::new().workers(2).chunk_size(1).max_tasks_per_worker(1).build().unwrap();
+    let ns: Vec<u32> = vec![1001, 2, 1002, 1003, 3];
+    let got = p.map_archived(make_text, ns.clone()).unwrap();
+    assert!(got.iter().zip(&ns).all(|(t, &n)| *t == expected_text(n)));
+    let s = p.stats();
+    assert_eq!((s.spilled_outputs, s.redispatched), (3, 0), "{s:?}");
+    assert!(s.workers_retired >= 3, "{s:?}");
+}
