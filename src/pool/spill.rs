@@ -100,22 +100,28 @@ pub(crate) fn read(pid: u32, fd: u32, len: usize) -> Result<AlignedVec<16>, Read
     if fd > i32::MAX as u32 || pid == 0 || pid > i32::MAX as u32 {
         return Err(ReadError::Bad(format!("is named by a bad pid {pid} or descriptor {fd}")));
     }
-    // O_NONBLOCK: a descriptor that names a pipe or a device does not hang the open.
-    let file = OpenOptions::new()
+    // First a path descriptor (`O_PATH`: opening it runs no device's open and cannot hang on a
+    // pipe), which pins the file: what is checked is what is read, whatever the writer does to
+    // its descriptor meanwhile.
+    let pinned = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags(libc::O_PATH)
         .open(format!("/proc/{pid}/fd/{fd}"))
         .map_err(ReadError::Open)?;
-    let meta = file.metadata().map_err(|e| ReadError::Bad(format!("could not be looked at: {e}")))?;
+    let meta = pinned.metadata().map_err(|e| ReadError::Bad(format!("could not be looked at: {e}")))?;
     if !meta.file_type().is_file() {
         return Err(ReadError::Bad(format!("{pid}/{fd} is not a regular file")));
     }
-    // Our own descriptor's link (no race with the writer): a file made by `create`.
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .map_err(|e| ReadError::Bad(format!("could not be looked at: {e}")))?;
+    let own = format!("/proc/self/fd/{}", pinned.as_raw_fd());
+    let link = std::fs::read_link(&own).map_err(|e| ReadError::Bad(format!("could not be looked at: {e}")))?;
     if !link.as_os_str().as_encoded_bytes().starts_with(format!("/memfd:{NAME}").as_bytes()) {
         return Err(ReadError::Bad(format!("{pid}/{fd} is not a spill file ({})", link.display())));
     }
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(&own)
+        .map_err(|e| ReadError::Bad(format!("could not be opened for reading: {e}")))?;
     if meta.len() < len as u64 {
         return Err(ReadError::Bad(format!("holds {} bytes, the slot says {len}", meta.len())));
     }
