@@ -869,3 +869,73 @@ fn retiring_workers_wait_for_their_spilled_outputs_to_be_read() {
     assert_eq!((s.spilled_outputs, s.redispatched), (3, 0), "{s:?}");
     assert!(s.workers_retired >= 3, "{s:?}");
 }
+
+/// Input `"wait:<path>|..."`: creates `<path>`, then waits for ever (until its worker is killed);
+/// any other input: its length.
+fn wait_or_len(s: &ArchivedString) -> u64 {
+    if let Some(rest) = s.as_str().strip_prefix("wait:") {
+        let path = rest.split('|').next().unwrap_or_default();
+        std::fs::write(path, b"started").unwrap();
+        loop {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    s.len() as u64
+}
+
+/// The spill files a process holds open.
+fn spill_files_of(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return vec![] };
+    dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|l| l.display().to_string())
+        .filter(|l| l.contains("ringpool-spill"))
+        .collect()
+}
+
+/// A replacement worker forked while the parent holds spilled inputs closes its copies of them
+/// (else they would live as long as it does).
+#[test]
+fn a_forked_replacement_does_not_keep_the_parents_spill_files() {
+    settle_process_setup();
+    let marker = std::env::temp_dir().join(common::unique_name("spill-started"));
+    let child = common::spawn(|| {
+        let Ok(p) = PoolBuilder::new().workers(1).start_method(StartMethod::Fork).build() else {
+            return 2;
+        };
+        let stuck = format!("wait:{}|{}", marker.display(), "w".repeat(100_000));
+        let Ok(a) = p.submit_archived(wait_or_len, stuck) else { return 3 };
+        let Ok(b) = p.submit_archived(wait_or_len, "b".repeat(200_000)) else { return 4 };
+        let deadline = std::time::Instant::now() + LONG;
+        while !marker.exists() {
+            if std::time::Instant::now() > deadline {
+                return 5;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // The worker runs `a`; `b`'s input waits in its spill file. Kill the worker: its
+        // replacement is forked while the parent holds that file.
+        let victim = p.worker_pids()[0];
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::Signal::SIGKILL);
+        if !matches!(a.wait_timeout(LONG), Err(ringpool::pool::WaitError::Task(TaskError::WorkerDied { .. }))) {
+            return 6;
+        }
+        if b.wait_timeout(LONG).ok() != Some(200_000) {
+            return 7;
+        }
+        let s = p.stats();
+        if s.spilled_inputs != 2 || s.workers_died != 1 {
+            eprintln!("{s:?}");
+            return 8;
+        }
+        for w in p.worker_pids() {
+            let held = spill_files_of(w);
+            if !held.is_empty() {
+                eprintln!("worker {w} holds {held:?}");
+                return 9;
+            }
+        }
+        0
+    });
+    child.join(LONG);
+    let _ = std::fs::remove_file(&marker);
+}
