@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use ringpool::pool::{
-    FaultPlan, FaultPoint, MapError, PoolError, SCRIBBLE_INPUTS, SCRIBBLE_OUTPUTS, SCRIBBLE_TABLE, StartMethod,
-    TaskError,
+    FaultPlan, FaultPoint, MapError, PoolError, SCRIBBLE_INPUTS, SCRIBBLE_OUTPUTS, SCRIBBLE_SPILLED, SCRIBBLE_TABLE,
+    StartMethod, TaskError,
 };
 use ringpool::ring::archive::rkyv::{
     self, Archived, option::ArchivedOption, string::ArchivedString, tuple::ArchivedTuple2, vec::ArchivedVec,
@@ -420,9 +420,11 @@ fn len_of(s: &ArchivedString) -> u64 {
     s.len() as u64
 }
 
+/// Values larger than the pool's limit (here a slot: smaller ones would go through spill files)
+/// fail alone, naming both sizes.
 #[test]
 fn oversized_inputs_and_outputs_fail_alone_with_both_sizes() {
-    let p = PoolBuilder::new().workers(2).slot_bytes(4096).build().unwrap();
+    let p = PoolBuilder::new().workers(2).slot_bytes(4096).max_value_bytes(4096).build().unwrap();
     let inputs: Vec<String> = (0..100).map(|i| if i == 37 { "big".repeat(3000) } else { format!("s{i}") }).collect();
     match p.map_archived(len_of, inputs.clone()) {
         Err(MapError::Tasks(t)) => {
@@ -430,8 +432,9 @@ fn oversized_inputs_and_outputs_fail_alone_with_both_sizes() {
             for (i, r) in t.results().iter().enumerate() {
                 match (i, r) {
                     (37, Err(TaskError::TooLarge { what: "input", needed, available })) => {
-                        assert!(*needed >= 9000 && *available < 4096, "{needed} {available}");
-                        assert!(r.as_ref().unwrap_err().to_string().contains("slot_bytes"));
+                        assert!(*needed >= 9000 && *available == 4096, "{needed} {available}");
+                        let text = r.as_ref().unwrap_err().to_string();
+                        assert!(text.contains("max_value_bytes") && text.contains("slot_bytes"), "{text}");
                     }
                     (i, Ok(n)) => assert_eq!(*n, inputs[i].len() as u64),
                     other => panic!("{other:?}"),
@@ -447,7 +450,7 @@ fn oversized_inputs_and_outputs_fail_alone_with_both_sizes() {
             for (i, r) in t.results().iter().enumerate() {
                 match (i, r) {
                     (50, Err(TaskError::TooLarge { what: "output", needed, available })) => {
-                        assert!(*needed >= 10_000 && *available < 4096, "{needed} {available}");
+                        assert!(*needed >= 10_000 && *available == 4096, "{needed} {available}");
                     }
                     (i, Ok(s)) => assert_eq!(s.len(), sizes[i] as usize),
                     other => panic!("{other:?}"),
@@ -612,4 +615,327 @@ fn an_input_filling_most_of_a_slot_runs_after_large_outputs() {
     let got = p.map_archived(grow, inputs).unwrap();
     assert!(got[..6].iter().all(|s| s.len() == 3000));
     assert_eq!(got[6..], ["3500", "5", "3900"]);
+}
+
+// ----- values larger than a slot: the spill area ------------------------------------------------
+
+const BIG: usize = 10 << 20;
+
+/// A `len`-byte text that differs with `seed` all along (so a wrong byte anywhere changes its hash).
+fn big_text(seed: u64, len: usize) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (b'a' + (x % 26) as u8) as char
+        })
+        .collect()
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+fn len_and_hash(s: &ArchivedString) -> (u64, u64) {
+    (s.len() as u64, fnv(s.as_bytes()))
+}
+
+/// A 10 MB text for inputs from 1000 on (seeded by the input), a short one below.
+fn make_text(n: &Archived<u32>) -> String {
+    let n = n.to_native();
+    if n >= 1000 { big_text(u64::from(n), BIG) } else { format!("small {n}") }
+}
+
+/// As `make_text`, as bytes.
+fn make_bytes(n: &Archived<u32>) -> Vec<u8> {
+    make_text(n).into_bytes()
+}
+
+fn expected_text(n: u32) -> String {
+    if n >= 1000 { big_text(u64::from(n), BIG) } else { format!("small {n}") }
+}
+
+/// Large inputs and outputs through one pool: exact results in order, through the eager, lazy and
+/// single forms; answers how many values it spilled each way (or what went wrong).
+fn check_spills(p: &Pool) -> Result<(u64, u64), String> {
+    let inputs: Vec<String> =
+        (0..12u64).map(|i| if i % 4 == 1 { big_text(i, BIG) } else { format!("small input {i}") }).collect();
+    let expect: Vec<(u64, u64)> = inputs.iter().map(|s| (s.len() as u64, fnv(s.as_bytes()))).collect();
+    let got = p.map_archived(len_and_hash, inputs.clone()).map_err(|e| format!("inputs: {e}"))?;
+    if got != expect {
+        return Err("large inputs came through wrong".into());
+    }
+    let ns: Vec<u32> = vec![0, 1001, 1, 2, 1002, 3, 4, 5, 1003, 6];
+    let texts = p.map_archived(make_text, ns.clone()).map_err(|e| format!("outputs: {e}"))?;
+    if texts.iter().zip(&ns).any(|(t, &n)| *t != expected_text(n)) || texts.len() != ns.len() {
+        return Err("large outputs came through wrong".into());
+    }
+    let bytes = p.map_archived(make_bytes, ns.clone()).map_err(|e| format!("byte outputs: {e}"))?;
+    if bytes.iter().zip(&ns).any(|(b, &n)| *b != expected_text(n).into_bytes()) {
+        return Err("large byte outputs came through wrong".into());
+    }
+    let mut seen = HashSet::new();
+    for (i, r) in p.imap_unordered_archived(make_text, ns.clone()).map_err(|e| e.to_string())? {
+        let t = r.map_err(|e| format!("unordered: {e}"))?;
+        if t != expected_text(ns[i]) || !seen.insert(i) {
+            return Err(format!("unordered item {i} came through wrong"));
+        }
+    }
+    if seen.len() != ns.len() {
+        return Err("unordered results lost".into());
+    }
+    let f = p.submit_archived(make_text, 1007u32).map_err(|e| e.to_string())?;
+    if f.wait_timeout(LONG).map_err(|e| format!("future: {e}"))? != expected_text(1007) {
+        return Err("a submitted large output came through wrong".into());
+    }
+    // A submitted large input (it waits for a slot as a retry does) and a large output back.
+    fn echo_upper(s: &ArchivedString) -> String {
+        s.to_uppercase()
+    }
+    let big = big_text(99, BIG);
+    let back = p.apply_archived(echo_upper, big.clone()).map_err(|e| format!("apply: {e}"))?;
+    if back != big.to_uppercase() {
+        return Err("a large input and output through apply came through wrong".into());
+    }
+    let s = p.stats();
+    Ok((s.spilled_inputs, s.spilled_outputs))
+}
+
+#[test]
+fn values_larger_than_a_slot_cross_through_spill_files_spawned() {
+    let p = PoolBuilder::new().workers(2).start_method(StartMethod::Spawn).build().unwrap();
+    let (inputs, outputs) = check_spills(&p).unwrap();
+    // 3 large inputs of the map, 1 through apply; 3 + 3 + 3 from the maps, 1 submitted, 1 applied.
+    assert_eq!((inputs, outputs), (4, 11), "{:?}", p.stats());
+    assert_eq!(p.stats().failed, 0);
+}
+
+#[test]
+fn values_larger_than_a_slot_cross_through_spill_files_forked() {
+    settle_process_setup();
+    let child = common::spawn(|| {
+        let Ok(p) = PoolBuilder::new().workers(2).start_method(StartMethod::Fork).build() else {
+            return 2;
+        };
+        match check_spills(&p) {
+            Ok((4, 11)) => 0,
+            Ok(counts) => {
+                eprintln!("spilled {counts:?}");
+                3
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                4
+            }
+        }
+    });
+    child.join(LONG);
+}
+
+/// The archive's length of `s` (what the pool compares with its limit).
+fn archived_len(s: &String) -> usize {
+    rkyv::to_bytes::<rkyv::rancor::Error>(s).unwrap().len()
+}
+
+#[test]
+fn values_larger_than_max_value_bytes_fail_alone_naming_both_sizes() {
+    const LIMIT: usize = 1 << 20;
+    let p = PoolBuilder::new().workers(2).max_value_bytes(LIMIT).build().unwrap();
+    // Strings of this length archive to exactly the limit; one byte more goes past it.
+    let at = LIMIT - 8;
+    assert_eq!(archived_len(&"x".repeat(at)), LIMIT);
+    assert!(archived_len(&"x".repeat(at + 1)) > LIMIT);
+    let inputs: Vec<String> =
+        vec!["a".into(), "b".repeat(2 << 20), "c".into(), "d".repeat(at), "e".repeat(at + 1), "f".repeat(50_000)];
+    match p.map_archived(len_of, inputs.clone()) {
+        Err(MapError::Tasks(t)) => {
+            assert_eq!(t.failed(), 2);
+            for (i, r) in t.results().iter().enumerate() {
+                match (i, r) {
+                    (1 | 4, Err(TaskError::TooLarge { what: "input", needed, available })) => {
+                        assert_eq!((*needed, *available), (archived_len(&inputs[i]), LIMIT));
+                        assert!(r.as_ref().unwrap_err().to_string().contains(&needed.to_string()));
+                    }
+                    (0 | 2 | 3 | 5, Ok(n)) => assert_eq!(*n, inputs[i].len() as u64),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    let sizes: Vec<u32> = vec![5, 2 << 20, 7, at as u32, at as u32 + 1, 50_000];
+    match p.map_archived(text_of_len, sizes.clone()) {
+        Err(MapError::Tasks(t)) => {
+            assert_eq!(t.failed(), 2);
+            for (i, r) in t.results().iter().enumerate() {
+                match (i, r) {
+                    (1 | 4, Err(TaskError::TooLarge { what: "output", needed, available })) => {
+                        assert_eq!((*needed, *available), (archived_len(&"z".repeat(sizes[i] as usize)), LIMIT));
+                    }
+                    (0 | 2 | 3 | 5, Ok(s)) => assert!(s.len() == sizes[i] as usize && s.bytes().all(|b| b == b'z')),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    let s = p.stats();
+    assert_eq!((s.spilled_inputs, s.spilled_outputs), (2, 2), "{s:?}");
+    // A submitted one too large fails its future; one at the limit comes back.
+    let f = p.submit_archived(len_of, "q".repeat(at + 1)).unwrap();
+    match f.wait_timeout(LONG) {
+        Err(ringpool::pool::WaitError::Task(TaskError::TooLarge { what: "input", available: LIMIT, .. })) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(p.apply_archived(len_of, "q".repeat(at)).unwrap(), at as u64);
+    // The limit is checked at build.
+    for bad in [1000, (u32::MAX as usize) + 1] {
+        match PoolBuilder::new().workers(1).max_value_bytes(bad).build() {
+            Err(PoolError::OutOfRange { setting: "max_value_bytes", .. }) => {}
+            other => panic!("{bad}: {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+/// A hostile worker points its spilled outputs' table entries elsewhere (stdin, no descriptor, a
+/// length past the limit, a length past the file's end): those items fail, the parent lives, and
+/// the small outputs of the same chunks are delivered.
+#[test]
+fn scribbled_spilled_outputs_fail_their_items_and_the_parent_lives() {
+    let p = PoolBuilder::new()
+        .workers(2)
+        .chunk_size(2)
+        .fault_plan(FaultPlan::none().scribble(SCRIBBLE_SPILLED))
+        .build()
+        .unwrap();
+    let sizes: Vec<u32> = (0..16).map(|i| if i % 2 == 0 { 200_000 + i } else { i }).collect();
+    let results = match p.map_archived(text_of_len, sizes.clone()) {
+        Err(MapError::Tasks(t)) => t.into_results(),
+        other => panic!("{other:?}"),
+    };
+    let (mut invalid, mut too_large) = (0, 0);
+    for (r, &n) in results.iter().zip(&sizes) {
+        match r {
+            Ok(s) if n < 1000 => assert_eq!(s.len(), n as usize),
+            Err(TaskError::InvalidOutput { reason }) if n >= 1000 => {
+                assert!(reason.contains("spill"), "{reason}");
+                invalid += 1;
+            }
+            Err(TaskError::TooLarge { what: "output", needed, .. }) if n >= 1000 => {
+                assert_eq!(*needed, u32::MAX as usize);
+                too_large += 1;
+            }
+            other => panic!("{n}: {other:?}"),
+        }
+    }
+    assert_eq!(invalid + too_large, 8);
+    assert!(invalid > 0 && too_large > 0, "{invalid} {too_large}");
+    assert_eq!(p.stats().spilled_outputs, 0);
+    assert_eq!(p.map_archived(len_of, vec!["still here".to_string()]).unwrap(), [10]);
+}
+
+/// Workers die after finishing chunks whose outputs are spilled, before the parent read them
+/// (before or after announcing them): those items run again; none is lost or duplicated.
+#[test]
+fn workers_killed_holding_spilled_outputs_lose_nothing() {
+    let plan = FaultPlan::none().die(FaultPoint::Done, 300).die(FaultPoint::Received, 100);
+    let p = PoolBuilder::new().workers(2).chunk_size(3).fault_plan(plan).build().unwrap();
+    let sizes: Vec<u32> = (0..40).map(|i| if i % 3 == 0 { i } else { 100_000 + i * 1000 }).collect();
+    let mut seen = HashSet::new();
+    for (i, r) in p.imap_unordered_archived(text_of_len, sizes.clone()).unwrap() {
+        let s = r.unwrap_or_else(|e| panic!("item {i}: {e}"));
+        assert!(s.len() == sizes[i] as usize && s.bytes().all(|b| b == b'z'), "item {i}");
+        assert!(seen.insert(i), "item {i} twice");
+    }
+    assert_eq!(seen.len(), sizes.len());
+    let s = p.stats();
+    assert!(s.workers_died > 0, "{s:?}");
+    assert!(s.redispatched > 0, "spilled outputs of dead workers went again: {s:?}");
+    assert_eq!(s.completed, sizes.len() as u64, "{s:?}");
+    assert_eq!(s.failed, 0, "{s:?}");
+}
+
+/// A worker that retires after each task waits for the parent to read its spilled output before
+/// it leaves: nothing runs twice for it.
+#[test]
+fn retiring_workers_wait_for_their_spilled_outputs_to_be_read() {
+    let p = PoolBuilder::new().workers(2).chunk_size(1).max_tasks_per_worker(1).build().unwrap();
+    let ns: Vec<u32> = vec![1001, 2, 1002, 1003, 3];
+    let got = p.map_archived(make_text, ns.clone()).unwrap();
+    assert!(got.iter().zip(&ns).all(|(t, &n)| *t == expected_text(n)));
+    let s = p.stats();
+    assert_eq!((s.spilled_outputs, s.redispatched), (3, 0), "{s:?}");
+    assert!(s.workers_retired >= 3, "{s:?}");
+}
+
+/// Input `"wait:<path>|..."`: creates `<path>`, then waits for ever (until its worker is killed);
+/// any other input: its length.
+fn wait_or_len(s: &ArchivedString) -> u64 {
+    if let Some(rest) = s.as_str().strip_prefix("wait:") {
+        let path = rest.split('|').next().unwrap_or_default();
+        std::fs::write(path, b"started").unwrap();
+        loop {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    s.len() as u64
+}
+
+/// The spill files a process holds open.
+fn spill_files_of(pid: u32) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return vec![] };
+    dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|l| l.display().to_string())
+        .filter(|l| l.contains("ringpool-spill"))
+        .collect()
+}
+
+/// A replacement worker forked while the parent holds spilled inputs closes its copies of them
+/// (else they would live as long as it does).
+#[test]
+fn a_forked_replacement_does_not_keep_the_parents_spill_files() {
+    settle_process_setup();
+    let marker = std::env::temp_dir().join(common::unique_name("spill-started"));
+    let child = common::spawn(|| {
+        let Ok(p) = PoolBuilder::new().workers(1).start_method(StartMethod::Fork).build() else {
+            return 2;
+        };
+        let stuck = format!("wait:{}|{}", marker.display(), "w".repeat(100_000));
+        let Ok(a) = p.submit_archived(wait_or_len, stuck) else { return 3 };
+        let Ok(b) = p.submit_archived(wait_or_len, "b".repeat(200_000)) else { return 4 };
+        let deadline = std::time::Instant::now() + LONG;
+        while !marker.exists() {
+            if std::time::Instant::now() > deadline {
+                return 5;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // The worker runs `a`; `b`'s input waits in its spill file. Kill the worker: its
+        // replacement is forked while the parent holds that file.
+        let victim = p.worker_pids()[0];
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::Signal::SIGKILL);
+        if !matches!(a.wait_timeout(LONG), Err(ringpool::pool::WaitError::Task(TaskError::WorkerDied { .. }))) {
+            return 6;
+        }
+        if b.wait_timeout(LONG).ok() != Some(200_000) {
+            return 7;
+        }
+        let s = p.stats();
+        if s.spilled_inputs != 2 || s.workers_died != 1 {
+            eprintln!("{s:?}");
+            return 8;
+        }
+        for w in p.worker_pids() {
+            let held = spill_files_of(w);
+            if !held.is_empty() {
+                eprintln!("worker {w} holds {held:?}");
+                return 9;
+            }
+        }
+        0
+    });
+    child.join(LONG);
+    let _ = std::fs::remove_file(&marker);
 }

@@ -11,6 +11,7 @@
 //! do not fit, and examples.
 
 use std::marker::PhantomData;
+use std::os::fd::AsRawFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -20,8 +21,10 @@ use rkyv::{Archive, Archived, Deserialize};
 
 use super::engine::{ArchSpec, Chunk, Dispatch, Engine, Sink};
 use super::slots::{ARCHIVE_ALIGN, KIND_ARCHIVED, TABLE_ENTRY};
+use super::spill::{RECORD, SPILLED, parse_record};
 use super::task::{
-    ChunkCtx, ITEM_BAD_OUTPUT, ITEM_INVALID_INPUT, ITEM_OK, ITEM_OVERFLOW, ITEM_PANICKED, ITEM_SKIPPED, conjure,
+    ChunkCtx, ITEM_BAD_OUTPUT, ITEM_INVALID_INPUT, ITEM_OK, ITEM_OVERFLOW, ITEM_PANICKED, ITEM_SKIPPED, ITEM_SPILLED,
+    conjure,
 };
 use super::{
     Dispatcher, Future, MapError, OrderedSink, Pool, PoolBuilder, PoolError, Stream, TaskError, TaskFailures,
@@ -301,7 +304,8 @@ pub(crate) unsafe fn run_archived<B: Body>(c: &mut ChunkCtx<'_>) -> Result<(), &
         // SAFETY: entry i lies inside the data area (see above).
         let in_off = unsafe { read_u32(entry) };
         // SAFETY: as above.
-        let in_len = unsafe { read_u32(entry.wrapping_add(4)) };
+        let in_word = unsafe { read_u32(entry.wrapping_add(4)) };
+        let in_len = in_word & !(SPILLED as usize);
         if in_off % ARCHIVE_ALIGN != 0 || in_off.checked_add(in_len).is_none_or(|e| e > table) {
             set(ITEM_INVALID_INPUT);
             (c.on_panic)(i, format!("the item table puts the input at {in_off}+{in_len}, outside the inputs"));
@@ -310,7 +314,20 @@ pub(crate) unsafe fn run_archived<B: Body>(c: &mut ChunkCtx<'_>) -> Result<(), &
         // SAFETY: `in_off..in_off + in_len` lies before the table (checked just above), so inside
         // the data area and apart from everything this function writes; nobody writes it while
         // the slot is claimed.
-        let bytes = unsafe { std::slice::from_raw_parts(data.wrapping_add(in_off).cast_const(), in_len) };
+        let mut bytes = unsafe { std::slice::from_raw_parts(data.wrapping_add(in_off).cast_const(), in_len) };
+        let spilled;
+        if in_word & SPILLED as usize != 0 {
+            // The slot holds a record naming the parent's spill file: the input is read from it.
+            match read_spilled_input(bytes, c.max_value) {
+                Ok(v) => spilled = v,
+                Err(reason) => {
+                    set(ITEM_INVALID_INPUT);
+                    (c.on_panic)(i, reason);
+                    continue;
+                }
+            }
+            bytes = &spilled;
+        }
         let input = match rkyv::access::<Archived<B::In>, RkyvError>(bytes) {
             Ok(a) => a,
             Err(e) => {
@@ -356,10 +373,41 @@ pub(crate) unsafe fn run_archived<B: Body>(c: &mut ChunkCtx<'_>) -> Result<(), &
             }
             Written::Overflow => {
                 let needed = rkyv::util::with_arena(|arena| measure(&out, cursor, arena)).unwrap_or(usize::MAX);
-                // SAFETY: entry i (see above).
-                unsafe { write_u32(entry.wrapping_add(12), needed) };
-                set(ITEM_OVERFLOW);
-                stop = true;
+                // The room this output would have if its item went alone: the parent puts the
+                // status bytes at the end of the data area, and an item alone its input (or its
+                // spill record) first, then its table entry, then the output.
+                let data_len = room_end.saturating_add(n);
+                let alone = data_len.saturating_sub(1 + in_len.div_ceil(ARCHIVE_ALIGN) * ARCHIVE_ALIGN + TABLE_ENTRY);
+                if n > 1 && needed <= alone {
+                    // It fits a slot of its own: the parent sends it (and the items after it) again.
+                    // SAFETY: entry i (see above).
+                    unsafe { write_u32(entry.wrapping_add(12), needed) };
+                    set(ITEM_OVERFLOW);
+                    stop = true;
+                } else if needed <= c.max_value {
+                    // It never fits a slot: into a spill file, which this worker keeps open until
+                    // the parent has read it.
+                    match spill_output(&out, needed) {
+                        Ok(s) => {
+                            // SAFETY: entry i (see above).
+                            unsafe { write_u32(entry.wrapping_add(8), s.fd.as_raw_fd() as usize) };
+                            // SAFETY: entry i (see above).
+                            unsafe { write_u32(entry.wrapping_add(12), s.len) };
+                            c.spills.push(s.fd);
+                            set(ITEM_SPILLED);
+                        }
+                        Err(reason) => {
+                            set(ITEM_BAD_OUTPUT);
+                            (c.on_panic)(i, reason);
+                        }
+                    }
+                } else {
+                    // Larger than the pool allows: the parent fails the item, naming both sizes
+                    // (a length past `u32::MAX` reads as `u32::MAX`, past any limit too).
+                    // SAFETY: entry i (see above).
+                    unsafe { write_u32(entry.wrapping_add(12), needed) };
+                    set(ITEM_OVERFLOW);
+                }
             }
             Written::Failed(reason) => {
                 set(ITEM_BAD_OUTPUT);
@@ -368,6 +416,37 @@ pub(crate) unsafe fn run_archived<B: Body>(c: &mut ChunkCtx<'_>) -> Result<(), &
         }
     }
     Ok(())
+}
+
+/// A worker: reads a spilled input, named by the `RECORD`-byte record `rec` the parent left in
+/// the slot, from the parent's spill file. Every field of the record is checked before use.
+#[cold]
+fn read_spilled_input(rec: &[u8], max_value: usize) -> Result<AlignedVec<16>, String> {
+    let rec: [u8; RECORD] =
+        rec.try_into().map_err(|_| format!("a spilled input's record is {} bytes, not {RECORD}", rec.len()))?;
+    let (pid, fd, len) = parse_record(rec);
+    let parent = nix::unistd::getppid().as_raw() as u32;
+    if pid != parent {
+        return Err(format!("a spilled input names process {pid}, not the parent {parent}"));
+    }
+    let len = usize::try_from(len).ok().filter(|&l| l <= max_value).ok_or_else(|| {
+        format!("a spilled input claims {len} bytes, more than the pool's largest value ({max_value})")
+    })?;
+    super::spill::read(pid, fd, len).map_err(|e| format!("the spilled input could not be read: {e}"))
+}
+
+/// A worker: archives an output too large for any slot (`needed` bytes, measured) into a new
+/// spill file.
+#[cold]
+fn spill_output<R: Archivable>(out: &R, needed: usize) -> Result<super::spill::Spill, String> {
+    let mut bytes = AlignedVec::<16>::with_capacity(needed);
+    bytes.resize(needed, 0);
+    let n = match rkyv::util::with_arena(|arena| write_into(out, &mut bytes, 0, arena)) {
+        Written::Done(n) => n,
+        Written::Overflow => return Err("the output archived larger than measured".to_owned()),
+        Written::Failed(reason) => return Err(format!("the output could not be archived: {reason}")),
+    };
+    super::spill::create(&bytes[..n]).map_err(|e| format!("the output could not be written to a spill file: {e}"))
 }
 
 /// The code offset of the archived trampoline for `B`.

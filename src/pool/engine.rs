@@ -55,6 +55,9 @@ pub(crate) struct Settings {
     pub method: StartMethod,
     pub slots: usize,
     pub slot_bytes: usize,
+    /// The largest archived value (`PoolBuilder::max_value_bytes`).
+    #[cfg_attr(not(feature = "archive"), allow(dead_code))]
+    pub max_value: usize,
     pub spin: SpinPolicy,
     pub faults: super::faults::FaultPlan,
     /// The initializer's arguments, archived (`initializer_with`): copied into a slot of their own
@@ -176,6 +179,9 @@ struct ArchSlot {
     /// A single item re-dispatched alone after its output overflowed: another overflow is final.
     alone: bool,
     spec: ArchSpec,
+    /// The spill files of the inputs too large for the slot (item, file), kept open until the
+    /// chunk is delivered: the worker reads them through `/proc/<parent>/fd`.
+    spills: Vec<(usize, super::spill::Spill)>,
 }
 
 /// How an archived job's chunks run: the trampoline, and where its context lies.
@@ -197,6 +203,8 @@ pub(crate) struct Retry {
     pub spec: ArchSpec,
     pub alone: bool,
     pub tries: u8,
+    /// An input too large for a slot: its spill file (`bytes` is then empty).
+    pub spill: Option<super::spill::Spill>,
 }
 
 /// Skips after which an item is failed (only a worker that misbehaves skips an item that often).
@@ -224,8 +232,13 @@ pub struct PoolStats {
     /// Workers that retired after their task limit and were replaced.
     pub workers_retired: u64,
     /// Archived items dispatched again because an output did not fit the room its chunk left
-    /// (the item itself, alone, and the items after it in its chunk).
+    /// (the item itself, alone, and the items after it in its chunk), or because the worker
+    /// holding its spilled output died before the parent read it.
     pub redispatched: u64,
+    /// Archived inputs larger than a slot, sent through a spill file.
+    pub spilled_inputs: u64,
+    /// Archived outputs larger than a slot, read from a worker's spill file.
+    pub spilled_outputs: u64,
 }
 
 /// Whether one dispatch attempt sent a chunk.
@@ -377,6 +390,8 @@ impl Engine {
                 init: self.settings.init,
                 init_args: self.init_args,
                 faults: self.settings.faults,
+                max_value: self.settings.max_value as u32,
+                close_fds: self.spill_fds(),
             };
             // SAFETY: `fork_now` found this thread to be the process's only one, and since then
             // this thread started none (the pool starts no thread): the child inherits no lock
@@ -388,6 +403,18 @@ impl Engine {
             return Ok(());
         }
         self.spawn_worker(builder)
+    }
+
+    /// The spill files the parent holds open right now (a forked worker closes its copies).
+    fn spill_fds(&self) -> Vec<i32> {
+        #[cfg(feature = "archive")]
+        {
+            use std::os::fd::AsRawFd;
+            let held = self.arch.iter().flatten().flat_map(|a| a.spills.iter().map(|(_, s)| s.fd.as_raw_fd()));
+            held.chain(self.retries.iter().filter_map(|r| r.spill.as_ref().map(|s| s.fd.as_raw_fd()))).collect()
+        }
+        #[cfg(not(feature = "archive"))]
+        Vec::new()
     }
 
     /// Starts one worker by re-executing this binary, handing it the pool's descriptors.
@@ -409,7 +436,7 @@ impl Engine {
             faults: self.settings.faults,
             init_args_slot: self.init_args.map_or(0, |a| a.0),
             init_args_len: self.init_args.map_or(0, |a| a.1),
-            _pad2: 0,
+            max_value: self.settings.max_value as u32,
         };
         let fds = [self.slots.fd(), self.tasks.fd(), self.results.fd(), self.errors.fd()];
         let process =

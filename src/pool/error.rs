@@ -40,17 +40,22 @@ pub enum TaskError {
     /// [`source`](std::error::Error::source).
     #[error("the pool failed: {0}")]
     Pool(#[source] SharedPoolError),
-    /// An archived task's input or output does not fit a slot (archived tasks: `map_archived` and
-    /// the rest of its family). The other items are not affected.
+    /// An archived task's input or output is larger than the pool allows (archived tasks:
+    /// `map_archived` and the rest of its family). Values larger than a slot cross through a spill
+    /// file, up to [`PoolBuilder::max_value_bytes`](super::PoolBuilder::max_value_bytes); `available`
+    /// is that limit (or, should a worker not spill an output that needed it, the room its slot
+    /// had). The other items are not affected.
     #[error(
-        "the task's {what} archives to {needed} bytes, a slot has room for {available}: raise PoolBuilder::slot_bytes"
+        "the task's {what} archives to {needed} bytes, more than the {available} allowed: raise \
+         PoolBuilder::max_value_bytes (values larger than PoolBuilder::slot_bytes cross through a spill file; \
+         a larger slot_bytes keeps them in shared memory, which is faster)"
     )]
     TooLarge {
         /// `"input"` or `"output"`.
         what: &'static str,
         /// Bytes the archive needs.
         needed: usize,
-        /// Bytes a slot has for it.
+        /// Bytes allowed: the pool's largest value.
         available: usize,
     },
     /// A worker's result is not a valid archive of the task's output type (its memory was

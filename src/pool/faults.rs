@@ -54,8 +54,8 @@ pub struct FaultPlan {
     /// Chance, in thousandths, that a worker kills itself (SIGKILL) at each point.
     pub die_per_mille: [u32; FAULT_POINTS],
     /// Archived chunks: what a worker scribbles over after running one, before it marks it done
-    /// ([`SCRIBBLE_OUTPUTS`], [`SCRIBBLE_TABLE`]), or before running it ([`SCRIBBLE_INPUTS`]); 0:
-    /// nothing. As memory corruption would.
+    /// ([`SCRIBBLE_OUTPUTS`], [`SCRIBBLE_TABLE`], [`SCRIBBLE_SPILLED`]), or before running it
+    /// ([`SCRIBBLE_INPUTS`]); 0: nothing. As memory corruption would.
     pub scribble: u32,
 }
 
@@ -68,6 +68,11 @@ pub const SCRIBBLE_TABLE: u32 = 2;
 /// [`FaultPlan::scribble`]: fill the inputs of every archived chunk with garbage before running it.
 #[doc(hidden)]
 pub const SCRIBBLE_INPUTS: u32 = 4;
+/// [`FaultPlan::scribble`]: point the table entry of every spilled output (an output larger than a
+/// slot) elsewhere: at stdin, at no descriptor, at a length past the pool's limit or past the
+/// file's end, in turn.
+#[doc(hidden)]
+pub const SCRIBBLE_SPILLED: u32 = 8;
 
 impl FaultPlan {
     /// No fault anywhere.

@@ -44,9 +44,19 @@
 //!   the slot (which a worker could still write), and outlives the pool.
 //! - **Sizes.** A chunk takes items while their archives fit its slot (about half of it, the rest
 //!   left for outputs as large as those seen so far). An output that does not fit the room left
-//!   sends that item, alone, and the items after it to other slots; nothing is truncated. An input
-//!   or output larger than a whole slot fails only its item with [`TaskError::TooLarge`], naming
-//!   both sizes: raise [`slot_bytes`](PoolBuilder::slot_bytes).
+//!   sends that item, alone, and the items after it to other slots; nothing is truncated.
+//! - **Values larger than a slot** go through a *spill file* (a `memfd`) instead: an input whose
+//!   archive does not fit a slot is written into a file the parent holds until the chunk is done,
+//!   and the worker reads it into memory of its own; an output that would not fit a slot even alone
+//!   is written by the worker into a file it holds until the parent has read it. Each reader opens
+//!   the writer's descriptor through `/proc/<pid>/fd`, checks that it is such a file and at least as
+//!   long as the slot says, copies the archive out (`pread`, no mapping) and validates it as any
+//!   other. Only a value larger than [`max_value_bytes`](PoolBuilder::max_value_bytes) (1 GiB by
+//!   default) fails its item, with [`TaskError::TooLarge`] naming both sizes. A spilled value costs
+//!   a few copies and system calls more than one in a slot: for many large values, raise
+//!   [`slot_bytes`](PoolBuilder::slot_bytes). If a worker dies holding a spilled output the parent
+//!   has not read yet, the item runs again. A context or initializer arguments larger than a slot
+//!   are refused ([`PoolError::ArchiveTooLarge`]): they are read in place by every task.
 //! - **Context.** [`map_with`](Pool::map_with) (and `imap_with`, `imap_unordered_with`,
 //!   `submit_with`, `apply_with`) archives one value once per call into a slot of its own, which
 //!   forked and spawned workers alike map; every task reads it in place:
@@ -162,6 +172,8 @@ mod future;
 pub mod model_support;
 mod panics;
 mod slots;
+#[cfg(feature = "archive")]
+mod spill;
 mod task;
 mod worker;
 
@@ -177,7 +189,9 @@ pub use archived::{
 pub use engine::PoolStats;
 pub use error::{MapError, PoolError, SharedPoolError, TaskError, TaskFailures, WaitError};
 #[doc(hidden)]
-pub use faults::{FAULT_POINTS, FaultPlan, FaultPoint, SCRIBBLE_INPUTS, SCRIBBLE_OUTPUTS, SCRIBBLE_TABLE};
+pub use faults::{
+    FAULT_POINTS, FaultPlan, FaultPoint, SCRIBBLE_INPUTS, SCRIBBLE_OUTPUTS, SCRIBBLE_SPILLED, SCRIBBLE_TABLE,
+};
 #[cfg(feature = "tokio")]
 pub use future::AsyncTask;
 pub use future::{AsCompleted, Future, as_completed, wait};
@@ -197,6 +211,10 @@ pub const MAX_SLOTS: usize = 1 << 20;
 pub const MIN_SLOT_BYTES: usize = slots::SLOT_HEADER + 64;
 /// The largest slot.
 pub const MAX_SLOT_BYTES: usize = 1 << 30;
+/// The default [`PoolBuilder::max_value_bytes`]: 1 GiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 30;
+/// The largest [`PoolBuilder::max_value_bytes`]: 4 GiB less 16 bytes (lengths cross in 32 bits).
+pub const MAX_VALUE_BYTES: usize = (u32::MAX as usize) & !15;
 
 /// How to build a [`Pool`].
 #[derive(Clone, Debug)]
@@ -211,6 +229,7 @@ pub struct PoolBuilder {
     method: StartMethod,
     slots: Option<usize>,
     slot_bytes: usize,
+    max_value: usize,
     spin: SpinPolicy,
     faults: FaultPlan,
 }
@@ -226,6 +245,7 @@ impl Default for PoolBuilder {
             method: StartMethod::Auto,
             slots: None,
             slot_bytes: 16 * 1024,
+            max_value: DEFAULT_MAX_VALUE_BYTES,
             spin: SpinPolicy::default(),
             faults: FaultPlan::none(),
         }
@@ -290,6 +310,17 @@ impl PoolBuilder {
         self
     }
 
+    /// Archived tasks: the largest input or output archive, in bytes (default
+    /// [`DEFAULT_MAX_VALUE_BYTES`], 1 GiB; at least the slot size, at most [`MAX_VALUE_BYTES`]).
+    /// A value larger than a slot crosses through a spill file (see the
+    /// [module docs](self#archived-tasks)); one larger than this fails its item with
+    /// [`TaskError::TooLarge`] naming both sizes. A worker never allocates more than this for one
+    /// value, nor does the parent for one result.
+    pub fn max_value_bytes(mut self, n: usize) -> Self {
+        self.max_value = n;
+        self
+    }
+
     /// How long the pool's processes spin before parking when they wait.
     pub fn spin(mut self, spin: SpinPolicy) -> Self {
         self.spin = spin;
@@ -324,6 +355,13 @@ impl PoolBuilder {
         }
         // At most MAX_SLOT_BYTES, a multiple of 64: no overflow.
         let slot_bytes = self.slot_bytes.div_ceil(64) * 64;
+        if !(slot_bytes..=MAX_VALUE_BYTES).contains(&self.max_value) {
+            return out_of_range(
+                "max_value_bytes",
+                self.max_value as u128,
+                "at least slot_bytes (rounded up to 64), at most 4294967280 (4 GiB - 16)",
+            );
+        }
         let init = match self.init {
             None => None,
             Some(Ok(off)) => Some(off),
@@ -342,6 +380,7 @@ impl PoolBuilder {
             method: self.method,
             slots,
             slot_bytes,
+            max_value: self.max_value,
             spin: self.spin,
             faults: self.faults,
             init_args,

@@ -105,6 +105,11 @@ pub(crate) const ITEM_SKIPPED: u8 = 5;
 /// Archived chunks: the output could not be archived (its `Serialize` failed; text follows).
 #[cfg_attr(not(feature = "archive"), allow(dead_code))]
 pub(crate) const ITEM_BAD_OUTPUT: u8 = 6;
+/// Archived chunks: the output, larger than the slot could ever hold, lies in a spill file the
+/// worker keeps open; its table entry holds the file's descriptor (as the output offset) and the
+/// archive's length.
+#[cfg_attr(not(feature = "archive"), allow(dead_code))]
+pub(crate) const ITEM_SPILLED: u8 = 7;
 
 /// One chunk, as a worker hands it to a trampoline: pointers into a slot it has claimed.
 pub(crate) struct ChunkCtx<'a> {
@@ -128,6 +133,13 @@ pub(crate) struct ChunkCtx<'a> {
     pub ctx_len: usize,
     /// Called with (item, panic text) for every task that panicked.
     pub on_panic: &'a mut dyn FnMut(usize, String),
+    /// Archived chunks: the largest value a worker reads from a spilled input or writes to a
+    /// spilled output, and where it leaves the spill files of the outputs it wrote (kept open
+    /// until the parent has read them).
+    #[cfg_attr(not(feature = "archive"), allow(dead_code))]
+    pub max_value: usize,
+    #[cfg_attr(not(feature = "archive"), allow(dead_code))]
+    pub spills: &'a mut Vec<std::os::fd::OwnedFd>,
 }
 
 /// The type every chunk trampoline has.

@@ -51,7 +51,9 @@ pub(crate) struct WorkerArg {
     /// With `has_init` 2: the slot holding the initializer's archived arguments, and their length.
     pub init_args_slot: u32,
     pub init_args_len: u32,
-    pub _pad2: u32,
+    /// The largest archived value (`PoolBuilder::max_value_bytes`): the most a worker reads from
+    /// a spilled input or writes to a spilled output.
+    pub max_value: u32,
 }
 
 /// What a forked worker inherits, mapped already.
@@ -65,15 +67,27 @@ pub(crate) struct Setup {
     /// The initializer's archived arguments: their slot and length.
     pub init_args: Option<(u32, u32)>,
     pub faults: FaultPlan,
+    /// The largest archived value (see [`WorkerArg::max_value`]).
+    pub max_value: u32,
+    /// The parent's spill files open at the fork: this worker's copies are closed at once (they
+    /// would keep the files alive as long as the worker lives).
+    pub close_fds: Vec<i32>,
 }
 
 /// A forked worker's body: the pool's memory is mapped already (inherited); the ring handles
 /// the parent held were forgotten by the fork.
 pub(crate) fn run_forked(setup: Setup) {
+    for &fd in &setup.close_fds {
+        // Our copy of a descriptor the parent held at the fork (a spill file): nothing in this
+        // process uses it (the parent's records of it, copied with its memory, are never dropped
+        // here: the worker leaves through `exit`).
+        let _ = nix::unistd::close(fd);
+    }
     if let Some(init) = setup.init {
         run_init(&setup.slots, init, setup.init_args);
     }
-    let code = serve(&setup.slots, &setup.tasks, &setup.results, &setup.errors, setup.max_tasks, &setup.faults);
+    let limits = Limits { max_tasks: setup.max_tasks, max_value: setup.max_value as usize };
+    let code = serve(&setup.slots, &setup.tasks, &setup.results, &setup.errors, limits, &setup.faults);
     if code != 0 {
         crate::process::exit(code);
     }
@@ -109,7 +123,8 @@ pub(crate) fn start(arg: &[u8]) {
         2 => run_init(&slots, arg.init, Some((arg.init_args_slot, arg.init_args_len))),
         _ => {}
     }
-    let code = serve(&slots, &tasks, &results, &errors, arg.max_tasks, &arg.faults);
+    let limits = Limits { max_tasks: arg.max_tasks, max_value: arg.max_value as usize };
+    let code = serve(&slots, &tasks, &results, &errors, limits, &arg.faults);
     if code != 0 {
         crate::process::exit(code);
     }
@@ -172,12 +187,45 @@ pub(crate) enum Claim {
     GiveUp,
 }
 
+/// A worker's limits: tasks before it retires (0: never), and the largest archived value.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    max_tasks: u64,
+    max_value: usize,
+}
+
+/// While it holds spilled outputs, a worker looks this often whether the parent has read them.
+const SPILL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long a retiring worker waits for the parent to read its spilled outputs before it leaves
+/// anyway (the parent then runs those items again).
+const SPILL_RETIRE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The spilled outputs a worker keeps open: (slot, generation, file). The parent reads one
+/// before it moves its slot on, so a file can go once the slot is no longer `DONE(me)` at that
+/// generation.
+type Held = Vec<(usize, u32, OwnedFd)>;
+
+/// Closes the spill files whose chunks the parent has delivered.
+fn release_spills(slots: &Slots, held: &mut Held, me: u32) {
+    held.retain(|&(slot, seq, _)| {
+        slots.state(slot).load(Ordering::Acquire) == slots::word(slots::DONE, me) && slots.read_desc(slot).seq == seq
+    });
+}
+
+/// How a wait for the next task ended without one.
+enum NoTask {
+    /// Nothing yet: look at the held spill files, wait again.
+    Again,
+    Disconnected,
+    Broken,
+}
+
 fn serve(
     slots: &Slots,
     tasks: &Queue<u64>,
     results: &Queue<u64>,
     errors: &Ring,
-    max_tasks: u64,
+    limits: Limits,
     faults: &FaultPlan,
 ) -> i32 {
     let (Ok(rx), Ok(tx), Ok(etx)) = (tasks.receiver(), results.sender(), errors.sender()) else {
@@ -186,10 +234,27 @@ fn serve(
     let me = current_pid();
     super::panics::capture_task_panics(true);
     let mut done = 0u64;
-    while max_tasks == 0 || done < max_tasks {
+    let mut held: Held = Vec::new();
+    let mut spills: Vec<OwnedFd> = Vec::new();
+    while limits.max_tasks == 0 || done < limits.max_tasks {
+        let received = if held.is_empty() {
+            rx.recv_in_place().map_err(|e| match e {
+                crate::ring::RecvError::Disconnected => NoTask::Disconnected,
+                _ => NoTask::Broken,
+            })
+        } else {
+            release_spills(slots, &mut held, me);
+            rx.recv_in_place_timeout(SPILL_POLL).map_err(|e| match e {
+                crate::ring::RecvTimeoutError::Disconnected => NoTask::Disconnected,
+                crate::ring::RecvTimeoutError::Timeout | crate::ring::RecvTimeoutError::LockTimeout { .. } => {
+                    NoTask::Again
+                }
+                _ => NoTask::Broken,
+            })
+        };
         // Claim inside the task queue's receive critical section: if this process dies before the
         // head moves, the message is handed to the next worker, which takes the claim over.
-        let (msg, claim) = match rx.recv_in_place() {
+        let (msg, claim) = match received {
             Ok(guard) => {
                 let msg = *guard;
                 faults.worker_at(FaultPoint::Received);
@@ -209,8 +274,9 @@ fn serve(
                 drop(guard);
                 (msg, claim)
             }
-            Err(crate::ring::RecvError::Disconnected) => return 0,
-            Err(_) => return EXIT_BROKEN,
+            Err(NoTask::Again) => continue,
+            Err(NoTask::Disconnected) => return 0,
+            Err(NoTask::Broken) => return EXIT_BROKEN,
         };
         let (slot, seq) = split(msg);
         match claim {
@@ -255,6 +321,8 @@ fn serve(
                 ctx: std::ptr::null(),
                 ctx_len: 0,
                 on_panic: &mut on_panic,
+                max_value: limits.max_value,
+                spills: &mut spills,
             };
             let ctx_slot = desc.ctx_slot as usize;
             if desc.kind == slots::KIND_ARCHIVED
@@ -283,6 +351,8 @@ fn serve(
             // Leave every item's status as "not run": the parent reports it.
             return EXIT_BAD_CODE;
         }
+        // This chunk's spilled outputs stay open until the parent has read them.
+        held.extend(spills.drain(..).map(|fd| (slot, seq, fd)));
         if faults.scribble != 0 && desc.kind == slots::KIND_ARCHIVED {
             scribble(slots, slot, &desc, faults.scribble & !super::faults::SCRIBBLE_INPUTS);
         }
@@ -293,6 +363,12 @@ fn serve(
             return EXIT_BROKEN;
         }
         done = done.saturating_add(u64::from(desc.count.max(1)));
+    }
+    // Retiring: the parent still has to read the spilled outputs of the last chunks.
+    let start = std::time::Instant::now();
+    while !held.is_empty() && start.elapsed() < SPILL_RETIRE_WAIT {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        release_spills(slots, &mut held, me);
     }
     0
 }
@@ -315,6 +391,30 @@ fn scribble(slots: &Slots, slot: usize, desc: &slots::SlotDesc, what: u32) {
         // SAFETY: the inputs lie before the table, inside the data area (`fits_archived`), and the
         // slot is claimed by this worker.
         unsafe { data.write_bytes(0xA5, desc.in_off as usize) };
+    }
+    if what & super::faults::SCRIBBLE_SPILLED != 0 {
+        for i in 0..desc.count as usize {
+            // SAFETY: status byte i lies inside the data area (`fits_archived`).
+            if unsafe { data.wrapping_add(desc.status_off as usize + i).read() } != super::task::ITEM_SPILLED {
+                continue;
+            }
+            let entry = data.wrapping_add(desc.in_off as usize + i * slots::TABLE_ENTRY + 8);
+            // SAFETY: entry i of the table lies inside the data area (`fits_archived`).
+            let [fd, len] = [0, 4].map(|k| unsafe { entry.wrapping_add(k).cast::<[u8; 4]>().read_unaligned() });
+            let (fd, len) = (u32::from_le_bytes(fd), u32::from_le_bytes(len));
+            // Each spilled output of each chunk gets one kind of garbage, in turn.
+            let (fd, len) = match (slot + desc.seq as usize + i) % 4 {
+                0 => (0, len),                       // stdin: not a spill file
+                1 => (0x7fff_0000, len),             // no such descriptor
+                2 => (fd, u32::MAX),                 // longer than any value may be
+                _ => (fd, len.saturating_add(4096)), // longer than the file
+            };
+            let mut bogus = [0u8; 8];
+            bogus[..4].copy_from_slice(&fd.to_le_bytes());
+            bogus[4..].copy_from_slice(&len.to_le_bytes());
+            // SAFETY: as above.
+            unsafe { entry.copy_from_nonoverlapping(bogus.as_ptr(), 8) };
+        }
     }
     if what & super::faults::SCRIBBLE_TABLE != 0 {
         for i in 0..desc.count as usize {

@@ -5,7 +5,17 @@
 //! ```text
 //! data area: [ input 0 | input 1 | ... (each 16-aligned) | item table | outputs (each 16-aligned) ... | status bytes ]
 //! table entry i: in_off u32 | in_len u32 (parent) | out_off u32 | out_len u32 (worker), little-endian
+//! spilled input:  in_len = 16 | SPILLED (bit 31); the input area holds { pid u32, fd u32, len u64 }
+//! spilled output: status ITEM_SPILLED; out_off = the worker's descriptor, out_len = the length
 //! ```
+//!
+//! Values larger than a slot go through spill files (`pool::spill`): an input whose archive
+//! alone does not fit a slot is archived into a file the parent keeps open until the chunk is
+//! delivered; an output that would not fit even if its item went alone is archived by the worker
+//! into a file of its own, which the parent reads (checked, copied out) when it delivers the
+//! chunk. An output that does not fit the room its chunk left but would fit alone goes again
+//! alone instead (`ITEM_OVERFLOW`). Values larger than `PoolBuilder::max_value_bytes` fail their
+//! items with `TaskError::TooLarge`.
 //!
 //! The parent keeps its own copy of the layout it wrote ([`ArchSlot`]); from the slot it reads
 //! back only the status bytes and the worker's half of the table, each checked against that
@@ -21,7 +31,10 @@ use super::{ArchSlot, ArchSpec, Dispatch, Engine, Inflight, MAX_TRIES, Retry};
 use crate::pool::archived::RawOut;
 use crate::pool::error::{PoolError, TaskError};
 use crate::pool::slots::{ARCHIVE_ALIGN, KIND_ARCHIVED, SlotDesc, TABLE_ENTRY};
-use crate::pool::task::{ITEM_BAD_OUTPUT, ITEM_INVALID_INPUT, ITEM_OK, ITEM_OVERFLOW, ITEM_PANICKED, ITEM_SKIPPED};
+use crate::pool::spill::{self, RECORD, SPILLED, Spill};
+use crate::pool::task::{
+    ITEM_BAD_OUTPUT, ITEM_INVALID_INPUT, ITEM_OK, ITEM_OVERFLOW, ITEM_PANICKED, ITEM_SKIPPED, ITEM_SPILLED,
+};
 use crate::pool::worker;
 use crate::process::ExitStatus;
 use crate::ring::archive::{Archivable, Written, measure, write_into};
@@ -29,6 +42,20 @@ use crate::ring::archive::{Archivable, Written, measure, write_into};
 /// `n` rounded up to [`ARCHIVE_ALIGN`] (callers keep `n` below the data area's size, at most 1 GiB).
 fn up16(n: usize) -> usize {
     n.div_ceil(ARCHIVE_ALIGN) * ARCHIVE_ALIGN
+}
+
+/// `t`'s archive (`needed` bytes, measured) in a buffer of its own, at position 0.
+fn archive_alone<T: Archivable>(t: &T, needed: usize, arena: &mut Arena) -> Result<AlignedVec<16>, String> {
+    let mut bytes = AlignedVec::<16>::with_capacity(needed);
+    bytes.resize(needed, 0);
+    match write_into(t, &mut bytes, 0, arena) {
+        Written::Done(n) => {
+            bytes.resize(n, 0);
+            Ok(bytes)
+        }
+        Written::Overflow => Err("the input archived larger than measured".to_owned()),
+        Written::Failed(reason) => Err(reason),
+    }
 }
 
 /// The items a chunk is packed from: fresh inputs of a map (archived as they are packed) or
@@ -39,6 +66,13 @@ pub(crate) trait Items {
     fn write_next(&mut self, out: &mut [u8], base: usize, arena: &mut Arena) -> Option<Written>;
     /// The size of the next item's archive at position `base`.
     fn measure_next(&mut self, base: usize, arena: &mut Arena) -> Result<usize, String>;
+    /// The next item's archive, `needed` bytes (measured), in a buffer of its own: to spill it.
+    fn archive_next(&mut self, needed: usize, arena: &mut Arena) -> Result<AlignedVec<16>, String>;
+    /// The spill file of the next item, whose record `write_next` just wrote (retries only).
+    #[inline(always)]
+    fn take_spill(&mut self) -> Option<Spill> {
+        None
+    }
     /// The next item's index in its job.
     fn index(&self) -> usize;
     /// Retries the next item had.
@@ -59,6 +93,10 @@ impl<T: Archivable> Items for Fresh<'_, T> {
     }
     fn measure_next(&mut self, base: usize, arena: &mut Arena) -> Result<usize, String> {
         self.buffer.front().map_or(Ok(0), |t| measure(t, base, arena))
+    }
+    fn archive_next(&mut self, needed: usize, arena: &mut Arena) -> Result<AlignedVec<16>, String> {
+        let t = self.buffer.front().ok_or("no item")?;
+        archive_alone(t, needed, arena)
     }
     fn index(&self) -> usize {
         self.next
@@ -87,6 +125,16 @@ impl Items for Again<'_> {
         if r.job != self.job || r.spec != self.spec || (r.alone && self.taken > 0) {
             return None;
         }
+        if let Some(s) = &r.spill {
+            // A spilled input goes again through its file: the slot gets its record.
+            return Some(match out.get_mut(..RECORD) {
+                Some(dst) => {
+                    dst.copy_from_slice(&s.record(std::process::id()));
+                    Written::Done(RECORD)
+                }
+                None => Written::Overflow,
+            });
+        }
         // The archive was written at a 16-aligned position and lands at one again: its
         // alignments hold.
         Some(match out.get_mut(..r.bytes.len()) {
@@ -99,6 +147,15 @@ impl Items for Again<'_> {
     }
     fn measure_next(&mut self, _base: usize, _arena: &mut Arena) -> Result<usize, String> {
         Ok(self.queue.front().map_or(0, |r| r.bytes.len()))
+    }
+    fn archive_next(&mut self, _needed: usize, _arena: &mut Arena) -> Result<AlignedVec<16>, String> {
+        let r = self.queue.front().ok_or("no item")?;
+        let mut v = AlignedVec::<16>::with_capacity(r.bytes.len());
+        v.extend_from_slice(&r.bytes);
+        Ok(v)
+    }
+    fn take_spill(&mut self) -> Option<Spill> {
+        self.queue.front_mut()?.spill.take()
     }
     fn index(&self) -> usize {
         self.queue.front().map_or(0, |r| r.index)
@@ -189,27 +246,27 @@ impl Engine {
     /// slot fails the item at once.
     pub(crate) fn push_archived<T: Archivable>(&mut self, job: usize, spec: ArchSpec, input: &T) {
         let available = self.slots.data_len().saturating_sub(ARCHIVE_ALIGN - 1 + TABLE_ENTRY + 1);
+        let limit = self.settings.max_value;
         let archived = measure(input, 0, &mut self.arena).and_then(|needed| {
-            if needed > available {
-                return Ok(Err(TaskError::TooLarge { what: "input", needed, available }));
+            if needed > limit {
+                return Ok(Err(TaskError::TooLarge { what: "input", needed, available: limit }));
             }
-            let mut bytes = AlignedVec::<16>::with_capacity(needed);
-            bytes.resize(needed, 0);
-            match write_into(input, &mut bytes, 0, &mut self.arena) {
-                Written::Done(n) => {
-                    bytes.resize(n, 0);
-                    Ok(Ok(bytes))
-                }
-                Written::Overflow => Err("the input archived larger than measured".to_owned()),
-                Written::Failed(reason) => Err(reason),
+            let bytes = archive_alone(input, needed, &mut self.arena)?;
+            if bytes.len() <= available {
+                return Ok(Ok((bytes, None)));
             }
+            // Larger than a slot: it goes through a spill file.
+            let s =
+                spill::create(&bytes).map_err(|e| format!("the input could not be written to a spill file: {e}"))?;
+            Ok(Ok((AlignedVec::new(), Some(s))))
         });
         if let Some(Some(j)) = self.jobs.get_mut(job) {
             j.remaining += 1;
         }
         match archived {
-            Ok(Ok(bytes)) => {
-                self.retries.push_back(Retry { job, index: 0, bytes, spec, alone: false, tries: 0 });
+            Ok(Ok((bytes, spill))) => {
+                self.stats.spilled_inputs += u64::from(spill.is_some());
+                self.retries.push_back(Retry { job, index: 0, bytes, spec, alone: false, tries: 0, spill });
                 self.dispatch_pending();
             }
             Ok(Err(e)) => self.fail_items(job, 0, 1, &e),
@@ -259,6 +316,7 @@ impl Engine {
         let mut inputs: Vec<(u32, u32)> = Vec::new();
         let mut indices = Vec::new();
         let mut tries = Vec::new();
+        let mut spills: Vec<(usize, Spill)> = Vec::new();
         let mut cursor = 0usize;
         while inputs.len() < cap {
             let k = inputs.len() + 1;
@@ -283,18 +341,51 @@ impl Engine {
             let Some(w) = items.write_next(&mut data[start..limit], start, &mut self.arena) else { break };
             match w {
                 Written::Done(n) => {
-                    inputs.push((start as u32, n as u32));
+                    let mut len = n as u32;
+                    if let Some(s) = items.take_spill() {
+                        // A retry of a spilled input: `n` is its record's length.
+                        len |= SPILLED;
+                        spills.push((inputs.len(), s));
+                    }
+                    inputs.push((start as u32, len));
                     indices.push(items.index());
                     tries.push(items.tries());
                     items.advance();
                     cursor = start + n;
                 }
                 Written::Overflow if inputs.is_empty() => {
-                    let available = data_len.saturating_sub(fixed);
+                    // Larger than a slot: into a spill file, or failed if larger than the limit.
                     let needed = items.measure_next(0, &mut self.arena).unwrap_or(usize::MAX);
                     let index = items.index();
+                    let tried = items.tries();
+                    let max = self.settings.max_value;
+                    let spilled = if needed > max {
+                        Err(TaskError::TooLarge { what: "input", needed, available: max })
+                    } else if limit - start < RECORD {
+                        // Cannot happen: the smallest data area leaves room for a record.
+                        Err(TaskError::TooLarge { what: "input", needed, available: limit - start })
+                    } else {
+                        items
+                            .archive_next(needed, &mut self.arena)
+                            .and_then(|bytes| {
+                                spill::create(&bytes)
+                                    .map_err(|e| format!("the input could not be written to a spill file: {e}"))
+                            })
+                            .map_err(|reason| TaskError::InvalidInput { reason })
+                    };
                     items.advance();
-                    self.fail_now(job, index, fresh, &TaskError::TooLarge { what: "input", needed, available });
+                    match spilled {
+                        Ok(s) => {
+                            data[start..start + RECORD].copy_from_slice(&s.record(std::process::id()));
+                            spills.push((inputs.len(), s));
+                            inputs.push((start as u32, RECORD as u32 | SPILLED));
+                            indices.push(index);
+                            tries.push(tried);
+                            cursor = start + RECORD;
+                            self.stats.spilled_inputs += 1;
+                        }
+                        Err(e) => self.fail_now(job, index, fresh, &e),
+                    }
                 }
                 Written::Overflow => break,
                 Written::Failed(reason) => {
@@ -354,7 +445,7 @@ impl Engine {
             size_r: 0,
             archived: true,
         });
-        self.arch[slot] = Some(ArchSlot { desc, indices, inputs, tries, alone, spec });
+        self.arch[slot] = Some(ArchSlot { desc, indices, inputs, tries, alone, spec, spills });
         self.outbox.push(worker::message(slot as u32, desc.seq));
         if fresh {
             if let Some(Some(j)) = self.jobs.get_mut(job) {
@@ -432,6 +523,7 @@ impl Engine {
             buf.extend_from_slice(bytes);
         }
         let buf = std::sync::Arc::new(buf);
+        let mut a = a;
         let mut settled = 0usize;
         let mut failed = 0usize;
         let mut out_total = 0usize;
@@ -454,13 +546,29 @@ impl Engine {
                     Some(Err(reason)) => Err(TaskError::InvalidOutput { reason }),
                     None => Err(TaskError::InvalidOutput { reason: "no output".to_owned() }),
                 },
+                ITEM_SPILLED => match self.read_spilled(pid, death.is_none(), word(k, 2), word(k, 3)) {
+                    Ok(raw) => Ok(raw),
+                    Err(Unread::Failed(e)) => Err(e),
+                    Err(Unread::Lost(_)) if a.tries[k] < MAX_TRIES => {
+                        // The worker died holding it: the item runs again.
+                        self.again(&mut a, k, base, inf.job, false);
+                        continue;
+                    }
+                    Err(Unread::Lost(reason)) => Err(match death {
+                        Some(status) => TaskError::WorkerDied { pid, status },
+                        None => TaskError::InvalidOutput { reason },
+                    }),
+                },
                 ITEM_PANICKED => Err(TaskError::Panicked { pid, message: text(&mut self.panics, "panic") }),
                 ITEM_INVALID_INPUT => Err(TaskError::InvalidInput { reason: text(&mut self.panics, "invalid input") }),
                 ITEM_BAD_OUTPUT => Err(TaskError::InvalidOutput { reason: text(&mut self.panics, "output") }),
                 ITEM_OVERFLOW | ITEM_SKIPPED => {
                     let overflow = status[k] == ITEM_OVERFLOW;
                     let needed = word(k, 3);
-                    if overflow && a.alone {
+                    let max = self.settings.max_value;
+                    if overflow && needed > max {
+                        Err(TaskError::TooLarge { what: "output", needed, available: max })
+                    } else if overflow && a.alone {
                         Err(TaskError::TooLarge { what: "output", needed, available: room.len() })
                     } else if a.tries[k] >= MAX_TRIES {
                         Err(TaskError::InvalidOutput { reason: "the workers kept skipping the item".to_owned() })
@@ -471,24 +579,7 @@ impl Engine {
                                 j.out_est = j.out_est.max(needed.min(room.len()));
                             }
                         }
-                        let (off, len) = a.inputs[k];
-                        let (off, len) = (off as usize, len as usize);
-                        let mut bytes = AlignedVec::<16>::with_capacity(len);
-                        if off.checked_add(len).is_some_and(|e| e <= d.in_off as usize) {
-                            // SAFETY: the parent wrote this input there (its own record, inside
-                            // the inputs' part of the data area); the slot is still ours. A
-                            // worker may have scribbled over it: the next worker validates it.
-                            bytes.extend_from_slice(unsafe { std::slice::from_raw_parts(base.wrapping_add(off), len) });
-                        }
-                        self.stats.redispatched += 1;
-                        self.retries.push_back(Retry {
-                            job: inf.job,
-                            index,
-                            bytes,
-                            spec: a.spec,
-                            alone: overflow,
-                            tries: a.tries[k].saturating_add(1),
-                        });
+                        self.again(&mut a, k, base, inf.job, overflow);
                         continue;
                     }
                 }
@@ -521,4 +612,75 @@ impl Engine {
         self.finish_items(inf.job, settled);
         self.free_slot(slot);
     }
+    /// Queues item `k` of a delivered chunk `a` (of `job`) to be dispatched again: its input
+    /// copied out of the slot at `base`, or its spill file moved over.
+    fn again(&mut self, a: &mut ArchSlot, k: usize, base: *const u8, job: usize, alone: bool) {
+        let spill = a.spills.iter().position(|(i, _)| *i == k).map(|p| a.spills.swap_remove(p).1);
+        let mut bytes = AlignedVec::<16>::new();
+        if spill.is_none() {
+            let (off, len) = a.inputs[k];
+            let (off, len) = (off as usize, len as usize);
+            if off.checked_add(len).is_some_and(|e| e <= a.desc.in_off as usize) {
+                // SAFETY: the parent wrote this input there (its own record, inside the inputs'
+                // part of the data area); the slot is still ours. A worker may have scribbled over
+                // it: the next worker validates it.
+                bytes.extend_from_slice(unsafe { std::slice::from_raw_parts(base.wrapping_add(off), len) });
+            }
+        }
+        self.stats.redispatched += 1;
+        self.retries.push_back(Retry {
+            job,
+            index: a.indices[k],
+            bytes,
+            spec: a.spec,
+            alone,
+            tries: a.tries[k].saturating_add(1),
+            spill,
+        });
+    }
+
+    /// Reads a spilled output: `fd` and `len` as worker `pid` wrote them in the table (hostile
+    /// until checked); `finished`: the worker finished the chunk (it did not die running it).
+    fn read_spilled(&mut self, pid: u32, finished: bool, fd: usize, len: usize) -> Result<RawOut, Unread> {
+        let max = self.settings.max_value;
+        if len > max {
+            return Err(Unread::Failed(TaskError::TooLarge { what: "output", needed: len, available: max }));
+        }
+        // A worker's spill files are read only while it is one of ours not reaped: its pid cannot
+        // name another process then.
+        let reachable = finished && self.workers.iter().any(|w| w.process.pid() == pid);
+        if !reachable {
+            return Err(Unread::Lost(format!("worker {pid} ended before its spilled output was read")));
+        }
+        match spill::read(pid, fd as u32, len) {
+            Ok(bytes) => {
+                self.stats.spilled_outputs += 1;
+                Ok(RawOut { buf: std::sync::Arc::new(bytes), off: 0, len })
+            }
+            Err(spill::ReadError::Open(e)) if is_ending(pid) => {
+                Err(Unread::Lost(format!("worker {pid} ended before its spilled output was read: {e}")))
+            }
+            Err(e) => {
+                Err(Unread::Failed(TaskError::InvalidOutput { reason: format!("spilled output of worker {pid}: {e}") }))
+            }
+        }
+    }
+}
+
+/// Why a spilled output was not read.
+enum Unread {
+    /// Its worker ended first: the item may go again.
+    Lost(String),
+    /// It is not what the worker's table says: the item fails.
+    Failed(TaskError),
+}
+
+/// Whether our child `pid` has ended or is ending, without reaping it: a zombie (or gone), or a
+/// process whose descriptors are closed already (a killed process closes them on its way out,
+/// before it becomes a zombie; a live worker always holds some: its slots, its queues).
+fn is_ending(pid: u32) -> bool {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    let exited = !matches!(waitid(Id::Pid(nix::unistd::Pid::from_raw(pid as i32)), flags), Ok(WaitStatus::StillAlive));
+    exited || std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(true, |mut d| d.next().is_none())
 }
