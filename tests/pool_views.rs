@@ -138,3 +138,20 @@ fn corrupted_outputs_fail_their_views() {
         assert!(matches!(f.wait_timeout(LONG), Err(ringpool::pool::WaitError::Task(TaskError::InvalidOutput { .. }))));
     }
 }
+
+fn big_or_small(n: &ringpool::ring::archive::rkyv::Archived<u32>) -> String {
+    // Every third output is larger than a slot (16 KiB by default): it crosses in a spill file.
+    let n = n.to_native() as usize;
+    if n % 3 == 0 { "v".repeat(100_000 + n) } else { "s".repeat(n) }
+}
+
+#[test]
+fn views_of_outputs_larger_than_a_slot() {
+    let p = pool(2);
+    let views = p.map_views(big_or_small, 0..30u32).unwrap();
+    assert!(p.stats().spilled_outputs >= 10, "{:?}", p.stats());
+    for (n, v) in views.iter().enumerate() {
+        let want = if n % 3 == 0 { "v".repeat(100_000 + n) } else { "s".repeat(n) };
+        assert_eq!(v.as_str(), want, "item {n}");
+    }
+}

@@ -871,8 +871,9 @@ impl Pool {
     /// Like [`map`](Self::map), for any archivable input and output: runs `f` on every input and
     /// returns the owned results in input order. `f` reads its input in place
     /// (`fn(&Archived<T>) -> R`); each result is validated before it is deserialized. An input
-    /// or output larger than a slot fails only its item ([`TaskError::TooLarge`]); see the
-    /// [module docs](crate::pool#archived-tasks).
+    /// or output larger than a slot crosses through a spill file; one larger than
+    /// [`max_value_bytes`](PoolBuilder::max_value_bytes) fails only its item
+    /// ([`TaskError::TooLarge`]); see the [module docs](crate::pool#archived-tasks).
     ///
     /// ```
     /// use ringpool::ring::archive::rkyv::{self, string::ArchivedString};
@@ -954,8 +955,9 @@ impl Pool {
         self.imap_unordered_body::<Plain<F, T, R>, I>(None, inputs)
     }
 
-    /// Like [`submit`](Self::submit), for an archivable input and output. An input larger than a
-    /// slot makes the future's result [`TaskError::TooLarge`].
+    /// Like [`submit`](Self::submit), for an archivable input and output. An input larger than
+    /// [`max_value_bytes`](PoolBuilder::max_value_bytes) makes the future's result
+    /// [`TaskError::TooLarge`].
     pub fn submit_archived<T, R, F>(&self, f: F, input: T) -> Result<Future<R>, PoolError>
     where
         T: Archivable + 'static,
