@@ -31,10 +31,10 @@ fn set_spin_takes_a_shared_reference_and_changes_only_that_handle() {
         let tx = &tx;
         s.spawn(move || tx.set_spin(SpinPolicy::spin_for(budget))).join().unwrap();
     });
-    assert!(format!("{tx:?}").contains("123"), "{tx:?}");
-    assert!(!format!("{earlier_clone:?}").contains("123"), "{earlier_clone:?}");
+    assert!(format!("{tx:?}").contains("budget: 123µs"), "{tx:?}");
+    assert!(!format!("{earlier_clone:?}").contains("budget: 123µs"), "{earlier_clone:?}");
     let later_clone = (*tx).clone();
-    assert!(format!("{later_clone:?}").contains("123"), "{later_clone:?}");
+    assert!(format!("{later_clone:?}").contains("budget: 123µs"), "{later_clone:?}");
     // The handle works after the change, from several threads at once.
     std::thread::scope(|s| {
         for i in 0..4u8 {
@@ -57,7 +57,7 @@ fn set_spin_takes_a_shared_reference_and_changes_only_that_handle() {
     let qrx = q.receiver().unwrap();
     qtx.set_spin(SpinPolicy::spin_for(budget));
     qrx.set_spin(SpinPolicy::spin_for(budget));
-    assert!(format!("{qtx:?}").contains("123") && format!("{qrx:?}").contains("123"));
+    assert!(format!("{qtx:?}").contains("budget: 123µs") && format!("{qrx:?}").contains("budget: 123µs"));
     let solo = q.solo_sender().unwrap();
     solo.set_spin(SpinPolicy::busy());
     let solo_rx = ring.solo_receiver().unwrap();
