@@ -27,8 +27,11 @@
 //! `ringpool::process::before_exec`) in the child before `exec`.
 
 use super::once::ForkSafeLazy;
+use super::{Deadline, FutexWait};
 use std::cell::{Cell, RefCell};
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// What a forked child does with the handles it inherited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,8 +46,9 @@ pub(crate) enum Inherit {
 /// A layer's part in a fork. `prepare` runs in the forking thread before `fork()`; what it returns
 /// is finished in exactly one of the two processes afterwards.
 pub(crate) trait AtFork: Sync {
-    /// Before `fork()`, in the parent: take whatever must not change across the fork.
-    fn prepare(&self) -> Box<dyn ForkSide>;
+    /// Before `fork()`, in the parent: take whatever must not change across the fork. `inherit`
+    /// is what the child will do with inherited handles (the same value its `in_child` gets).
+    fn prepare(&self, inherit: Inherit) -> Box<dyn ForkSide>;
     /// In a forked child about to `_exit`: give up what the child holds. Must not block on a
     /// lock another thread of the parent might have held at the fork.
     fn child_exit(&self);
@@ -95,8 +99,10 @@ extern "C" fn prepare_handler() {
     if PENDING.try_with(|cell| cell.try_borrow().map_or(true, |slot| slot.is_some())).unwrap_or(true) {
         return;
     }
+    // What the child handler will read (the forking thread's mode, left as it is until then).
+    let inherit = MODE.try_with(Cell::get).unwrap_or(Inherit::Keep);
     // Nothing here may unwind: a panic out of an extern "C" fn aborts.
-    let prepared = std::panic::catch_unwind(prepare);
+    let prepared = std::panic::catch_unwind(|| prepare(inherit));
     if let Ok(p) = prepared {
         let _ = PENDING.try_with(|cell| {
             if let Ok(mut slot) = cell.try_borrow_mut() {
@@ -184,7 +190,7 @@ impl Forking {
             let _ = MODE.try_with(|m| m.set(inherit));
             Forking { inherit, by_hand: None }
         } else {
-            Forking { inherit, by_hand: Some(prepare()) }
+            Forking { inherit, by_hand: Some(prepare(inherit)) }
         }
     }
 
@@ -219,8 +225,8 @@ impl std::fmt::Debug for Prepared {
 }
 
 /// Before `fork()`, in the parent: every registered layer prepares.
-pub(crate) fn prepare() -> Prepared {
-    Prepared { sides: hooks().map(|h| h.prepare()).collect() }
+pub(crate) fn prepare(inherit: Inherit) -> Prepared {
+    Prepared { sides: hooks().map(|h| h.prepare(inherit)).collect() }
 }
 
 impl Prepared {
@@ -249,6 +255,86 @@ pub(crate) fn child_exit() {
     }
 }
 
+/// How long the parent of a fork waits, at most, for its child to say it is through its at-fork
+/// handler ([`ForkHandshake::wait`]).
+///
+/// The child's handler takes tens of microseconds (a few atomic operations on each ring it holds a
+/// handle of, one read of `/proc/self/stat`); what the parent waits for is mostly the scheduler
+/// giving the new child a CPU. 200 ms is far beyond that on a loaded two-CPU machine (a time
+/// slice is a few milliseconds), and still short enough for the cases where the wait is for
+/// nothing: `fork()` failed (no child; the parent handler runs anyway and cannot tell), or the
+/// child was killed (or stopped) before its handler ran.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// One word in memory shared with the child-to-be, through which the child's at-fork handler says
+/// it is done and the parent waits for that: made in `prepare` (a `MAP_SHARED | MAP_ANONYMOUS`
+/// page, so the child's copy of the mapping is the same memory), finished by
+/// [`done`](Self::done) in the child and [`wait`](Self::wait) in the parent. The word goes 0 -> 1
+/// once; the wait is a process-shared futex wait.
+#[derive(Debug)]
+pub(crate) struct ForkHandshake {
+    word: NonNull<super::atomic::AtomicU32>,
+    /// The length of the mapping (a page).
+    len: usize,
+}
+
+impl ForkHandshake {
+    /// Maps the word (0). `None` when the page cannot be mapped: the caller then does without.
+    pub(crate) fn new() -> Option<ForkHandshake> {
+        use nix::sys::mman::{MapFlags, ProtFlags};
+        let len = std::num::NonZeroUsize::new(super::page_size())?;
+        // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing aliases nothing.
+        // It is zero-filled and page-aligned, so its first 4 bytes are a valid, aligned AtomicU32
+        // holding 0; it is unmapped only by this value's `Drop`.
+        let page = unsafe {
+            nix::sys::mman::mmap_anonymous(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED)
+        }
+        .ok()?;
+        Some(ForkHandshake { word: page.cast(), len: len.get() })
+    }
+
+    fn word(&self) -> &super::atomic::AtomicU32 {
+        // SAFETY: `word` points at the start of the page mapped in `new`, which stays mapped
+        // until `self` is dropped; the borrow cannot outlive `self`.
+        unsafe { self.word.as_ref() }
+    }
+
+    /// In the child, once its at-fork work is done: sets the word and wakes the parent. Only an
+    /// atomic store and two system calls (`futex`, `munmap`), as a child handler may make.
+    pub(crate) fn done(self) {
+        let word = self.word();
+        word.store(1, super::atomic::Ordering::Release);
+        super::futex_wake(word, u32::MAX);
+    }
+
+    /// In the parent once `fork()` returned: waits until the child said it is done, or `timeout`
+    /// passed. Answers whether the child said so. Ends by the deadline whatever happens: a
+    /// wake-up that finds the word still 0 (spurious, a signal, a changed word) sleeps again
+    /// until the same absolute deadline, and [`super::futex_wait`] reports a timeout once the
+    /// clock has passed it, checking before each sleep.
+    pub(crate) fn wait(self, timeout: Duration) -> bool {
+        let deadline = Deadline::after(timeout);
+        let word = self.word();
+        loop {
+            if word.load(super::atomic::Ordering::Acquire) != 0 {
+                return true;
+            }
+            if super::futex_wait(word, 0, Some(deadline)) == FutexWait::TimedOut {
+                return word.load(super::atomic::Ordering::Acquire) != 0;
+            }
+        }
+    }
+}
+
+impl Drop for ForkHandshake {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the page `new` mapped, owned by this value; the only borrow of
+        // it (`word()`) borrows `self`, so none is alive. `munmap` is a plain system call, fine in
+        // a child handler.
+        let _ = unsafe { nix::sys::mman::munmap(self.word.cast(), self.len) };
+    }
+}
+
 #[cfg(all(test, not(miri)))]
 mod tests {
     use super::*;
@@ -262,7 +348,7 @@ mod tests {
     struct Counting;
     struct CountingSide;
     impl AtFork for Counting {
-        fn prepare(&self) -> Box<dyn ForkSide> {
+        fn prepare(&self, _: Inherit) -> Box<dyn ForkSide> {
             PREPARES.with(|c| c.set(c.get() + 1));
             Box::new(CountingSide)
         }
