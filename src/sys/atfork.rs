@@ -17,9 +17,15 @@
 //! hooks has no lock; the ring layer's list of mappings is taken by `prepare`, in the forking
 //! thread, and handed over to the child); it reads a thread-local cell that the forking thread
 //! filled; the ring layer's part makes atomic operations on shared memory, reads
-//! `/proc/self/stat` through `open`/`read` into a stack buffer, and may `futex`-wake. The heap is used only to free what
-//! `prepare` allocated, which glibc allows there (its `fork` resets the allocator's locks in the
-//! child before the child handlers run).
+//! `/proc/self/stat` through `open`/`read` into a stack buffer, may `futex`-wake, and finishes a
+//! [`ForkHandshake`] (an atomic store, a `futex` wake, a `munmap`). The heap is used only to free
+//! what `prepare` allocated, which glibc allows there (its `fork` resets the allocator's locks in
+//! the child before the child handlers run).
+//!
+//! The parent handler may wait: the ring layer's, through a [`ForkHandshake`], for the child to be
+//! through its handler (at most [`HANDSHAKE_TIMEOUT`]; see `ring::fork`). glibc holds its at-fork
+//! lock from the prepare handlers to the end of the parent handlers, so another thread's `fork` or
+//! `pthread_atfork` waits as long; the child's handler needs nothing of the parent's to finish.
 //!
 //! A child that will `exec` at once should not join the rings it inherits: ringpool's own spawn
 //! forgets them ([`Inherit::Forget`] through [`with_inherit`]); other code that forks and execs
@@ -382,5 +388,42 @@ mod tests {
         assert_eq!(PREPARES.with(Cell::get) - before.0, 1);
         assert_eq!(PARENTS.with(Cell::get) - before.1, 1);
         assert!(take_pending().is_none());
+    }
+
+    /// Without a child saying it is done, the wait ends by its deadline and says so.
+    #[test]
+    fn a_handshake_nobody_finishes_ends_by_its_deadline() {
+        let h = ForkHandshake::new().expect("map a page");
+        assert!(!h.wait(Duration::from_millis(20)));
+    }
+
+    /// A raw-forked child finishes the handshake (after a pause, so that the parent is asleep in
+    /// the futex by then): the parent's wait ends by the word, not by the deadline.
+    #[test]
+    fn a_child_finishes_the_handshake_across_the_fork() {
+        let h = ForkHandshake::new().expect("map a page");
+        // SAFETY: the child only sleeps (a system call), stores to an atomic, makes the futex and
+        // munmap calls, and leaves with `_exit`: nothing another thread could have held.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: a plain nanosleep of 20 ms.
+            unsafe { libc::usleep(20_000) };
+            h.done();
+            // SAFETY: leaving the child without running the parent's destructors or test harness.
+            unsafe { libc::_exit(0) };
+        }
+        let finished = h.wait(Duration::from_secs(30));
+        if !finished {
+            // SAFETY: killing our own child, not reaped yet (so the pid is still its).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let mut status = 0;
+        // SAFETY: reaping our own child, which `_exit`s right after finishing the handshake (or
+        // was killed just above).
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(r, pid);
+        assert!(finished, "the child's word did not reach the parent");
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     }
 }
