@@ -399,12 +399,14 @@ fn reap(pid: libc::pid_t, timeout: Duration) -> Option<i32> {
         if r == pid {
             return libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
         }
-        if r < 0 || Instant::now() >= deadline {
-            // SAFETY: signalling and reaping our own child.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, &mut status, 0);
-            }
+        if r < 0 {
+            return None;
+        }
+        if Instant::now() >= deadline {
+            // SAFETY: signalling our own child, not reaped yet (so the pid is still its).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // SAFETY: reaping it (killed: it ends).
+            unsafe { libc::waitpid(pid, &mut status, 0) };
             return None;
         }
         std::thread::sleep(Duration::from_millis(1));

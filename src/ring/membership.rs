@@ -410,9 +410,9 @@ pub(super) fn fork_prepare() -> Option<MutexGuard<'static, Vec<Weak<Core>>>> {
 /// Whether any live mapping in `all` holds handles of this process (what [`fork_child`] would
 /// register in a child).
 pub(super) fn holds_handles(all: &[Weak<Core>]) -> bool {
-    all.iter().filter_map(Weak::upgrade).any(|core| {
-        core.local.senders.load(Ordering::Relaxed) > 0 || core.local.receivers.load(Ordering::Relaxed) > 0
-    })
+    all.iter()
+        .filter_map(Weak::upgrade)
+        .any(|core| core.local.senders.load(Ordering::Relaxed) > 0 || core.local.receivers.load(Ordering::Relaxed) > 0)
 }
 
 /// In a forked child: register every inherited mapping that holds handles under the child's pid.

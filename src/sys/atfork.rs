@@ -293,7 +293,12 @@ impl ForkHandshake {
         // It is zero-filled and page-aligned, so its first 4 bytes are a valid, aligned AtomicU32
         // holding 0; it is unmapped only by this value's `Drop`.
         let page = unsafe {
-            nix::sys::mman::mmap_anonymous(None, len, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED)
+            nix::sys::mman::mmap_anonymous(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+            )
         }
         .ok()?;
         Some(ForkHandshake { word: page.cast(), len: len.get() })
