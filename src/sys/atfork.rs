@@ -385,11 +385,15 @@ mod tests {
         register(&COUNTING);
         assert_eq!(registered(), 1);
         let before = (PREPARES.with(Cell::get), PARENTS.with(Cell::get));
-        // What two installed triples do around one fork, in the parent.
-        prepare_handler();
-        prepare_handler();
-        parent_handler();
-        parent_handler();
+        // What two installed triples do around one fork, in the parent. With `Forget`, so that the
+        // ring layer's hooks (registered when another test of this process maps a ring) wait for
+        // no child: there is none.
+        with_inherit(Inherit::Forget, || {
+            prepare_handler();
+            prepare_handler();
+            parent_handler();
+            parent_handler();
+        });
         assert_eq!(PREPARES.with(Cell::get) - before.0, 1);
         assert_eq!(PARENTS.with(Cell::get) - before.1, 1);
         assert!(take_pending().is_none());
@@ -418,7 +422,11 @@ mod tests {
             // SAFETY: leaving the child without running the parent's destructors or test harness.
             unsafe { libc::_exit(0) };
         }
-        let finished = h.wait(Duration::from_secs(30));
+        let limit = Duration::from_secs(30);
+        let start = std::time::Instant::now();
+        let finished = h.wait(limit);
+        // Woken by the child's futex wake, not found set when the deadline ran out.
+        let woken = start.elapsed() < limit;
         if !finished {
             // SAFETY: killing our own child, not reaped yet (so the pid is still its).
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -429,6 +437,7 @@ mod tests {
         let r = unsafe { libc::waitpid(pid, &mut status, 0) };
         assert_eq!(r, pid);
         assert!(finished, "the child's word did not reach the parent");
+        assert!(woken, "the child's wake-up did not reach the parent (found set at the deadline)");
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     }
 }
