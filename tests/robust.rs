@@ -296,7 +296,8 @@ fn race_message(round: u64, i: u64) -> [u8; 16] {
 /// goes as `spawn` returns); the child sends through its inherited copy. A receiver in another
 /// process, parked in `recv` for the child's messages at that moment (it has just taken the
 /// parent's marker that opens the round), must get every message of the round and never
-/// `Disconnected` before them: the parent may go on only after the child has registered its copy.
+/// `Disconnected` before them, and the parent, looking right after its drop, must find a sender
+/// counted: the parent may go on only after the child has registered its copy.
 /// Without the parent's at-fork wait, the parent's drop left the ring for a moment with no sender
 /// counted.
 #[test]
@@ -304,8 +305,9 @@ fn a_plain_fork_whose_parent_drops_the_last_sender_at_once_never_disconnects() {
     let ring = Ring::builder().capacity(4096).anonymous().unwrap();
     // 0: rounds opened by the parent (a sender exists); 1: rounds the receiver finished; 2: rounds
     // in which it saw `Disconnected` before the round's last message; 3: the receiver is waiting
-    // for round (value - 1)'s marker; 4: what went wrong in the receiver (0: nothing).
-    let flags = SharedCounters::new(5);
+    // for round (value - 1)'s marker; 4: what went wrong in the receiver (0: nothing); 5: rounds
+    // in which the parent has looked for a sender after the fork.
+    let flags = SharedCounters::new(6);
     let f = &flags;
     let rx = ring.receiver().unwrap();
     let receiver = spawn(move || {
@@ -355,6 +357,7 @@ fn a_plain_fork_whose_parent_drops_the_last_sender_at_once_never_disconnects() {
         0
     });
     let waits_before = ringpool::ring::debug_fork_waits().0;
+    let mut parent_saw_none = 0;
     for round in 0..RACE_ROUNDS {
         let tx = ring.sender().unwrap();
         flags.get(0).store(round + 1, Ordering::Release);
@@ -370,11 +373,20 @@ fn a_plain_fork_whose_parent_drops_the_last_sender_at_once_never_disconnects() {
                     return 1;
                 }
             }
+            // The sender is kept until the parent has looked (below).
+            if !wait_at_least(f.get(5), round + 1, DEADLINE) {
+                return 2;
+            }
             drop(tx);
             0
         });
         // `spawn` has returned: the parent's copy of the closure, the only sender of the parent,
-        // was dropped right after `fork` returned.
+        // was dropped right after `fork` returned. The child's copy must be counted already (on
+        // one CPU the parent usually runs first after a fork: this is where the race shows there).
+        if ring.stats().senders == 0 {
+            parent_saw_none += 1;
+        }
+        flags.get(5).store(round + 1, Ordering::Release);
         child.join(DEADLINE);
         assert!(
             wait_at_least(flags.get(1), round + 1, DEADLINE),
@@ -385,6 +397,7 @@ fn a_plain_fork_whose_parent_drops_the_last_sender_at_once_never_disconnects() {
     receiver.join(DEADLINE);
     let disconnected = flags.get(2).load(Ordering::Acquire);
     assert_eq!(disconnected, 0, "{disconnected} of {RACE_ROUNDS} rounds saw Disconnected before the child's messages");
+    assert_eq!(parent_saw_none, 0, "in {parent_saw_none} of {RACE_ROUNDS} rounds no sender was counted after the fork");
     // Every round's fork waited for its child (other tests' forks may add to the count).
     assert!(ringpool::ring::debug_fork_waits().0 - waits_before >= RACE_ROUNDS);
 }
