@@ -266,6 +266,212 @@ fn handles_inherited_through_a_raw_fork_are_registered_in_the_child() {
     assert!(matches!(rx.recv_timeout(DEADLINE), Err(RecvTimeoutError::Disconnected)));
 }
 
+/// Waits until `word` is at least `n`; false after `timeout`.
+fn wait_at_least(word: &std::sync::atomic::AtomicU64, n: u64, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while word.load(Ordering::Acquire) < n {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    true
+}
+
+/// Rounds of [`a_plain_fork_whose_parent_drops_the_last_sender_at_once_never_disconnects`], and
+/// messages its child sends in each.
+const RACE_ROUNDS: u64 = 200;
+const RACE_MESSAGES: u64 = 4;
+
+/// The `i`th message of round `round` (the parent's marker that opens the round is `i = u64::MAX`).
+fn race_message(round: u64, i: u64) -> [u8; 16] {
+    let mut m = [0u8; 16];
+    m[..8].copy_from_slice(&round.to_le_bytes());
+    m[8..].copy_from_slice(&i.to_le_bytes());
+    m
+}
+
+/// The race of a plain `fork()` (here nix's, which is libc's `fork`): the parent holds the only
+/// sender, forks, and drops its copy as soon as `fork` returns (the copy captured by the closure
+/// goes as `spawn` returns); the child sends through its inherited copy. A receiver in another
+/// process, parked in `recv` for the child's messages at that moment (it has just taken the
+/// parent's marker that opens the round), must get every message of the round and never
+/// `Disconnected` before them, and the parent, looking right after its drop, must find a sender
+/// counted: the parent may go on only after the child has registered its copy.
+/// Without the parent's at-fork wait, the parent's drop left the ring for a moment with no sender
+/// counted.
+#[test]
+fn a_plain_fork_whose_parent_drops_the_last_sender_at_once_never_disconnects() {
+    let ring = Ring::builder().capacity(4096).anonymous().unwrap();
+    // 0: rounds opened by the parent (a sender exists); 1: rounds the receiver finished; 2: rounds
+    // in which it saw `Disconnected` before the round's last message; 3: the receiver is waiting
+    // for round (value - 1)'s marker; 4: what went wrong in the receiver (0: nothing); 5: rounds
+    // in which the parent has looked for a sender after the fork.
+    let flags = SharedCounters::new(6);
+    let f = &flags;
+    let rx = ring.receiver().unwrap();
+    let receiver = spawn(move || {
+        for round in 0..RACE_ROUNDS {
+            if !wait_at_least(f.get(0), round + 1, DEADLINE) {
+                f.get(4).store(1, Ordering::Release);
+                return 1;
+            }
+            f.get(3).store(round + 1, Ordering::Release);
+            // The parent holds a sender until it forks: the marker comes.
+            match rx.recv_timeout(DEADLINE) {
+                Ok(m) if m == race_message(round, u64::MAX) => {}
+                _ => {
+                    f.get(4).store(2, Ordering::Release);
+                    return 2;
+                }
+            }
+            let deadline = Instant::now() + DEADLINE;
+            let (mut got, mut disconnected) = (0, false);
+            while got < RACE_MESSAGES {
+                if Instant::now() >= deadline {
+                    f.get(4).store(3, Ordering::Release);
+                    return 3;
+                }
+                match rx.recv_timeout(DEADLINE) {
+                    Ok(m) if m == race_message(round, got) => got += 1,
+                    Ok(_) => {
+                        f.get(4).store(4, Ordering::Release);
+                        return 4;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        // The child's copy is not counted (yet): once it is, its messages come.
+                        if !disconnected {
+                            disconnected = true;
+                            f.get(2).fetch_add(1, Ordering::AcqRel);
+                        }
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                    Err(_) => {
+                        f.get(4).store(5, Ordering::Release);
+                        return 5;
+                    }
+                }
+            }
+            f.get(1).store(round + 1, Ordering::Release);
+        }
+        0
+    });
+    let waits_before = ringpool::ring::debug_fork_waits().0;
+    let mut parent_saw_none = 0;
+    for round in 0..RACE_ROUNDS {
+        let tx = ring.sender().unwrap();
+        flags.get(0).store(round + 1, Ordering::Release);
+        assert!(
+            wait_at_least(flags.get(3), round + 1, DEADLINE),
+            "the receiver did not reach round {round} (fault {})",
+            flags.get(4).load(Ordering::Acquire)
+        );
+        tx.send(&race_message(round, u64::MAX)).unwrap();
+        let child = spawn(move || {
+            for i in 0..RACE_MESSAGES {
+                if tx.send(&race_message(round, i)).is_err() {
+                    return 1;
+                }
+            }
+            // The sender is kept until the parent has looked (below).
+            if !wait_at_least(f.get(5), round + 1, DEADLINE) {
+                return 2;
+            }
+            drop(tx);
+            0
+        });
+        // `spawn` has returned: the parent's copy of the closure, the only sender of the parent,
+        // was dropped right after `fork` returned. The child's copy must be counted already (on
+        // one CPU the parent usually runs first after a fork: this is where the race shows there).
+        if ring.stats().senders == 0 {
+            parent_saw_none += 1;
+        }
+        flags.get(5).store(round + 1, Ordering::Release);
+        child.join(DEADLINE);
+        assert!(
+            wait_at_least(flags.get(1), round + 1, DEADLINE),
+            "the receiver did not finish round {round} (fault {})",
+            flags.get(4).load(Ordering::Acquire)
+        );
+    }
+    receiver.join(DEADLINE);
+    let disconnected = flags.get(2).load(Ordering::Acquire);
+    assert_eq!(disconnected, 0, "{disconnected} of {RACE_ROUNDS} rounds saw Disconnected before the child's messages");
+    assert_eq!(parent_saw_none, 0, "in {parent_saw_none} of {RACE_ROUNDS} rounds no sender was counted after the fork");
+    // Every round's fork waited for its child (other tests' forks may add to the count).
+    assert!(ringpool::ring::debug_fork_waits().0 - waits_before >= RACE_ROUNDS);
+}
+
+/// Waits for the forked `pid` to end; its exit code, or `None` after `timeout` (it is then killed).
+fn reap(pid: libc::pid_t, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, with a valid pointer to `status`.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+        }
+        if r < 0 {
+            return None;
+        }
+        if Instant::now() >= deadline {
+            // SAFETY: signalling our own child, not reaped yet (so the pid is still its).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // SAFETY: reaping it (killed: it ends).
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// In a process of its own (spawned: no other test's ring is mapped here): a plain `fork()` whose
+/// child `_exit`s at once, and what the parent's at-fork handler did. Exit code 0 when a fork
+/// without handles did not wait, a fork with a sender did, and one after the sender was dropped did
+/// not again; otherwise the step that went wrong.
+fn forks_wait_only_with_handles(_: u8) {
+    fn plain_fork() -> (u64, u64) {
+        let before = ringpool::ring::debug_fork_waits();
+        // SAFETY: this process runs one thread; the child only `_exit`s.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: ends the child at once, running nothing of the parent's.
+            unsafe { libc::_exit(0) }
+        }
+        assert!(pid > 0, "fork failed");
+        assert_eq!(reap(pid, DEADLINE), Some(0));
+        let after = ringpool::ring::debug_fork_waits();
+        (after.0 - before.0, after.1 - before.1)
+    }
+    // A ring mapped (so the ring's at-fork hooks are installed) with no handle of it held.
+    let ring = Ring::builder().capacity(4096).anonymous().unwrap();
+    let code = if plain_fork() != (0, 0) {
+        1
+    } else {
+        let tx = ring.sender().unwrap();
+        // The child ran its handler and ended: the wait ended by its word, not by the deadline.
+        if plain_fork() != (1, 0) {
+            2
+        } else {
+            drop(tx);
+            if plain_fork() != (0, 0) { 3 } else { 0 }
+        }
+    };
+    ringpool::process::exit(code)
+}
+
+/// A fork in a process that holds no ring handle does not wait for the child (no page is mapped,
+/// no wait made); one that holds a handle does.
+#[test]
+fn a_plain_fork_without_handles_does_not_wait() {
+    use ringpool::Process;
+    use ringpool::process::StartMethod;
+    let mut p = Process::builder().start_method(StartMethod::Spawn).spawn(forks_wait_only_with_handles, 0u8).unwrap();
+    let status = p.join_timeout(DEADLINE).unwrap();
+    assert_eq!(status.code(), Some(0), "step {:?} went wrong (see forks_wait_only_with_handles)", status.code());
+}
+
 // ----- the spawn entry point in a set-user-ID program -----------------------------------------------
 
 /// A set-user-ID copy of this very test binary (it links ringpool, so its spawn constructor runs

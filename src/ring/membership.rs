@@ -407,6 +407,14 @@ pub(super) fn fork_prepare() -> Option<MutexGuard<'static, Vec<Weak<Core>>>> {
     ALL_CORES.lock().ok()
 }
 
+/// Whether any live mapping in `all` holds handles of this process (what [`fork_child`] would
+/// register in a child).
+pub(super) fn holds_handles(all: &[Weak<Core>]) -> bool {
+    all.iter()
+        .filter_map(Weak::upgrade)
+        .any(|core| core.local.senders.load(Ordering::Relaxed) > 0 || core.local.receivers.load(Ordering::Relaxed) > 0)
+}
+
 /// In a forked child: register every inherited mapping that holds handles under the child's pid.
 pub(super) fn fork_child(all: &[Weak<Core>]) {
     for core in all.iter().filter_map(Weak::upgrade) {

@@ -125,6 +125,15 @@ pub fn set_pause_in_critical_section(pause: Option<Duration>) {
     PAUSE_NS.store(ns, Ordering::Relaxed);
 }
 
+/// Test support: how many `fork()`s of this process (plain ones and ringpool's alike) waited in
+/// the parent for the child to register the ring handles it inherited, and how many of those waits
+/// ran out (the child was not through its at-fork handler in time, or the fork failed). A fork in a
+/// process that holds no ring handle, or whose child forgets them, does not wait.
+#[doc(hidden)]
+pub fn debug_fork_waits() -> (u64, u64) {
+    fork::waits()
+}
+
 /// A receive hook: see [`set_receive_hook`].
 type ReceiveHook = fn(&[u8]);
 
