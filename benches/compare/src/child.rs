@@ -59,6 +59,8 @@ fn run(role: &str, words: &[String]) -> Result<serde_json::Value> {
         faults::run(role, &args)
     } else if role == "pool" {
         pools::run_child(&args)
+    } else if role == "pool-floor" {
+        pools::run_floor(&args)
     } else {
         Err(format!("unknown child role {role:?}").into())
     }

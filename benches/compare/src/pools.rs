@@ -200,6 +200,17 @@ pub fn entry<P: PoolPeer>() -> PoolEntry {
     PoolEntry { name: P::NAME, label: P::LABEL, about: P::ABOUT, ours: P::OURS, run: P::run, supports: P::supports }
 }
 
+/// Runs the floor of the typed map in `args` in this child process (see
+/// [`crate::typed_pool::floor_strings`]).
+pub fn run_floor(args: &Args) -> Result<Value> {
+    let figure = match PoolWork::from_args(args)? {
+        PoolWork::Strings { items } => crate::typed_pool::floor_strings(items)?,
+        PoolWork::Vecs { items } => crate::typed_pool::floor_vecs(items)?,
+        w => return Err(format!("no floor for {w:?}").into()),
+    };
+    Ok(json!({ "tasks_per_s": figure }))
+}
+
 /// Runs the pool named in `args` in this child process.
 pub fn run_child(args: &Args) -> Result<Value> {
     let name = args.get("pool")?;

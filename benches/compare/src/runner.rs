@@ -108,6 +108,8 @@ enum Job {
     PyRtt,
     PyPool(PoolWork),
     Pool(PoolEntry, PoolWork),
+    /// A typed map's floor: the workers' share of the work alone, on two threads.
+    PoolFloor(PoolWork),
     Memcpy(usize),
     Line,
     Futex,
@@ -165,6 +167,7 @@ impl Job {
             }
             Job::PyPool(_) => s("python-pool", "Python Pool(2)"),
             Job::Pool(p, _) => s(p.name, p.label),
+            Job::PoolFloor(_) => s("pool-floor", "the workers' share alone, 2 threads, no pool"),
             Job::Memcpy(_) => s("memcpy", "memcpy, hot cache"),
             Job::Line => s("cache-line", "one cache line, both spinning"),
             Job::Futex => s("futex", "futex wake/wait, both sleeping"),
@@ -203,7 +206,7 @@ impl Job {
                 }
             }
             Job::PyQueue { .. } | Job::PyRtt | Job::PyPool(_) => Kind::Python,
-            Job::Memcpy(_) | Job::Line | Job::Futex | Job::Calls | Job::OneCpuFutex => Kind::Floor,
+            Job::Memcpy(_) | Job::Line | Job::Futex | Job::Calls | Job::OneCpuFutex | Job::PoolFloor(_) => Kind::Floor,
             Job::Faults => Kind::Peer,
             Job::Typed(0) => Kind::Ours,
             Job::Typed(_) => Kind::Peer,
@@ -380,6 +383,12 @@ impl Runner {
             }
             Job::PyRtt => rtt(&self.py()?.queue_rtt(RTT_SIZE, p.py_rtt, self.cpus, Duration::from_secs(slow))?),
             Job::PyPool(work) => pool_figures(work, &self.py()?.pool(work, Duration::from_secs(slow))?),
+            Job::PoolFloor(work) => {
+                let mut a = Args::default();
+                work.to_args(&mut a);
+                let v = run_single(&ChildCmd { role: "pool-floor", args: a, cpu: None }, Duration::from_secs(slow))?;
+                pool_figures(work, &v)
+            }
             Job::Pool(entry, work) => {
                 let mut a = Args::default();
                 a.set("pool", entry.name);
@@ -607,6 +616,7 @@ fn plan_tables(
         if python {
             jobs.extend(works.iter().map(|w| Job::PyPool(*w)));
         }
+        jobs.extend(works.iter().filter(|w| w.is_typed()).map(|w| Job::PoolFloor(*w)));
         let mut bench = Bench::new(id, &title, None, &[metric], &note);
         // Ratios only where ringpool's row compares with other pools on the same work.
         bench.ratios = works.iter().all(|w| w.is_typed());
