@@ -10,7 +10,8 @@
 //! `String`) and answers a struct holding a `String` and an `Option<(String, u32)>`. Both cross
 //! between the processes archived with rkyv in the pool's shared memory: the worker reads the path
 //! in place (`&ArchivedString`), without copying it out, and writes its answer into the same slot;
-//! the parent checks that answer before it turns it back into a `FileStats`.
+//! the parent checks that answer and reads it in place too (`views()`: an `ArchivedFileStats`,
+//! validated, never turned back into a `FileStats`).
 //!
 //! Then a second pass shows a *context*: a list of words to look for is archived once into shared
 //! memory, and every task reads it in place next to its own path (`Pool::map_with`).
@@ -102,19 +103,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("{:>4}  {:>7}  {:>7}  {:<24}  path", "done", "lines", "words", "top word");
     let start = Instant::now();
     let (mut lines, mut words, mut done, mut failed) = (0u64, 0u64, 0usize, 0usize);
-    for (i, result) in pool.imap_unordered_archived(count, paths.clone())? {
+    // `views()`: each answer read where the parent copied it, as an `ArchivedFileStats`.
+    for (i, result) in pool.imap_unordered_archived(count, paths.clone())?.views() {
         done += 1;
         let shown = paths.get(i).map_or("?", |p| p.strip_prefix(&*root.to_string_lossy()).unwrap_or(p));
         match result {
             Ok(s) if s.error.is_none() => {
-                lines += s.lines;
-                words += s.words;
-                let top = s.top_word.map_or_else(|| "-".to_owned(), |(w, n)| format!("{w} ({n})"));
-                println!("{done:>4}  {:>7}  {:>7}  {top:<24}  {shown}", s.lines, s.words);
+                let (l, w) = (s.lines.to_native(), s.words.to_native());
+                lines += l;
+                words += w;
+                let top = s.top_word.as_ref().map_or_else(|| "-".to_owned(), |t| format!("{} ({})", t.0, t.1));
+                println!("{done:>4}  {l:>7}  {w:>7}  {top:<24}  {shown}");
             }
             Ok(s) => {
                 failed += 1;
-                println!("{done:>4}  {:>7}  {:>7}  {:<24}  {shown}: {}", "-", "-", "-", s.error.unwrap_or_default());
+                let why = s.error.as_ref().map_or("", |e| e.as_str());
+                println!("{done:>4}  {:>7}  {:>7}  {:<24}  {shown}: {why}", "-", "-", "-");
             }
             Err(e) => {
                 failed += 1;
