@@ -7,13 +7,16 @@
 //! table entry i: in_off u32 | in_len u32 (parent) | out_off u32 | out_len u32 (worker), little-endian
 //! spilled input:  in_len = 16 | SPILLED (bit 31); the input area holds { pid u32, fd u32, len u64 }
 //! spilled output: status ITEM_SPILLED; out_off = the worker's descriptor, out_len = the length
+//! spilled context: desc ctx_len = 24 | SPILLED; its slot holds { pid u32, fd u32, len u64, id u64 }
 //! ```
 //!
 //! Values larger than a slot go through spill files (`pool::spill`): an input whose archive
 //! alone does not fit a slot is archived into a file the parent keeps open until the chunk is
 //! delivered; an output that would not fit even if its item went alone is archived by the worker
 //! into a file of its own, which the parent reads (checked, copied out) when it delivers the
-//! chunk. An output that does not fit the room its chunk left but would fit alone goes again
+//! chunk. A context larger than a slot goes into a spill file the job holds, which every worker
+//! maps read-only (sealed: the bytes cannot change nor the file shrink) and keeps for the chunks
+//! that name it. An output that does not fit the room its chunk left but would fit alone goes again
 //! alone instead (`ITEM_OVERFLOW`). Values larger than `PoolBuilder::max_value_bytes` fail their
 //! items with `TaskError::TooLarge`.
 //!
