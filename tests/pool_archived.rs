@@ -393,7 +393,22 @@ fn check_big_context(p: &Pool) -> Result<(), String> {
     if p.stats().spilled_contexts != 1 || p.stats().failed != 0 {
         return Err(format!("{:?}", p.stats()));
     }
+    // The job is over and the parent closed the file: each idle worker unmaps it soon after (it
+    // would otherwise keep 5 MiB alive until its next chunk).
+    let deadline = std::time::Instant::now() + LONG;
+    while let Some(w) = p.worker_pids().into_iter().find(|&w| spill_maps_of(w) > 0) {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("worker {w} still maps the context after its job"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
     Ok(())
+}
+
+/// How many mappings of spill files a process has.
+fn spill_maps_of(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map_or(0, |m| m.lines().filter(|l| l.contains("ringpool-spill")).count())
 }
 
 #[test]

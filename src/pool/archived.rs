@@ -1418,3 +1418,34 @@ impl<R, I: Iterator> std::fmt::Debug for ImapUnorderedArchived<'_, R, I> {
         f.debug_struct("ImapUnorderedArchived").field("job", &self.stream.job).finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker refuses a spilled context's record that is not what it should be, before it opens
+    /// anything: a wrong length, another process than its parent, a length above the limit.
+    #[test]
+    fn a_worker_refuses_bad_context_records() {
+        let parent = nix::unistd::getppid().as_raw() as u32;
+        let record = |pid: u32, fd: u32, len: u64| {
+            let mut r = [0u8; CTX_RECORD];
+            r[..4].copy_from_slice(&pid.to_le_bytes());
+            r[4..8].copy_from_slice(&fd.to_le_bytes());
+            r[8..16].copy_from_slice(&len.to_le_bytes());
+            r[16..].copy_from_slice(&7u64.to_le_bytes());
+            r
+        };
+        let why = |r: &[u8], max: usize| map_spilled(r, max).map(|_| ()).unwrap_err();
+        assert!(why(&record(parent, 3, 10)[..20], 100).contains("not 24"));
+        assert!(why(&record(parent.wrapping_add(1), 3, 10), 100).contains("not the parent"));
+        assert!(why(&record(parent, 3, 101), 100).contains("largest value"));
+        // A good record naming no spill file (the parent's descriptor 0 is no memfd of ours).
+        assert!(why(&record(parent, 0, 10), 100).contains("could not be mapped"));
+        // The cache maps nothing for a bad record, and holds nothing after.
+        let mut cache = CtxCache::default();
+        assert!(cache.get(&record(parent, 0, 10), 100, 1).is_err());
+        assert!(!cache.holds());
+        assert_eq!(context_mappings(), 0);
+    }
+}
