@@ -328,18 +328,211 @@ fn a_context_reaches_every_forked_worker() {
     child.join(LONG);
 }
 
+// ----- contexts larger than a slot: mapped from a spill file ------------------------------------
+
+/// Elements of a big context: 655,360 `u64`s (5 MiB), each a function of the seed and its index.
+const BIG_CTX: usize = 5 << 17;
+
+fn ctx_elem(seed: u64, i: usize) -> u64 {
+    seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64).rotate_left((i % 61) as u32) ^ (i as u64)
+}
+
+fn big_ctx(seed: u64, n: usize) -> Vec<u64> {
+    (0..n).map(|i| ctx_elem(seed, i)).collect()
+}
+
+/// The element of the context an input picks.
+fn pick_index(x: u32, len: usize) -> usize {
+    (x as usize).wrapping_mul(7919) % len.max(1)
+}
+
+/// Reads the context: its length, the element the input picks, the worker's pid and how many
+/// spilled contexts the worker has mapped so far.
+fn pick(ctx: &ArchivedVec<Archived<u64>>, x: &Archived<u32>) -> (u64, u64, u32, u64) {
+    let i = pick_index(x.to_native(), ctx.len());
+    let v = ctx.get(i).map_or(u64::MAX, |v| v.to_native());
+    (ctx.len() as u64, v, std::process::id(), ringpool::pool::context_mappings())
+}
+
+/// Checks `got` (of inputs `xs`) against context `seed`: exact lengths and elements.
+fn check_picks(
+    what: &str,
+    seed: u64,
+    xs: impl IntoIterator<Item = u32>,
+    got: &[(u64, u64, u32, u64)],
+) -> Result<(), String> {
+    let mut n = 0;
+    for (x, &(len, v, pid, _)) in xs.into_iter().zip(got) {
+        n += 1;
+        let want = ctx_elem(seed, pick_index(x, BIG_CTX));
+        if len != BIG_CTX as u64 || v != want {
+            return Err(format!("{what}: input {x} on worker {pid} read ({len}, {v:#x}), not ({BIG_CTX}, {want:#x})"));
+        }
+    }
+    if n != got.len() {
+        return Err(format!("{what}: {} results for {n} inputs", got.len()));
+    }
+    Ok(())
+}
+
+/// A 5 MiB context through `map_with` on a pool of 16 KiB slots (the default) and chunks of 50:
+/// exact results, every worker mapped it once (not once per chunk), and the context went through
+/// one spill file.
+fn check_big_context(p: &Pool) -> Result<(), String> {
+    let ctx = big_ctx(11, BIG_CTX);
+    let got = p.map_with(&ctx, pick, 0..2000u32).map_err(|e| format!("map_with: {e}"))?;
+    check_picks("map_with", 11, 0..2000u32, &got)?;
+    let mut maps: std::collections::HashMap<u32, HashSet<u64>> = std::collections::HashMap::new();
+    for &(_, _, pid, m) in &got {
+        maps.entry(pid).or_default().insert(m);
+    }
+    // 40 chunks (of 50): without the worker's cache, each would map the context again.
+    if maps.is_empty() || maps.values().any(|m| m.len() != 1 || !m.contains(&1)) {
+        return Err(format!("each worker should have mapped the context once: {maps:?}"));
+    }
+    if p.stats().spilled_contexts != 1 || p.stats().failed != 0 {
+        return Err(format!("{:?}", p.stats()));
+    }
+    // The job is over and the parent closed the file: each idle worker unmaps it soon after (it
+    // would otherwise keep 5 MiB alive until its next chunk).
+    let deadline = std::time::Instant::now() + LONG;
+    while let Some(w) = p.worker_pids().into_iter().find(|&w| spill_maps_of(w) > 0) {
+        if std::time::Instant::now() > deadline {
+            return Err(format!("worker {w} still maps the context after its job"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// How many mappings of spill files a process has.
+fn spill_maps_of(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map_or(0, |m| m.lines().filter(|l| l.contains("ringpool-spill")).count())
+}
+
 #[test]
-fn a_context_larger_than_a_slot_is_refused_with_both_sizes() {
-    let p = PoolBuilder::new().workers(1).slot_bytes(1024).build().unwrap();
-    let ctx = Ctx { salt: "s".repeat(5000), weights: vec![] };
-    match p.map_with(&ctx, salted, 0..3u32) {
-        Err(MapError::Pool(PoolError::ArchiveTooLarge { what: "context", needed, available })) => {
-            assert!(needed > 5000 && available < 1024, "{needed} {available}");
+fn a_context_larger_than_a_slot_is_mapped_by_every_spawned_worker() {
+    let p = PoolBuilder::new().workers(2).chunk_size(50).start_method(StartMethod::Spawn).build().unwrap();
+    check_big_context(&p).unwrap();
+}
+
+#[test]
+fn a_context_larger_than_a_slot_is_mapped_by_every_forked_worker() {
+    settle_process_setup();
+    let child = common::spawn(|| {
+        let Ok(p) = PoolBuilder::new().workers(2).chunk_size(50).start_method(StartMethod::Fork).build() else {
+            return 2;
+        };
+        match check_big_context(&p) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("{e}");
+                3
+            }
+        }
+    });
+    child.join(LONG);
+}
+
+/// Two big contexts of the same length (so their records differ only in the id the parent gives
+/// each, and, one job after the other, often not in the descriptor number): one after the other,
+/// interleaved through two `imap_with`s, and through futures; no task reads the other's context.
+fn check_two_big_contexts(p: &Pool) -> Result<(), String> {
+    let (a, b) = (big_ctx(21, BIG_CTX), big_ctx(22, BIG_CTX));
+    for (round, (seed, ctx)) in [(21, &a), (22, &b), (21, &a), (22, &b)].into_iter().enumerate() {
+        let got = p.map_with(ctx, pick, 0..300u32).map_err(|e| format!("round {round}: {e}"))?;
+        check_picks(&format!("round {round}"), seed, 0..300u32, &got)?;
+    }
+    let mut ia = p.imap_with(&a, pick, 0..400u32).map_err(|e| e.to_string())?;
+    let mut ib = p.imap_with(&b, pick, 0..400u32).map_err(|e| e.to_string())?;
+    let (mut ga, mut gb) = (Vec::new(), Vec::new());
+    for _ in 0..400 {
+        ga.push(ia.next().ok_or("imap a ended early")?.map_err(|e| format!("imap a: {e}"))?);
+        gb.push(ib.next().ok_or("imap b ended early")?.map_err(|e| format!("imap b: {e}"))?);
+    }
+    if ia.next().is_some() || ib.next().is_some() {
+        return Err("imap: more results than inputs".into());
+    }
+    drop((ia, ib));
+    check_picks("imap a", 21, 0..400u32, &ga)?;
+    check_picks("imap b", 22, 0..400u32, &gb)?;
+    // Futures two at a time (each holds its context's slot until it is done and dropped).
+    for x in (0..40u32).step_by(2) {
+        let fa = p.submit_with(&a, pick, x).map_err(|e| e.to_string())?;
+        let fb = p.submit_with(&b, pick, x + 1).map_err(|e| e.to_string())?;
+        let rb = fb.wait_timeout(LONG).map_err(|e| format!("future {}: {e}", x + 1))?;
+        let ra = fa.wait_timeout(LONG).map_err(|e| format!("future {x}: {e}"))?;
+        check_picks(&format!("future {x}"), 21, [x], &[ra])?;
+        check_picks(&format!("future {}", x + 1), 22, [x + 1], &[rb])?;
+    }
+    let r = p.apply_with(&b, pick, 77u32).map_err(|e| e.to_string())?;
+    check_picks("apply_with", 22, [77], &[r])?;
+    // 4 maps, 2 imaps, 40 futures, 1 apply: a spill file each.
+    if p.stats().spilled_contexts != 47 || p.stats().failed != 0 {
+        return Err(format!("{:?}", p.stats()));
+    }
+    Ok(())
+}
+
+#[test]
+fn big_contexts_of_jobs_in_a_row_and_interleaved_never_mix_spawned() {
+    let p = PoolBuilder::new().workers(2).start_method(StartMethod::Spawn).build().unwrap();
+    check_two_big_contexts(&p).unwrap();
+}
+
+#[test]
+fn big_contexts_of_jobs_in_a_row_and_interleaved_never_mix_forked() {
+    settle_process_setup();
+    let child = common::spawn(|| {
+        let Ok(p) = PoolBuilder::new().workers(2).start_method(StartMethod::Fork).build() else {
+            return 2;
+        };
+        match check_two_big_contexts(&p) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("{e}");
+                3
+            }
+        }
+    });
+    child.join(LONG);
+}
+
+#[test]
+fn a_context_larger_than_max_value_bytes_is_refused_naming_both_sizes() {
+    let ctx: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    let needed = rkyv::to_bytes::<rkyv::rancor::Error>(&ctx).unwrap().len();
+    fn sum(ctx: &ArchivedVec<u8>, x: &Archived<u32>) -> u64 {
+        ctx.iter().map(|&b| u64::from(b)).sum::<u64>() + u64::from(x.to_native())
+    }
+    let want: u64 = ctx.iter().map(|&b| u64::from(b)).sum();
+    // Exactly at the limit: mapped from a spill file.
+    let p = PoolBuilder::new().workers(1).slot_bytes(4096).max_value_bytes(needed).build().unwrap();
+    assert_eq!(p.map_with(&ctx, sum, 0..3u32).unwrap(), [want, want + 1, want + 2]);
+    assert_eq!(p.stats().spilled_contexts, 1);
+    // A byte over.
+    let p = PoolBuilder::new().workers(1).slot_bytes(4096).max_value_bytes(needed - 1).build().unwrap();
+    match p.map_with(&ctx, sum, 0..3u32) {
+        Err(MapError::Pool(e @ PoolError::ArchiveTooLarge { what: "context", .. })) => {
+            let PoolError::ArchiveTooLarge { needed: n, available, .. } = e else { unreachable!() };
+            assert_eq!((n, available), (needed, needed - 1));
+            let text = e.to_string();
+            assert!(text.contains("max_value_bytes") && text.contains(&needed.to_string()), "{text}");
         }
         other => panic!("{other:?}"),
     }
-    // The pool goes on.
+    let e = p.submit_with(&ctx, sum, 1u32).map(|_| ()).unwrap_err();
+    assert!(matches!(e, PoolError::ArchiveTooLarge { what: "context", .. }), "{e:?}");
+    // The pool goes on, and its context slots went back.
+    for _ in 0..10 {
+        assert!(p.map_with(&ctx, sum, 0..3u32).is_err());
+    }
     assert_eq!(p.map_archived(is_prime, [7u64]).unwrap(), [true]);
+    assert_eq!(
+        p.map_with(&ctx[..1000].to_vec(), sum, [0u32]).unwrap(),
+        [ctx[..1000].iter().map(|&b| u64::from(b)).sum::<u64>()]
+    );
 }
 
 // ----- initializer arguments --------------------------------------------------------------------
@@ -401,13 +594,98 @@ fn initializer_arguments_reach_forked_workers() {
 }
 
 #[test]
-fn initializer_arguments_larger_than_a_slot_fail_the_build() {
-    match PoolBuilder::new().workers(1).slot_bytes(512).initializer_with(remember, ("x".repeat(4000), 1u64)).build() {
-        Err(PoolError::ArchiveTooLarge { what: "initializer arguments", needed, available }) => {
-            assert!(needed >= 4000 && available < 512);
+fn initializer_arguments_larger_than_max_value_bytes_fail_the_build() {
+    let built = PoolBuilder::new()
+        .workers(1)
+        .slot_bytes(512)
+        .max_value_bytes(1024)
+        .initializer_with(remember, ("x".repeat(4000), 1u64))
+        .build();
+    match built {
+        Err(e @ PoolError::ArchiveTooLarge { what: "initializer arguments", needed, available }) => {
+            assert!(needed >= 4000 && available == 1024, "{e}");
+            assert!(e.to_string().contains("max_value_bytes"), "{e}");
         }
         other => panic!("{:?}", other.map(|_| ())),
     }
+}
+
+static BIG_INIT: AtomicU64 = AtomicU64::new(0);
+
+/// 2 MiB of initializer arguments: remembers their length and a hash of every element.
+fn remember_big(args: &ArchivedVec<Archived<u64>>) {
+    let h = args.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| (h ^ v.to_native()).wrapping_mul(0x0100_0000_01b3));
+    BIG_INIT.store(h ^ args.len() as u64, Ordering::SeqCst);
+}
+
+fn big_init_value(_: &Archived<u32>) -> (u64, u32) {
+    std::thread::sleep(Duration::from_millis(3));
+    (BIG_INIT.load(Ordering::SeqCst), std::process::id())
+}
+
+const BIG_INIT_LEN: usize = 1 << 18;
+
+fn big_init_expected() -> u64 {
+    let args = big_ctx(5, BIG_INIT_LEN);
+    args.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &v| (h ^ v).wrapping_mul(0x0100_0000_01b3)) ^ BIG_INIT_LEN as u64
+}
+
+/// A pool whose initializer gets 2 MiB of arguments (16 KiB slots): every worker, and the
+/// replacement of one killed, ran it on exactly those arguments.
+fn check_big_init_args(method: StartMethod) -> Result<(), String> {
+    let p = PoolBuilder::new()
+        .workers(2)
+        .chunk_size(1)
+        .start_method(method)
+        .initializer_with(remember_big, big_ctx(5, BIG_INIT_LEN))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let want = big_init_expected();
+    let first = p.map_archived(big_init_value, 0..40u32).map_err(|e| e.to_string())?;
+    if first.iter().any(|(v, _)| *v != want) {
+        return Err(format!("the initializer did not get the arguments: {first:?}"));
+    }
+    if p.stats().spilled_contexts != 1 {
+        return Err(format!("{:?}", p.stats()));
+    }
+    let victim = p.worker_pids()[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim as i32), nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| e.to_string())?;
+    let mut seen = HashSet::new();
+    for _ in 0..50 {
+        let again = p.map_archived(big_init_value, 0..40u32).map_err(|e| e.to_string())?;
+        if again.iter().any(|(v, _)| *v != want) {
+            return Err(format!("a worker did not get the arguments: {again:?}"));
+        }
+        seen.extend(again.iter().map(|(_, pid)| *pid));
+        if p.stats().workers_died >= 1 && p.worker_pids().iter().all(|pid| seen.contains(pid)) {
+            break;
+        }
+    }
+    let s = p.stats();
+    if s.workers_died < 1 || p.worker_pids().contains(&victim) || !p.worker_pids().iter().all(|pid| seen.contains(pid))
+    {
+        return Err(format!("the replacement ran no task with the arguments: {s:?}"));
+    }
+    Ok(())
+}
+
+#[test]
+fn initializer_arguments_larger_than_a_slot_reach_every_spawned_worker_and_replacements() {
+    check_big_init_args(StartMethod::Spawn).unwrap();
+}
+
+#[test]
+fn initializer_arguments_larger_than_a_slot_reach_every_forked_worker_and_replacements() {
+    settle_process_setup();
+    let child = common::spawn(|| match check_big_init_args(StartMethod::Fork) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{e}");
+            3
+        }
+    });
+    child.join(LONG);
 }
 
 // ----- sizes ------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ use rkyv::{Archive, Archived, Deserialize};
 
 use super::engine::{ArchSpec, Chunk, Dispatch, Engine, Sink};
 use super::slots::{ARCHIVE_ALIGN, KIND_ARCHIVED, TABLE_ENTRY};
-use super::spill::{RECORD, SPILLED, parse_record};
+use super::spill::{CTX_RECORD, CtxKey, Mapped, RECORD, SPILLED, parse_ctx_record, parse_record};
 use super::task::{
     ChunkCtx, ITEM_BAD_OUTPUT, ITEM_INVALID_INPUT, ITEM_OK, ITEM_OVERFLOW, ITEM_PANICKED, ITEM_SKIPPED, ITEM_SPILLED,
     conjure,
@@ -271,13 +271,24 @@ pub(crate) unsafe fn run_archived<B: Body>(c: &mut ChunkCtx<'_>) -> Result<(), &
     let mut ctx_err: Option<String> = None;
     if B::CTX {
         if c.ctx.is_null() {
-            ctx_err = Some("the chunk names no valid context".to_owned());
+            ctx_err = Some(c.ctx_err.take().unwrap_or_else(|| "the chunk names no valid context".to_owned()));
         } else {
             // SAFETY: the caller's contract: `ctx_len` readable bytes nobody writes meanwhile.
             let bytes = unsafe { std::slice::from_raw_parts(c.ctx, c.ctx_len) };
-            match rkyv::access::<Archived<B::Ctx>, RkyvError>(bytes) {
-                Ok(a) => ctx = Some(a),
-                Err(e) => ctx_err = Some(format!("the context is not a valid archive: {e}")),
+            if c.ctx_checked {
+                // SAFETY: the caller's contract for `ctx_checked`: these very bytes, at this very
+                // address, passed `rkyv::access` as `Archived<B::Ctx>` (this trampoline's context
+                // type) in an earlier chunk, and cannot have changed since (a read-only mapping of
+                // a spill file sealed against writing and shrinking, which the worker keeps).
+                ctx = Some(unsafe { rkyv::access_unchecked::<Archived<B::Ctx>>(bytes) });
+            } else {
+                match rkyv::access::<Archived<B::Ctx>, RkyvError>(bytes) {
+                    Ok(a) => {
+                        ctx = Some(a);
+                        c.ctx_checked = true;
+                    }
+                    Err(e) => ctx_err = Some(format!("the context is not a valid archive: {e}")),
+                }
             }
         }
     }
@@ -433,6 +444,99 @@ fn read_spilled_input(rec: &[u8], max_value: usize) -> Result<AlignedVec<16>, St
         format!("a spilled input claims {len} bytes, more than the pool's largest value ({max_value})")
     })?;
     super::spill::read(pid, fd, len).map_err(|e| format!("the spilled input could not be read: {e}"))
+}
+
+/// Spilled contexts a worker of this process mapped (tests: each worker maps a context once, not
+/// once per chunk).
+static CONTEXT_MAPPINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many spilled contexts (contexts larger than a slot) this process mapped as a pool worker:
+/// a worker maps each once and keeps it for the chunks that follow. For tests.
+#[doc(hidden)]
+pub fn context_mappings() -> u64 {
+    CONTEXT_MAPPINGS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A worker: maps the spill file named by the `CTX_RECORD`-byte record `rec` the parent left in
+/// a slot (a context's or the initializer arguments'), read-only, to read it in place. Every field
+/// of the record is checked before use; `spill::map` checks the file and its seals. Answers the
+/// mapping and the record's `(pid, fd, len, id)`.
+pub(crate) fn map_spilled(rec: &[u8], max_value: usize) -> Result<(Mapped, CtxKey), String> {
+    let rec: [u8; CTX_RECORD] =
+        rec.try_into().map_err(|_| format!("a spilled context's record is {} bytes, not {CTX_RECORD}", rec.len()))?;
+    let key = parse_ctx_record(rec);
+    let (pid, fd, len, _) = key;
+    let parent = nix::unistd::getppid().as_raw() as u32;
+    if pid != parent {
+        return Err(format!("a spilled context names process {pid}, not the parent {parent}"));
+    }
+    let len = usize::try_from(len).ok().filter(|&l| l <= max_value).ok_or_else(|| {
+        format!("a spilled context claims {len} bytes, more than the pool's largest value ({max_value})")
+    })?;
+    let m = super::spill::map(pid, fd, len).map_err(|e| format!("the spilled context could not be mapped: {e}"))?;
+    Ok((m, key))
+}
+
+/// A worker's last spilled context, mapped: kept while the chunks it runs name it, so that it is
+/// mapped and validated once, not once per chunk.
+#[derive(Default)]
+pub(crate) struct CtxCache {
+    last: Option<CachedCtx>,
+}
+
+struct CachedCtx {
+    /// The record that named it: the parent's pid, the descriptor, the length and the id the
+    /// parent gave this context (no two spilled contexts of a parent share one, so a later
+    /// context whose file got the same descriptor number is never taken for this one).
+    key: CtxKey,
+    map: Mapped,
+    /// The trampoline that validated it, as its context type (another one validates again).
+    checked_by: Option<CodeOffset>,
+}
+
+impl CtxCache {
+    /// The spilled context named by record `rec`, for trampoline `tramp`: its bytes, and whether
+    /// that trampoline validated them already. Maps it unless it is the one kept (the one kept
+    /// goes first: a worker holds one context at a time).
+    pub(crate) fn get(&mut self, rec: &[u8], max_value: usize, tramp: CodeOffset) -> Result<(&[u8], bool), String> {
+        let key = <[u8; CTX_RECORD]>::try_from(rec).ok().map(parse_ctx_record);
+        if self.last.as_ref().is_none_or(|c| Some(c.key) != key) {
+            self.last = None;
+            let (map, key) = map_spilled(rec, max_value)?;
+            CONTEXT_MAPPINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.last = Some(CachedCtx { key, map, checked_by: None });
+        }
+        let c = self.last.as_ref().ok_or("no context")?;
+        Ok((c.map.bytes(), c.checked_by == Some(tramp)))
+    }
+
+    /// Trampoline `tramp` validated the context kept.
+    pub(crate) fn checked(&mut self, tramp: CodeOffset) {
+        if let Some(c) = &mut self.last {
+            c.checked_by = Some(tramp);
+        }
+    }
+
+    /// Whether a context is kept.
+    pub(crate) fn holds(&self) -> bool {
+        self.last.is_some()
+    }
+
+    /// Drops the context kept.
+    pub(crate) fn clear(&mut self) {
+        self.last = None;
+    }
+
+    /// Drops the context kept if its parent no longer holds its file (the job ended): the worker
+    /// would otherwise keep its memory alive while it waits for work.
+    pub(crate) fn release_if_closed(&mut self) {
+        if let Some(c) = &self.last {
+            let (pid, fd, ..) = c.key;
+            if !c.map.still_named_by(pid, fd) {
+                self.last = None;
+            }
+        }
+    }
 }
 
 /// A worker: archives an output too large for any slot (`needed` bytes, measured) into a new
@@ -714,8 +818,10 @@ impl PoolBuilder {
     /// (Python's `initializer` with `initargs`): `args` are archived once, at build, into a slot of
     /// their own that every worker maps, and the initializer reads them in place, validated
     /// (`f: fn(&Archived<A>)`, a function item or a closure that captures nothing). Replaces an
-    /// [`initializer`](Self::initializer). Arguments larger than a slot fail the build with
-    /// [`PoolError::ArchiveTooLarge`].
+    /// [`initializer`](Self::initializer). Arguments larger than a slot go into a sealed spill
+    /// file the pool holds for its lifetime, which each worker maps read-only as it starts and
+    /// reads in place; arguments larger than [`max_value_bytes`](Self::max_value_bytes) fail the
+    /// build with [`PoolError::ArchiveTooLarge`].
     ///
     /// ```
     /// use ringpool::ring::archive::rkyv::string::ArchivedString;
@@ -1038,7 +1144,10 @@ impl Pool {
     /// Like [`map_archived`](Self::map_archived), with a context: `ctx` is archived once, into a
     /// slot of the pool's shared memory held for the call, and every task reads it in place
     /// (`f: fn(&Archived<C>, &Archived<T>) -> R`), in forked and spawned workers alike. A context
-    /// larger than a slot is [`PoolError::ArchiveTooLarge`].
+    /// larger than a slot is archived once into a sealed spill file the parent holds for the
+    /// call, which each worker maps read-only and validates once, then reads in place for every
+    /// chunk it runs (no copy); one larger than
+    /// [`max_value_bytes`](PoolBuilder::max_value_bytes) is [`PoolError::ArchiveTooLarge`].
     ///
     /// ```
     /// use ringpool::ring::archive::rkyv::{self, string::ArchivedString, vec::ArchivedVec};
@@ -1307,5 +1416,36 @@ impl<R, I: Iterator> std::fmt::Debug for ImapUnorderedViews<'_, R, I> {
 impl<R, I: Iterator> std::fmt::Debug for ImapUnorderedArchived<'_, R, I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ImapUnorderedArchived").field("job", &self.stream.job).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker refuses a spilled context's record that is not what it should be, before it opens
+    /// anything: a wrong length, another process than its parent, a length above the limit.
+    #[test]
+    fn a_worker_refuses_bad_context_records() {
+        let parent = nix::unistd::getppid().as_raw() as u32;
+        let record = |pid: u32, fd: u32, len: u64| {
+            let mut r = [0u8; CTX_RECORD];
+            r[..4].copy_from_slice(&pid.to_le_bytes());
+            r[4..8].copy_from_slice(&fd.to_le_bytes());
+            r[8..16].copy_from_slice(&len.to_le_bytes());
+            r[16..].copy_from_slice(&7u64.to_le_bytes());
+            r
+        };
+        let why = |r: &[u8], max: usize| map_spilled(r, max).map(|_| ()).unwrap_err();
+        assert!(why(&record(parent, 3, 10)[..20], 100).contains("not 24"));
+        assert!(why(&record(parent.wrapping_add(1), 3, 10), 100).contains("not the parent"));
+        assert!(why(&record(parent, 3, 101), 100).contains("largest value"));
+        // A good record naming no spill file (the parent's descriptor 0 is no memfd of ours).
+        assert!(why(&record(parent, 0, 10), 100).contains("could not be mapped"));
+        // The cache maps nothing for a bad record, and holds nothing after.
+        let mut cache = CtxCache::default();
+        assert!(cache.get(&record(parent, 0, 10), 100, 1).is_err());
+        assert!(!cache.holds());
+        assert_eq!(context_mappings(), 0);
     }
 }

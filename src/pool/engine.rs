@@ -136,6 +136,9 @@ struct JobEntry {
     /// The slot holding the job's context (archived tasks with a context): back to the free list
     /// when the job goes.
     ctx_slot: Option<u32>,
+    /// A context larger than a slot: its spill file (the slot holds a record naming it), closed
+    /// when the job goes.
+    ctx_spill: Option<std::os::fd::OwnedFd>,
     /// Archived jobs: bytes an output is expected to take (from the outputs seen so far), to
     /// leave room for them when packing inputs.
     #[cfg_attr(not(feature = "archive"), allow(dead_code))]
@@ -239,6 +242,9 @@ pub struct PoolStats {
     pub spilled_inputs: u64,
     /// Archived outputs larger than a slot, read from a worker's spill file.
     pub spilled_outputs: u64,
+    /// Contexts (and initializer arguments) larger than a slot, put into a spill file that every
+    /// worker maps.
+    pub spilled_contexts: u64,
 }
 
 /// Whether one dispatch attempt sent a chunk.
@@ -277,8 +283,15 @@ pub(crate) struct Engine {
     pub stats: PoolStats,
     /// Slots held by contexts of running jobs.
     ctx_held: usize,
-    /// The slot holding the initializer's arguments, and their length.
+    /// The slot holding the initializer's arguments, and their length (`CTX_RECORD | SPILLED`
+    /// when the slot holds a record naming a spill file).
     init_args: Option<(u32, u32)>,
+    /// Initializer arguments larger than a slot: their spill file, held for the pool's lifetime.
+    init_spill: Option<std::os::fd::OwnedFd>,
+    /// The last id given to a spilled context (each gets its own, so that a worker's cached
+    /// mapping is never taken for another context whose file got the same descriptor number).
+    #[cfg_attr(not(feature = "archive"), allow(dead_code))]
+    ctx_ids: u64,
     #[cfg(feature = "archive")]
     arch: Vec<Option<ArchSlot>>,
     #[cfg(feature = "archive")]
@@ -294,20 +307,42 @@ impl Engine {
         let extra = usize::from(settings.init_args.is_some());
         let slots = Slots::create(settings.slots + extra, settings.slot_bytes)?;
         let mut init_args = None;
+        let mut init_spill = None;
+        let mut stats = PoolStats::default();
         if let Some(args) = &settings.init_args {
-            let available = slots.data_len();
-            if args.len() > available {
+            let (available, max) = (slots.data_len(), settings.max_value);
+            if args.len() > max {
+                return Err(PoolError::ArchiveTooLarge {
+                    what: "initializer arguments",
+                    needed: args.len(),
+                    available: max,
+                });
+            }
+            let slot = settings.slots;
+            if args.len() <= available {
+                // SAFETY: the slot past the task slots is the arguments' own: no task is ever queued
+                // in it and no worker runs yet; `args` fits its data area (checked above).
+                unsafe { std::ptr::copy_nonoverlapping(args.as_ptr(), slots.data(slot), args.len()) };
+                init_args = Some((slot as u32, args.len() as u32));
+            } else {
+                #[cfg(feature = "archive")]
+                {
+                    let (record, spill) = archived::spill_init_args(args)?;
+                    // The arguments are larger than the data area, so their record (fewer bytes) fits it.
+                    let record = &record[..record.len().min(available)];
+                    // SAFETY: as above; `record` fits the data area (at most `available` bytes).
+                    unsafe { std::ptr::copy_nonoverlapping(record.as_ptr(), slots.data(slot), record.len()) };
+                    init_args = Some((slot as u32, record.len() as u32 | super::spill::SPILLED));
+                    init_spill = Some(spill);
+                    stats.spilled_contexts += 1;
+                }
+                #[cfg(not(feature = "archive"))]
                 return Err(PoolError::ArchiveTooLarge {
                     what: "initializer arguments",
                     needed: args.len(),
                     available,
                 });
             }
-            let slot = settings.slots;
-            // SAFETY: the slot past the task slots is the arguments' own: no task is ever queued in
-            // it and no worker runs yet; `args` fits its data area (checked above).
-            unsafe { std::ptr::copy_nonoverlapping(args.as_ptr(), slots.data(slot), args.len()) };
-            init_args = Some((slot as u32, args.len() as u32));
         }
         let tasks = Queue::<u64>::builder().slots(queue_slots).spin(settings.spin).anonymous()?;
         let results = Queue::<u64>::builder().slots(queue_slots).spin(settings.spin).anonymous()?;
@@ -339,9 +374,11 @@ impl Engine {
             last_check: Instant::now(),
             closed: false,
             terminated: false,
-            stats: PoolStats::default(),
+            stats,
             ctx_held: 0,
             init_args,
+            init_spill,
+            ctx_ids: 1,
             #[cfg(feature = "archive")]
             arch: (0..n).map(|_| None).collect(),
             #[cfg(feature = "archive")]
@@ -411,7 +448,11 @@ impl Engine {
         {
             use std::os::fd::AsRawFd;
             let held = self.arch.iter().flatten().flat_map(|a| a.spills.iter().map(|(_, s)| s.fd.as_raw_fd()));
-            held.chain(self.retries.iter().filter_map(|r| r.spill.as_ref().map(|s| s.fd.as_raw_fd()))).collect()
+            let contexts = self.jobs.iter().flatten().filter_map(|j| j.ctx_spill.as_ref().map(AsRawFd::as_raw_fd));
+            held.chain(self.retries.iter().filter_map(|r| r.spill.as_ref().map(|s| s.fd.as_raw_fd())))
+                .chain(contexts)
+                .chain(self.init_spill.as_ref().map(AsRawFd::as_raw_fd))
+                .collect()
         }
         #[cfg(not(feature = "archive"))]
         Vec::new()
@@ -480,7 +521,7 @@ impl Engine {
     }
 
     pub(crate) fn new_job(&mut self, sink: Box<dyn Sink>) -> usize {
-        let entry = JobEntry { sink, remaining: 0, abandoned: false, ctx_slot: None, out_est: 64 };
+        let entry = JobEntry { sink, remaining: 0, abandoned: false, ctx_slot: None, ctx_spill: None, out_est: 64 };
         match self.free_jobs.pop() {
             Some(i) => {
                 self.jobs[i] = Some(entry);
@@ -511,6 +552,7 @@ impl Engine {
         if entry.remaining == 0 {
             self.free_jobs.push(job);
             self.release_context(entry.ctx_slot);
+            drop(entry.ctx_spill);
             Some(entry.sink)
         } else {
             self.jobs[job] = Some(JobEntry { abandoned: true, ..entry });

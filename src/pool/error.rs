@@ -173,15 +173,20 @@ pub enum PoolError {
         /// What is accepted.
         limit: &'static str,
     },
-    /// A value the pool archives into one slot once for many tasks (a context, an initializer's
-    /// arguments) does not fit it.
-    #[error("the {what} archives to {needed} bytes, a slot holds {available}: raise PoolBuilder::slot_bytes")]
+    /// A value the pool archives once for many tasks (a context, an initializer's arguments) is
+    /// larger than [`PoolBuilder::max_value_bytes`](super::PoolBuilder::max_value_bytes). (One
+    /// larger than a slot but within that limit goes into a spill file every worker maps.)
+    #[error(
+        "the {what} archives to {needed} bytes, more than the {available} allowed: raise \
+         PoolBuilder::max_value_bytes (a {what} larger than PoolBuilder::slot_bytes is mapped by every worker \
+         from a spill file; one that fits a slot stays in shared memory)"
+    )]
     ArchiveTooLarge {
         /// `"context"` or `"initializer arguments"`.
         what: &'static str,
         /// Bytes the archive needs.
         needed: usize,
-        /// Bytes a slot holds.
+        /// Bytes allowed: the pool's largest value (`max_value_bytes`).
         available: usize,
     },
     /// A value could not be archived (its `Serialize` failed; rkyv's reason).

@@ -56,14 +56,23 @@
 //!   a few copies and system calls more than one in a slot: for many large values, raise
 //!   [`slot_bytes`](PoolBuilder::slot_bytes). If a worker dies holding a spilled output the parent
 //!   has not read yet, the item runs again. A context or initializer arguments larger than a slot
-//!   are refused ([`PoolError::ArchiveTooLarge`]): they are read in place by every task.
+//!   go into a spill file too, but are *mapped*, not copied (see below).
 //! - **Context.** [`map_with`](Pool::map_with) (and `imap_with`, `imap_unordered_with`,
 //!   `submit_with`, `apply_with`) archives one value once per call into a slot of its own, which
 //!   forked and spawned workers alike map; every task reads it in place:
-//!   `fn(&Archived<C>, &Archived<T>) -> R`.
+//!   `fn(&Archived<C>, &Archived<T>) -> R`. A context larger than a slot, up to
+//!   [`max_value_bytes`](PoolBuilder::max_value_bytes), is archived once into a spill file the
+//!   parent holds for the call (sealed against writing, shrinking and growing), and its slot holds
+//!   a record naming it: each worker checks the file's seals and length, maps it read-only
+//!   (`mmap`, no copy), validates it once, and keeps that mapping for every chunk of the call that
+//!   it runs, so a 100 MB context costs each worker one mapping and one validation, not one per
+//!   chunk. The seals are what make this sound: the validated bytes cannot change under a task's
+//!   reference, and the mapping cannot fault. Larger than `max_value_bytes`:
+//!   [`PoolError::ArchiveTooLarge`] naming both sizes.
 //! - **Initializer arguments** (Python's `initargs`):
 //!   [`initializer_with`](PoolBuilder::initializer_with) archives them at build into a slot every
-//!   worker, replacements included, reads when it starts.
+//!   worker, replacements included, reads when it starts; arguments larger than a slot go into a
+//!   spill file the pool holds for its lifetime, which each worker maps as it starts, as a context.
 //! - **starmap**: [`starmap`](Pool::starmap) calls `f(a, b)` (or `f(a, b, c)`) on items `(a, b)`,
 //!   deserialized in the worker.
 //!
@@ -181,6 +190,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytemuck::Pod;
 
+#[cfg(feature = "archive")]
+#[doc(hidden)]
+pub use archived::context_mappings;
 #[cfg(feature = "archive")]
 pub use archived::{
     ArchivedTask, ContextTask, ImapArchived, ImapUnorderedArchived, ImapUnorderedViews, ImapViews, InitTask,

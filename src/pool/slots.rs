@@ -101,7 +101,9 @@ pub(crate) struct SlotDesc {
     pub status_off: u32,
     /// [`KIND_POD`] (the layout above) or [`KIND_ARCHIVED`] (see [`SlotDesc::fits_archived`]).
     pub kind: u32,
-    /// Archived chunks with a context: the slot holding the context's archive, and its length.
+    /// Archived chunks with a context: the slot holding the context's archive, and its length;
+    /// or, with bit 31 of the length set (`spill::SPILLED`), the slot holding a `spill::CTX_RECORD`
+    /// record naming the spill file that holds it (layout version 2).
     pub ctx_slot: u32,
     pub ctx_len: u32,
 }
@@ -218,7 +220,7 @@ pub(crate) struct Slots {
 
 impl Slots {
     fn builder() -> SegmentBuilder {
-        SegmentBuilder::new(SegmentKind::Pool, Fingerprint::tagged::<PoolHeader>("ringpool::pool::slots/1"))
+        SegmentBuilder::new(SegmentKind::Pool, Fingerprint::tagged::<PoolHeader>("ringpool::pool::slots/2"))
     }
 
     /// Creates `count` slots of `slot_bytes` (a multiple of 64) in anonymous memory.

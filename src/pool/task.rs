@@ -131,6 +131,14 @@ pub(crate) struct ChunkCtx<'a> {
     pub desc: super::slots::SlotDesc,
     pub ctx: *const u8,
     pub ctx_len: usize,
+    /// Archived chunks with a context: in, the context's bytes were validated already, as this
+    /// same trampoline's context type at this same address, and cannot have changed since (a
+    /// mapped, sealed spill file); out, set when the trampoline validated them.
+    #[cfg_attr(not(feature = "archive"), allow(dead_code))]
+    pub ctx_checked: bool,
+    /// Why the chunk's context could not be had (each item fails with it), when `ctx` is null.
+    #[cfg_attr(not(feature = "archive"), allow(dead_code))]
+    pub ctx_err: Option<String>,
     /// Called with (item, panic text) for every task that panicked.
     pub on_panic: &'a mut dyn FnMut(usize, String),
     /// Archived chunks: the largest value a worker reads from a spilled input or writes to a

@@ -84,7 +84,7 @@ pub(crate) fn run_forked(setup: Setup) {
         let _ = nix::unistd::close(fd);
     }
     if let Some(init) = setup.init {
-        run_init(&setup.slots, init, setup.init_args);
+        run_init(&setup.slots, init, setup.init_args, setup.max_value as usize);
     }
     let limits = Limits { max_tasks: setup.max_tasks, max_value: setup.max_value as usize };
     let code = serve(&setup.slots, &setup.tasks, &setup.results, &setup.errors, limits, &setup.faults);
@@ -119,8 +119,8 @@ pub(crate) fn start(arg: &[u8]) {
         crate::process::exit(EXIT_BAD_SETUP);
     };
     match arg.has_init {
-        1 => run_init(&slots, arg.init, None),
-        2 => run_init(&slots, arg.init, Some((arg.init_args_slot, arg.init_args_len))),
+        1 => run_init(&slots, arg.init, None, 0),
+        2 => run_init(&slots, arg.init, Some((arg.init_args_slot, arg.init_args_len)), arg.max_value as usize),
         _ => {}
     }
     let limits = Limits { max_tasks: arg.max_tasks, max_value: arg.max_value as usize };
@@ -131,8 +131,10 @@ pub(crate) fn start(arg: &[u8]) {
 }
 
 /// Runs the pool's initializer: a plain one, or one that reads its archived arguments in place
-/// from their slot (`args`). Exits the worker if the code or the arguments are not right.
-fn run_init(slots: &Slots, init: crate::process::code::CodeOffset, args: Option<(u32, u32)>) {
+/// from their slot (`args`), or from the spill file a record in their slot names (a length of
+/// `CTX_RECORD | SPILLED`; at most `max_value` bytes), mapped. Exits the worker if the code or the
+/// arguments are not right.
+fn run_init(slots: &Slots, init: crate::process::code::CodeOffset, args: Option<(u32, u32)>, max_value: usize) {
     let Some((slot, len)) = args else {
         match task::init_fn(init) {
             Some(init) => init(),
@@ -142,7 +144,8 @@ fn run_init(slots: &Slots, init: crate::process::code::CodeOffset, args: Option<
     };
     #[cfg(feature = "archive")]
     {
-        let (slot, len) = (slot as usize, len as usize);
+        let spilled = len & super::spill::SPILLED != 0;
+        let (slot, len) = (slot as usize, (len & !super::spill::SPILLED) as usize);
         if slot >= slots.count || len > slots.data_len() {
             crate::process::exit(EXIT_BAD_SETUP);
         }
@@ -154,13 +157,23 @@ fn run_init(slots: &Slots, init: crate::process::code::CodeOffset, args: Option<
         // again (it is never on the free list). The trampoline validates the bytes before it
         // reads them as a value.
         let bytes = unsafe { std::slice::from_raw_parts(slots.data(slot).cast_const(), len) };
-        if init(bytes).is_err() {
+        let ran = if spilled {
+            // The slot holds a record naming the parent's spill file: mapped (checked, sealed),
+            // read in place, unmapped once the initializer is done.
+            match super::archived::map_spilled(bytes, max_value) {
+                Ok((m, _)) => init(m.bytes()),
+                Err(e) => Err(e),
+            }
+        } else {
+            init(bytes)
+        };
+        if ran.is_err() {
             crate::process::exit(EXIT_BAD_SETUP);
         }
     }
     #[cfg(not(feature = "archive"))]
     {
-        let _ = (slots, slot, len);
+        let _ = (slots, slot, len, max_value);
         crate::process::exit(EXIT_BAD_SETUP);
     }
 }
@@ -236,14 +249,24 @@ fn serve(
     let mut done = 0u64;
     let mut held: Held = Vec::new();
     let mut spills: Vec<OwnedFd> = Vec::new();
+    #[cfg(feature = "archive")]
+    let mut ctx_cache = super::archived::CtxCache::default();
+    #[cfg(feature = "archive")]
+    let idle_checks = |c: &super::archived::CtxCache| c.holds();
+    #[cfg(not(feature = "archive"))]
+    let idle_checks = |_: &()| false;
+    #[cfg(not(feature = "archive"))]
+    let mut ctx_cache = ();
     while limits.max_tasks == 0 || done < limits.max_tasks {
-        let received = if held.is_empty() {
+        let received = if held.is_empty() && !idle_checks(&ctx_cache) {
             rx.recv_in_place().map_err(|e| match e {
                 crate::ring::RecvError::Disconnected => NoTask::Disconnected,
                 _ => NoTask::Broken,
             })
         } else {
             release_spills(slots, &mut held, me);
+            #[cfg(feature = "archive")]
+            ctx_cache.release_if_closed();
             rx.recv_in_place_timeout(SPILL_POLL).map_err(|e| match e {
                 crate::ring::RecvTimeoutError::Disconnected => NoTask::Disconnected,
                 crate::ring::RecvTimeoutError::Timeout | crate::ring::RecvTimeoutError::LockTimeout { .. } => {
@@ -320,18 +343,52 @@ fn serve(
                 desc,
                 ctx: std::ptr::null(),
                 ctx_len: 0,
+                ctx_checked: false,
+                ctx_err: None,
                 on_panic: &mut on_panic,
                 max_value: limits.max_value,
                 spills: &mut spills,
             };
             let ctx_slot = desc.ctx_slot as usize;
+            #[cfg(feature = "archive")]
+            let spilled_ctx = desc.ctx_len & super::spill::SPILLED != 0;
+            #[cfg(not(feature = "archive"))]
+            let spilled_ctx = false;
+            let ctx_len = desc.ctx_len as usize;
             if desc.kind == slots::KIND_ARCHIVED
                 && ctx_slot < slots.count
                 && ctx_slot != slot
-                && desc.ctx_len as usize <= slots.data_len()
+                && ctx_len <= slots.data_len()
+                && !spilled_ctx
             {
                 ctx.ctx = slots.data(ctx_slot).cast_const();
-                ctx.ctx_len = desc.ctx_len as usize;
+                ctx.ctx_len = ctx_len;
+            }
+            #[cfg(feature = "archive")]
+            if desc.kind == slots::KIND_ARCHIVED && spilled_ctx {
+                // The context's slot holds a record naming the parent's spill file: mapped once
+                // (the worker keeps the last one while its chunks name it), read in place.
+                let rec_len = ctx_len & !(super::spill::SPILLED as usize);
+                if ctx_slot < slots.count && ctx_slot != slot && rec_len <= slots.data_len() {
+                    // SAFETY: the context's slot lies in the mapping and `rec_len` within its data
+                    // area (checked just above); the parent holds it unwritten while the job runs.
+                    // A scribbled record is checked field by field before it names anything.
+                    let rec = unsafe { std::slice::from_raw_parts(slots.data(ctx_slot).cast_const(), rec_len) };
+                    match ctx_cache.get(rec, limits.max_value, desc.tramp) {
+                        Ok((bytes, checked)) => {
+                            ctx.ctx = bytes.as_ptr();
+                            ctx.ctx_len = bytes.len();
+                            ctx.ctx_checked = checked;
+                        }
+                        Err(why) => ctx.ctx_err = Some(why),
+                    }
+                } else {
+                    ctx.ctx_err = Some("the chunk names its spilled context's record outside the slots".to_owned());
+                }
+            } else {
+                // A chunk without a spilled context: the one kept (if any) belongs to a job whose
+                // chunks this worker no longer runs.
+                ctx_cache.clear();
             }
             if faults.scribble & super::faults::SCRIBBLE_INPUTS != 0 && desc.kind == slots::KIND_ARCHIVED {
                 scribble(slots, slot, &desc, super::faults::SCRIBBLE_INPUTS);
@@ -342,8 +399,17 @@ fn serve(
             // trampoline touches lies inside its data area; the trampoline checks the chunk's
             // kind, types and alignments itself. The context (archived chunks) is another slot,
             // checked above to lie in the mapping with its length, that the parent holds unwritten
-            // while the job runs (`Engine::put_context`); it is validated before it is read.
-            unsafe { chunk(&mut ctx) }
+            // while the job runs (`Engine::put_context`); it is validated before it is read. Or it
+            // is a read-only mapping of a spill file sealed against writing and shrinking, at
+            // least `ctx_len` bytes long (`spill::map` checked both), which `ctx_cache` keeps
+            // mapped until after the call; `ctx_checked` only when this same trampoline validated
+            // those same bytes before.
+            let ran = unsafe { chunk(&mut ctx) };
+            #[cfg(feature = "archive")]
+            if ctx.ctx_checked && spilled_ctx {
+                ctx_cache.checked(desc.tramp);
+            }
+            ran
         } else {
             Err("task code is not in this executable")
         };

@@ -7,13 +7,16 @@
 //! table entry i: in_off u32 | in_len u32 (parent) | out_off u32 | out_len u32 (worker), little-endian
 //! spilled input:  in_len = 16 | SPILLED (bit 31); the input area holds { pid u32, fd u32, len u64 }
 //! spilled output: status ITEM_SPILLED; out_off = the worker's descriptor, out_len = the length
+//! spilled context: desc ctx_len = 24 | SPILLED; its slot holds { pid u32, fd u32, len u64, id u64 }
 //! ```
 //!
 //! Values larger than a slot go through spill files (`pool::spill`): an input whose archive
 //! alone does not fit a slot is archived into a file the parent keeps open until the chunk is
 //! delivered; an output that would not fit even if its item went alone is archived by the worker
 //! into a file of its own, which the parent reads (checked, copied out) when it delivers the
-//! chunk. An output that does not fit the room its chunk left but would fit alone goes again
+//! chunk. A context larger than a slot goes into a spill file the job holds, which every worker
+//! maps read-only (sealed: the bytes cannot change nor the file shrink) and keeps for the chunks
+//! that name it. An output that does not fit the room its chunk left but would fit alone goes again
 //! alone instead (`ITEM_OVERFLOW`). Values larger than `PoolBuilder::max_value_bytes` fail their
 //! items with `TaskError::TooLarge`.
 //!
@@ -31,7 +34,7 @@ use super::{ArchSlot, ArchSpec, Dispatch, Engine, Inflight, MAX_TRIES, Retry};
 use crate::pool::archived::RawOut;
 use crate::pool::error::{PoolError, TaskError};
 use crate::pool::slots::{ARCHIVE_ALIGN, KIND_ARCHIVED, SlotDesc, TABLE_ENTRY};
-use crate::pool::spill::{self, RECORD, SPILLED, Spill};
+use crate::pool::spill::{self, CTX_RECORD, RECORD, SPILLED, Spill};
 use crate::pool::task::{
     ITEM_BAD_OUTPUT, ITEM_INVALID_INPUT, ITEM_OK, ITEM_OVERFLOW, ITEM_PANICKED, ITEM_SKIPPED, ITEM_SPILLED,
 };
@@ -176,7 +179,10 @@ impl Items for Again<'_> {
 
 impl Engine {
     /// Archives a job's context into a slot of its own, held until the job goes; answers the
-    /// slot and the archive's length. Waits (driving the pool) while no slot is free.
+    /// slot and the archive's length. A context larger than a slot (up to the pool's largest
+    /// value) goes into a spill file the job holds, and the slot gets a record naming it (the
+    /// length answered is then `CTX_RECORD | SPILLED`): every worker maps that file and reads the
+    /// context in place. Waits (driving the pool) while no slot is free.
     pub(crate) fn put_context<C: Archivable>(&mut self, job: usize, ctx: &C) -> Result<(u32, u32), PoolError> {
         if self.ctx_held + 2 > self.settings.slots {
             return Err(PoolError::InvalidSetting(
@@ -195,29 +201,52 @@ impl Engine {
         // bytes inside the mapping, which outlives this borrow.
         let out = unsafe { std::slice::from_raw_parts_mut(self.slots.data(slot as usize), data_len) };
         let written = write_into(ctx, out, 0, &mut self.arena);
-        let len = match written {
-            Written::Done(n) => n,
-            Written::Overflow => {
+        let placed = match written {
+            Written::Done(n) => Ok((n as u32, None)),
+            Written::Overflow => self.spill_context(ctx).map(|(record, s)| {
+                // Every data area holds a record (`CTX_RECORD` bytes): the context overflowed it.
+                let n = record.len().min(out.len());
+                out[..n].copy_from_slice(&record[..n]);
+                (n as u32 | SPILLED, Some(s.fd))
+            }),
+            Written::Failed(reason) => Err(PoolError::Archive { what: "context", reason }),
+        };
+        let (len, spill) = match placed {
+            Ok(p) => p,
+            Err(e) => {
                 self.free.push(slot);
-                let needed = measure(ctx, 0, &mut self.arena).unwrap_or(usize::MAX);
-                return Err(PoolError::ArchiveTooLarge { what: "context", needed, available: data_len });
-            }
-            Written::Failed(reason) => {
-                self.free.push(slot);
-                return Err(PoolError::Archive { what: "context", reason });
+                return Err(e);
             }
         };
         match self.jobs.get_mut(job).and_then(Option::as_mut) {
             Some(j) => {
                 j.ctx_slot = Some(slot);
+                self.stats.spilled_contexts += u64::from(spill.is_some());
+                j.ctx_spill = spill;
                 self.ctx_held += 1;
-                Ok((slot, len as u32))
+                Ok((slot, len))
             }
             None => {
                 self.free.push(slot);
                 Err(PoolError::Closed)
             }
         }
+    }
+
+    /// A context larger than a slot: archived into a new spill file (sealed), and the record its
+    /// slot carries, with an id of its own. Larger than the pool's largest value:
+    /// [`PoolError::ArchiveTooLarge`] naming both sizes.
+    fn spill_context<C: Archivable>(&mut self, ctx: &C) -> Result<([u8; CTX_RECORD], Spill), PoolError> {
+        let archive = |reason| PoolError::Archive { what: "context", reason };
+        let needed = measure(ctx, 0, &mut self.arena).map_err(archive)?;
+        let max = self.settings.max_value;
+        if needed > max {
+            return Err(PoolError::ArchiveTooLarge { what: "context", needed, available: max });
+        }
+        let bytes = archive_alone(ctx, needed, &mut self.arena).map_err(archive)?;
+        let s = spill::create(&bytes).map_err(|e| archive(format!("it could not be written to a spill file: {e}")))?;
+        self.ctx_ids = self.ctx_ids.wrapping_add(1);
+        Ok((spill::ctx_record(std::process::id(), &s, self.ctx_ids), s))
     }
 
     /// Packs up to `chunk` of `buffer`'s items (the job's items `first..`) into a free slot and
@@ -665,6 +694,17 @@ impl Engine {
             }
         }
     }
+}
+
+/// Initializer arguments larger than a slot (archived, `args`): into a new spill file (sealed)
+/// the pool holds for its lifetime; answers the record their slot carries (id 1: the first
+/// spilled value of the pool) and the file.
+pub(super) fn spill_init_args(args: &[u8]) -> Result<([u8; CTX_RECORD], std::os::fd::OwnedFd), PoolError> {
+    let s = spill::create(args).map_err(|e| PoolError::Archive {
+        what: "initializer arguments",
+        reason: format!("they could not be written to a spill file: {e}"),
+    })?;
+    Ok((spill::ctx_record(std::process::id(), &s, 1), s.fd))
 }
 
 /// Why a spilled output was not read.
