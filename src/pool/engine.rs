@@ -307,7 +307,9 @@ impl Engine {
         let extra = usize::from(settings.init_args.is_some());
         let slots = Slots::create(settings.slots + extra, settings.slot_bytes)?;
         let mut init_args = None;
+        #[cfg_attr(not(feature = "archive"), allow(unused_mut))]
         let mut init_spill = None;
+        #[cfg_attr(not(feature = "archive"), allow(unused_mut))]
         let mut stats = PoolStats::default();
         if let Some(args) = &settings.init_args {
             let (available, max) = (slots.data_len(), settings.max_value);
