@@ -286,7 +286,9 @@ pub(crate) struct Engine {
     /// The slot holding the initializer's arguments, and their length (`CTX_RECORD | SPILLED`
     /// when the slot holds a record naming a spill file).
     init_args: Option<(u32, u32)>,
-    /// Initializer arguments larger than a slot: their spill file, held for the pool's lifetime.
+    /// Initializer arguments larger than a slot: their spill file, held for the pool's lifetime
+    /// (only kept open, never read here).
+    #[cfg_attr(not(feature = "archive"), allow(dead_code))]
     init_spill: Option<std::os::fd::OwnedFd>,
     /// The last id given to a spilled context (each gets its own, so that a worker's cached
     /// mapping is never taken for another context whose file got the same descriptor number).

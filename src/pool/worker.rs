@@ -256,7 +256,7 @@ fn serve(
     #[cfg(not(feature = "archive"))]
     let idle_checks = |_: &()| false;
     #[cfg(not(feature = "archive"))]
-    let mut ctx_cache = ();
+    let ctx_cache = ();
     while limits.max_tasks == 0 || done < limits.max_tasks {
         let received = if held.is_empty() && !idle_checks(&ctx_cache) {
             rx.recv_in_place().map_err(|e| match e {
