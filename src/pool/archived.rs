@@ -31,7 +31,7 @@ use super::{
     UnorderedSink,
 };
 use crate::process::code::{CodeMap, CodeOffset};
-use crate::ring::archive::{Archivable, RkyvError, Written, measure, write_into};
+use crate::ring::archive::{Archivable, RkyvError, Written, archive_measured, measure, write_into};
 
 // ----- what a task is ---------------------------------------------------------------------------
 
@@ -436,14 +436,22 @@ fn read_spilled_input(rec: &[u8], max_value: usize) -> Result<AlignedVec<16>, St
     let rec: [u8; RECORD] =
         rec.try_into().map_err(|_| format!("a spilled input's record is {} bytes, not {RECORD}", rec.len()))?;
     let (pid, fd, len) = parse_record(rec);
+    let len = check_parent_record("input", pid, len, max_value)?;
+    super::spill::read(pid, fd, len).map_err(|e| format!("the spilled input could not be read: {e}"))
+}
+
+/// A worker: checks the pid and the length of a spill record the parent left in a slot (`what`:
+/// "input" or "context"): the pid must be the parent's, the length at most the pool's largest
+/// value. Answers the length.
+fn check_parent_record(what: &str, pid: u32, len: u64, max_value: usize) -> Result<usize, String> {
     let parent = nix::unistd::getppid().as_raw() as u32;
     if pid != parent {
-        return Err(format!("a spilled input names process {pid}, not the parent {parent}"));
+        return Err(format!("a spilled {what} names process {pid}, not the parent {parent}"));
     }
-    let len = usize::try_from(len).ok().filter(|&l| l <= max_value).ok_or_else(|| {
-        format!("a spilled input claims {len} bytes, more than the pool's largest value ({max_value})")
-    })?;
-    super::spill::read(pid, fd, len).map_err(|e| format!("the spilled input could not be read: {e}"))
+    usize::try_from(len)
+        .ok()
+        .filter(|&l| l <= max_value)
+        .ok_or_else(|| format!("a spilled {what} claims {len} bytes, more than the pool's largest value ({max_value})"))
 }
 
 /// Spilled contexts a worker of this process mapped (tests: each worker maps a context once, not
@@ -466,13 +474,7 @@ pub(crate) fn map_spilled(rec: &[u8], max_value: usize) -> Result<(Mapped, CtxKe
         rec.try_into().map_err(|_| format!("a spilled context's record is {} bytes, not {CTX_RECORD}", rec.len()))?;
     let key = parse_ctx_record(rec);
     let (pid, fd, len, _) = key;
-    let parent = nix::unistd::getppid().as_raw() as u32;
-    if pid != parent {
-        return Err(format!("a spilled context names process {pid}, not the parent {parent}"));
-    }
-    let len = usize::try_from(len).ok().filter(|&l| l <= max_value).ok_or_else(|| {
-        format!("a spilled context claims {len} bytes, more than the pool's largest value ({max_value})")
-    })?;
+    let len = check_parent_record("context", pid, len, max_value)?;
     let m = super::spill::map(pid, fd, len).map_err(|e| format!("the spilled context could not be mapped: {e}"))?;
     Ok((m, key))
 }
@@ -543,14 +545,9 @@ impl CtxCache {
 /// spill file.
 #[cold]
 fn spill_output<R: Archivable>(out: &R, needed: usize) -> Result<super::spill::Spill, String> {
-    let mut bytes = AlignedVec::<16>::with_capacity(needed);
-    bytes.resize(needed, 0);
-    let n = match rkyv::util::with_arena(|arena| write_into(out, &mut bytes, 0, arena)) {
-        Written::Done(n) => n,
-        Written::Overflow => return Err("the output archived larger than measured".to_owned()),
-        Written::Failed(reason) => return Err(format!("the output could not be archived: {reason}")),
-    };
-    super::spill::create(&bytes[..n]).map_err(|e| format!("the output could not be written to a spill file: {e}"))
+    let bytes = rkyv::util::with_arena(|arena| archive_measured(out, needed, arena))
+        .map_err(|reason| format!("the output could not be archived: {reason}"))?;
+    super::spill::create(&bytes).map_err(|e| format!("the output could not be written to a spill file: {e}"))
 }
 
 /// The code offset of the archived trampoline for `B`.
@@ -593,14 +590,40 @@ pub(crate) struct RawOut {
 }
 
 impl RawOut {
-    /// Validates the archive (`rkyv::access`) and deserializes an owned `R`.
+    /// Validates the archive (`rkyv::access`) where it lies in the copy.
+    fn access<R: Archivable>(&self) -> Result<&Archived<R>, TaskError> {
+        let bytes =
+            self.off.checked_add(self.len).and_then(|end| self.buf.get(self.off..end)).ok_or_else(|| {
+                TaskError::InvalidOutput { reason: "the output lies outside what was copied".to_owned() }
+            })?;
+        rkyv::access::<Archived<R>, RkyvError>(bytes)
+            .map_err(|e| TaskError::InvalidOutput { reason: format!("not a valid archive: {e}") })
+    }
+
+    /// Validates the archive and deserializes an owned `R`.
     pub(crate) fn decode<R>(&self) -> Result<R, TaskError>
     where
         R: Archivable,
         Archived<R>: Deserialize<R, HighDeserializer<RkyvError>>,
     {
-        self.clone().view::<R>()?.deserialize()
+        deserialize_output(self.access::<R>()?)
     }
+
+    /// Validates the archive and answers a view of it.
+    pub(crate) fn view<R: Archivable>(self) -> Result<OutputView<R>, TaskError> {
+        let root = std::ptr::NonNull::from(self.access::<R>()?);
+        Ok(OutputView { buf: self.buf, root, off: self.off, len: self.len })
+    }
+}
+
+/// Deserializes an owned `R` from a validated output.
+fn deserialize_output<R>(archived: &Archived<R>) -> Result<R, TaskError>
+where
+    R: Archive,
+    Archived<R>: Deserialize<R, HighDeserializer<RkyvError>>,
+{
+    rkyv::deserialize::<R, RkyvError>(archived)
+        .map_err(|e| TaskError::InvalidOutput { reason: format!("could not be deserialized: {e}") })
 }
 
 /// A task's result read in place: its archive validated (bytecheck: every relative pointer,
@@ -678,28 +701,13 @@ impl<R: Archive> OutputView<R> {
     where
         Archived<R>: Deserialize<R, HighDeserializer<RkyvError>>,
     {
-        rkyv::deserialize::<R, RkyvError>(&**self)
-            .map_err(|e| TaskError::InvalidOutput { reason: format!("could not be deserialized: {e}") })
+        deserialize_output(&**self)
     }
 
     /// The archive's bytes (validated; 16-aligned at their start).
     pub fn bytes(&self) -> &[u8] {
         // In bounds: checked when the view was made, and `buf` never changes.
         self.buf.get(self.off..self.off + self.len).unwrap_or(&[])
-    }
-}
-
-impl RawOut {
-    /// Validates the archive (`rkyv::access`) and answers a view of it.
-    pub(crate) fn view<R: Archivable>(self) -> Result<OutputView<R>, TaskError> {
-        let bytes =
-            self.off.checked_add(self.len).and_then(|end| self.buf.get(self.off..end)).ok_or_else(|| {
-                TaskError::InvalidOutput { reason: "the output lies outside what was copied".to_owned() }
-            })?;
-        let root = rkyv::access::<Archived<R>, RkyvError>(bytes)
-            .map(std::ptr::NonNull::from)
-            .map_err(|e| TaskError::InvalidOutput { reason: format!("not a valid archive: {e}") })?;
-        Ok(OutputView { buf: self.buf, root, off: self.off, len: self.len })
     }
 }
 
@@ -840,17 +848,9 @@ impl PoolBuilder {
         let tramp: InitArgsFn = run_init_with::<F, A>;
         self.init = Some(CodeMap::get().and_then(|m| m.offset(tramp as usize)).map_err(|e| e.to_string()));
         let mut arena = rkyv::ser::allocator::Arena::new();
-        let archived = measure(&args, 0, &mut arena).and_then(|size| {
-            let mut bytes = vec![0u8; size];
-            match write_into(&args, &mut bytes, 0, &mut arena) {
-                Written::Done(n) => {
-                    bytes.truncate(n);
-                    Ok(bytes)
-                }
-                Written::Overflow => Err("the arguments archived larger than measured".to_owned()),
-                Written::Failed(reason) => Err(reason),
-            }
-        });
+        let archived = measure(&args, 0, &mut arena)
+            .and_then(|size| archive_measured(&args, size, &mut arena))
+            .map(|bytes| bytes.to_vec());
         self.init_args = Some(archived);
         self
     }

@@ -354,13 +354,17 @@ fn serve(
             let spilled_ctx = desc.ctx_len & super::spill::SPILLED != 0;
             #[cfg(not(feature = "archive"))]
             let spilled_ctx = false;
+            // The context's slot (its archive, or the record naming its spill file): another slot
+            // of the mapping, the length within its data area.
+            #[cfg(feature = "archive")]
+            let ctx_len = (desc.ctx_len & !super::spill::SPILLED) as usize;
+            #[cfg(not(feature = "archive"))]
             let ctx_len = desc.ctx_len as usize;
-            if desc.kind == slots::KIND_ARCHIVED
+            let ctx_in_slots = desc.kind == slots::KIND_ARCHIVED
                 && ctx_slot < slots.count
                 && ctx_slot != slot
-                && ctx_len <= slots.data_len()
-                && !spilled_ctx
-            {
+                && ctx_len <= slots.data_len();
+            if ctx_in_slots && !spilled_ctx {
                 ctx.ctx = slots.data(ctx_slot).cast_const();
                 ctx.ctx_len = ctx_len;
             }
@@ -368,12 +372,11 @@ fn serve(
             if desc.kind == slots::KIND_ARCHIVED && spilled_ctx {
                 // The context's slot holds a record naming the parent's spill file: mapped once
                 // (the worker keeps the last one while its chunks name it), read in place.
-                let rec_len = ctx_len & !(super::spill::SPILLED as usize);
-                if ctx_slot < slots.count && ctx_slot != slot && rec_len <= slots.data_len() {
-                    // SAFETY: the context's slot lies in the mapping and `rec_len` within its data
+                if ctx_in_slots {
+                    // SAFETY: the context's slot lies in the mapping and `ctx_len` within its data
                     // area (checked just above); the parent holds it unwritten while the job runs.
                     // A scribbled record is checked field by field before it names anything.
-                    let rec = unsafe { std::slice::from_raw_parts(slots.data(ctx_slot).cast_const(), rec_len) };
+                    let rec = unsafe { std::slice::from_raw_parts(slots.data(ctx_slot).cast_const(), ctx_len) };
                     match ctx_cache.get(rec, limits.max_value, desc.tramp) {
                         Ok((bytes, checked)) => {
                             ctx.ctx = bytes.as_ptr();

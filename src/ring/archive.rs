@@ -278,6 +278,25 @@ pub(crate) fn measure<T: Archivable>(value: &T, base: usize, arena: &mut Arena) 
     }
 }
 
+/// `value`'s archive in a 16-aligned buffer of its own, at position 0; `needed` is its size, as
+/// [`measure`] answered (callers measure first, to check it against a limit before allocating).
+pub(crate) fn archive_measured<T: Archivable>(
+    value: &T,
+    needed: usize,
+    arena: &mut Arena,
+) -> Result<rkyv::util::AlignedVec<16>, String> {
+    let mut bytes = rkyv::util::AlignedVec::<16>::with_capacity(needed);
+    bytes.resize(needed, 0);
+    match write_into(value, &mut bytes, 0, arena) {
+        Written::Done(n) => {
+            bytes.resize(n, 0);
+            Ok(bytes)
+        }
+        Written::Overflow => Err("the value archived larger than measured".to_owned()),
+        Written::Failed(reason) => Err(reason),
+    }
+}
+
 // ----- errors -----------------------------------------------------------------------------------
 
 /// Why a typed send failed. The value comes back inside.

@@ -40,25 +40,11 @@ use crate::pool::task::{
 };
 use crate::pool::worker;
 use crate::process::ExitStatus;
-use crate::ring::archive::{Archivable, Written, measure, write_into};
+use crate::ring::archive::{Archivable, Written, archive_measured, measure, write_into};
 
 /// `n` rounded up to [`ARCHIVE_ALIGN`] (callers keep `n` below the data area's size, at most 1 GiB).
 fn up16(n: usize) -> usize {
     n.div_ceil(ARCHIVE_ALIGN) * ARCHIVE_ALIGN
-}
-
-/// `t`'s archive (`needed` bytes, measured) in a buffer of its own, at position 0.
-fn archive_alone<T: Archivable>(t: &T, needed: usize, arena: &mut Arena) -> Result<AlignedVec<16>, String> {
-    let mut bytes = AlignedVec::<16>::with_capacity(needed);
-    bytes.resize(needed, 0);
-    match write_into(t, &mut bytes, 0, arena) {
-        Written::Done(n) => {
-            bytes.resize(n, 0);
-            Ok(bytes)
-        }
-        Written::Overflow => Err("the input archived larger than measured".to_owned()),
-        Written::Failed(reason) => Err(reason),
-    }
 }
 
 /// The items a chunk is packed from: fresh inputs of a map (archived as they are packed) or
@@ -99,7 +85,7 @@ impl<T: Archivable> Items for Fresh<'_, T> {
     }
     fn archive_next(&mut self, needed: usize, arena: &mut Arena) -> Result<AlignedVec<16>, String> {
         let t = self.buffer.front().ok_or("no item")?;
-        archive_alone(t, needed, arena)
+        archive_measured(t, needed, arena)
     }
     fn index(&self) -> usize {
         self.next
@@ -243,7 +229,7 @@ impl Engine {
         if needed > max {
             return Err(PoolError::ArchiveTooLarge { what: "context", needed, available: max });
         }
-        let bytes = archive_alone(ctx, needed, &mut self.arena).map_err(archive)?;
+        let bytes = archive_measured(ctx, needed, &mut self.arena).map_err(archive)?;
         let s = spill::create(&bytes).map_err(|e| archive(format!("it could not be written to a spill file: {e}")))?;
         self.ctx_ids = self.ctx_ids.wrapping_add(1);
         Ok((spill::ctx_record(std::process::id(), &s, self.ctx_ids), s))
@@ -280,7 +266,7 @@ impl Engine {
             if needed > limit {
                 return Ok(Err(TaskError::TooLarge { what: "input", needed, available: limit }));
             }
-            let bytes = archive_alone(input, needed, &mut self.arena)?;
+            let bytes = archive_measured(input, needed, &mut self.arena)?;
             if bytes.len() <= available {
                 return Ok(Ok((bytes, None)));
             }
